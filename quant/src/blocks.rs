@@ -1,0 +1,178 @@
+//! ggml's block structs, byte for byte.
+//!
+//! Each struct is `#[repr(C)]` with no padding, so a slice of GGUF tensor data
+//! can be viewed as a slice of blocks with `bytemuck::cast_slice`. Field order,
+//! names and sizes follow `ggml-common.h`; a compile-time check pins each size.
+//! Scales are IEEE half floats (`half::f16`, stored little-endian like ggml's
+//! `ggml_half`) except in [`BlockQ8K`], whose scale is an `f32`.
+
+use crate::types::QK_K;
+use bytemuck::{Pod, Zeroable};
+use half::f16;
+
+/// Elements per block of the 32-wide formats.
+pub const QK: usize = 32;
+
+/// 4-bit symmetric: `x = d · (q − 8)`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ4_0 {
+    pub d: f16,
+    /// Element `j` in the low nibble of byte `j`, element `j + 16` in the high nibble.
+    pub qs: [u8; QK / 2],
+}
+
+/// 4-bit with minimum: `x = d · q + m`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ4_1 {
+    pub d: f16,
+    pub m: f16,
+    pub qs: [u8; QK / 2],
+}
+
+/// 5-bit symmetric: `x = d · (q − 16)`, the fifth bits in `qh`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ5_0 {
+    pub d: f16,
+    pub qh: [u8; 4],
+    pub qs: [u8; QK / 2],
+}
+
+/// 5-bit with minimum: `x = d · q + m`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ5_1 {
+    pub d: f16,
+    pub m: f16,
+    pub qh: [u8; 4],
+    pub qs: [u8; QK / 2],
+}
+
+/// 8-bit symmetric: `x = d · q`.
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ8_0 {
+    pub d: f16,
+    pub qs: [i8; QK],
+}
+
+/// 8-bit symmetric with `s = d · Σq` precomputed (activations for Q4_1/Q5_1).
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ8_1 {
+    pub d: f16,
+    pub s: f16,
+    pub qs: [i8; QK],
+}
+
+/// 2-bit K-quant: 16 groups of 16 with 4-bit scales and mins.
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ2K {
+    pub scales: [u8; QK_K / 16],
+    pub qs: [u8; QK_K / 4],
+    pub d: f16,
+    pub dmin: f16,
+}
+
+/// 3-bit K-quant: 16 groups of 16 with 6-bit scales.
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ3K {
+    pub hmask: [u8; QK_K / 8],
+    pub qs: [u8; QK_K / 4],
+    pub scales: [u8; 12],
+    pub d: f16,
+}
+
+/// 4-bit K-quant: 8 groups of 32 with 6-bit scales and mins.
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ4K {
+    pub d: f16,
+    pub dmin: f16,
+    pub scales: [u8; 12],
+    pub qs: [u8; QK_K / 2],
+}
+
+/// 5-bit K-quant: 8 groups of 32 with 6-bit scales and mins.
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ5K {
+    pub d: f16,
+    pub dmin: f16,
+    pub scales: [u8; 12],
+    pub qh: [u8; QK_K / 8],
+    pub qs: [u8; QK_K / 2],
+}
+
+/// 6-bit K-quant: 16 groups of 16 with 8-bit scales.
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ6K {
+    pub ql: [u8; QK_K / 2],
+    pub qh: [u8; QK_K / 4],
+    pub scales: [i8; QK_K / 16],
+    pub d: f16,
+}
+
+/// 8-bit K activations: `x = d · q`, with the sum of every 16 `q`s.
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ8K {
+    pub d: f32,
+    pub qs: [i8; QK_K],
+    pub bsums: [i16; QK_K / 16],
+}
+
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<BlockQ4_0>() == 18);
+    assert!(size_of::<BlockQ4_1>() == 20);
+    assert!(size_of::<BlockQ5_0>() == 22);
+    assert!(size_of::<BlockQ5_1>() == 24);
+    assert!(size_of::<BlockQ8_0>() == 34);
+    assert!(size_of::<BlockQ8_1>() == 36);
+    assert!(size_of::<BlockQ2K>() == 84);
+    assert!(size_of::<BlockQ3K>() == 110);
+    assert!(size_of::<BlockQ4K>() == 144);
+    assert!(size_of::<BlockQ5K>() == 176);
+    assert!(size_of::<BlockQ6K>() == 210);
+    assert!(size_of::<BlockQ8K>() == 292);
+};
+
+/// A block type: its ggml type and elements per block.
+pub trait Block: Pod + Send + Sync + 'static {
+    const TYPE: crate::GgmlType;
+    /// Elements per block.
+    const N: usize;
+}
+
+macro_rules! impl_block {
+    ($($t:ty => $g:ident, $n:expr;)*) => {$(
+        impl Block for $t {
+            const TYPE: crate::GgmlType = crate::GgmlType::$g;
+            const N: usize = $n;
+        }
+    )*};
+}
+
+impl_block! {
+    BlockQ4_0 => Q4_0, QK;
+    BlockQ4_1 => Q4_1, QK;
+    BlockQ5_0 => Q5_0, QK;
+    BlockQ5_1 => Q5_1, QK;
+    BlockQ8_0 => Q8_0, QK;
+    BlockQ8_1 => Q8_1, QK;
+    BlockQ2K => Q2K, QK_K;
+    BlockQ3K => Q3K, QK_K;
+    BlockQ4K => Q4K, QK_K;
+    BlockQ5K => Q5K, QK_K;
+    BlockQ6K => Q6K, QK_K;
+    BlockQ8K => Q8K, QK_K;
+    f32 => F32, 1;
+    f16 => F16, 1;
+    half::bf16 => BF16, 1;
+}

@@ -1,0 +1,355 @@
+//! Kernel dispatch: one table of function pointers per instruction set,
+//! chosen once at run time.
+//!
+//! ggml keeps a traits table per quant type (`to_float`, `from_float`,
+//! `vec_dot`, `vec_dot_type`); ours is the same idea, one [`Kernels`] table per
+//! [`Isa`]. A table for an ISA is only handed out by [`Kernels::for_isa`] after
+//! run-time detection confirmed the CPU has it, which is what makes the safe
+//! wrappers around `#[target_feature]` functions sound. Entries an ISA does not
+//! specialise are inherited from the table below it (AVX-512 from AVX2, AVX2
+//! from scalar), so every table is complete.
+//!
+//! Never build with `target-cpu=native` to get speed: an app bundle must run on
+//! every phone. `SPINEL_ISA=scalar|avx2|avx-vnni|avx512|avx512-vnni|neon|neon-dotprod|neon-i8mm`
+//! pins a path for tests and benchmarks.
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use crate::GgmlType;
+use core::fmt;
+use core::sync::atomic::{AtomicU8, Ordering};
+
+/// Converts a row of blocks (raw bytes) to f32.
+pub type ToFloatFn = fn(&[u8], &mut [f32]);
+/// Quantizes (or converts) an f32 row into this type's blocks (raw bytes).
+pub type FromFloatFn = fn(&[f32], &mut [u8]);
+/// Dot product of a weight row (this type) with an activation row (its
+/// `vec_dot_type`), both raw bytes of the same number of elements.
+pub type VecDotFn = fn(&[u8], &[u8]) -> f32;
+
+/// The kernels of one type.
+#[derive(Clone, Copy)]
+pub struct TypeKernels {
+    pub to_float: ToFloatFn,
+    pub from_float: FromFloatFn,
+    pub vec_dot: VecDotFn,
+}
+
+/// An instruction-set level a kernel table targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Isa {
+    Scalar = 1,
+    /// AVX2 + FMA + F16C.
+    Avx2 = 2,
+    /// AVX2 with the VEX-encoded VNNI dot products (AVX-VNNI).
+    AvxVnni = 3,
+    /// AVX-512 F/BW/VL/DQ.
+    Avx512 = 4,
+    /// AVX-512 with VNNI.
+    Avx512Vnni = 5,
+    /// Baseline aarch64 Advanced SIMD.
+    Neon = 6,
+    /// NEON with the `sdot` dot-product instructions (Armv8.2 dotprod).
+    NeonDotprod = 7,
+    /// NEON with `smmla` 8-bit matrix multiply (Armv8.6 i8mm).
+    NeonI8mm = 8,
+}
+
+impl Isa {
+    pub const ALL: [Isa; 8] = [
+        Isa::Scalar,
+        Isa::Avx2,
+        Isa::AvxVnni,
+        Isa::Avx512,
+        Isa::Avx512Vnni,
+        Isa::Neon,
+        Isa::NeonDotprod,
+        Isa::NeonI8mm,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::AvxVnni => "avx-vnni",
+            Isa::Avx512 => "avx512",
+            Isa::Avx512Vnni => "avx512-vnni",
+            Isa::Neon => "neon",
+            Isa::NeonDotprod => "neon-dotprod",
+            Isa::NeonI8mm => "neon-i8mm",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Isa> {
+        Isa::ALL
+            .into_iter()
+            .find(|i| i.name().eq_ignore_ascii_case(name.trim()))
+    }
+
+    fn from_u8(v: u8) -> Option<Isa> {
+        Isa::ALL.into_iter().find(|i| *i as u8 == v)
+    }
+
+    /// Whether this CPU can run the ISA (run-time detection with `std`,
+    /// compile-time target features without).
+    pub fn is_supported(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::AvxVnni | Isa::Avx512 | Isa::Avx512Vnni => x86::supported(self),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon | Isa::NeonDotprod | Isa::NeonI8mm => aarch64::supported(self),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// Every ISA this CPU supports, from the simplest to the best.
+    pub fn supported() -> impl Iterator<Item = Isa> {
+        Isa::ALL.into_iter().filter(|i| i.is_supported())
+    }
+
+    /// The best ISA this CPU supports.
+    pub fn detect() -> Isa {
+        Isa::supported().last().unwrap_or(Isa::Scalar)
+    }
+
+    /// The ISA named by the `SPINEL_ISA` environment variable, if set.
+    ///
+    /// Errors name the problem: an unknown name, or an ISA this CPU lacks.
+    #[cfg(feature = "std")]
+    pub fn from_env() -> Result<Option<Isa>, IsaError> {
+        let Ok(v) = std::env::var("SPINEL_ISA") else {
+            return Ok(None);
+        };
+        let isa = Isa::from_name(&v).ok_or_else(|| IsaError::Unknown(v.clone()))?;
+        if !isa.is_supported() {
+            return Err(IsaError::Unsupported(isa));
+        }
+        Ok(Some(isa))
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why an ISA override cannot be honoured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IsaError {
+    Unknown(alloc::string::String),
+    Unsupported(Isa),
+}
+
+impl fmt::Display for IsaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IsaError::Unknown(v) => {
+                write!(f, "SPINEL_ISA={v:?} is not an ISA; expected one of ")?;
+                for (i, isa) in Isa::ALL.iter().enumerate() {
+                    write!(f, "{}{isa}", if i > 0 { ", " } else { "" })?;
+                }
+                Ok(())
+            }
+            IsaError::Unsupported(isa) => {
+                write!(f, "SPINEL_ISA={isa}: this CPU does not support it")
+            }
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for IsaError {}
+
+/// A complete kernel table for one ISA.
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    isa: Isa,
+    types: [TypeKernels; GgmlType::ALL.len()],
+}
+
+const fn slot(t: GgmlType) -> usize {
+    match t {
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        GgmlType::Q4_0 => 2,
+        GgmlType::Q4_1 => 3,
+        GgmlType::Q5_0 => 4,
+        GgmlType::Q5_1 => 5,
+        GgmlType::Q8_0 => 6,
+        GgmlType::Q8_1 => 7,
+        GgmlType::Q2K => 8,
+        GgmlType::Q3K => 9,
+        GgmlType::Q4K => 10,
+        GgmlType::Q5K => 11,
+        GgmlType::Q6K => 12,
+        GgmlType::Q8K => 13,
+        GgmlType::BF16 => 14,
+    }
+}
+
+static SELECTED: AtomicU8 = AtomicU8::new(0);
+static SCALAR: Kernels = scalar::TABLE;
+
+impl Kernels {
+    /// The table for the ISA chosen for this process: `SPINEL_ISA` if set and
+    /// valid (with `std`), else the best the CPU supports. Decided once.
+    pub fn get() -> &'static Kernels {
+        let isa = match Isa::from_u8(SELECTED.load(Ordering::Relaxed)) {
+            Some(isa) => isa,
+            None => {
+                let isa = Self::choose();
+                SELECTED.store(isa as u8, Ordering::Relaxed);
+                isa
+            }
+        };
+        // `choose` only returns supported ISAs.
+        Self::for_isa(isa).unwrap_or(&SCALAR)
+    }
+
+    fn choose() -> Isa {
+        #[cfg(feature = "std")]
+        match Isa::from_env() {
+            Ok(Some(isa)) => return isa,
+            Ok(None) => {}
+            Err(e) => std::eprintln!("spinel: ignoring {e}; using {}", Isa::detect()),
+        }
+        Isa::detect()
+    }
+
+    /// The table for `isa`, or `None` if this CPU does not support it.
+    pub fn for_isa(isa: Isa) -> Option<&'static Kernels> {
+        if !isa.is_supported() {
+            return None;
+        }
+        match isa {
+            Isa::Scalar => Some(&SCALAR),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::AvxVnni | Isa::Avx512 | Isa::Avx512Vnni => Some(x86::table(isa)),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon | Isa::NeonDotprod | Isa::NeonI8mm => Some(aarch64::table(isa)),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// Every table this CPU can run, scalar first.
+    pub fn all_supported() -> impl Iterator<Item = &'static Kernels> {
+        Isa::supported().filter_map(Kernels::for_isa)
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// The kernels for type `t`.
+    #[inline]
+    pub fn of(&self, t: GgmlType) -> &TypeKernels {
+        &self.types[slot(t)]
+    }
+
+    /// A copy of this table retargeted at `isa`, for building the next level.
+    pub(crate) const fn derive(&self, isa: Isa) -> Kernels {
+        Kernels {
+            isa,
+            types: self.types,
+        }
+    }
+
+    pub(crate) const fn set_vec_dot(mut self, t: GgmlType, f: VecDotFn) -> Kernels {
+        self.types[slot(t)].vec_dot = f;
+        self
+    }
+
+    pub(crate) const fn set_from_float(mut self, t: GgmlType, f: FromFloatFn) -> Kernels {
+        self.types[slot(t)].from_float = f;
+        self
+    }
+
+    pub(crate) const fn set_to_float(mut self, t: GgmlType, f: ToFloatFn) -> Kernels {
+        self.types[slot(t)].to_float = f;
+        self
+    }
+}
+
+impl fmt::Debug for Kernels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kernels")
+            .field("isa", &self.isa)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Wraps a typed `fn(&[W], &[A]) -> f32` as a byte-level [`VecDotFn`].
+///
+/// With `unsafe`, the function is a `#[target_feature]` kernel: the wrapper may
+/// only be put into the table of an ISA that implies those features.
+macro_rules! vec_dot {
+    ($w:ty, $a:ty, $f:path) => {{
+        fn wrapper(w: &[u8], a: &[u8]) -> f32 {
+            $f(
+                bytemuck::cast_slice::<u8, $w>(w),
+                bytemuck::cast_slice::<u8, $a>(a),
+            )
+        }
+        wrapper as $crate::kernels::VecDotFn
+    }};
+    (unsafe $w:ty, $a:ty, $f:path) => {{
+        fn wrapper(w: &[u8], a: &[u8]) -> f32 {
+            let (w, a) = (
+                bytemuck::cast_slice::<u8, $w>(w),
+                bytemuck::cast_slice::<u8, $a>(a),
+            );
+            // SAFETY: this wrapper only sits in the table of an ISA whose
+            // features the kernel needs; such a table is only handed out by
+            // `Kernels::for_isa` after run-time detection confirmed them.
+            unsafe { $f(w, a) }
+        }
+        wrapper as $crate::kernels::VecDotFn
+    }};
+}
+
+/// Wraps a typed `fn(&[f32], &mut [B])` as a byte-level [`FromFloatFn`].
+macro_rules! from_float {
+    ($b:ty, $f:path) => {{
+        fn wrapper(x: &[f32], y: &mut [u8]) {
+            $f(x, bytemuck::cast_slice_mut::<u8, $b>(y))
+        }
+        wrapper as $crate::kernels::FromFloatFn
+    }};
+    (unsafe $b:ty, $f:path) => {{
+        fn wrapper(x: &[f32], y: &mut [u8]) {
+            let y = bytemuck::cast_slice_mut::<u8, $b>(y);
+            // SAFETY: as for `vec_dot!(unsafe …)`: only in a detected ISA's table.
+            unsafe { $f(x, y) }
+        }
+        wrapper as $crate::kernels::FromFloatFn
+    }};
+}
+
+/// Wraps a typed `fn(&[B], &mut [f32])` as a byte-level [`ToFloatFn`].
+macro_rules! to_float {
+    ($b:ty, $f:path) => {{
+        fn wrapper(x: &[u8], y: &mut [f32]) {
+            $f(bytemuck::cast_slice::<u8, $b>(x), y)
+        }
+        wrapper as $crate::kernels::ToFloatFn
+    }};
+    (unsafe $b:ty, $f:path) => {{
+        fn wrapper(x: &[u8], y: &mut [f32]) {
+            let x = bytemuck::cast_slice::<u8, $b>(x);
+            // SAFETY: as for `vec_dot!(unsafe …)`: only in a detected ISA's table.
+            unsafe { $f(x, y) }
+        }
+        wrapper as $crate::kernels::ToFloatFn
+    }};
+}
+
+pub(crate) use {from_float, to_float, vec_dot};

@@ -1,0 +1,128 @@
+//! The scalar table: the reference implementations of `crate::formats`.
+
+use super::{Isa, Kernels, TypeKernels, from_float, to_float, vec_dot};
+use crate::blocks::*;
+use crate::formats::{float, k_quants as k, legacy as l};
+use half::{bf16, f16};
+
+macro_rules! entry {
+    ($b:ty, $a:ty, $q:path, $dq:path, $dot:path) => {
+        TypeKernels {
+            to_float: to_float!($b, $dq),
+            from_float: from_float!($b, $q),
+            vec_dot: vec_dot!($b, $a, $dot),
+        }
+    };
+}
+
+/// Every type's scalar kernels, in `GgmlType::ALL` order.
+pub(crate) const TABLE: Kernels = Kernels {
+    isa: Isa::Scalar,
+    types: [
+        entry!(
+            f32,
+            f32,
+            float::f32_from_f32,
+            float::f32_from_f32,
+            float::vec_dot_f32
+        ),
+        entry!(
+            f16,
+            f16,
+            float::quantize_row_f16,
+            float::dequantize_row_f16,
+            float::vec_dot_f16
+        ),
+        entry!(
+            BlockQ4_0,
+            BlockQ8_0,
+            l::quantize_row_q4_0,
+            l::dequantize_row_q4_0,
+            l::vec_dot_q4_0_q8_0
+        ),
+        entry!(
+            BlockQ4_1,
+            BlockQ8_1,
+            l::quantize_row_q4_1,
+            l::dequantize_row_q4_1,
+            l::vec_dot_q4_1_q8_1
+        ),
+        entry!(
+            BlockQ5_0,
+            BlockQ8_0,
+            l::quantize_row_q5_0,
+            l::dequantize_row_q5_0,
+            l::vec_dot_q5_0_q8_0
+        ),
+        entry!(
+            BlockQ5_1,
+            BlockQ8_1,
+            l::quantize_row_q5_1,
+            l::dequantize_row_q5_1,
+            l::vec_dot_q5_1_q8_1
+        ),
+        entry!(
+            BlockQ8_0,
+            BlockQ8_0,
+            l::quantize_row_q8_0,
+            l::dequantize_row_q8_0,
+            l::vec_dot_q8_0_q8_0
+        ),
+        entry!(
+            BlockQ8_1,
+            BlockQ8_1,
+            l::quantize_row_q8_1,
+            l::dequantize_row_q8_1,
+            l::vec_dot_q8_1_q8_1
+        ),
+        entry!(
+            BlockQ2K,
+            BlockQ8K,
+            k::quantize_row_q2_k,
+            k::dequantize_row_q2_k,
+            k::vec_dot_q2_k_q8_k
+        ),
+        entry!(
+            BlockQ3K,
+            BlockQ8K,
+            k::quantize_row_q3_k,
+            k::dequantize_row_q3_k,
+            k::vec_dot_q3_k_q8_k
+        ),
+        entry!(
+            BlockQ4K,
+            BlockQ8K,
+            k::quantize_row_q4_k,
+            k::dequantize_row_q4_k,
+            k::vec_dot_q4_k_q8_k
+        ),
+        entry!(
+            BlockQ5K,
+            BlockQ8K,
+            k::quantize_row_q5_k,
+            k::dequantize_row_q5_k,
+            k::vec_dot_q5_k_q8_k
+        ),
+        entry!(
+            BlockQ6K,
+            BlockQ8K,
+            k::quantize_row_q6_k,
+            k::dequantize_row_q6_k,
+            k::vec_dot_q6_k_q8_k
+        ),
+        entry!(
+            BlockQ8K,
+            BlockQ8K,
+            k::quantize_row_q8_k,
+            k::dequantize_row_q8_k,
+            k::vec_dot_q8_k_q8_k
+        ),
+        entry!(
+            bf16,
+            bf16,
+            float::quantize_row_bf16,
+            float::dequantize_row_bf16,
+            float::vec_dot_bf16
+        ),
+    ],
+};

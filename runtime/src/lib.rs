@@ -1,0 +1,1 @@
+//! Spinel runtime.
