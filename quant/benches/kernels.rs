@@ -1,1 +1,84 @@
-fn main() {}
+//! Throughput of every dot-product kernel and activation quantizer, per ISA.
+//!
+//! `cargo bench -p spinel-quant` — each benchmark reports GB/s of weight data
+//! (for quantizers: of f32 input). The weight matrix is 64 rows × 4096 (a few
+//! hundred KiB at most, cache-resident), so this measures the kernel, not DRAM.
+//! Filter with e.g. `cargo bench -p spinel-quant -- 'vec_dot/Q4_0'`.
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use spinel_quant::{GgmlType, Kernels};
+use std::hint::black_box;
+
+const N: usize = 4096;
+const ROWS: usize = 64;
+
+fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
+        })
+        .collect()
+}
+
+fn vec_dot(c: &mut Criterion) {
+    let tables: Vec<&Kernels> = Kernels::all_supported().collect();
+    for ty in GgmlType::ALL {
+        if ty == GgmlType::Q8_1 || ty == GgmlType::Q8K {
+            continue; // activation formats; their products are not weight kernels
+        }
+        let scalar = tables[0];
+        let adt = ty.vec_dot_type();
+        let row_bytes = ty.row_size(N).unwrap();
+        let mut w = vec![0u8; row_bytes * ROWS];
+        for (r, out) in w.chunks_exact_mut(row_bytes).enumerate() {
+            (scalar.of(ty).from_float)(&data(N, r as u64 + 7), out);
+        }
+        let mut a = vec![0u8; adt.row_size(N).unwrap()];
+        (scalar.of(adt).from_float)(&data(N, 99), &mut a);
+        let mut g = c.benchmark_group(format!("vec_dot/{ty}"));
+        g.throughput(Throughput::Bytes(w.len() as u64));
+        for k in &tables {
+            let dot = k.of(ty).vec_dot;
+            g.bench_function(BenchmarkId::from_parameter(k.isa()), |b| {
+                b.iter(|| {
+                    let mut acc = 0.0f32;
+                    for row in w.chunks_exact(row_bytes) {
+                        acc += dot(black_box(row), black_box(&a));
+                    }
+                    acc
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+fn quantize_activations(c: &mut Criterion) {
+    let x = data(N * 4, 3);
+    for ty in [GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8K, GgmlType::F16] {
+        let mut g = c.benchmark_group(format!("from_float/{ty}"));
+        g.throughput(Throughput::Bytes((x.len() * 4) as u64));
+        let mut out = vec![0u8; ty.row_size(x.len()).unwrap()];
+        for k in Kernels::all_supported() {
+            let q = k.of(ty).from_float;
+            g.bench_function(BenchmarkId::from_parameter(k.isa()), |b| {
+                b.iter(|| q(black_box(&x), black_box(&mut out)))
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(std::time::Duration::from_millis(300))
+        .measurement_time(std::time::Duration::from_secs(1))
+        .sample_size(20);
+    targets = vec_dot, quantize_activations
+}
+criterion_main!(benches);

@@ -1,0 +1,233 @@
+//! Every kernel of every ISA this CPU supports, against the scalar reference.
+//!
+//! The tables are complete (an ISA inherits what it does not specialise), so
+//! this runs each ISA's `vec_dot`, `from_float` and `to_float` for every type on
+//! random rows (proptest) and on edge-case rows, with explicit tolerances:
+//! - `to_float`: equal within 1 ulp-ish (a fused multiply-add may round once less);
+//! - `from_float`: identical bytes, except the activation quantizers
+//!   (Q8_0, Q8_1, Q8_K) where `d` is identical and each q within ±1 (rounding
+//!   ties), with the block sums consistent with the block's own q;
+//! - `vec_dot`: integer sums are exact, so only the float accumulation order
+//!   differs: |simd − scalar| ≤ 1e-5 · Σ|wᵢ·aᵢ| (+ f16 rounding of Q8_1's s).
+
+use proptest::prelude::*;
+use spinel_quant::blocks::{BlockQ8_0, BlockQ8_1, BlockQ8K};
+use spinel_quant::{GgmlType, Isa, Kernels, QK_K};
+
+fn scalar() -> &'static Kernels {
+    Kernels::for_isa(Isa::Scalar).unwrap()
+}
+
+fn others() -> Vec<&'static Kernels> {
+    Kernels::all_supported()
+        .filter(|k| k.isa() != Isa::Scalar)
+        .collect()
+}
+
+fn quantize(k: &Kernels, ty: GgmlType, x: &[f32]) -> Vec<u8> {
+    let mut q = vec![0u8; ty.row_size(x.len()).unwrap()];
+    (k.of(ty).from_float)(x, &mut q);
+    q
+}
+
+fn dequantize(k: &Kernels, ty: GgmlType, q: &[u8], n: usize) -> Vec<f32> {
+    let mut y = vec![0f32; n];
+    (k.of(ty).to_float)(q, &mut y);
+    y
+}
+
+fn check_to_float(k: &Kernels, ty: GgmlType, q: &[u8], n: usize) -> Result<(), String> {
+    let want = dequantize(scalar(), ty, q, n);
+    let got = dequantize(k, ty, q, n);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let ok =
+            g.to_bits() == w.to_bits() || (g - w).abs() <= 2.0 * f32::EPSILON * w.abs().max(1e-30);
+        if !ok {
+            return Err(format!(
+                "{} {ty} to_float[{i}]: {g:e} vs scalar {w:e}",
+                k.isa()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_from_float(k: &Kernels, ty: GgmlType, x: &[f32]) -> Result<(), String> {
+    let want = quantize(scalar(), ty, x);
+    let got = quantize(k, ty, x);
+    if got == want {
+        return Ok(());
+    }
+    let isa = k.isa();
+    let close_q = |g: &[i8], w: &[i8]| {
+        g.iter()
+            .zip(w)
+            .all(|(a, b)| (*a as i32 - *b as i32).abs() <= 1)
+    };
+    match ty {
+        GgmlType::Q8_0 => {
+            let (g, w): (&[BlockQ8_0], &[BlockQ8_0]) =
+                (bytemuck::cast_slice(&got), bytemuck::cast_slice(&want));
+            for (i, (g, w)) in g.iter().zip(w).enumerate() {
+                if g.d.to_bits() != w.d.to_bits() || !close_q(&g.qs, &w.qs) {
+                    return Err(format!("{isa} Q8_0 block {i}: {g:?} vs scalar {w:?}"));
+                }
+            }
+        }
+        GgmlType::Q8_1 => {
+            let (g, w): (&[BlockQ8_1], &[BlockQ8_1]) =
+                (bytemuck::cast_slice(&got), bytemuck::cast_slice(&want));
+            for (i, (g, w)) in g.iter().zip(w).enumerate() {
+                let sum: i32 = g.qs.iter().map(|&q| q as i32).sum();
+                let s = spinel_quant::f16::from_f32(sum as f32 * g.d.to_f32());
+                if g.d.to_bits() != w.d.to_bits()
+                    || !close_q(&g.qs, &w.qs)
+                    || g.s.to_bits() != s.to_bits()
+                {
+                    return Err(format!("{isa} Q8_1 block {i}: {g:?} vs scalar {w:?}"));
+                }
+            }
+        }
+        GgmlType::Q8K => {
+            let (g, w): (&[BlockQ8K], &[BlockQ8K]) =
+                (bytemuck::cast_slice(&got), bytemuck::cast_slice(&want));
+            for (i, (g, w)) in g.iter().zip(w).enumerate() {
+                let sums_ok = g
+                    .bsums
+                    .iter()
+                    .zip(g.qs.chunks(16))
+                    .all(|(&s, qs)| s as i32 == qs.iter().map(|&q| q as i32).sum::<i32>());
+                if g.d.to_bits() != w.d.to_bits() || !close_q(&g.qs, &w.qs) || !sums_ok {
+                    return Err(format!(
+                        "{isa} Q8_K block {i}: d {} vs {}, sums ok {sums_ok}",
+                        g.d, w.d
+                    ));
+                }
+            }
+        }
+        _ => return Err(format!("{isa} {ty} from_float differs from scalar")),
+    }
+    Ok(())
+}
+
+fn check_vec_dot(k: &Kernels, ty: GgmlType, w: &[f32], a: &[f32]) -> Result<(), String> {
+    let adt = ty.vec_dot_type();
+    let wq = quantize(scalar(), ty, w);
+    let aq = quantize(scalar(), adt, a);
+    let want = (scalar().of(ty).vec_dot)(&wq, &aq) as f64;
+    let got = (k.of(ty).vec_dot)(&wq, &aq) as f64;
+    let wd = dequantize(scalar(), ty, &wq, w.len());
+    let ad = dequantize(scalar(), adt, &aq, a.len());
+    let mag: f64 = wd
+        .iter()
+        .zip(&ad)
+        .map(|(&p, &q)| (p as f64 * q as f64).abs())
+        .sum();
+    let tol = 1e-5 * mag + 1e-6 * want.abs() + f32::MIN_POSITIVE as f64;
+    if (got - want).abs() <= tol && got.is_finite() == want.is_finite() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} {ty} vec_dot: {got} vs scalar {want} (tol {tol:e})",
+            k.isa()
+        ))
+    }
+}
+
+fn check_all(w: &[f32], a: &[f32]) -> Result<(), String> {
+    for k in others() {
+        for ty in GgmlType::ALL {
+            check_from_float(k, ty, w)?;
+            let q = quantize(scalar(), ty, w);
+            check_to_float(k, ty, &q, w.len())?;
+            check_vec_dot(k, ty, w, a)?;
+        }
+    }
+    Ok(())
+}
+
+/// Rows of `n_blocks` super-blocks with a magnitude drawn over many decades.
+fn row(n_blocks: std::ops::Range<usize>) -> impl Strategy<Value = Vec<f32>> {
+    (n_blocks, -8i32..5).prop_flat_map(|(nb, exp)| {
+        let scale = 10f32.powi(exp);
+        prop::collection::vec(-1.0f32..1.0, nb * QK_K)
+            .prop_map(move |v| v.into_iter().map(|x| x * scale).collect::<Vec<_>>())
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_isa_matches_scalar_on_random_rows((w, a) in row(1..5).prop_flat_map(|w| {
+        let n = w.len() / QK_K;
+        (Just(w), row(n..n + 1))
+    })) {
+        check_all(&w, &a).map_err(TestCaseError::fail)?;
+    }
+}
+
+fn edge_rows(n: usize) -> Vec<(&'static str, Vec<f32>)> {
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    };
+    let gauss: Vec<f32> = (0..n).map(|_| next()).collect();
+    let mut outlier = gauss.iter().map(|x| x * 0.02).collect::<Vec<_>>();
+    outlier[37] = 1000.0;
+    vec![
+        ("zeros", vec![0.0; n]),
+        ("constant", vec![0.75; n]),
+        ("negative constant", vec![-3.0; n]),
+        ("near f16 max", gauss.iter().map(|x| x * 65504.0).collect()),
+        ("tiny", gauss.iter().map(|x| x * 1e-8).collect()),
+        ("outlier", outlier),
+        ("ramp", (0..n).map(|i| i as f32 - n as f32 / 2.0).collect()),
+        (
+            "halves",
+            (0..n).map(|i| (i % 33) as f32 * 0.5 - 8.0).collect(),
+        ),
+        ("gauss", gauss),
+    ]
+}
+
+#[test]
+fn every_isa_matches_scalar_on_edge_rows() {
+    let n = 3 * QK_K;
+    let rows = edge_rows(n);
+    for (wname, w) in &rows {
+        for (aname, a) in &rows {
+            if let Err(e) = check_all(w, a) {
+                panic!("weights {wname:?} × activations {aname:?}: {e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn detection_is_consistent() {
+    let best = Isa::detect();
+    assert!(best.is_supported());
+    let k = Kernels::for_isa(best).unwrap();
+    assert_eq!(k.isa(), best);
+    assert!(Kernels::all_supported().any(|k| k.isa() == Isa::Scalar));
+    for isa in Isa::ALL {
+        assert_eq!(Kernels::for_isa(isa).is_some(), isa.is_supported(), "{isa}");
+        assert_eq!(Isa::from_name(isa.name()), Some(isa));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        assert!(Isa::Avx2.is_supported());
+    }
+    #[cfg(target_arch = "aarch64")]
+    assert!(Isa::Neon.is_supported());
+    // Without an override, the process-wide table is the best one.
+    if std::env::var_os("SPINEL_ISA").is_none() {
+        assert_eq!(Kernels::get().isa(), best);
+    } else {
+        assert_eq!(Some(Kernels::get().isa()), Isa::from_env().unwrap());
+    }
+}
