@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command: formatting, lints and every test of the workspace.
+# Fetches what the tests need first (the gguf Python package, the demo model).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -c 'import gguf, numpy' 2>/dev/null \
+  || python3 -m pip install -q --disable-pip-version-check 'gguf==0.19.0' numpy
+scripts/fetch-model.sh >/dev/null
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo build -p spinel-quant --no-default-features
+cargo test --workspace
