@@ -1,1 +1,7 @@
 //! Spinel runtime.
+//!
+//! * [`gguf`]: reading, mapping and writing GGUF model files.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod gguf;
