@@ -1,8 +1,47 @@
 //! aarch64 kernels: baseline NEON, NEON with dotprod (`sdot`), and with i8mm
-//! (`smmla`). `vdotq_s32`/`vmmlaq_s32` are not stable Rust intrinsics, so those
-//! paths use `asm!` inside `#[target_feature]` functions.
+//! (`smmla`).
+//!
+//! `vdotq_s32` / `vmmlaq_s32` and the `float16x4_t` conversions are not stable
+//! Rust intrinsics, so `sdot`, `smmla` and `fcvt`/`fcvtl` are written with
+//! `asm!` (the [`sdot!`] / [`smmla!`] macros and [`f16_to_f32`] /
+//! [`fcvtl_lo`]). The algorithms follow ggml's `arch/arm/quants.c`.
+//!
+//! | ISA            | vec_dot                                            | from_float          |
+//! |----------------|----------------------------------------------------|---------------------|
+//! | `Neon`         | Q4_0, Q4_1, Q8_0, Q4_K, Q6_K, F16 (`smull`/`sadalp`) | Q8_0, Q8_1, Q8_K  |
+//! | `NeonDotprod`  | Q4_0, Q4_1, Q8_0, Q4_K, Q6_K with `sdot`           | inherited           |
+//! | `NeonI8mm`     | inherited from `NeonDotprod` (see below)           | inherited           |
+//!
+//! **Why the i8mm table equals the dotprod one.** `smmla` multiplies a 2×8 by
+//! an 8×2 int8 matrix: 32 multiply-adds, twice an `sdot`'s 16, for the same
+//! issue cost on current cores. A single-row dot product has only one
+//! activation row, so a `smmla` formulation (two consecutive blocks of the same
+//! row as the two "rows", ggml's `nrc == 2` trick applied to one row) wastes
+//! the two off-diagonal products and lands at `sdot` throughput plus shuffles.
+//! The gain only appears with two weight rows × two activation rows: see
+//! [`i8mm`]'s `vec_dot_*_2rows` kernels (2×2 output tiles, every product
+//! used), which a batched matmul can call; they are tested against scalar here.
+//!
+//! Semantics match [`crate::formats`]: integer sums inside a block are exact;
+//! only the order of float accumulation differs. The activation quantizers
+//! compute the same `d` bit for bit (same `amax`, same f32 division, same f16
+//! rounding) and the same `q` (`fcvtas` is C `roundf`, `fcvtns` is ggml's
+//! `nearest_int`).
 
-use super::{Isa, Kernels, scalar};
+use super::{FromFloatFn, Isa, Kernels, ToFloatFn, VecDotFn, scalar};
+use crate::blocks::*;
+use core::arch::aarch64::*;
+use core::arch::asm;
+use half::f16;
+
+mod dotprod;
+// The two-row kernels are crate-internal API for a batched matmul; until one
+// calls them, only the tests do.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) mod i8mm;
+mod neon;
+#[cfg(test)]
+mod tests;
 
 pub(super) fn supported(isa: Isa) -> bool {
     macro_rules! has {
@@ -21,8 +60,111 @@ pub(super) fn supported(isa: Isa) -> bool {
     }
 }
 
-const NEON_TABLE: Kernels = scalar::TABLE.derive(Isa::Neon);
-const NEON_DOTPROD_TABLE: Kernels = NEON_TABLE.derive(Isa::NeonDotprod);
+use crate::GgmlType as T;
+
+// `super::vec_dot!(unsafe W, A, f)` cannot expand: its first arm's `$w:ty`
+// fragment commits on the keyword `unsafe` (the start of an `unsafe fn` type)
+// and fails hard before the `unsafe` arm is tried. These are the same
+// wrappers with the arm reachable; drop them once the parent macros list
+// their `unsafe` arms first.
+
+/// Wraps a `#[target_feature]` `unsafe fn(&[W], &[A]) -> f32` as a byte-level
+/// [`VecDotFn`]; only for the table of an ISA that implies those features.
+macro_rules! vec_dot_tf {
+    ($w:ty, $a:ty, $f:path) => {{
+        fn wrapper(w: &[u8], a: &[u8]) -> f32 {
+            let (w, a) = (
+                bytemuck::cast_slice::<u8, $w>(w),
+                bytemuck::cast_slice::<u8, $a>(a),
+            );
+            // SAFETY: this wrapper only sits in the table of an ISA whose
+            // features the kernel needs; such a table is only handed out by
+            // `Kernels::for_isa` after run-time detection confirmed them.
+            unsafe { $f(w, a) }
+        }
+        wrapper as VecDotFn
+    }};
+}
+
+/// Wraps a `#[target_feature]` `unsafe fn(&[B], &mut [f32])` as a byte-level
+/// [`ToFloatFn`]; only for the table of an ISA that implies those features.
+macro_rules! to_float_tf {
+    ($b:ty, $f:path) => {{
+        fn wrapper(x: &[u8], y: &mut [f32]) {
+            let x = bytemuck::cast_slice::<u8, $b>(x);
+            // SAFETY: as for `vec_dot_tf!`: only in a detected ISA's table.
+            unsafe { $f(x, y) }
+        }
+        wrapper as ToFloatFn
+    }};
+}
+
+/// Wraps a `#[target_feature]` `unsafe fn(&[f32], &mut [B])` as a byte-level
+/// [`FromFloatFn`]; only for the table of an ISA that implies those features.
+macro_rules! from_float_tf {
+    ($b:ty, $f:path) => {{
+        fn wrapper(x: &[f32], y: &mut [u8]) {
+            let y = bytemuck::cast_slice_mut::<u8, $b>(y);
+            // SAFETY: as for `vec_dot_tf!`: only in a detected ISA's table.
+            unsafe { $f(x, y) }
+        }
+        wrapper as FromFloatFn
+    }};
+}
+
+const NEON_TABLE: Kernels = scalar::TABLE
+    .derive(Isa::Neon)
+    .set_vec_dot(T::F16, vec_dot_tf!(f16, f16, neon::vec_dot_f16))
+    .set_to_float(T::F16, to_float_tf!(f16, neon::dequantize_row_f16))
+    .set_vec_dot(
+        T::Q4_0,
+        vec_dot_tf!(BlockQ4_0, BlockQ8_0, neon::vec_dot_q4_0_q8_0),
+    )
+    .set_vec_dot(
+        T::Q4_1,
+        vec_dot_tf!(BlockQ4_1, BlockQ8_1, neon::vec_dot_q4_1_q8_1),
+    )
+    .set_vec_dot(
+        T::Q8_0,
+        vec_dot_tf!(BlockQ8_0, BlockQ8_0, neon::vec_dot_q8_0_q8_0),
+    )
+    .set_vec_dot(
+        T::Q4K,
+        vec_dot_tf!(BlockQ4K, BlockQ8K, neon::vec_dot_q4_k_q8_k),
+    )
+    .set_vec_dot(
+        T::Q6K,
+        vec_dot_tf!(BlockQ6K, BlockQ8K, neon::vec_dot_q6_k_q8_k),
+    )
+    .set_from_float(T::Q8_0, from_float_tf!(BlockQ8_0, neon::quantize_row_q8_0))
+    .set_from_float(T::Q8_1, from_float_tf!(BlockQ8_1, neon::quantize_row_q8_1))
+    .set_from_float(T::Q8K, from_float_tf!(BlockQ8K, neon::quantize_row_q8_k));
+
+const NEON_DOTPROD_TABLE: Kernels = NEON_TABLE
+    .derive(Isa::NeonDotprod)
+    .set_vec_dot(
+        T::Q4_0,
+        vec_dot_tf!(BlockQ4_0, BlockQ8_0, dotprod::vec_dot_q4_0_q8_0),
+    )
+    .set_vec_dot(
+        T::Q4_1,
+        vec_dot_tf!(BlockQ4_1, BlockQ8_1, dotprod::vec_dot_q4_1_q8_1),
+    )
+    .set_vec_dot(
+        T::Q8_0,
+        vec_dot_tf!(BlockQ8_0, BlockQ8_0, dotprod::vec_dot_q8_0_q8_0),
+    )
+    .set_vec_dot(
+        T::Q4K,
+        vec_dot_tf!(BlockQ4K, BlockQ8K, dotprod::vec_dot_q4_k_q8_k),
+    )
+    .set_vec_dot(
+        T::Q6K,
+        vec_dot_tf!(BlockQ6K, BlockQ8K, dotprod::vec_dot_q6_k_q8_k),
+    );
+
+/// One-row dot products gain nothing from `smmla` (module docs); the i8mm
+/// level keeps the dotprod entries and adds the two-row kernels in [`i8mm`].
 const NEON_I8MM_TABLE: Kernels = NEON_DOTPROD_TABLE.derive(Isa::NeonI8mm);
 
 static NEON: Kernels = NEON_TABLE;
@@ -36,4 +178,122 @@ pub(super) fn table(isa: Isa) -> &'static Kernels {
         Isa::NeonI8mm => &NEON_I8MM,
         _ => &NEON,
     }
+}
+
+// ---------------------------------------------------------------------------
+// Shared helpers.
+// ---------------------------------------------------------------------------
+
+/// `acc + Σ a[4i..4i+4]·b[4i..4i+4]` per i32 lane (`sdot`, Armv8.2 dotprod).
+///
+/// Expands to an `asm!` block: use it inside an `unsafe` block of a function
+/// compiled with `#[target_feature(enable = "dotprod")]`.
+macro_rules! sdot {
+    ($acc:expr, $a:expr, $b:expr) => {{
+        let mut acc: core::arch::aarch64::int32x4_t = $acc;
+        let a: core::arch::aarch64::int8x16_t = $a;
+        let b: core::arch::aarch64::int8x16_t = $b;
+        core::arch::asm!(
+            "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+            acc = inout(vreg) acc,
+            a = in(vreg) a,
+            b = in(vreg) b,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+        acc
+    }};
+}
+
+/// `acc + A·Bᵀ` for the 2×8 int8 matrices `a` (rows: bytes 0..8, 8..16) and
+/// `b`, as a row-major 2×2 i32 matrix (`smmla`, Armv8.6 i8mm):
+/// lanes `[a0·b0, a0·b1, a1·b0, a1·b1]`.
+///
+/// Expands to an `asm!` block: use it inside an `unsafe` block of a function
+/// compiled with `#[target_feature(enable = "i8mm")]`.
+macro_rules! smmla {
+    ($acc:expr, $a:expr, $b:expr) => {{
+        let mut acc: core::arch::aarch64::int32x4_t = $acc;
+        let a: core::arch::aarch64::int8x16_t = $a;
+        let b: core::arch::aarch64::int8x16_t = $b;
+        core::arch::asm!(
+            "smmla {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+            acc = inout(vreg) acc,
+            a = in(vreg) a,
+            b = in(vreg) b,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+        acc
+    }};
+}
+
+pub(crate) use {sdot, smmla};
+
+/// Exact f16 → f32 with the scalar `fcvt` (base Armv8-A FP, no FP16 extension
+/// needed). `half`'s conversion is a software bit-twiddle without `std`.
+#[inline(always)]
+fn f16_to_f32(h: f16) -> f32 {
+    let out: f32;
+    // SAFETY: `fcvt s, h` is part of base Armv8-A (FP is mandatory on
+    // aarch64); it reads and writes registers only. The low 16 bits of the
+    // input register are the half value.
+    unsafe {
+        asm!(
+            "fcvt {o:s}, {i:h}",
+            o = lateout(vreg) out,
+            i = in(vreg) f32::from_bits(h.to_bits() as u32),
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    out
+}
+
+/// Exact f16 → f32 of lanes 0..4 of `v` (`fcvtl`, base Advanced SIMD).
+#[inline(always)]
+fn fcvtl_lo(v: uint16x8_t) -> float32x4_t {
+    let out: float32x4_t;
+    // SAFETY: `fcvtl` (half → single) is base Armv8-A Advanced SIMD; register
+    // operands only.
+    unsafe {
+        asm!(
+            "fcvtl {o:v}.4s, {i:v}.4h",
+            o = lateout(vreg) out,
+            i = in(vreg) v,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    out
+}
+
+/// Exact f16 → f32 of lanes 4..8 of `v` (`fcvtl2`, base Advanced SIMD).
+#[inline(always)]
+fn fcvtl_hi(v: uint16x8_t) -> float32x4_t {
+    let out: float32x4_t;
+    // SAFETY: as for `fcvtl_lo`.
+    unsafe {
+        asm!(
+            "fcvtl2 {o:v}.4s, {i:v}.8h",
+            o = lateout(vreg) out,
+            i = in(vreg) v,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    out
+}
+
+/// The 6-bit scales and mins of a Q4_K/Q5_K block (ggml's `get_scale_min_k4`,
+/// done four at a time on little-endian words): `(scales[0..8], mins[0..8])`.
+#[inline(always)]
+fn q4k_scales_mins(s: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+    const KMASK1: u32 = 0x3f3f_3f3f;
+    const KMASK2: u32 = 0x0f0f_0f0f;
+    const KMASK3: u32 = 0x0303_0303;
+    let a0 = u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+    let a1 = u32::from_le_bytes([s[4], s[5], s[6], s[7]]);
+    let a2 = u32::from_le_bytes([s[8], s[9], s[10], s[11]]);
+    let sc_lo = a0 & KMASK1;
+    let sc_hi = (a2 & KMASK2) | (((a0 >> 6) & KMASK3) << 4);
+    let mn_lo = a1 & KMASK1;
+    let mn_hi = ((a2 >> 4) & KMASK2) | (((a1 >> 6) & KMASK3) << 4);
+    let join = |lo: u32, hi: u32| (lo as u64 | ((hi as u64) << 32)).to_le_bytes();
+    (join(sc_lo, sc_hi), join(mn_lo, mn_hi))
 }
