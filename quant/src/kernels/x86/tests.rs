@@ -1,0 +1,290 @@
+//! The x86 tables against the scalar one on odd lengths (every block count
+//! from 1 to 17, so the paired and 512-bit loops hit their tails) and on
+//! edge-case values. `quant/tests/kernels.rs` covers the rest generically.
+
+use crate::blocks::{BlockQ8_0, BlockQ8_1, BlockQ8K};
+use crate::{GgmlType, Isa, Kernels};
+use alloc::vec;
+use alloc::vec::Vec;
+
+const X86: [Isa; 4] = [Isa::Avx2, Isa::AvxVnni, Isa::Avx512, Isa::Avx512Vnni];
+
+fn tables() -> Vec<&'static Kernels> {
+    X86.into_iter().filter_map(Kernels::for_isa).collect()
+}
+
+fn scalar() -> &'static Kernels {
+    Kernels::for_isa(Isa::Scalar).unwrap()
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
+/// Rows of several shapes: uniform, with an outlier, tiny, near the f16
+/// range, ties for the rounding, all zeros.
+fn rows(n: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut r = Rng(seed | 1);
+    let uni: Vec<f32> = (0..n).map(|_| r.next()).collect();
+    let mut outlier: Vec<f32> = uni.iter().map(|v| v * 0.01).collect();
+    outlier[n / 3] = -500.0;
+    vec![
+        uni.clone(),
+        outlier,
+        uni.iter().map(|v| v * 1e-8).collect(),
+        uni.iter().map(|v| v * 65504.0).collect(),
+        (0..n).map(|i| (i % 37) as f32 * 0.5 - 9.0).collect(),
+        vec![0.0; n],
+        (0..n)
+            .map(|i| if i % 2 == 0 { 3.0 } else { -3.0 })
+            .collect(),
+    ]
+}
+
+fn quantize(k: &Kernels, ty: GgmlType, x: &[f32]) -> Vec<u8> {
+    let mut q = vec![0u8; ty.row_size(x.len()).unwrap()];
+    (k.of(ty).from_float)(x, &mut q);
+    q
+}
+
+fn dequantize(ty: GgmlType, q: &[u8], n: usize) -> Vec<f32> {
+    let mut y = vec![0f32; n];
+    (scalar().of(ty).to_float)(q, &mut y);
+    y
+}
+
+/// `rows` names which of `rows()` the weights and activations are, for the
+/// failure message.
+fn check_dot(k: &Kernels, ty: GgmlType, w: &[f32], a: &[f32], rows: (usize, usize)) {
+    let adt = ty.vec_dot_type();
+    let wq = quantize(scalar(), ty, w);
+    let aq = quantize(scalar(), adt, a);
+    let want = (scalar().of(ty).vec_dot)(&wq, &aq) as f64;
+    let got = (k.of(ty).vec_dot)(&wq, &aq) as f64;
+    let mag: f64 = dequantize(ty, &wq, w.len())
+        .iter()
+        .zip(&dequantize(adt, &aq, a.len()))
+        .map(|(&p, &q)| (p as f64 * q as f64).abs())
+        .sum();
+    let tol = 1e-5 * mag + 1e-6 * want.abs() + f32::MIN_POSITIVE as f64;
+    // Rows near the f16 limit overflow (Q8_1's `s`); equal non-finite
+    // results agree.
+    let same = got == want || (got.is_nan() && want.is_nan());
+    assert!(
+        same || (got - want).abs() <= tol,
+        "{} {ty} n={} rows {rows:?}: {got} vs scalar {want} (tol {tol:e})",
+        k.isa(),
+        w.len()
+    );
+}
+
+const DOT_TYPES: [GgmlType; 8] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4K,
+    GgmlType::Q6K,
+    GgmlType::F16,
+];
+
+#[test]
+fn vec_dot_matches_scalar_for_every_length() {
+    for k in tables() {
+        for ty in DOT_TYPES {
+            let max_blocks = if ty.block_size() == 256 { 6 } else { 17 };
+            for nb in 1..=max_blocks {
+                let n = nb * ty.block_size();
+                let (ws, as_) = (rows(n, nb as u64), rows(n, 1000 + nb as u64));
+                for (wi, w) in ws.iter().enumerate() {
+                    for (ai, a) in as_.iter().enumerate() {
+                        check_dot(k, ty, w, a, (wi, ai));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn f16_kernels_match_scalar_for_odd_lengths() {
+    for k in tables() {
+        for n in 1..80 {
+            for (i, (w, a)) in rows(n, 7 + n as u64).iter().zip(rows(n, 9)).enumerate() {
+                check_dot(k, GgmlType::F16, w, &a, (i, i));
+                let q = quantize(k, GgmlType::F16, w);
+                assert_eq!(q, quantize(scalar(), GgmlType::F16, w), "{} n={n}", k.isa());
+                let mut y = vec![0f32; n];
+                (k.of(GgmlType::F16).to_float)(&q, &mut y);
+                let want = dequantize(GgmlType::F16, &q, n);
+                assert!(y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+            }
+        }
+    }
+}
+
+#[test]
+fn f16_conversion_of_special_values_matches_half() {
+    let x = [
+        0.0f32,
+        -0.0,
+        65504.0,
+        65520.0,
+        -70000.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        -f32::NAN,
+        1e-8,
+        5.96e-8,
+        -2.98e-8,
+        6.1e-5,
+        1.0 / 3.0,
+        2049.0,
+        2051.0,
+    ];
+    for k in tables() {
+        let q = quantize(k, GgmlType::F16, &x);
+        assert_eq!(q, quantize(scalar(), GgmlType::F16, &x), "{}", k.isa());
+        let mut y = vec![0f32; x.len()];
+        (k.of(GgmlType::F16).to_float)(&q, &mut y);
+        let want = dequantize(GgmlType::F16, &q, x.len());
+        assert!(y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+}
+
+/// The activation quantizers: identical `d` (and `s`, `bsums` from the
+/// block's own quants), each quant within one of scalar. With the exact
+/// rounding used here they are in fact identical, which is checked too.
+#[test]
+fn activation_quantizers_match_scalar() {
+    for k in tables() {
+        for nb in 1..=9 {
+            for ty in [GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8K] {
+                let n = nb * ty.block_size();
+                for (i, x) in rows(n, 31 + nb as u64).iter().enumerate() {
+                    let got = quantize(k, ty, x);
+                    let want = quantize(scalar(), ty, x);
+                    assert_eq!(got, want, "{} {ty} n={n} row {i}", k.isa());
+                }
+            }
+        }
+    }
+}
+
+/// Q8_K takes the sign of its scale from the first element of largest
+/// magnitude; ties between +a and −a must pick the same one as scalar.
+#[test]
+fn q8_k_picks_the_first_extreme() {
+    for k in tables() {
+        for (pos, neg) in [(3usize, 200usize), (200, 3), (0, 255), (255, 0)] {
+            let mut x = vec![0.25f32; 256];
+            x[pos] = 2.0;
+            x[neg] = -2.0;
+            let got = quantize(k, GgmlType::Q8K, &x);
+            let want = quantize(scalar(), GgmlType::Q8K, &x);
+            let (g, w): (&[BlockQ8K], &[BlockQ8K]) =
+                (bytemuck::cast_slice(&got), bytemuck::cast_slice(&want));
+            assert_eq!(g[0].d.to_bits(), w[0].d.to_bits(), "{}", k.isa());
+            assert_eq!(g, w);
+        }
+    }
+}
+
+/// NaN elements are skipped by the scalar amax; the SIMD one must agree on `d`.
+#[test]
+fn quantizers_ignore_nan_in_amax_like_scalar() {
+    for k in tables() {
+        let mut x: Vec<f32> = (0..256).map(|i| i as f32 / 100.0 - 1.0).collect();
+        x[5] = f32::NAN;
+        for ty in [GgmlType::Q8_0, GgmlType::Q8_1] {
+            let got = quantize(k, ty, &x);
+            let want = quantize(scalar(), ty, &x);
+            if ty == GgmlType::Q8_0 {
+                let (g, w): (&[BlockQ8_0], &[BlockQ8_0]) =
+                    (bytemuck::cast_slice(&got), bytemuck::cast_slice(&want));
+                assert!(g.iter().zip(w).all(|(a, b)| a.d == b.d), "{}", k.isa());
+            } else {
+                let (g, w): (&[BlockQ8_1], &[BlockQ8_1]) =
+                    (bytemuck::cast_slice(&got), bytemuck::cast_slice(&want));
+                assert!(g.iter().zip(w).all(|(a, b)| a.d == b.d), "{}", k.isa());
+            }
+        }
+        let got = quantize(k, GgmlType::Q8K, &x);
+        let want = quantize(scalar(), GgmlType::Q8K, &x);
+        let (g, w): (&[BlockQ8K], &[BlockQ8K]) =
+            (bytemuck::cast_slice(&got), bytemuck::cast_slice(&want));
+        assert_eq!(g[0].d.to_bits(), w[0].d.to_bits(), "{}", k.isa());
+    }
+}
+
+/// Raw activation blocks with every byte value, −128 included, for the
+/// kernels that are exact on them (all but the Q8_0 sign trick).
+#[test]
+fn offset_kernels_are_exact_on_any_activation_byte() {
+    use crate::blocks::{BlockQ4_0, BlockQ4K};
+    let mut r = Rng(99);
+    for k in tables() {
+        for nb in 1..=5 {
+            let n = nb * 256;
+            let w: Vec<f32> = (0..n).map(|_| r.next()).collect();
+            let q40 = quantize(scalar(), GgmlType::Q4_0, &w);
+            let mut a = vec![
+                BlockQ8_0 {
+                    d: half::f16::from_f32(0.5),
+                    qs: [0; 32]
+                };
+                n / 32
+            ];
+            for (i, b) in a.iter_mut().enumerate() {
+                for (j, q) in b.qs.iter_mut().enumerate() {
+                    *q = ((i * 32 + j) * 7 + 128) as u8 as i8;
+                }
+                b.qs[i % 32] = -128;
+            }
+            let ab: &[u8] = bytemuck::cast_slice(&a);
+            let want = (scalar().of(GgmlType::Q4_0).vec_dot)(&q40, ab);
+            let got = (k.of(GgmlType::Q4_0).vec_dot)(&q40, ab);
+            assert!(
+                (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                "{}",
+                k.isa()
+            );
+            let _: &[BlockQ4_0] = bytemuck::cast_slice(&q40);
+
+            let q4k = quantize(scalar(), GgmlType::Q4K, &w);
+            let mut a = vec![
+                BlockQ8K {
+                    d: 0.01,
+                    qs: [0; 256],
+                    bsums: [0; 16]
+                };
+                nb
+            ];
+            for (i, b) in a.iter_mut().enumerate() {
+                for (j, q) in b.qs.iter_mut().enumerate() {
+                    *q = ((i * 256 + j) * 13 + 5) as u8 as i8;
+                }
+                for (s, g) in b.bsums.iter_mut().zip(b.qs.chunks(16)) {
+                    *s = g.iter().map(|&q| q as i16).sum();
+                }
+            }
+            let ab: &[u8] = bytemuck::cast_slice(&a);
+            let want = (scalar().of(GgmlType::Q4K).vec_dot)(&q4k, ab);
+            let got = (k.of(GgmlType::Q4K).vec_dot)(&q4k, ab);
+            assert!(
+                (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                "{}",
+                k.isa()
+            );
+            let _: &[BlockQ4K] = bytemuck::cast_slice(&q4k);
+        }
+    }
+}

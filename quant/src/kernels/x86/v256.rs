@@ -1,0 +1,415 @@
+//! The 256-bit kernels, written once and instantiated twice: for AVX2 (where
+//! an 8-bit dot product is `vpmaddubsw` + `vpmaddwd`) and for AVX-VNNI (one
+//! `vpdpbusd`). The two instantiations differ only in the `prims` module in
+//! scope at the macro call, which supplies:
+//!
+//! - `dot_u8i8(acc, u, s)`: `acc + Σ₄ u·s`, u8 × i8 products summed in fours
+//!   into the eight i32 lanes. With AVX2 the pair sums go through i16, so
+//!   callers keep `|u| ≤ 128` pairs below 2¹⁵ (true for every use here).
+//! - `dot_i16(acc, a, b)`: `acc + Σ₂ a·b`, i16 pairs into i32 lanes.
+//! - `dot_off(u, s, off)`: `Σ₄ (u − off)·s` into fresh i32 lanes, for
+//!   `u, off ≤ 31`.
+//!
+//! Layout of the 32-wide formats: element `j` of a block is the low nibble of
+//! `qs[j]` for `j < 16` and the high nibble of `qs[j − 16]` after, so one
+//! 16-byte load gives the low lane (nibbles) and the same load shifted right by
+//! four gives the high lane: the weights come out in element order and line up
+//! with a plain 32-byte load of the Q8 activations.
+//!
+//! Offsets (Q4_0's `q − 8`, Q5_0's `q − 16`) are applied as `Σ q·y − 8·Σ y`
+//! with both sums computed by the u8 × i8 product (`Σ y` as `8 × y`), which is
+//! exact for every activation byte, −128 included, unlike ggml's sign trick.
+
+macro_rules! kernels_256 {
+    ($feat:literal) => {
+        use super::util::*;
+        use crate::blocks::*;
+        use crate::types::QK_K;
+        use core::arch::x86_64::*;
+        use half::f16;
+        use prims::{dot_i16, dot_off, dot_u8i8};
+
+        /// Runs `body` (returning a per-block f32 scale vector and i32 lane
+        /// sums) over paired blocks with two accumulators, so consecutive
+        /// blocks' FMAs do not wait on each other.
+        macro_rules! block_loop {
+            ($x:expr, $y:expr, $body:path) => {{
+                let (x2, xr) = $x.as_chunks::<2>();
+                let (y2, yr) = $y.as_chunks::<2>();
+                let mut acc0 = _mm256_setzero_ps();
+                let mut acc1 = _mm256_setzero_ps();
+                for (xs, ys) in x2.iter().zip(y2) {
+                    let (d0, s0) = $body(&xs[0], &ys[0]);
+                    let (d1, s1) = $body(&xs[1], &ys[1]);
+                    acc0 = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(s0), acc0);
+                    acc1 = _mm256_fmadd_ps(d1, _mm256_cvtepi32_ps(s1), acc1);
+                }
+                for (xb, yb) in xr.iter().zip(yr) {
+                    let (d, s) = $body(xb, yb);
+                    acc0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc0);
+                }
+                hsum_ps(_mm256_add_ps(acc0, acc1))
+            }};
+        }
+
+        /// Like `block_loop!` for the formats with a minimum (Q4_1, Q5_1),
+        /// whose `body` returns `[d·d_y, m·s_y, …]` (an `__m128`) and the lane
+        /// sums. Here each block's integer sum is reduced exactly first and
+        /// combined with its own `m·s` in one FMA, as the scalar code does per
+        /// block: the two terms can be large and cancel (a block with an
+        /// outlier), so adding each across blocks separately would lose the
+        /// low bits. Four blocks share the reduction: three `hadd`s turn their
+        /// lane sums into one lane each.
+        macro_rules! block_loop_min {
+            ($x:expr, $y:expr, $body:path) => {{
+                let (x4, xr) = $x.as_chunks::<4>();
+                let (y4, yr) = $y.as_chunks::<4>();
+                let mut acc = _mm_setzero_ps();
+                for (xs, ys) in x4.iter().zip(y4) {
+                    let (p0, s0) = $body(&xs[0], &ys[0]);
+                    let (p1, s1) = $body(&xs[1], &ys[1]);
+                    let (p2, s2) = $body(&xs[2], &ys[2]);
+                    let (p3, s3) = $body(&xs[3], &ys[3]);
+                    let t = _mm256_hadd_epi32(_mm256_hadd_epi32(s0, s1), _mm256_hadd_epi32(s2, s3));
+                    let s =
+                        _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256::<1>(t));
+                    let a = _mm_unpacklo_ps(p0, p1); // d0 d1 m0 m1
+                    let b = _mm_unpacklo_ps(p2, p3); // d2 d3 m2 m3
+                    let (d, m) = (_mm_movelh_ps(a, b), _mm_movehl_ps(b, a));
+                    acc = _mm_add_ps(acc, _mm_fmadd_ps(d, _mm_cvtepi32_ps(s), m));
+                }
+                for (xb, yb) in xr.iter().zip(yr) {
+                    let (p, s) = $body(xb, yb);
+                    let s = _mm_cvtsi32_ss(_mm_setzero_ps(), hsum_epi32(s));
+                    acc = _mm_add_ss(acc, _mm_fmadd_ss(p, s, _mm_movehdup_ps(p)));
+                }
+                hsum_ps128(acc)
+            }};
+        }
+
+        /// `Σ x·y` of two i8 vectors in i32 lanes via the sign trick
+        /// `|x| · (y·sign x)`: exact unless an activation byte is −128 where
+        /// the weight is negative (our quantizers never emit −128).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn dot_i8i8(x: __m256i, y: __m256i) -> __m256i {
+            let ax = _mm256_sign_epi8(x, x);
+            let sy = _mm256_sign_epi8(y, x);
+            dot_u8i8(_mm256_setzero_si256(), ax, sy)
+        }
+
+        /// `[d_x·d_y; 8]` as f32.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn scale2(a: f16, b: f16) -> __m256 {
+            _mm256_mul_ps(splat_f16(a), splat_f16(b))
+        }
+
+        /// `[d·d_y, m·s_y, …]` from the two f16 pairs of Q4_1/Q5_1 × Q8_1.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn scale_min(d: f16, m: f16, dy: f16, s: f16) -> __m128 {
+            let pair = |a: f16, b: f16| {
+                let bits = u32::from(a.to_bits()) | u32::from(b.to_bits()) << 16;
+                _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))
+            };
+            _mm_mul_ps(pair(d, m), pair(dy, s))
+        }
+
+        /// The 5th bits of a Q5 block as 0x10 bytes, in element order.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn fifth_bits(qh: [u8; 4]) -> __m256i {
+            _mm256_and_si256(
+                bytes_from_bits(u32::from_le_bytes(qh)),
+                _mm256_set1_epi8(0x10),
+            )
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        pub(in super::super) fn block_q4_0(x: &BlockQ4_0, y: &BlockQ8_0) -> (__m256, __m256i) {
+            (scale2(x.d, y.d), dot_off(nibbles(&x.qs), ld256(&y.qs), 8))
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        pub(in super::super) fn block_q4_1(x: &BlockQ4_1, y: &BlockQ8_1) -> (__m128, __m256i) {
+            let s = dot_u8i8(_mm256_setzero_si256(), nibbles(&x.qs), ld256(&y.qs));
+            (scale_min(x.d, x.m, y.d, y.s), s)
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        pub(in super::super) fn block_q5_0(x: &BlockQ5_0, y: &BlockQ8_0) -> (__m256, __m256i) {
+            let q = _mm256_or_si256(nibbles(&x.qs), fifth_bits(x.qh));
+            (scale2(x.d, y.d), dot_off(q, ld256(&y.qs), 16))
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        pub(in super::super) fn block_q5_1(x: &BlockQ5_1, y: &BlockQ8_1) -> (__m128, __m256i) {
+            let q = _mm256_or_si256(nibbles(&x.qs), fifth_bits(x.qh));
+            let s = dot_u8i8(_mm256_setzero_si256(), q, ld256(&y.qs));
+            (scale_min(x.d, x.m, y.d, y.s), s)
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        pub(in super::super) fn block_q8_0(x: &BlockQ8_0, y: &BlockQ8_0) -> (__m256, __m256i) {
+            (scale2(x.d, y.d), dot_i8i8(ld256(&x.qs), ld256(&y.qs)))
+        }
+
+        /// Q4_0 · Q8_0.
+        ///
+        /// # Safety
+        /// The CPU must have the features this function enables.
+        #[target_feature(enable = $feat)]
+        pub(in super::super) unsafe fn vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+            assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
+            block_loop!(x, y, block_q4_0)
+        }
+
+        /// Q4_1 · Q8_1.
+        ///
+        /// # Safety
+        /// The CPU must have the features this function enables.
+        #[target_feature(enable = $feat)]
+        pub(in super::super) unsafe fn vec_dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+            assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
+            block_loop_min!(x, y, block_q4_1)
+        }
+
+        /// Q5_0 · Q8_0.
+        ///
+        /// # Safety
+        /// The CPU must have the features this function enables.
+        #[target_feature(enable = $feat)]
+        pub(in super::super) unsafe fn vec_dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
+            assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
+            block_loop!(x, y, block_q5_0)
+        }
+
+        /// Q5_1 · Q8_1.
+        ///
+        /// # Safety
+        /// The CPU must have the features this function enables.
+        #[target_feature(enable = $feat)]
+        pub(in super::super) unsafe fn vec_dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
+            assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
+            block_loop_min!(x, y, block_q5_1)
+        }
+
+        /// Q8_0 · Q8_0.
+        ///
+        /// # Safety
+        /// The CPU must have the features this function enables.
+        #[target_feature(enable = $feat)]
+        pub(in super::super) unsafe fn vec_dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+            assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
+            block_loop!(x, y, block_q8_0)
+        }
+
+        /// The eight 6-bit scales (i16, lanes 0..8) and mins (lanes 8..16) of
+        /// a Q4_K/Q5_K block.
+        ///
+        /// The 12 bytes pack scale/min `j < 4` in the low 6 bits of bytes
+        /// `j`/`j + 4`, and `j ≥ 4` as a low nibble in byte `j + 4` (scale) or
+        /// its high nibble (min) plus the top two bits of bytes `j − 4`/`j`.
+        /// Done on three u32 words as ggml does.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        pub(in super::super) fn scales_mins_k4(packed: &[u8; 12]) -> __m256i {
+            const M1: u32 = 0x3f3f_3f3f;
+            const M2: u32 = 0x0f0f_0f0f;
+            const M3: u32 = 0x0303_0303;
+            let w = |i: usize| {
+                u32::from_le_bytes([
+                    packed[4 * i],
+                    packed[4 * i + 1],
+                    packed[4 * i + 2],
+                    packed[4 * i + 3],
+                ])
+            };
+            let (u0, u1, u2) = (w(0), w(1), w(2));
+            let sc_lo = u0 & M1;
+            let sc_hi = (u2 & M2) | (((u0 >> 6) & M3) << 4);
+            let mn_lo = u1 & M1;
+            let mn_hi = ((u2 >> 4) & M2) | (((u1 >> 6) & M3) << 4);
+            let v = _mm_setr_epi32(sc_lo as i32, sc_hi as i32, mn_lo as i32, mn_hi as i32);
+            _mm256_cvtepu8_epi16(v)
+        }
+
+        /// `Σⱼ minⱼ · (Σ of the activations of group j)` of a Q4_K/Q5_K block
+        /// as four i32 lanes: the 16-sums of Q8_K pair up into the 32-groups.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        pub(in super::super) fn mins_dot_bsums(mins: __m128i, bsums: &[i16; 16]) -> __m128i {
+            let b = ld256(bsums);
+            let sums32 =
+                _mm_hadd_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256::<1>(b));
+            _mm_madd_epi16(mins, sums32)
+        }
+
+        /// Q4_K · Q8_K.
+        ///
+        /// Per 64 elements, 32 bytes of `qs` hold elements 0..32 in the low
+        /// nibbles (sub-block 2j) and 32..64 in the high ones (2j + 1); u8 × i8
+        /// pair sums (≤ 2·15·128) fit in i16 and are then multiplied by the
+        /// sub-block's scale with `dot_i16`. The mins go through `bsums`.
+        ///
+        /// # Safety
+        /// The CPU must have the features this function enables.
+        #[target_feature(enable = $feat)]
+        pub(in super::super) unsafe fn vec_dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
+            assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
+            // Byte shuffles that broadcast i16 scale `k` to all 16 i16 lanes.
+            let pick = |k: i16| _mm256_set1_epi16((2 * k) | ((2 * k + 1) << 8));
+            let m4 = _mm256_set1_epi8(0x0f);
+            let mut acc = _mm256_setzero_ps();
+            let mut accm = _mm_setzero_ps();
+            for (xb, yb) in x.iter().zip(y) {
+                let d = yb.d * f16_to_f32(xb.d);
+                let dmin = -yb.d * f16_to_f32(xb.dmin);
+                let sm = scales_mins_k4(&xb.scales);
+                let mins = _mm256_extracti128_si256::<1>(sm);
+                let prod = mins_dot_bsums(mins, &yb.bsums);
+                accm = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), accm);
+
+                let sc = _mm256_permute2x128_si256::<0x00>(sm, sm);
+                let q4 = xb.qs.as_chunks::<32>().0;
+                let q8 = yb.qs.as_chunks::<32>().0;
+                let mut s0 = _mm256_setzero_si256();
+                let mut s1 = _mm256_setzero_si256();
+                for j in 0..QK_K / 64 {
+                    let bits = ld256(&q4[j]);
+                    let lo = _mm256_and_si256(bits, m4);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
+                    let plo = _mm256_maddubs_epi16(lo, ld256(&q8[2 * j]));
+                    let phi = _mm256_maddubs_epi16(hi, ld256(&q8[2 * j + 1]));
+                    let k = 2 * j as i16;
+                    s0 = dot_i16(s0, plo, _mm256_shuffle_epi8(sc, pick(k)));
+                    s1 = dot_i16(s1, phi, _mm256_shuffle_epi8(sc, pick(k + 1)));
+                }
+                let s = _mm256_add_epi32(s0, s1);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(s), acc);
+            }
+            let m = _mm_add_ps(accm, _mm_movehl_ps(accm, accm));
+            let m = _mm_add_ss(m, _mm_movehdup_ps(m));
+            hsum_ps(acc) + _mm_cvtss_f32(m)
+        }
+
+        /// Q6_K · Q8_K.
+        ///
+        /// Per 128 elements: `ql[0..32]`/`ql[32..64]` hold the low nibbles of
+        /// elements 0..32/32..64 and the high nibbles of 64..96/96..128;
+        /// `qh[0..32]` holds their top two bits at bits 0-1, 2-3, 4-5, 6-7.
+        /// The quants are used unsigned (0..64) and the −32 offset is removed
+        /// once per block as `32 · Σ_g scale_g · bsum_g`. Each product vector
+        /// covers two 16-groups, so it is multiplied by
+        /// `[scale_g ×8 | scale_g+1 ×8]` (i16).
+        ///
+        /// # Safety
+        /// The CPU must have the features this function enables.
+        #[target_feature(enable = $feat)]
+        pub(in super::super) unsafe fn vec_dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
+            assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
+            // Shuffle k picks i16 scale 2k (of the lane's 8) in the low lane
+            // and 2k + 1 in the high lane.
+            let pick = |k: i8| {
+                let (a, b) = (4 * k, 4 * k + 2);
+                _mm256_setr_epi8(
+                    a,
+                    a + 1,
+                    a,
+                    a + 1,
+                    a,
+                    a + 1,
+                    a,
+                    a + 1,
+                    a,
+                    a + 1,
+                    a,
+                    a + 1,
+                    a,
+                    a + 1,
+                    a,
+                    a + 1,
+                    b,
+                    b + 1,
+                    b,
+                    b + 1,
+                    b,
+                    b + 1,
+                    b,
+                    b + 1,
+                    b,
+                    b + 1,
+                    b,
+                    b + 1,
+                    b,
+                    b + 1,
+                    b,
+                    b + 1,
+                )
+            };
+            let picks = [pick(0), pick(1), pick(2), pick(3)];
+            let m4 = _mm256_set1_epi8(0x0f);
+            let m30 = _mm256_set1_epi8(0x30);
+            let mut acc0 = _mm256_setzero_ps();
+            let mut acc1 = _mm256_setzero_ps();
+            for (i, (xb, yb)) in x.iter().zip(y).enumerate() {
+                let d = _mm256_set1_ps(yb.d * f16_to_f32(xb.d));
+                let sc = _mm256_cvtepi8_epi16(ld128(&xb.scales));
+                // −32 · Σ_g scale_g · bsum_g, exact in i32.
+                let corr = _mm256_madd_epi16(sc, ld256(&yb.bsums));
+                let mut sumi =
+                    _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(corr));
+                let ql = xb.ql.as_chunks::<32>().0;
+                let qh = xb.qh.as_chunks::<32>().0;
+                let q8 = yb.qs.as_chunks::<32>().0;
+                for n in 0..QK_K / 128 {
+                    // Scales 8n..8n+8 in both lanes.
+                    let scn = if n == 0 {
+                        _mm256_permute2x128_si256::<0x00>(sc, sc)
+                    } else {
+                        _mm256_permute2x128_si256::<0x11>(sc, sc)
+                    };
+                    let h = ld256(&qh[n]);
+                    let l0 = ld256(&ql[2 * n]);
+                    let l1 = ld256(&ql[2 * n + 1]);
+                    // (h << s) & 0x30 moves bit pair k to bits 4-5; 16-bit
+                    // shifts only spill bits the mask clears.
+                    let q = [
+                        _mm256_or_si256(
+                            _mm256_and_si256(l0, m4),
+                            _mm256_and_si256(_mm256_slli_epi16::<4>(h), m30),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(l1, m4),
+                            _mm256_and_si256(_mm256_slli_epi16::<2>(h), m30),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(l0), m4),
+                            _mm256_and_si256(h, m30),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(l1), m4),
+                            _mm256_and_si256(_mm256_srli_epi16::<2>(h), m30),
+                        ),
+                    ];
+                    for k in 0..4 {
+                        let p = _mm256_maddubs_epi16(q[k], ld256(&q8[4 * n + k]));
+                        sumi = dot_i16(sumi, p, _mm256_shuffle_epi8(scn, picks[k]));
+                    }
+                }
+                if i % 2 == 0 {
+                    acc0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc0);
+                } else {
+                    acc1 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc1);
+                }
+            }
+            hsum_ps(_mm256_add_ps(acc0, acc1))
+        }
+    };
+}
