@@ -428,7 +428,11 @@ impl<'a> Parser<'a> {
     /// of the file cannot hold that many.
     fn count(&mut self, what: &'static str, min_size: u64) -> Result<u64> {
         let at = self.pos;
-        let count = self.u64(what)?;
+        let count = self.u64(if what == "tensor" {
+            "tensor count"
+        } else {
+            "metadata count"
+        })?;
         self.check_count(what, at, count, min_size)?;
         Ok(count)
     }
