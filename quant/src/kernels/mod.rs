@@ -290,17 +290,9 @@ impl fmt::Debug for Kernels {
 /// Wraps a typed `fn(&[W], &[A]) -> f32` as a byte-level [`VecDotFn`].
 ///
 /// With `unsafe`, the function is a `#[target_feature]` kernel: the wrapper may
-/// only be put into the table of an ISA that implies those features.
+/// only be put into the table of an ISA that implies those features. (The
+/// `unsafe` arm comes first: a `$w:ty` fragment would fail hard on the keyword.)
 macro_rules! vec_dot {
-    ($w:ty, $a:ty, $f:path) => {{
-        fn wrapper(w: &[u8], a: &[u8]) -> f32 {
-            $f(
-                bytemuck::cast_slice::<u8, $w>(w),
-                bytemuck::cast_slice::<u8, $a>(a),
-            )
-        }
-        wrapper as $crate::kernels::VecDotFn
-    }};
     (unsafe $w:ty, $a:ty, $f:path) => {{
         fn wrapper(w: &[u8], a: &[u8]) -> f32 {
             let (w, a) = (
@@ -314,16 +306,19 @@ macro_rules! vec_dot {
         }
         wrapper as $crate::kernels::VecDotFn
     }};
+    ($w:ty, $a:ty, $f:path) => {{
+        fn wrapper(w: &[u8], a: &[u8]) -> f32 {
+            $f(
+                bytemuck::cast_slice::<u8, $w>(w),
+                bytemuck::cast_slice::<u8, $a>(a),
+            )
+        }
+        wrapper as $crate::kernels::VecDotFn
+    }};
 }
 
 /// Wraps a typed `fn(&[f32], &mut [B])` as a byte-level [`FromFloatFn`].
 macro_rules! from_float {
-    ($b:ty, $f:path) => {{
-        fn wrapper(x: &[f32], y: &mut [u8]) {
-            $f(x, bytemuck::cast_slice_mut::<u8, $b>(y))
-        }
-        wrapper as $crate::kernels::FromFloatFn
-    }};
     (unsafe $b:ty, $f:path) => {{
         fn wrapper(x: &[f32], y: &mut [u8]) {
             let y = bytemuck::cast_slice_mut::<u8, $b>(y);
@@ -332,21 +327,27 @@ macro_rules! from_float {
         }
         wrapper as $crate::kernels::FromFloatFn
     }};
+    ($b:ty, $f:path) => {{
+        fn wrapper(x: &[f32], y: &mut [u8]) {
+            $f(x, bytemuck::cast_slice_mut::<u8, $b>(y))
+        }
+        wrapper as $crate::kernels::FromFloatFn
+    }};
 }
 
 /// Wraps a typed `fn(&[B], &mut [f32])` as a byte-level [`ToFloatFn`].
 macro_rules! to_float {
-    ($b:ty, $f:path) => {{
-        fn wrapper(x: &[u8], y: &mut [f32]) {
-            $f(bytemuck::cast_slice::<u8, $b>(x), y)
-        }
-        wrapper as $crate::kernels::ToFloatFn
-    }};
     (unsafe $b:ty, $f:path) => {{
         fn wrapper(x: &[u8], y: &mut [f32]) {
             let x = bytemuck::cast_slice::<u8, $b>(x);
             // SAFETY: as for `vec_dot!(unsafe …)`: only in a detected ISA's table.
             unsafe { $f(x, y) }
+        }
+        wrapper as $crate::kernels::ToFloatFn
+    }};
+    ($b:ty, $f:path) => {{
+        fn wrapper(x: &[u8], y: &mut [f32]) {
+            $f(bytemuck::cast_slice::<u8, $b>(x), y)
         }
         wrapper as $crate::kernels::ToFloatFn
     }};
