@@ -3,24 +3,28 @@
 //!
 //! `vdotq_s32` / `vmmlaq_s32` and the `float16x4_t` conversions are not stable
 //! Rust intrinsics, so `sdot`, `smmla` and `fcvt`/`fcvtl` are written with
-//! `asm!` (the [`sdot!`] / [`smmla!`] macros and [`f16_to_f32`] /
-//! [`fcvtl_lo`]). The algorithms follow ggml's `arch/arm/quants.c`.
+//! `asm!` (the `sdot!` / `smmla!` macros, `f16_to_f32`, `fcvtl_lo`/`fcvtl_hi`).
+//! The algorithms follow ggml's `arch/arm/quants.c`; loops over 32-wide
+//! blocks take two blocks per step into two accumulators.
 //!
-//! | ISA            | vec_dot                                            | from_float          |
-//! |----------------|----------------------------------------------------|---------------------|
-//! | `Neon`         | Q4_0, Q4_1, Q8_0, Q4_K, Q6_K, F16 (`smull`/`sadalp`) | Q8_0, Q8_1, Q8_K  |
-//! | `NeonDotprod`  | Q4_0, Q4_1, Q8_0, Q4_K, Q6_K with `sdot`           | inherited           |
-//! | `NeonI8mm`     | inherited from `NeonDotprod` (see below)           | inherited           |
+//! | ISA           | vec_dot                                       | from_float / to_float       |
+//! |---------------|-----------------------------------------------|-----------------------------|
+//! | `Neon`        | Q4_0, Q4_1, Q8_0, Q4_K, Q6_K (`smull`+`sadalp`), F16 (`fcvtl`+`fmla`) | Q8_0, Q8_1, Q8_K / F16 |
+//! | `NeonDotprod` | Q4_0, Q4_1, Q8_0, Q4_K, Q6_K with `sdot`      | inherited                   |
+//! | `NeonI8mm`    | inherited from `NeonDotprod` (see below)      | inherited                   |
+//!
+//! Everything else is inherited from the scalar table.
 //!
 //! **Why the i8mm table equals the dotprod one.** `smmla` multiplies a 2×8 by
-//! an 8×2 int8 matrix: 32 multiply-adds, twice an `sdot`'s 16, for the same
-//! issue cost on current cores. A single-row dot product has only one
-//! activation row, so a `smmla` formulation (two consecutive blocks of the same
-//! row as the two "rows", ggml's `nrc == 2` trick applied to one row) wastes
-//! the two off-diagonal products and lands at `sdot` throughput plus shuffles.
-//! The gain only appears with two weight rows × two activation rows: see
-//! [`i8mm`]'s `vec_dot_*_2rows` kernels (2×2 output tiles, every product
-//! used), which a batched matmul can call; they are tested against scalar here.
+//! an 8×2 int8 matrix: 32 multiply-adds per instruction against `sdot`'s 16.
+//! A single-row dot product has only one activation row, so a `smmla`
+//! formulation (two consecutive blocks of the same row as the two "rows",
+//! ggml's `nrc == 2` trick applied to one row) discards the two off-diagonal
+//! products: the same useful work per instruction as `sdot`, plus the zip
+//! shuffles. (Reasoned from the instruction definitions, not measured: only
+//! qemu is available here.) The gain needs two weight rows × two activation
+//! rows: `i8mm`'s `vec_dot_*_2rows` kernels compute such 2×2 tiles with every
+//! product used, for a batched matmul to call; they are tested against scalar.
 //!
 //! Semantics match [`crate::formats`]: integer sums inside a block are exact;
 //! only the order of float accumulation differs. The activation quantizers

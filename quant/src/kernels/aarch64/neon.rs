@@ -505,8 +505,8 @@ pub(crate) unsafe fn quantize_row_q8_k(x: &[f32], y: &mut [BlockQ8K]) {
         }
         let [h, l] = ext;
         let amax = h.abs().max(l.abs());
-        if !(amax > 0.0) {
-            // All zeros (or no number at all): the scalar writes d = 0, q = 0.
+        if amax == 0.0 {
+            // All zeros: the scalar writes d = 0, zero quants and sums.
             yb.d = 0.0;
             yb.qs = [0; QK_K];
             yb.bsums = [0; QK_K / 16];

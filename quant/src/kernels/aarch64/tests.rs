@@ -433,6 +433,7 @@ fn f16_dot_and_to_float_match_scalar() {
         (kt.of(GgmlType::F16).to_float)(bytes(&all), &mut got);
         for (h, g) in all.iter().zip(&got) {
             assert_eq!(g.to_bits(), h.to_f32().to_bits(), "{} {h:?}", kt.isa());
+            assert_eq!(super::f16_to_f32(*h).to_bits(), g.to_bits(), "fcvt {h:?}");
         }
     }
 }
