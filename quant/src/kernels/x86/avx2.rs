@@ -3,6 +3,7 @@
 //! kernels. The higher x86 levels reuse the quantizers and F16 kernels.
 
 use crate::formats::check_len;
+use half::f16;
 
 /// The 8-bit products without VNNI: `vpmaddubsw` multiplies u8 × i8 and adds
 /// adjacent pairs into i16 (saturating, which our operand ranges never reach),

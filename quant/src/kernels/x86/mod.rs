@@ -63,7 +63,11 @@ macro_rules! to_float_tf {
 
 #[macro_use]
 mod v256;
+#[macro_use]
+mod v512;
 mod avx2;
+mod avx512;
+mod avx512_vnni;
 mod avx_vnni;
 #[cfg(test)]
 mod tests;
@@ -157,8 +161,68 @@ const AVX_VNNI_TABLE: Kernels = AVX2_TABLE
         T::Q6K,
         vec_dot_tf!(BlockQ6K, BlockQ8K, avx_vnni::vec_dot_q6_k_q8_k),
     );
-const AVX512_TABLE: Kernels = AVX2_TABLE.derive(Isa::Avx512);
-const AVX512_VNNI_TABLE: Kernels = AVX512_TABLE.derive(Isa::Avx512Vnni);
+const AVX512_TABLE: Kernels = AVX2_TABLE
+    .derive(Isa::Avx512)
+    .set_vec_dot(T::F16, vec_dot_tf!(f16, f16, avx512::vec_dot_f16))
+    .set_vec_dot(
+        T::Q4_0,
+        vec_dot_tf!(BlockQ4_0, BlockQ8_0, avx512::vec_dot_q4_0_q8_0),
+    )
+    .set_vec_dot(
+        T::Q4_1,
+        vec_dot_tf!(BlockQ4_1, BlockQ8_1, avx512::vec_dot_q4_1_q8_1),
+    )
+    .set_vec_dot(
+        T::Q5_0,
+        vec_dot_tf!(BlockQ5_0, BlockQ8_0, avx512::vec_dot_q5_0_q8_0),
+    )
+    .set_vec_dot(
+        T::Q5_1,
+        vec_dot_tf!(BlockQ5_1, BlockQ8_1, avx512::vec_dot_q5_1_q8_1),
+    )
+    .set_vec_dot(
+        T::Q8_0,
+        vec_dot_tf!(BlockQ8_0, BlockQ8_0, avx512::vec_dot_q8_0_q8_0),
+    )
+    .set_vec_dot(
+        T::Q4K,
+        vec_dot_tf!(BlockQ4K, BlockQ8K, avx512::vec_dot_q4_k_q8_k),
+    )
+    .set_vec_dot(
+        T::Q6K,
+        vec_dot_tf!(BlockQ6K, BlockQ8K, avx512::vec_dot_q6_k_q8_k),
+    );
+
+const AVX512_VNNI_TABLE: Kernels = AVX512_TABLE
+    .derive(Isa::Avx512Vnni)
+    .set_vec_dot(
+        T::Q4_0,
+        vec_dot_tf!(BlockQ4_0, BlockQ8_0, avx512_vnni::vec_dot_q4_0_q8_0),
+    )
+    .set_vec_dot(
+        T::Q4_1,
+        vec_dot_tf!(BlockQ4_1, BlockQ8_1, avx512_vnni::vec_dot_q4_1_q8_1),
+    )
+    .set_vec_dot(
+        T::Q5_0,
+        vec_dot_tf!(BlockQ5_0, BlockQ8_0, avx512_vnni::vec_dot_q5_0_q8_0),
+    )
+    .set_vec_dot(
+        T::Q5_1,
+        vec_dot_tf!(BlockQ5_1, BlockQ8_1, avx512_vnni::vec_dot_q5_1_q8_1),
+    )
+    .set_vec_dot(
+        T::Q8_0,
+        vec_dot_tf!(BlockQ8_0, BlockQ8_0, avx512_vnni::vec_dot_q8_0_q8_0),
+    )
+    .set_vec_dot(
+        T::Q4K,
+        vec_dot_tf!(BlockQ4K, BlockQ8K, avx512_vnni::vec_dot_q4_k_q8_k),
+    )
+    .set_vec_dot(
+        T::Q6K,
+        vec_dot_tf!(BlockQ6K, BlockQ8K, avx512_vnni::vec_dot_q6_k_q8_k),
+    );
 
 static AVX2: Kernels = AVX2_TABLE;
 static AVX_VNNI: Kernels = AVX_VNNI_TABLE;

@@ -26,64 +26,77 @@ macro_rules! kernels_256 {
         use crate::blocks::*;
         use crate::types::QK_K;
         use core::arch::x86_64::*;
-        use half::f16;
         use prims::{dot_i16, dot_off, dot_u8i8};
 
-        /// Runs `body` (returning a per-block f32 scale vector and i32 lane
-        /// sums) over paired blocks with two accumulators, so consecutive
-        /// blocks' FMAs do not wait on each other.
+        /// Runs `body` (the i32 lane sums of one block) over the blocks four
+        /// at a time. Three `hadd`s turn the four blocks' lane sums into
+        /// `[S0 S1 S2 S3 | S0' S1' S2' S3']` (the two 128-bit halves' partial
+        /// sums), which one FMA scales by `[d0 d1 d2 d3 | d0 d1 d2 d3]`; the
+        /// scales of all four blocks come from one F16C conversion
+        /// (`mul4_f16`). Per-block splats of the scale would cost more than
+        /// the integer work of a 4-bit block.
         macro_rules! block_loop {
             ($x:expr, $y:expr, $body:path) => {{
-                let (x2, xr) = $x.as_chunks::<2>();
-                let (y2, yr) = $y.as_chunks::<2>();
-                let mut acc0 = _mm256_setzero_ps();
-                let mut acc1 = _mm256_setzero_ps();
-                for (xs, ys) in x2.iter().zip(y2) {
-                    let (d0, s0) = $body(&xs[0], &ys[0]);
-                    let (d1, s1) = $body(&xs[1], &ys[1]);
-                    acc0 = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(s0), acc0);
-                    acc1 = _mm256_fmadd_ps(d1, _mm256_cvtepi32_ps(s1), acc1);
+                let (x4, xr) = $x.as_chunks::<4>();
+                let (y4, yr) = $y.as_chunks::<4>();
+                let mut acc = _mm256_setzero_ps();
+                for (xs, ys) in x4.iter().zip(y4) {
+                    let s0 = $body(&xs[0], &ys[0]);
+                    let s1 = $body(&xs[1], &ys[1]);
+                    let s2 = $body(&xs[2], &ys[2]);
+                    let s3 = $body(&xs[3], &ys[3]);
+                    let t = _mm256_hadd_epi32(_mm256_hadd_epi32(s0, s1), _mm256_hadd_epi32(s2, s3));
+                    let d = mul4_f16(
+                        [xs[0].d, xs[1].d, xs[2].d, xs[3].d],
+                        [ys[0].d, ys[1].d, ys[2].d, ys[3].d],
+                    );
+                    acc = _mm256_fmadd_ps(_mm256_set_m128(d, d), _mm256_cvtepi32_ps(t), acc);
                 }
+                let mut sum = hsum_ps(acc);
                 for (xb, yb) in xr.iter().zip(yr) {
-                    let (d, s) = $body(xb, yb);
-                    acc0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc0);
+                    let d = f16_to_f32(xb.d) * f16_to_f32(yb.d);
+                    sum += hsum_epi32($body(xb, yb)) as f32 * d;
                 }
-                hsum_ps(_mm256_add_ps(acc0, acc1))
+                sum
             }};
         }
 
-        /// Like `block_loop!` for the formats with a minimum (Q4_1, Q5_1),
-        /// whose `body` returns `[d·d_y, m·s_y, …]` (an `__m128`) and the lane
-        /// sums. Here each block's integer sum is reduced exactly first and
-        /// combined with its own `m·s` in one FMA, as the scalar code does per
-        /// block: the two terms can be large and cancel (a block with an
-        /// outlier), so adding each across blocks separately would lose the
-        /// low bits. Four blocks share the reduction: three `hadd`s turn their
-        /// lane sums into one lane each.
+        /// Like `block_loop!` for the formats with a minimum (Q4_1, Q5_1):
+        /// each block's sum is reduced to one lane and combined with its own
+        /// `m·s` in one FMA, `d·S + m·s`, as the scalar code does per block.
+        /// The two terms can be large and cancel (a block with an outlier),
+        /// so summing each across blocks separately would lose the low bits.
         macro_rules! block_loop_min {
             ($x:expr, $y:expr, $body:path) => {{
                 let (x4, xr) = $x.as_chunks::<4>();
                 let (y4, yr) = $y.as_chunks::<4>();
                 let mut acc = _mm_setzero_ps();
                 for (xs, ys) in x4.iter().zip(y4) {
-                    let (p0, s0) = $body(&xs[0], &ys[0]);
-                    let (p1, s1) = $body(&xs[1], &ys[1]);
-                    let (p2, s2) = $body(&xs[2], &ys[2]);
-                    let (p3, s3) = $body(&xs[3], &ys[3]);
+                    let s0 = $body(&xs[0], &ys[0]);
+                    let s1 = $body(&xs[1], &ys[1]);
+                    let s2 = $body(&xs[2], &ys[2]);
+                    let s3 = $body(&xs[3], &ys[3]);
                     let t = _mm256_hadd_epi32(_mm256_hadd_epi32(s0, s1), _mm256_hadd_epi32(s2, s3));
                     let s =
                         _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256::<1>(t));
-                    let a = _mm_unpacklo_ps(p0, p1); // d0 d1 m0 m1
-                    let b = _mm_unpacklo_ps(p2, p3); // d2 d3 m2 m3
-                    let (d, m) = (_mm_movelh_ps(a, b), _mm_movehl_ps(b, a));
+                    let d = mul4_f16(
+                        [xs[0].d, xs[1].d, xs[2].d, xs[3].d],
+                        [ys[0].d, ys[1].d, ys[2].d, ys[3].d],
+                    );
+                    let m = mul4_f16(
+                        [xs[0].m, xs[1].m, xs[2].m, xs[3].m],
+                        [ys[0].s, ys[1].s, ys[2].s, ys[3].s],
+                    );
                     acc = _mm_add_ps(acc, _mm_fmadd_ps(d, _mm_cvtepi32_ps(s), m));
                 }
+                let mut sum = hsum_ps128(acc);
                 for (xb, yb) in xr.iter().zip(yr) {
-                    let (p, s) = $body(xb, yb);
-                    let s = _mm_cvtsi32_ss(_mm_setzero_ps(), hsum_epi32(s));
-                    acc = _mm_add_ss(acc, _mm_fmadd_ss(p, s, _mm_movehdup_ps(p)));
+                    let d = _mm_set_ss(f16_to_f32(xb.d) * f16_to_f32(yb.d));
+                    let m = _mm_set_ss(f16_to_f32(xb.m) * f16_to_f32(yb.s));
+                    let s = _mm_cvtsi32_ss(_mm_setzero_ps(), hsum_epi32($body(xb, yb)));
+                    sum += _mm_cvtss_f32(_mm_fmadd_ss(d, s, m));
                 }
-                hsum_ps128(acc)
+                sum
             }};
         }
 
@@ -98,24 +111,6 @@ macro_rules! kernels_256 {
             dot_u8i8(_mm256_setzero_si256(), ax, sy)
         }
 
-        /// `[d_x·d_y; 8]` as f32.
-        #[inline]
-        #[target_feature(enable = $feat)]
-        fn scale2(a: f16, b: f16) -> __m256 {
-            _mm256_mul_ps(splat_f16(a), splat_f16(b))
-        }
-
-        /// `[d·d_y, m·s_y, …]` from the two f16 pairs of Q4_1/Q5_1 × Q8_1.
-        #[inline]
-        #[target_feature(enable = $feat)]
-        fn scale_min(d: f16, m: f16, dy: f16, s: f16) -> __m128 {
-            let pair = |a: f16, b: f16| {
-                let bits = u32::from(a.to_bits()) | u32::from(b.to_bits()) << 16;
-                _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))
-            };
-            _mm_mul_ps(pair(d, m), pair(dy, s))
-        }
-
         /// The 5th bits of a Q5 block as 0x10 bytes, in element order.
         #[inline]
         #[target_feature(enable = $feat)]
@@ -128,36 +123,34 @@ macro_rules! kernels_256 {
 
         #[inline]
         #[target_feature(enable = $feat)]
-        pub(in super::super) fn block_q4_0(x: &BlockQ4_0, y: &BlockQ8_0) -> (__m256, __m256i) {
-            (scale2(x.d, y.d), dot_off(nibbles(&x.qs), ld256(&y.qs), 8))
+        pub(in super::super) fn block_q4_0(x: &BlockQ4_0, y: &BlockQ8_0) -> __m256i {
+            dot_off(nibbles(&x.qs), ld256(&y.qs), 8)
         }
 
         #[inline]
         #[target_feature(enable = $feat)]
-        pub(in super::super) fn block_q4_1(x: &BlockQ4_1, y: &BlockQ8_1) -> (__m128, __m256i) {
-            let s = dot_u8i8(_mm256_setzero_si256(), nibbles(&x.qs), ld256(&y.qs));
-            (scale_min(x.d, x.m, y.d, y.s), s)
+        pub(in super::super) fn block_q4_1(x: &BlockQ4_1, y: &BlockQ8_1) -> __m256i {
+            dot_u8i8(_mm256_setzero_si256(), nibbles(&x.qs), ld256(&y.qs))
         }
 
         #[inline]
         #[target_feature(enable = $feat)]
-        pub(in super::super) fn block_q5_0(x: &BlockQ5_0, y: &BlockQ8_0) -> (__m256, __m256i) {
+        pub(in super::super) fn block_q5_0(x: &BlockQ5_0, y: &BlockQ8_0) -> __m256i {
             let q = _mm256_or_si256(nibbles(&x.qs), fifth_bits(x.qh));
-            (scale2(x.d, y.d), dot_off(q, ld256(&y.qs), 16))
+            dot_off(q, ld256(&y.qs), 16)
         }
 
         #[inline]
         #[target_feature(enable = $feat)]
-        pub(in super::super) fn block_q5_1(x: &BlockQ5_1, y: &BlockQ8_1) -> (__m128, __m256i) {
+        pub(in super::super) fn block_q5_1(x: &BlockQ5_1, y: &BlockQ8_1) -> __m256i {
             let q = _mm256_or_si256(nibbles(&x.qs), fifth_bits(x.qh));
-            let s = dot_u8i8(_mm256_setzero_si256(), q, ld256(&y.qs));
-            (scale_min(x.d, x.m, y.d, y.s), s)
+            dot_u8i8(_mm256_setzero_si256(), q, ld256(&y.qs))
         }
 
         #[inline]
         #[target_feature(enable = $feat)]
-        pub(in super::super) fn block_q8_0(x: &BlockQ8_0, y: &BlockQ8_0) -> (__m256, __m256i) {
-            (scale2(x.d, y.d), dot_i8i8(ld256(&x.qs), ld256(&y.qs)))
+        pub(in super::super) fn block_q8_0(x: &BlockQ8_0, y: &BlockQ8_0) -> __m256i {
+            dot_i8i8(ld256(&x.qs), ld256(&y.qs))
         }
 
         /// Q4_0 · Q8_0.

@@ -1,0 +1,350 @@
+//! The 512-bit kernels, written once and instantiated for AVX-512 (F/BW/VL/DQ,
+//! products through `vpmaddubsw`/`vpmaddwd`) and AVX-512 VNNI (`vpdpbusd`,
+//! `vpdpwssd`); the `prims` module in scope at the macro call supplies
+//! `dot_u8i8`, `dot_i16`, `dot_off` and `dot_i8i8` on `__m512i` with the
+//! meanings of the 256-bit ones (see `v256.rs`).
+//!
+//! The 32-wide formats put two blocks in one register: lanes 0..32 hold block
+//! `a` and 32..64 block `b`, each in element order, so the Q8 activations are
+//! two plain 32-byte loads. The i32 lane sums then hold block `a` in lanes
+//! 0..8 and `b` in 8..16, and are scaled by `[d_a ×8 | d_b ×8]`.
+//!
+//! The K-quants take 64 elements per register; see each kernel for the lane
+//! layout. Blocks left over from the four-block (legacy) loops run through the
+//! AVX2 block functions of the same algorithm.
+
+macro_rules! kernels_512 {
+    ($feat:literal) => {
+        use super::avx2;
+        use super::util::*;
+        use crate::blocks::*;
+        use crate::types::QK_K;
+        use core::arch::x86_64::*;
+        use prims::{dot_i8i8, dot_i16, dot_off, dot_u8i8};
+
+        /// Unaligned 64-byte load of any 64-byte value.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn ld512<T: Copy>(p: &T) -> __m512i {
+            const { assert!(core::mem::size_of::<T>() == 64) };
+            // SAFETY: `p` refers to 64 readable bytes; `loadu` has no
+            // alignment need.
+            unsafe { _mm512_loadu_si512((p as *const T).cast()) }
+        }
+
+        /// Two 32-byte values side by side: `[a | b]`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn ld2x256<T: Copy>(a: &T, b: &T) -> __m512i {
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ld256(a)), ld256(b))
+        }
+
+        /// The nibbles of two 4-bit blocks as `[a in element order | b …]`:
+        /// each 16-byte `qs` is broadcast to both 128-bit lanes of its half
+        /// (`[qa qa qb qb]`), then the odd lanes are shifted down by four.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn nibbles2(qa: &[u8; 16], qb: &[u8; 16]) -> __m512i {
+            let v = _mm512_broadcast_i32x4(ld128(qa));
+            let v = _mm512_mask_broadcast_i32x4(v, 0xff00, ld128(qb));
+            let v = _mm512_srlv_epi64(v, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4));
+            _mm512_and_si512(v, _mm512_set1_epi8(0x0f))
+        }
+
+        /// The 5th bits of two Q5 blocks as 0x10 bytes, in the nibbles2 order.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn fifth_bits2(qa: [u8; 4], qb: [u8; 4]) -> __m512i {
+            let k = u64::from(u32::from_le_bytes(qa)) | u64::from(u32::from_le_bytes(qb)) << 32;
+            _mm512_maskz_mov_epi8(k, _mm512_set1_epi8(0x10))
+        }
+
+        /// `[v0 ×8 | v1 ×8]` (k = 0) or `[v2 ×8 | v3 ×8]` (k = 1) of a 4-lane
+        /// vector.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn spread2(v: __m128, k: i32) -> __m512 {
+            let (a, b) = (2 * k, 2 * k + 1);
+            let idx = _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b);
+            _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v))
+        }
+
+        /// Four blocks per iteration as two register pairs; `body` gives the
+        /// i32 lane sums of a pair, `tail` (the AVX2 block function) those of
+        /// one leftover block. Each pair is scaled by its `[d_a ×8 | d_b ×8]`
+        /// taken from one F16C conversion of the four blocks' scales.
+        macro_rules! pair_loop {
+            ($x:expr, $y:expr, $body:path, $tail:path) => {{
+                let (x4, xr) = $x.as_chunks::<4>();
+                let (y4, yr) = $y.as_chunks::<4>();
+                let mut acc0 = _mm512_setzero_ps();
+                let mut acc1 = _mm512_setzero_ps();
+                for (xs, ys) in x4.iter().zip(y4) {
+                    let s01 = $body(&xs[0], &xs[1], &ys[0], &ys[1]);
+                    let s23 = $body(&xs[2], &xs[3], &ys[2], &ys[3]);
+                    let d = mul4_f16(
+                        [xs[0].d, xs[1].d, xs[2].d, xs[3].d],
+                        [ys[0].d, ys[1].d, ys[2].d, ys[3].d],
+                    );
+                    acc0 = _mm512_fmadd_ps(spread2(d, 0), _mm512_cvtepi32_ps(s01), acc0);
+                    acc1 = _mm512_fmadd_ps(spread2(d, 1), _mm512_cvtepi32_ps(s23), acc1);
+                }
+                let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+                for (xb, yb) in xr.iter().zip(yr) {
+                    let d = f16_to_f32(xb.d) * f16_to_f32(yb.d);
+                    sum += hsum_epi32($tail(xb, yb)) as f32 * d;
+                }
+                sum
+            }};
+        }
+
+        /// `pair_loop!` for the formats with a minimum: each block's sum is
+        /// reduced to one lane and combined with its `m·s` in one FMA, as the
+        /// scalar code does (see `block_loop_min!` in `v256.rs` for why).
+        macro_rules! pair_loop_min {
+            ($x:expr, $y:expr, $body:path, $tail:path) => {{
+                let (x4, xr) = $x.as_chunks::<4>();
+                let (y4, yr) = $y.as_chunks::<4>();
+                let mut acc = _mm_setzero_ps();
+                for (xs, ys) in x4.iter().zip(y4) {
+                    let s01 = $body(&xs[0], &xs[1], &ys[0], &ys[1]);
+                    let s23 = $body(&xs[2], &xs[3], &ys[2], &ys[3]);
+                    // 128-bit lanes: s01 = [a a' b b'], s23 = [c c' d d'];
+                    // add the two lanes of each block, then within the lane.
+                    let u = _mm512_shuffle_i64x2::<0b10_00_10_00>(s01, s23);
+                    let v = _mm512_shuffle_i64x2::<0b11_01_11_01>(s01, s23);
+                    let t = _mm512_add_epi32(u, v);
+                    let t = _mm512_add_epi32(t, _mm512_shuffle_epi32::<0b01_00_11_10>(t));
+                    let t = _mm512_add_epi32(t, _mm512_shuffle_epi32::<0b10_11_00_01>(t));
+                    let s = _mm512_castsi512_si128(_mm512_permutexvar_epi32(
+                        _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+                        t,
+                    ));
+                    let d = mul4_f16(
+                        [xs[0].d, xs[1].d, xs[2].d, xs[3].d],
+                        [ys[0].d, ys[1].d, ys[2].d, ys[3].d],
+                    );
+                    let m = mul4_f16(
+                        [xs[0].m, xs[1].m, xs[2].m, xs[3].m],
+                        [ys[0].s, ys[1].s, ys[2].s, ys[3].s],
+                    );
+                    acc = _mm_add_ps(acc, _mm_fmadd_ps(d, _mm_cvtepi32_ps(s), m));
+                }
+                let mut sum = hsum_ps128(acc);
+                for (xb, yb) in xr.iter().zip(yr) {
+                    let d = _mm_set_ss(f16_to_f32(xb.d) * f16_to_f32(yb.d));
+                    let m = _mm_set_ss(f16_to_f32(xb.m) * f16_to_f32(yb.s));
+                    let s = _mm_cvtsi32_ss(_mm_setzero_ps(), hsum_epi32($tail(xb, yb)));
+                    sum += _mm_cvtss_f32(_mm_fmadd_ss(d, s, m));
+                }
+                sum
+            }};
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn pair_q4_0(xa: &BlockQ4_0, xb: &BlockQ4_0, ya: &BlockQ8_0, yb: &BlockQ8_0) -> __m512i {
+            dot_off(nibbles2(&xa.qs, &xb.qs), ld2x256(&ya.qs, &yb.qs), 8)
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn pair_q4_1(xa: &BlockQ4_1, xb: &BlockQ4_1, ya: &BlockQ8_1, yb: &BlockQ8_1) -> __m512i {
+            dot_u8i8(
+                _mm512_setzero_si512(),
+                nibbles2(&xa.qs, &xb.qs),
+                ld2x256(&ya.qs, &yb.qs),
+            )
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn pair_q5_0(xa: &BlockQ5_0, xb: &BlockQ5_0, ya: &BlockQ8_0, yb: &BlockQ8_0) -> __m512i {
+            let q = _mm512_or_si512(nibbles2(&xa.qs, &xb.qs), fifth_bits2(xa.qh, xb.qh));
+            dot_off(q, ld2x256(&ya.qs, &yb.qs), 16)
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn pair_q5_1(xa: &BlockQ5_1, xb: &BlockQ5_1, ya: &BlockQ8_1, yb: &BlockQ8_1) -> __m512i {
+            let q = _mm512_or_si512(nibbles2(&xa.qs, &xb.qs), fifth_bits2(xa.qh, xb.qh));
+            dot_u8i8(_mm512_setzero_si512(), q, ld2x256(&ya.qs, &yb.qs))
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn pair_q8_0(xa: &BlockQ8_0, xb: &BlockQ8_0, ya: &BlockQ8_0, yb: &BlockQ8_0) -> __m512i {
+            dot_i8i8(ld2x256(&xa.qs, &xb.qs), ld2x256(&ya.qs, &yb.qs))
+        }
+
+        /// Q4_0 · Q8_0.
+        ///
+        /// # Safety
+        /// The CPU must have the features this function enables.
+        #[target_feature(enable = $feat)]
+        pub(in super::super) unsafe fn vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+            assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
+            pair_loop!(x, y, pair_q4_0, avx2::block_q4_0)
+        }
+
+        /// Q4_1 · Q8_1.
+        ///
+        /// # Safety
+        /// The CPU must have the features this function enables.
+        #[target_feature(enable = $feat)]
+        pub(in super::super) unsafe fn vec_dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+            assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
+            pair_loop_min!(x, y, pair_q4_1, avx2::block_q4_1)
+        }
+
+        /// Q5_0 · Q8_0.
+        ///
+        /// # Safety
+        /// The CPU must have the features this function enables.
+        #[target_feature(enable = $feat)]
+        pub(in super::super) unsafe fn vec_dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
+            assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
+            pair_loop!(x, y, pair_q5_0, avx2::block_q5_0)
+        }
+
+        /// Q5_1 · Q8_1.
+        ///
+        /// # Safety
+        /// The CPU must have the features this function enables.
+        #[target_feature(enable = $feat)]
+        pub(in super::super) unsafe fn vec_dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
+            assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
+            pair_loop_min!(x, y, pair_q5_1, avx2::block_q5_1)
+        }
+
+        /// Q8_0 · Q8_0.
+        ///
+        /// # Safety
+        /// The CPU must have the features this function enables.
+        #[target_feature(enable = $feat)]
+        pub(in super::super) unsafe fn vec_dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+            assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
+            pair_loop!(x, y, pair_q8_0, avx2::block_q8_0)
+        }
+
+        /// `[c0 c1 c2 c3]` byte-pair indices: a shuffle whose 128-bit lane
+        /// `i` broadcasts i16 element `c_i` of that lane.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn pick16(c: [i32; 4]) -> __m512i {
+            let w = |k: i32| (2 * k) | ((2 * k + 1) << 8) | ((2 * k) << 16) | ((2 * k + 1) << 24);
+            let (a, b, e, f) = (w(c[0]), w(c[1]), w(c[2]), w(c[3]));
+            _mm512_setr_epi32(a, a, a, a, b, b, b, b, e, e, e, e, f, f, f, f)
+        }
+
+        /// Q4_K · Q8_K.
+        ///
+        /// 64 bytes of `qs` (128 elements, sub-blocks 4m..4m+4) hold
+        /// `[sub 4m | sub 4m+2]` in the low nibbles and `[4m+1 | 4m+3]` in the
+        /// high ones; two 128-bit-lane shuffles regroup them as elements
+        /// `0..64` and `64..128`, which match plain loads of the activations.
+        /// The products are then scaled per 32-element half by
+        /// `[sc ×16 | sc' ×16]` (i16). Mins as in the AVX2 kernel.
+        ///
+        /// # Safety
+        /// The CPU must have the features this function enables.
+        #[target_feature(enable = $feat)]
+        pub(in super::super) unsafe fn vec_dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
+            assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
+            let m4 = _mm512_set1_epi8(0x0f);
+            let picks = [
+                pick16([0, 0, 1, 1]),
+                pick16([2, 2, 3, 3]),
+                pick16([4, 4, 5, 5]),
+                pick16([6, 6, 7, 7]),
+            ];
+            let mut acc = _mm512_setzero_ps();
+            let mut accm = _mm_setzero_ps();
+            for (xb, yb) in x.iter().zip(y) {
+                let d = yb.d * f16_to_f32(xb.d);
+                let dmin = -yb.d * f16_to_f32(xb.dmin);
+                let sm = avx2::scales_mins_k4(&xb.scales);
+                let prod = avx2::mins_dot_bsums(_mm256_extracti128_si256::<1>(sm), &yb.bsums);
+                accm = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), accm);
+
+                let sc = _mm512_broadcast_i32x4(_mm256_castsi256_si128(sm));
+                let q4 = xb.qs.as_chunks::<64>().0;
+                let q8 = yb.qs.as_chunks::<64>().0;
+                let mut s = _mm512_setzero_si512();
+                for m in 0..QK_K / 128 {
+                    let bits = ld512(&q4[m]);
+                    let lo = _mm512_and_si512(bits, m4);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(bits), m4);
+                    let w0 = _mm512_shuffle_i64x2::<0b01_00_01_00>(lo, hi);
+                    let w1 = _mm512_shuffle_i64x2::<0b11_10_11_10>(lo, hi);
+                    let p0 = _mm512_maddubs_epi16(w0, ld512(&q8[2 * m]));
+                    let p1 = _mm512_maddubs_epi16(w1, ld512(&q8[2 * m + 1]));
+                    s = dot_i16(s, p0, _mm512_shuffle_epi8(sc, picks[2 * m]));
+                    s = dot_i16(s, p1, _mm512_shuffle_epi8(sc, picks[2 * m + 1]));
+                }
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(s), acc);
+            }
+            _mm512_reduce_add_ps(acc) + hsum_ps128(accm)
+        }
+
+        /// Q6_K · Q8_K.
+        ///
+        /// Per 128 elements, 64 bytes of `ql` give `[q0 | q1]` (elements
+        /// 0..64) from the low nibbles and `[q2 | q3]` (64..128) from the
+        /// high ones; the 32 bytes of `qh` are broadcast to both halves and
+        /// shifted per 64-bit lane so that the right bit pair lands at bits
+        /// 4-5 (`(l & 0x0f) | (h & 0x30)` is one `vpternlogd` after the mask).
+        /// Each 128-bit lane of the products is one 16-group, scaled by its
+        /// i16 scale; the −32 offset is removed once per block through the
+        /// activation sums, as in the AVX2 kernel.
+        ///
+        /// # Safety
+        /// The CPU must have the features this function enables.
+        #[target_feature(enable = $feat)]
+        pub(in super::super) unsafe fn vec_dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
+            assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
+            let m4 = _mm512_set1_epi8(0x0f);
+            let m30 = _mm512_set1_epi8(0x30);
+            let shl_a = _mm512_setr_epi64(4, 4, 4, 4, 2, 2, 2, 2);
+            let shr_b = _mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2);
+            let (pick_a, pick_b) = (pick16([0, 1, 2, 3]), pick16([4, 5, 6, 7]));
+            // (a & c) | b with a = 0xf0, b = 0xcc, c = 0xaa.
+            const OR_LOW: i32 = 0xec;
+            let mut acc0 = _mm512_setzero_ps();
+            let mut acc1 = _mm512_setzero_ps();
+            for (i, (xb, yb)) in x.iter().zip(y).enumerate() {
+                let d = _mm512_set1_ps(yb.d * f16_to_f32(xb.d));
+                let sc = _mm256_cvtepi8_epi16(ld128(&xb.scales));
+                let corr = _mm256_madd_epi16(sc, ld256(&yb.bsums));
+                let corr = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(corr));
+                let mut s = _mm512_zextsi256_si512(corr);
+                let ql = xb.ql.as_chunks::<64>().0;
+                let qh = xb.qh.as_chunks::<32>().0;
+                let q8 = yb.qs.as_chunks::<64>().0;
+                for n in 0..QK_K / 128 {
+                    let scn = if n == 0 {
+                        _mm512_broadcast_i32x4(_mm256_castsi256_si128(sc))
+                    } else {
+                        _mm512_broadcast_i32x4(_mm256_extracti128_si256::<1>(sc))
+                    };
+                    let l = ld512(&ql[n]);
+                    let h = _mm512_broadcast_i64x4(ld256(&qh[n]));
+                    let ha = _mm512_and_si512(_mm512_sllv_epi64(h, shl_a), m30);
+                    let hb = _mm512_and_si512(_mm512_srlv_epi64(h, shr_b), m30);
+                    let qa = _mm512_ternarylogic_epi32::<OR_LOW>(l, ha, m4);
+                    let qb = _mm512_ternarylogic_epi32::<OR_LOW>(_mm512_srli_epi16::<4>(l), hb, m4);
+                    let pa = _mm512_maddubs_epi16(qa, ld512(&q8[2 * n]));
+                    let pb = _mm512_maddubs_epi16(qb, ld512(&q8[2 * n + 1]));
+                    s = dot_i16(s, pa, _mm512_shuffle_epi8(scn, pick_a));
+                    s = dot_i16(s, pb, _mm512_shuffle_epi8(scn, pick_b));
+                }
+                if i % 2 == 0 {
+                    acc0 = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc0);
+                } else {
+                    acc1 = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc1);
+                }
+            }
+            _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+        }
+    };
+}
