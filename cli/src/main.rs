@@ -1,7 +1,10 @@
 //! `spinel`: the command-line front end. A thin shell over spinel-runtime.
 
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+mod inspect;
 
 #[derive(Parser)]
 #[command(
@@ -18,6 +21,14 @@ struct Cli {
 enum Command {
     /// Print the kernel ISA this CPU uses (and all it supports).
     Isa,
+    /// Show a GGUF file's metadata and tensors.
+    Inspect {
+        /// The GGUF file.
+        file: PathBuf,
+        /// Print one JSON object instead of the human-readable report.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -30,6 +41,7 @@ fn main() -> ExitCode {
             println!("supported: {}", all.join(", "));
             Ok(())
         }
+        Command::Inspect { file, json } => inspect::run(&file, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -29,6 +29,11 @@ fuzz_target!(|data: &[u8]| {
     for (k, v) in f.metadata().iter() {
         assert!(f.metadata().get(k) == Some(v));
     }
+    // A legal alignment of up to 2^31 would make the re-written file that
+    // large; only re-write files with modest padding.
+    if f.alignment() > 1 << 16 {
+        return;
+    }
     let again = GgufWriter::from_file(&f).unwrap().to_bytes();
     let g = GgufFile::parse(&again).unwrap();
     assert!(g.metadata().iter().eq(f.metadata().iter()));

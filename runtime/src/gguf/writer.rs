@@ -182,8 +182,8 @@ impl<'a> GgufWriter<'a> {
         Ok(self)
     }
 
-    /// The header: everything before the data section, padded to the
-    /// alignment.
+    /// The header: everything before the data section, without the padding
+    /// up to the alignment.
     fn header(&self) -> Vec<u8> {
         let mut h = Vec::new();
         h.extend_from_slice(&MAGIC);
@@ -206,7 +206,6 @@ impl<'a> GgufWriter<'a> {
             h.extend_from_slice(&offset.to_le_bytes());
             offset += self.padded(t.data.len());
         }
-        h.resize(self.padded(h.len()) as usize, 0);
         h
     }
 
@@ -217,12 +216,12 @@ impl<'a> GgufWriter<'a> {
 
     /// Writes the file to `out`. Tensor data is streamed, not copied.
     pub fn write_to<W: Write>(&self, mut out: W) -> io::Result<()> {
-        out.write_all(&self.header())?;
-        let zeros = vec![0u8; self.alignment as usize];
+        let header = self.header();
+        out.write_all(&header)?;
+        write_zeros(&mut out, self.padded(header.len()) - header.len() as u64)?;
         for t in &self.tensors {
             out.write_all(&t.data)?;
-            let pad = self.padded(t.data.len()) as usize - t.data.len();
-            out.write_all(&zeros[..pad])?;
+            write_zeros(&mut out, self.padded(t.data.len()) - t.data.len() as u64)?;
         }
         out.flush()
     }
@@ -244,6 +243,18 @@ impl<'a> GgufWriter<'a> {
         let f = std::fs::File::create(path).map_err(io)?;
         self.write_to(io::BufWriter::new(f)).map_err(io)
     }
+}
+
+/// Writes `n` zero bytes (padding; up to the alignment, which may be large,
+/// so not from a buffer of that size).
+fn write_zeros(out: &mut impl Write, mut n: u64) -> io::Result<()> {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        out.write_all(&ZEROS[..k])?;
+        n -= k as u64;
+    }
+    Ok(())
 }
 
 /// Checks a `general.alignment` value and returns it.
