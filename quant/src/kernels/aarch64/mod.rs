@@ -32,7 +32,7 @@
 //! rounding) and the same `q` (`fcvtas` is C `roundf`, `fcvtns` is ggml's
 //! `nearest_int`).
 
-use super::{FromFloatFn, Isa, Kernels, ToFloatFn, VecDotFn, scalar};
+use super::{Isa, Kernels, from_float, scalar, to_float, vec_dot};
 use crate::blocks::*;
 use core::arch::aarch64::*;
 use core::arch::asm;
@@ -66,105 +66,64 @@ pub(super) fn supported(isa: Isa) -> bool {
 
 use crate::GgmlType as T;
 
-// `super::vec_dot!(unsafe W, A, f)` cannot expand: its first arm's `$w:ty`
-// fragment commits on the keyword `unsafe` (the start of an `unsafe fn` type)
-// and fails hard before the `unsafe` arm is tried. These are the same
-// wrappers with the arm reachable; drop them once the parent macros list
-// their `unsafe` arms first.
-
-/// Wraps a `#[target_feature]` `unsafe fn(&[W], &[A]) -> f32` as a byte-level
-/// [`VecDotFn`]; only for the table of an ISA that implies those features.
-macro_rules! vec_dot_tf {
-    ($w:ty, $a:ty, $f:path) => {{
-        fn wrapper(w: &[u8], a: &[u8]) -> f32 {
-            let (w, a) = (
-                bytemuck::cast_slice::<u8, $w>(w),
-                bytemuck::cast_slice::<u8, $a>(a),
-            );
-            // SAFETY: this wrapper only sits in the table of an ISA whose
-            // features the kernel needs; such a table is only handed out by
-            // `Kernels::for_isa` after run-time detection confirmed them.
-            unsafe { $f(w, a) }
-        }
-        wrapper as VecDotFn
-    }};
-}
-
-/// Wraps a `#[target_feature]` `unsafe fn(&[B], &mut [f32])` as a byte-level
-/// [`ToFloatFn`]; only for the table of an ISA that implies those features.
-macro_rules! to_float_tf {
-    ($b:ty, $f:path) => {{
-        fn wrapper(x: &[u8], y: &mut [f32]) {
-            let x = bytemuck::cast_slice::<u8, $b>(x);
-            // SAFETY: as for `vec_dot_tf!`: only in a detected ISA's table.
-            unsafe { $f(x, y) }
-        }
-        wrapper as ToFloatFn
-    }};
-}
-
-/// Wraps a `#[target_feature]` `unsafe fn(&[f32], &mut [B])` as a byte-level
-/// [`FromFloatFn`]; only for the table of an ISA that implies those features.
-macro_rules! from_float_tf {
-    ($b:ty, $f:path) => {{
-        fn wrapper(x: &[f32], y: &mut [u8]) {
-            let y = bytemuck::cast_slice_mut::<u8, $b>(y);
-            // SAFETY: as for `vec_dot_tf!`: only in a detected ISA's table.
-            unsafe { $f(x, y) }
-        }
-        wrapper as FromFloatFn
-    }};
-}
-
 const NEON_TABLE: Kernels = scalar::TABLE
     .derive(Isa::Neon)
-    .set_vec_dot(T::F16, vec_dot_tf!(f16, f16, neon::vec_dot_f16))
-    .set_to_float(T::F16, to_float_tf!(f16, neon::dequantize_row_f16))
+    .set_vec_dot(T::F16, vec_dot!(unsafe f16, f16, neon::vec_dot_f16))
+    .set_to_float(T::F16, to_float!(unsafe f16, neon::dequantize_row_f16))
     .set_vec_dot(
         T::Q4_0,
-        vec_dot_tf!(BlockQ4_0, BlockQ8_0, neon::vec_dot_q4_0_q8_0),
+        vec_dot!(unsafe BlockQ4_0, BlockQ8_0, neon::vec_dot_q4_0_q8_0),
     )
     .set_vec_dot(
         T::Q4_1,
-        vec_dot_tf!(BlockQ4_1, BlockQ8_1, neon::vec_dot_q4_1_q8_1),
+        vec_dot!(unsafe BlockQ4_1, BlockQ8_1, neon::vec_dot_q4_1_q8_1),
     )
     .set_vec_dot(
         T::Q8_0,
-        vec_dot_tf!(BlockQ8_0, BlockQ8_0, neon::vec_dot_q8_0_q8_0),
+        vec_dot!(unsafe BlockQ8_0, BlockQ8_0, neon::vec_dot_q8_0_q8_0),
     )
     .set_vec_dot(
         T::Q4K,
-        vec_dot_tf!(BlockQ4K, BlockQ8K, neon::vec_dot_q4_k_q8_k),
+        vec_dot!(unsafe BlockQ4K, BlockQ8K, neon::vec_dot_q4_k_q8_k),
     )
     .set_vec_dot(
         T::Q6K,
-        vec_dot_tf!(BlockQ6K, BlockQ8K, neon::vec_dot_q6_k_q8_k),
+        vec_dot!(unsafe BlockQ6K, BlockQ8K, neon::vec_dot_q6_k_q8_k),
     )
-    .set_from_float(T::Q8_0, from_float_tf!(BlockQ8_0, neon::quantize_row_q8_0))
-    .set_from_float(T::Q8_1, from_float_tf!(BlockQ8_1, neon::quantize_row_q8_1))
-    .set_from_float(T::Q8K, from_float_tf!(BlockQ8K, neon::quantize_row_q8_k));
+    .set_from_float(
+        T::Q8_0,
+        from_float!(unsafe BlockQ8_0, neon::quantize_row_q8_0),
+    )
+    .set_from_float(
+        T::Q8_1,
+        from_float!(unsafe BlockQ8_1, neon::quantize_row_q8_1),
+    )
+    .set_from_float(
+        T::Q8K,
+        from_float!(unsafe BlockQ8K, neon::quantize_row_q8_k),
+    );
 
 const NEON_DOTPROD_TABLE: Kernels = NEON_TABLE
     .derive(Isa::NeonDotprod)
     .set_vec_dot(
         T::Q4_0,
-        vec_dot_tf!(BlockQ4_0, BlockQ8_0, dotprod::vec_dot_q4_0_q8_0),
+        vec_dot!(unsafe BlockQ4_0, BlockQ8_0, dotprod::vec_dot_q4_0_q8_0),
     )
     .set_vec_dot(
         T::Q4_1,
-        vec_dot_tf!(BlockQ4_1, BlockQ8_1, dotprod::vec_dot_q4_1_q8_1),
+        vec_dot!(unsafe BlockQ4_1, BlockQ8_1, dotprod::vec_dot_q4_1_q8_1),
     )
     .set_vec_dot(
         T::Q8_0,
-        vec_dot_tf!(BlockQ8_0, BlockQ8_0, dotprod::vec_dot_q8_0_q8_0),
+        vec_dot!(unsafe BlockQ8_0, BlockQ8_0, dotprod::vec_dot_q8_0_q8_0),
     )
     .set_vec_dot(
         T::Q4K,
-        vec_dot_tf!(BlockQ4K, BlockQ8K, dotprod::vec_dot_q4_k_q8_k),
+        vec_dot!(unsafe BlockQ4K, BlockQ8K, dotprod::vec_dot_q4_k_q8_k),
     )
     .set_vec_dot(
         T::Q6K,
-        vec_dot_tf!(BlockQ6K, BlockQ8K, dotprod::vec_dot_q6_k_q8_k),
+        vec_dot!(unsafe BlockQ6K, BlockQ8K, dotprod::vec_dot_q6_k_q8_k),
     );
 
 /// One-row dot products gain nothing from `smmla` (module docs); the i8mm
