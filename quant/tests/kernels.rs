@@ -78,8 +78,12 @@ fn check_from_float(k: &Kernels, ty: GgmlType, x: &[f32]) -> Result<(), String> 
             let (g, w): (&[BlockQ8_1], &[BlockQ8_1]) =
                 (bytemuck::cast_slice(&got), bytemuck::cast_slice(&want));
             for (i, (g, w)) in g.iter().zip(w).enumerate() {
+                // `s` is d·Σq with the unrounded f32 d = amax/127 of the block.
+                let amax = x[i * 32..(i + 1) * 32]
+                    .iter()
+                    .fold(0f32, |m, v| m.max(v.abs()));
                 let sum: i32 = g.qs.iter().map(|&q| q as i32).sum();
-                let s = spinel_quant::f16::from_f32(sum as f32 * g.d.to_f32());
+                let s = spinel_quant::f16::from_f32(sum as f32 * (amax / 127.0));
                 if g.d.to_bits() != w.d.to_bits()
                     || !close_q(&g.qs, &w.qs)
                     || g.s.to_bits() != s.to_bits()
