@@ -382,3 +382,20 @@ fn metadata_values_can_be_owned() {
         .collect();
     assert_eq!(owned, expect);
 }
+
+#[test]
+fn debug_output_summarizes() {
+    let bytes = sample_writer().to_bytes();
+    let f = GgufFile::parse(&bytes).unwrap();
+    let d = format!("{f:?}");
+    assert!(
+        d.contains("version: 3") && d.contains("\"general.architecture\""),
+        "{d}"
+    );
+    assert!(
+        d.contains("name: \"blk.0.attn_q.weight\", dims: [32, 2], type: Q4_0"),
+        "{d}"
+    );
+    // Neither the file's bytes nor the tensor data are dumped.
+    assert!(d.len() < 4000, "{} bytes of Debug output", d.len());
+}

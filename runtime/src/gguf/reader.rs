@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::fmt;
 
 use spinel_quant::GgmlType;
 
@@ -28,7 +29,7 @@ const MIN_TENSOR_INFO_SIZE: u64 = 8 + 4 + 4 + 8;
 /// consistent: each tensor's [`data`](TensorInfo::data) is exactly
 /// [`size`](TensorInfo::size) bytes inside the data section, aligned, and
 /// overlapping no other tensor.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct GgufFile<'a> {
     bytes: &'a [u8],
     version: u32,
@@ -87,6 +88,20 @@ impl<'a> GgufFile<'a> {
     /// The tensor called `name`.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo<'a>> {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
+    }
+}
+
+impl fmt::Debug for GgufFile<'_> {
+    /// A summary: not the bytes, and not every metadata value.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("len", &self.bytes.len())
+            .field("version", &self.version)
+            .field("alignment", &self.alignment)
+            .field("data_offset", &self.data_offset)
+            .field("metadata", &self.metadata.keys().collect::<Vec<_>>())
+            .field("tensors", &self.tensors)
+            .finish()
     }
 }
 
@@ -255,7 +270,7 @@ fn array_type_name(t: ValueType) -> &'static str {
 }
 
 /// One tensor of a parsed file: its info record and its data.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TensorInfo<'a> {
     name: &'a str,
     n_dims: usize,
@@ -302,6 +317,19 @@ impl<'a> TensorInfo<'a> {
     /// The data, borrowed from the file.
     pub fn data(&self) -> &'a [u8] {
         self.data
+    }
+}
+
+impl fmt::Debug for TensorInfo<'_> {
+    /// Everything but the data, whose length is given.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TensorInfo")
+            .field("name", &self.name)
+            .field("dims", &self.dims())
+            .field("type", &self.ty)
+            .field("offset", &self.offset)
+            .field("size", &self.data.len())
+            .finish()
     }
 }
 

@@ -150,9 +150,13 @@ mod sealed {
 pub trait Scalar: sealed::Sealed + Copy + 'static {
     /// The GGUF value type.
     const TYPE: ValueType;
-    /// Decodes one value from exactly `Self::TYPE.fixed_size()` little-endian
-    /// bytes. (Bools are validated when a file is parsed: any nonzero byte
-    /// reads as `true`.)
+    /// Decodes one value from the first `Self::TYPE.fixed_size()` bytes,
+    /// little-endian. (Bools are validated when a file is parsed; here any
+    /// nonzero byte reads as `true`.)
+    ///
+    /// # Panics
+    ///
+    /// If `bytes` is shorter than that.
     fn read_le(bytes: &[u8]) -> Self;
     /// Appends the little-endian encoding.
     fn write_le(self, out: &mut Vec<u8>);
