@@ -5,4 +5,5 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod gguf;
+pub mod sampling;
 pub mod tokenizer;
