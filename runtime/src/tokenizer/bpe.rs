@@ -34,6 +34,7 @@ impl Hasher for FxHasher {
 }
 
 pub(crate) type MergeMap = HashMap<u64, (u32, u32), BuildHasherDefault<FxHasher>>;
+pub(crate) type PairSet = std::collections::HashSet<u64, BuildHasherDefault<FxHasher>>;
 
 #[inline]
 pub(crate) fn pair_key(a: u32, b: u32) -> u64 {

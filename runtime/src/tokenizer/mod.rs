@@ -75,7 +75,7 @@ pub use pretokenize::PreTokenizer;
 pub use vocab::{TokenType, Vocab, keys};
 
 use crate::gguf::GgufFile;
-use bpe::{BpeScratch, MergeMap, pair_key};
+use bpe::{BpeScratch, MergeMap, PairSet, pair_key};
 use pretokenize::Splitter;
 use special::{Fragment, SpecialMatcher};
 use spm::{SpmScratch, SpmVocab};
@@ -122,6 +122,10 @@ const EOT_TEXTS: &[&str] = &[
     "<end_of_utterance>",
 ];
 
+/// The most distinct words one `encode` call remembers (a cache local to
+/// the call: nothing is shared between calls or threads).
+const WORD_CACHE_MAX: usize = 1 << 16;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Spm,
@@ -144,6 +148,9 @@ pub struct Tokenizer {
     /// character for `gpt2`.
     byte_ids: [Option<u32>; 256],
     merges: MergeMap,
+    /// `llama`: every pair of adjacent characters inside a normal token (as
+    /// `pair_key(c1, c2)`); merging never joins two characters not in here.
+    spm_pairs: PairSet,
     /// `gpt2` normal tokens by the bytes they stand for (for
     /// `ignore_merges`: a word that is a whole token is taken as is).
     raw_to_id: HashMap<Vec<u8>, u32>,
@@ -410,6 +417,22 @@ impl Tokenizer {
             }
         }
 
+        let mut spm_pairs = PairSet::default();
+        if spm {
+            for (i, t) in vocab.tokens.iter().enumerate() {
+                if types[i] == TokenType::Normal {
+                    let mut chars = t.chars();
+                    let mut prev = chars.next();
+                    for c in chars {
+                        if let Some(p) = prev {
+                            spm_pairs.insert(pair_key(p as u32, c as u32));
+                        }
+                        prev = Some(c);
+                    }
+                }
+            }
+        }
+
         let ignore_merges = kind == Kind::Bpe(PreTokenizer::Llama3);
         let mut raw_to_id = HashMap::new();
         if ignore_merges {
@@ -439,6 +462,7 @@ impl Tokenizer {
             piece_ends,
             byte_ids,
             merges,
+            spm_pairs,
             raw_to_id,
             ignore_merges,
             specials,
@@ -614,20 +638,56 @@ impl Tokenizer {
                     for c in text[a..b].chars() {
                         buf.push(if c == ' ' { '▁' } else { c });
                     }
-                    spm::tokenize(self, &buf, &mut scratch, |sym| {
-                        match sym {
-                            Ok(id) => out.push(id),
-                            Err(piece) => {
-                                for &byte in piece.as_bytes() {
-                                    out.push(self.byte_token(byte)?);
-                                }
+                    // Merging never crosses a character pair that occurs in
+                    // no mergeable token, so the text is cut there and each
+                    // chunk (about a word) merged on its own — the same
+                    // result as merging it whole, with small heaps, and
+                    // repeated chunks are looked up instead of merged again.
+                    let mut cache: HashMap<&str, (usize, usize)> = HashMap::new();
+                    let mut start = 0;
+                    let mut prev: Option<char> = None;
+                    for (i, c) in buf.char_indices() {
+                        if let Some(p) = prev {
+                            if !self.spm_pairs.contains(&pair_key(p as u32, c as u32)) {
+                                self.spm_chunk(&buf[start..i], &mut cache, &mut scratch, out)?;
+                                start = i;
                             }
                         }
-                        Ok(())
-                    })?;
+                        prev = Some(c);
+                    }
+                    self.spm_chunk(&buf[start..], &mut cache, &mut scratch, out)?;
                     prev_special = false;
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn spm_chunk<'t>(
+        &self,
+        chunk: &'t str,
+        cache: &mut HashMap<&'t str, (usize, usize)>,
+        scratch: &mut SpmScratch,
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
+        if let Some(&(a, b)) = cache.get(chunk) {
+            out.extend_from_within(a..b);
+            return Ok(());
+        }
+        let a = out.len();
+        spm::tokenize(self, chunk, scratch, |sym| {
+            match sym {
+                Ok(id) => out.push(id),
+                Err(piece) => {
+                    for &byte in piece.as_bytes() {
+                        out.push(self.byte_token(byte)?);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        if cache.len() < WORD_CACHE_MAX {
+            cache.insert(chunk, (a, out.len()));
         }
         Ok(())
     }
@@ -643,6 +703,8 @@ impl Tokenizer {
         let mut words = Vec::new();
         let mut scratch = BpeScratch::default();
         let mut initial = Vec::new();
+        // Words seen earlier in this call: their ids are copied from `out`.
+        let mut cache: HashMap<&[u8], (usize, usize)> = HashMap::new();
         for f in fragments {
             match *f {
                 Fragment::Token(id) => out.push(id),
@@ -650,7 +712,24 @@ impl Tokenizer {
                     let piece = &text[a..b];
                     splitter.split(pre, piece, &mut words);
                     for &(s, e) in &words {
-                        self.bpe_word(&piece.as_bytes()[s..e], &mut initial, &mut scratch, out)?;
+                        let word = &piece.as_bytes()[s..e];
+                        // `ignore_merges` (Llama 3): a word that is a token is
+                        // that token.
+                        if self.ignore_merges {
+                            if let Some(&id) = self.raw_to_id.get(word) {
+                                out.push(id);
+                                continue;
+                            }
+                        }
+                        if let Some(&(x, y)) = cache.get(word) {
+                            out.extend_from_within(x..y);
+                            continue;
+                        }
+                        let x = out.len();
+                        self.bpe_word(word, &mut initial, &mut scratch, out)?;
+                        if cache.len() < WORD_CACHE_MAX {
+                            cache.insert(word, (x, out.len()));
+                        }
                     }
                 }
             }
@@ -665,12 +744,6 @@ impl Tokenizer {
         scratch: &mut BpeScratch,
         out: &mut Vec<u32>,
     ) -> Result<()> {
-        if self.ignore_merges {
-            if let Some(&id) = self.raw_to_id.get(word) {
-                out.push(id);
-                return Ok(());
-            }
-        }
         initial.clear();
         for &b in word {
             match self.byte_ids[b as usize] {
