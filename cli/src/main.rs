@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod inspect;
+mod logits;
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +30,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the last-position logits of a prompt given as token ids.
+    Logits(logits::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Inspect { file, json } => inspect::run(&file, json),
+        Command::Logits(args) => logits::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

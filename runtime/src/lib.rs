@@ -5,5 +5,6 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod gguf;
+pub mod model;
 pub mod sampling;
 pub mod tokenizer;

@@ -1,0 +1,288 @@
+//! Everything that changes while a model runs: the KV cache and the
+//! activation buffers, all allocated once when the state is created.
+
+use spinel_quant::GgmlType;
+
+use super::config::Config;
+use super::error::ModelError;
+use super::ops::{AlignedBuf, Matmul};
+
+/// The element type of the KV cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvType {
+    /// Exact; what reference-accuracy tests need.
+    F32,
+    /// Half the memory of F32 (llama.cpp's default); costs ~1e-3 in logits.
+    #[default]
+    F16,
+    /// Q8_0 blocks (needs a head size that is a multiple of 32).
+    Q8_0,
+}
+
+impl KvType {
+    pub fn ggml_type(self) -> GgmlType {
+        match self {
+            KvType::F32 => GgmlType::F32,
+            KvType::F16 => GgmlType::F16,
+            KvType::Q8_0 => GgmlType::Q8_0,
+        }
+    }
+
+    /// Parses `f32`, `f16` or `q8_0` (any case).
+    pub fn from_name(name: &str) -> Option<KvType> {
+        [KvType::F32, KvType::F16, KvType::Q8_0]
+            .into_iter()
+            .find(|t| t.ggml_type().name().eq_ignore_ascii_case(name))
+    }
+}
+
+/// How a state is sized.
+#[derive(Clone, Debug)]
+pub struct StateOptions {
+    /// Context length; `None`: the model's training context, capped at
+    /// [`DEFAULT_MAX_CTX`].
+    pub n_ctx: Option<usize>,
+    pub kv_type: KvType,
+    /// Most prompt tokens pushed through the layers together (512 by
+    /// default, like llama.cpp's micro-batch).
+    pub n_batch: usize,
+    /// Threads for matrix products and attention; `None`: all cores.
+    pub n_threads: Option<usize>,
+}
+
+/// The context length used when none is asked for and the model was trained
+/// for more.
+pub const DEFAULT_MAX_CTX: usize = 4096;
+
+impl Default for StateOptions {
+    fn default() -> Self {
+        StateOptions {
+            n_ctx: None,
+            kv_type: KvType::default(),
+            n_batch: 512,
+            n_threads: None,
+        }
+    }
+}
+
+/// The sizes a state is allocated for, derived from the model; a state only
+/// runs with a model of the same layout.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Layout {
+    pub config: Config,
+    /// Widest activation row (bytes) in any weight's `vec_dot_type`.
+    pub max_act_row_bytes: usize,
+    /// Most rows of any weight other than the vocabulary projections.
+    pub max_rows: usize,
+    /// Widest feed-forward hidden layer (dense, expert or shared).
+    pub max_ff: usize,
+}
+
+/// Keys and values of every layer for positions `0..n_ctx`, allocated once.
+#[derive(Debug)]
+pub(crate) struct KvCache {
+    pub ty: GgmlType,
+    pub n_ctx: usize,
+    n_head_kv: usize,
+    /// Bytes of one head's key (or value) at one position.
+    pub row_bytes: usize,
+    /// `(layer, kv_head, position, head_dim)` in `ty`.
+    pub k: AlignedBuf,
+    /// `(layer, kv_head, position, head_dim)` in `ty`.
+    pub v: AlignedBuf,
+}
+
+impl KvCache {
+    /// Byte offset of the row of `(layer, head, pos)`.
+    pub fn offset(&self, layer: usize, head: usize, pos: usize) -> usize {
+        ((layer * self.n_head_kv + head) * self.n_ctx + pos) * self.row_bytes
+    }
+}
+
+/// Scratch for attention, one slice per thread.
+#[derive(Debug)]
+pub(crate) struct AttnScratch {
+    /// `(n_threads, n_ctx)`: attention scores of one query.
+    pub scores: Vec<f32>,
+    /// `(n_threads, kv act row)`: one query head in the KV type's
+    /// `vec_dot_type`.
+    pub q: AlignedBuf,
+    /// `(n_threads, head_dim)`: one value row converted to f32.
+    pub v: Vec<f32>,
+    pub q_row_bytes: usize,
+}
+
+/// One token's choice of one expert.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Route {
+    pub token: usize,
+    pub expert: usize,
+    /// The sigmoid router score that scales the expert's input.
+    pub weight: f32,
+}
+
+/// The running state of one sequence: the KV cache, the position, and
+/// every activation buffer of the forward pass.
+///
+/// Created by [`Model::new_state`](super::Model::new_state); nothing is
+/// allocated while it runs. Each call to [`Model::forward`](super::Model::forward)
+/// continues at [`n_past`](State::n_past), so a conversation only feeds the
+/// new tokens of each turn.
+#[derive(Debug)]
+pub struct State {
+    pub(crate) layout: Layout,
+    pub(crate) n_past: usize,
+    pub(crate) n_batch: usize,
+    pub(crate) kv: KvCache,
+
+    /// `(n_batch, dim)`: the residual stream.
+    pub(crate) x: Vec<f32>,
+    /// `(n_batch, dim)`: the normalized input of a block.
+    pub(crate) xb: Vec<f32>,
+    /// `(n_batch, n_head · head_dim)`: queries.
+    pub(crate) q: Vec<f32>,
+    /// `(n_batch, n_head_kv · head_dim)`: keys of the batch.
+    pub(crate) k: Vec<f32>,
+    /// `(n_batch, n_head_kv · head_dim)`: values of the batch.
+    pub(crate) v: Vec<f32>,
+    /// `(n_batch, n_head · head_dim)`: attention output, heads side by side.
+    pub(crate) att_out: Vec<f32>,
+    /// `(n_batch, dim)`: output of the attention projection or the FFN.
+    pub(crate) out: Vec<f32>,
+    /// `(n_batch, max_ff)`: SwiGLU gate.
+    pub(crate) hb: Vec<f32>,
+    /// `(n_batch, max_ff)`: SwiGLU up.
+    pub(crate) hb2: Vec<f32>,
+    /// `(n_batch, head_dim)`: RoPE (cos, sin) pairs per position.
+    pub(crate) rope_cs: Vec<f32>,
+    /// `(n_batch, n_expert)`: router logits.
+    pub(crate) router: Vec<f32>,
+    /// `(n_batch · n_expert_used)`: expert choices of the batch.
+    pub(crate) routes: Vec<Route>,
+    /// `(n_batch)`: the tokens routed to one expert.
+    pub(crate) expert_tokens: Vec<usize>,
+    /// `(n_batch, dim)`: inputs of one expert (scaled rows of `xb`).
+    pub(crate) expert_in: Vec<f32>,
+    /// `(n_batch, dim)`: outputs of one expert.
+    pub(crate) expert_out: Vec<f32>,
+    pub(crate) attn: AttnScratch,
+    pub(crate) mm: Matmul,
+    /// `(n_vocab)`: logits of the last position.
+    pub(crate) logits: Vec<f32>,
+}
+
+impl State {
+    pub(crate) fn new(layout: Layout, opts: &StateOptions) -> Result<State, ModelError> {
+        let c = &layout.config;
+        let n_ctx = opts
+            .n_ctx
+            .unwrap_or_else(|| c.n_ctx_train.min(DEFAULT_MAX_CTX));
+        let bad = |what, value| ModelError::BadStateSize { what, value };
+        if n_ctx == 0 {
+            return Err(bad("context length", n_ctx));
+        }
+        if opts.n_batch == 0 || opts.n_batch > 1 << 16 {
+            return Err(bad("batch size", opts.n_batch));
+        }
+        let n_batch = opts.n_batch.min(n_ctx);
+        let n_threads = opts
+            .n_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .clamp(1, 256);
+
+        let ty = opts.kv_type.ggml_type();
+        let row_bytes = ty
+            .row_size(c.head_dim)
+            .ok_or(bad("head size for this KV cache type", c.head_dim))?;
+        let q_row_bytes = ty
+            .vec_dot_type()
+            .row_size(c.head_dim)
+            .ok_or(bad("head size for this KV cache type", c.head_dim))?;
+        let kv_bytes = [c.n_layer, c.n_head_kv, n_ctx, row_bytes]
+            .into_iter()
+            .try_fold(1usize, |a, b| a.checked_mul(b))
+            .filter(|&b| b <= isize::MAX as usize / 2)
+            .ok_or(bad("context length", n_ctx))?;
+
+        let n_expert = c.moe.as_ref().map_or(0, |m| m.n_expert);
+        let n_used = c.moe.as_ref().map_or(0, |m| m.n_expert_used);
+        let rows_t = layout.max_rows.max(1);
+        let state = State {
+            n_past: 0,
+            n_batch,
+            kv: KvCache {
+                ty,
+                n_ctx,
+                n_head_kv: c.n_head_kv,
+                row_bytes,
+                k: AlignedBuf::zeroed(kv_bytes),
+                v: AlignedBuf::zeroed(kv_bytes),
+            },
+            x: vec![0.0; n_batch * c.dim],
+            xb: vec![0.0; n_batch * c.dim],
+            q: vec![0.0; n_batch * c.q_dim()],
+            k: vec![0.0; n_batch * c.kv_dim()],
+            v: vec![0.0; n_batch * c.kv_dim()],
+            att_out: vec![0.0; n_batch * c.q_dim()],
+            out: vec![0.0; n_batch * c.dim],
+            hb: vec![0.0; n_batch * layout.max_ff],
+            hb2: vec![0.0; n_batch * layout.max_ff],
+            rope_cs: vec![0.0; n_batch * c.head_dim],
+            router: vec![0.0; n_batch * n_expert],
+            routes: Vec::with_capacity(n_batch * n_used),
+            expert_tokens: Vec::with_capacity(n_batch),
+            expert_in: vec![0.0; if n_expert > 0 { n_batch * c.dim } else { 0 }],
+            expert_out: vec![0.0; if n_expert > 0 { n_batch * c.dim } else { 0 }],
+            attn: AttnScratch {
+                scores: vec![0.0; n_threads * n_ctx],
+                q: AlignedBuf::zeroed(n_threads * q_row_bytes),
+                v: vec![0.0; n_threads * c.head_dim],
+                q_row_bytes,
+            },
+            mm: Matmul {
+                xq: AlignedBuf::zeroed(n_batch * layout.max_act_row_bytes),
+                t: vec![0.0; rows_t * n_batch],
+                n_threads,
+            },
+            logits: vec![0.0; c.n_vocab],
+            layout,
+        };
+        Ok(state)
+    }
+
+    /// Positions already in the KV cache (where the next token goes).
+    pub fn n_past(&self) -> usize {
+        self.n_past
+    }
+
+    /// The context length: the most positions the cache holds.
+    pub fn n_ctx(&self) -> usize {
+        self.kv.n_ctx
+    }
+
+    /// Threads used for matrix products and attention.
+    pub fn n_threads(&self) -> usize {
+        self.mm.n_threads
+    }
+
+    /// The KV cache element type.
+    pub fn kv_type(&self) -> GgmlType {
+        self.kv.ty
+    }
+
+    /// The logits of the last position of the last [`forward`](super::Model::forward).
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+
+    /// Forgets everything: the next token goes to position 0.
+    pub fn reset(&mut self) {
+        self.n_past = 0;
+    }
+
+    /// Keeps the first `n` positions and forgets the rest (to regenerate or
+    /// edit the end of a conversation). Does nothing if `n >= n_past`.
+    pub fn truncate(&mut self, n: usize) {
+        self.n_past = self.n_past.min(n);
+    }
+}
