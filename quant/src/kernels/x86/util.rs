@@ -126,6 +126,45 @@ pub(super) fn hsum_epi32(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(s)
 }
 
+/// Sum of the four i32 lanes (wrapping, never reached by our sums).
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn hsum_epi32_128(s: __m128i) -> i32 {
+    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// `[S_a, S_b, M_a, M_b]`: the exact lane sums of two blocks' i32 vectors
+/// (`s`: eight lanes, `m`: four), for `mins_loop!`.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn reduce_pair(sa: __m256i, sb: __m256i, ma: __m128i, mb: __m128i) -> __m128i {
+    let t = _mm256_hadd_epi32(sa, sb); // a01 a23 b01 b23 | a45 a67 b45 b67
+    let t = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256::<1>(t));
+    _mm_hadd_epi32(t, _mm_hadd_epi32(ma, mb))
+}
+
+/// `[d_a·y_a, d_b·y_b, −dmin_a·y_a, −dmin_b·y_b]` in f64, exactly (an f16
+/// times an f32 fits in 53 bits), for `mins_loop!`.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+pub(super) fn pair_coefs(d: [f16; 2], dmin: [f16; 2], yd: [f32; 2]) -> __m256d {
+    let w = |h: f16, i: u32| u64::from(h.to_bits()) << (16 * i);
+    let h = (w(d[0], 0) | w(d[1], 1) | w(dmin[0], 2) | w(dmin[1], 3)) as i64;
+    let h = _mm256_cvtps_pd(_mm_cvtph_ps(_mm_cvtsi64_si128(h)));
+    let (a, b) = (f64::from(yd[0]), f64::from(yd[1]));
+    _mm256_mul_pd(h, _mm256_setr_pd(a, b, -a, -b))
+}
+
+/// Sum of the four f64 lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn hsum_pd(v: __m256d) -> f64 {
+    let s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd::<1>(v));
+    _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)))
+}
+
 /// Largest lane of `v` (lanes are never NaN here).
 #[inline]
 #[target_feature(enable = "avx2")]

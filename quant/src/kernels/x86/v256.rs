@@ -20,6 +20,43 @@
 //! with both sums computed by the u8 × i8 product (`Σ y` as `8 × y`), which is
 //! exact for every activation byte, −128 included, unlike ggml's sign trick.
 
+/// The block loop of the K-quants with mins (Q2_K, Q4_K, Q5_K): `$block`
+/// returns a block's i32 lane sums `s` (eight lanes: scaled quants ×
+/// activations) and `m` (four lanes: mins × activation sums), and the block's
+/// value is `d_y·(d·S − dmin·M)` for their totals `S`, `M`.
+///
+/// The two terms can be large and cancel (a block with an outlier), so they
+/// are not rounded separately: two blocks at a time are reduced exactly to
+/// `[S_a S_b M_a M_b]` and accumulated in f64 with exact coefficients, which
+/// leaves the result within an f32 rounding of the exact value at about the
+/// cost of ggml's separate f32 accumulators.
+macro_rules! mins_loop {
+    ($x:expr, $y:expr, $block:expr) => {{
+        let (x2, xr) = $x.as_chunks::<2>();
+        let (y2, yr) = $y.as_chunks::<2>();
+        let mut acc = _mm256_setzero_pd();
+        for (xs, ys) in x2.iter().zip(y2) {
+            let (sa, ma) = $block(&xs[0], &ys[0]);
+            let (sb, mb) = $block(&xs[1], &ys[1]);
+            let sums = _mm256_cvtepi32_pd(reduce_pair(sa, sb, ma, mb));
+            let c = pair_coefs(
+                [xs[0].d, xs[1].d],
+                [xs[0].dmin, xs[1].dmin],
+                [ys[0].d, ys[1].d],
+            );
+            acc = _mm256_fmadd_pd(c, sums, acc);
+        }
+        let mut sum = hsum_pd(acc);
+        for (xb, yb) in xr.iter().zip(yr) {
+            let (s, m) = $block(xb, yb);
+            let (s, m) = (f64::from(hsum_epi32(s)), f64::from(hsum_epi32_128(m)));
+            let (d, dmin) = (f64::from(f16_to_f32(xb.d)), f64::from(f16_to_f32(xb.dmin)));
+            sum += f64::from(yb.d) * (d * s - dmin * m);
+        }
+        sum as f32
+    }};
+}
+
 macro_rules! kernels_256 {
     ($feat:literal) => {
         use super::util::*;
@@ -244,52 +281,234 @@ macro_rules! kernels_256 {
             _mm_madd_epi16(mins, sums32)
         }
 
-        /// Q4_K · Q8_K.
+        /// The Q4_K / Q5_K dot product. `$high(xb)` returns a closure giving,
+        /// for 64-element chunk `j`, the bits to OR into the low- and
+        /// high-nibble quants (zeros for Q4_K, the fifth bits for Q5_K).
         ///
         /// Per 64 elements, 32 bytes of `qs` hold elements 0..32 in the low
         /// nibbles (sub-block 2j) and 32..64 in the high ones (2j + 1); u8 × i8
-        /// pair sums (≤ 2·15·128) fit in i16 and are then multiplied by the
-        /// sub-block's scale with `dot_i16`. The mins go through `bsums`.
+        /// pair sums (≤ 2·31·128) fit in i16 and are then multiplied by the
+        /// sub-block's scale with `dot_i16`. The mins meet the activations only
+        /// through their 16-sums `bsums`: `Σⱼ minⱼ · (b₂ⱼ + b₂ⱼ₊₁)`.
+        macro_rules! q4k_like {
+            ($x:expr, $y:expr, $t:ty, $high:expr) => {{
+                // Byte shuffles that broadcast i16 scale `k` to all 16 i16 lanes.
+                let pick = |k: i16| _mm256_set1_epi16((2 * k) | ((2 * k + 1) << 8));
+                let m4 = _mm256_set1_epi8(0x0f);
+                mins_loop!($x, $y, |xb: &$t, yb: &BlockQ8K| {
+                    let sm = scales_mins_k4(&xb.scales);
+                    let m = mins_dot_bsums(_mm256_extracti128_si256::<1>(sm), &yb.bsums);
+                    let high = $high(xb);
+                    let sc = _mm256_permute2x128_si256::<0x00>(sm, sm);
+                    let q4 = xb.qs.as_chunks::<32>().0;
+                    let q8 = yb.qs.as_chunks::<32>().0;
+                    let mut s0 = _mm256_setzero_si256();
+                    let mut s1 = _mm256_setzero_si256();
+                    for j in 0..QK_K / 64 {
+                        let bits = ld256(&q4[j]);
+                        let (hlo, hhi) = high(j);
+                        let lo = _mm256_or_si256(_mm256_and_si256(bits, m4), hlo);
+                        let hi = _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4),
+                            hhi,
+                        );
+                        let plo = _mm256_maddubs_epi16(lo, ld256(&q8[2 * j]));
+                        let phi = _mm256_maddubs_epi16(hi, ld256(&q8[2 * j + 1]));
+                        let k = 2 * j as i16;
+                        s0 = dot_i16(s0, plo, _mm256_shuffle_epi8(sc, pick(k)));
+                        s1 = dot_i16(s1, phi, _mm256_shuffle_epi8(sc, pick(k + 1)));
+                    }
+                    (_mm256_add_epi32(s0, s1), m)
+                })
+            }};
+        }
+
+        /// Q4_K · Q8_K.
         ///
         /// # Safety
         /// The CPU must have the features this function enables.
         #[target_feature(enable = $feat)]
         pub(in super::super) unsafe fn vec_dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
             assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
-            // Byte shuffles that broadcast i16 scale `k` to all 16 i16 lanes.
-            let pick = |k: i16| _mm256_set1_epi16((2 * k) | ((2 * k + 1) << 8));
-            let m4 = _mm256_set1_epi8(0x0f);
-            let mut acc = _mm256_setzero_ps();
-            let mut accm = _mm_setzero_ps();
-            for (xb, yb) in x.iter().zip(y) {
-                let d = yb.d * f16_to_f32(xb.d);
-                let dmin = -yb.d * f16_to_f32(xb.dmin);
-                let sm = scales_mins_k4(&xb.scales);
-                let mins = _mm256_extracti128_si256::<1>(sm);
-                let prod = mins_dot_bsums(mins, &yb.bsums);
-                accm = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), accm);
+            let z = _mm256_setzero_si256();
+            q4k_like!(x, y, BlockQ4K, |_: &BlockQ4K| move |_: usize| (z, z))
+        }
 
-                let sc = _mm256_permute2x128_si256::<0x00>(sm, sm);
-                let q4 = xb.qs.as_chunks::<32>().0;
-                let q8 = yb.qs.as_chunks::<32>().0;
-                let mut s0 = _mm256_setzero_si256();
-                let mut s1 = _mm256_setzero_si256();
-                for j in 0..QK_K / 64 {
-                    let bits = ld256(&q4[j]);
-                    let lo = _mm256_and_si256(bits, m4);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
-                    let plo = _mm256_maddubs_epi16(lo, ld256(&q8[2 * j]));
-                    let phi = _mm256_maddubs_epi16(hi, ld256(&q8[2 * j + 1]));
-                    let k = 2 * j as i16;
-                    s0 = dot_i16(s0, plo, _mm256_shuffle_epi8(sc, pick(k)));
-                    s1 = dot_i16(s1, phi, _mm256_shuffle_epi8(sc, pick(k + 1)));
+        /// Q5_K · Q8_K: Q4_K with a fifth bit per element; element
+        /// `64j + l` (l < 32) has it at bit 2j of `qh[l]`, element
+        /// `64j + 32 + l` at bit 2j + 1, moved to bit 4 by two shifts.
+        ///
+        /// # Safety
+        /// The CPU must have the features this function enables.
+        #[target_feature(enable = $feat)]
+        pub(in super::super) unsafe fn vec_dot_q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
+            assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
+            let m10 = _mm256_set1_epi8(0x10);
+            q4k_like!(x, y, BlockQ5K, |xb: &BlockQ5K| {
+                let qh = ld256(&xb.qh);
+                move |j: usize| {
+                    // 16-bit shifts: bits crossing a byte boundary are masked.
+                    let h = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * j as i32));
+                    (
+                        _mm256_and_si256(_mm256_slli_epi16::<4>(h), m10),
+                        _mm256_and_si256(_mm256_slli_epi16::<3>(h), m10),
+                    )
                 }
-                let s = _mm256_add_epi32(s0, s1);
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(s), acc);
+            })
+        }
+
+        /// `[scale_g ×8 | scale_g+1 ×8]` (i16) for the 32 products of
+        /// elements `32k..32k+32` of a 16-group format, `k` in 0..8, from the
+        /// 16 i16 scales `sc`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn group_scales(sc: __m256i, k: usize) -> __m256i {
+            // Scales 8n..8n+8 (n = k / 4) in both lanes, then a byte shuffle
+            // picks i16 2(k % 4) for the low lane and 2(k % 4) + 1 for the high.
+            let scn = if k < 4 {
+                _mm256_permute2x128_si256::<0x00>(sc, sc)
+            } else {
+                _mm256_permute2x128_si256::<0x11>(sc, sc)
+            };
+            let (a, b) = (4 * (k % 4) as i16, 4 * (k % 4) as i16 + 2);
+            let pick = _mm256_setr_epi16(
+                a | (a + 1) << 8,
+                a | (a + 1) << 8,
+                a | (a + 1) << 8,
+                a | (a + 1) << 8,
+                a | (a + 1) << 8,
+                a | (a + 1) << 8,
+                a | (a + 1) << 8,
+                a | (a + 1) << 8,
+                b | (b + 1) << 8,
+                b | (b + 1) << 8,
+                b | (b + 1) << 8,
+                b | (b + 1) << 8,
+                b | (b + 1) << 8,
+                b | (b + 1) << 8,
+                b | (b + 1) << 8,
+                b | (b + 1) << 8,
+            );
+            _mm256_shuffle_epi8(scn, pick)
+        }
+
+        /// The sixteen 6-bit Q3_K scales minus 32, as i16: low nibbles in
+        /// bytes 0-7 (groups 0-7) and their high halves (8-15), top two bits
+        /// in bytes 8-11 (group j at byte 8 + j % 4, bits 2(j / 4)). Three u32
+        /// words rearranged as ggml does.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        pub(in super::super) fn scales_q3_k(packed: &[u8; 12]) -> __m256i {
+            const M1: u32 = 0x0303_0303;
+            const M2: u32 = 0x0f0f_0f0f;
+            let w = |i: usize| {
+                u32::from_le_bytes([
+                    packed[4 * i],
+                    packed[4 * i + 1],
+                    packed[4 * i + 2],
+                    packed[4 * i + 3],
+                ])
+            };
+            let (a0, a1, a2) = (w(0), w(1), w(2));
+            let v = _mm_setr_epi32(
+                ((a0 & M2) | ((a2 & M1) << 4)) as i32,
+                ((a1 & M2) | (((a2 >> 2) & M1) << 4)) as i32,
+                (((a0 >> 4) & M2) | (((a2 >> 4) & M1) << 4)) as i32,
+                (((a1 >> 4) & M2) | (((a2 >> 6) & M1) << 4)) as i32,
+            );
+            _mm256_cvtepi8_epi16(_mm_sub_epi8(v, _mm_set1_epi8(32)))
+        }
+
+        /// Q3_K · Q8_K.
+        ///
+        /// Per 128 elements, 32 bytes of `qs` hold four 2-bit fields
+        /// (elements 32s + l at bits 2s of byte l) and the high bit of element
+        /// e is bit e / 32 of `hmask[e % 32]`. The quant `q2 − 4·(1 − h)` is
+        /// used as the unsigned `q2 + 4h` (0..8) and the −4 comes back once per
+        /// block as `4 · Σ_g scale_g · bsum_g`.
+        ///
+        /// # Safety
+        /// The CPU must have the features this function enables.
+        #[target_feature(enable = $feat)]
+        pub(in super::super) unsafe fn vec_dot_q3_k_q8_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
+            assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
+            let m3 = _mm256_set1_epi8(0x03);
+            let m4 = _mm256_set1_epi8(0x04);
+            let mut acc0 = _mm256_setzero_ps();
+            let mut acc1 = _mm256_setzero_ps();
+            for (i, (xb, yb)) in x.iter().zip(y).enumerate() {
+                let d = _mm256_set1_ps(yb.d * f16_to_f32(xb.d));
+                let sc = scales_q3_k(&xb.scales);
+                let corr = _mm256_madd_epi16(sc, ld256(&yb.bsums));
+                let mut sumi =
+                    _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<2>(corr));
+                let hm = ld256(&xb.hmask);
+                let qs = xb.qs.as_chunks::<32>().0;
+                let q8 = yb.qs.as_chunks::<32>().0;
+                for n in 0..QK_K / 128 {
+                    let q2 = ld256(&qs[n]);
+                    for f in 0..4 {
+                        let k = 4 * n + f;
+                        let lo = _mm256_and_si256(
+                            _mm256_srl_epi16(q2, _mm_cvtsi32_si128(2 * f as i32)),
+                            m3,
+                        );
+                        // Bit k of each hmask byte to bit 2.
+                        let h = if k >= 2 {
+                            _mm256_srl_epi16(hm, _mm_cvtsi32_si128(k as i32 - 2))
+                        } else {
+                            _mm256_sll_epi16(hm, _mm_cvtsi32_si128(2 - k as i32))
+                        };
+                        let q = _mm256_or_si256(lo, _mm256_and_si256(h, m4));
+                        let p = _mm256_maddubs_epi16(q, ld256(&q8[k]));
+                        sumi = dot_i16(sumi, p, group_scales(sc, k));
+                    }
+                }
+                if i % 2 == 0 {
+                    acc0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc0);
+                } else {
+                    acc1 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc1);
+                }
             }
-            let m = _mm_add_ps(accm, _mm_movehl_ps(accm, accm));
-            let m = _mm_add_ss(m, _mm_movehdup_ps(m));
-            hsum_ps(acc) + _mm_cvtss_f32(m)
+            hsum_ps(_mm256_add_ps(acc0, acc1))
+        }
+
+        /// Q2_K · Q8_K.
+        ///
+        /// The 2-bit quants are laid out as in Q3_K; each 16-group has a
+        /// 4-bit scale (low nibble of `scales[g]`) and a 4-bit min (high
+        /// nibble), the mins meeting the activations through `bsums`.
+        ///
+        /// # Safety
+        /// The CPU must have the features this function enables.
+        #[target_feature(enable = $feat)]
+        pub(in super::super) unsafe fn vec_dot_q2_k_q8_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
+            assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
+            let m3 = _mm256_set1_epi8(0x03);
+            let m4 = _mm_set1_epi8(0x0f);
+            mins_loop!(x, y, |xb: &BlockQ2K, yb: &BlockQ8K| {
+                let raw = ld128(&xb.scales);
+                let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(raw), m4));
+                let m = _mm256_madd_epi16(mins, ld256(&yb.bsums));
+                let m = _mm_add_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256::<1>(m));
+                let sc = _mm256_cvtepu8_epi16(_mm_and_si128(raw, m4));
+                let qs = xb.qs.as_chunks::<32>().0;
+                let q8 = yb.qs.as_chunks::<32>().0;
+                let mut sumi = _mm256_setzero_si256();
+                for n in 0..QK_K / 128 {
+                    let q2 = ld256(&qs[n]);
+                    for f in 0..4 {
+                        let k = 4 * n + f;
+                        let q = _mm256_and_si256(
+                            _mm256_srl_epi16(q2, _mm_cvtsi32_si128(2 * f as i32)),
+                            m3,
+                        );
+                        let p = _mm256_maddubs_epi16(q, ld256(&q8[k]));
+                        sumi = dot_i16(sumi, p, group_scales(sc, k));
+                    }
+                }
+                (sumi, m)
+            })
         }
 
         /// Q6_K · Q8_K.

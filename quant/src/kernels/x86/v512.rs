@@ -32,11 +32,19 @@ macro_rules! kernels_512 {
             unsafe { _mm512_loadu_si512((p as *const T).cast()) }
         }
 
+        /// The two 256-bit halves of `v` added.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn fold512(v: __m512i) -> __m256i {
+            _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v))
+        }
+
         /// Two 32-byte values side by side: `[a | b]`.
         #[inline]
         #[target_feature(enable = $feat)]
         fn ld2x256<T: Copy>(a: &T, b: &T) -> __m512i {
-            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ld256(a)), ld256(b))
+            let v = _mm512_broadcast_i64x4(ld256(a));
+            _mm512_mask_broadcast_i64x4(v, 0xf0, ld256(b))
         }
 
         /// The nibbles of two 4-bit blocks as `[a in element order | b …]`:
@@ -237,54 +245,206 @@ macro_rules! kernels_512 {
             _mm512_setr_epi32(a, a, a, a, b, b, b, b, e, e, e, e, f, f, f, f)
         }
 
-        /// Q4_K · Q8_K.
+        /// `(a & c) | b` for `vpternlogd` (a = 0xf0, b = 0xcc, c = 0xaa):
+        /// merges masked low bits `a & c` with already-masked high bits `b`.
+        const OR_LOW: i32 = 0xec;
+
+        /// The Q4_K / Q5_K dot product; `$high(xb)` gives, for each
+        /// 128-element half `m`, the bits (already masked) to OR into the
+        /// low- and high-nibble quants.
         ///
         /// 64 bytes of `qs` (128 elements, sub-blocks 4m..4m+4) hold
         /// `[sub 4m | sub 4m+2]` in the low nibbles and `[4m+1 | 4m+3]` in the
-        /// high ones; two 128-bit-lane shuffles regroup them as elements
-        /// `0..64` and `64..128`, which match plain loads of the activations.
-        /// The products are then scaled per 32-element half by
-        /// `[sc ×16 | sc' ×16]` (i16). Mins as in the AVX2 kernel.
+        /// high ones, so the activations are loaded as the matching pairs of
+        /// 32-byte runs. The products are scaled per 256-bit half by
+        /// `[sc ×16 | sc' ×16]` (i16); mins and the exact per-block
+        /// combination as in the AVX2 kernel (`mins_loop!`).
+        macro_rules! q4k_like512 {
+            ($x:expr, $y:expr, $t:ty, $high:expr) => {{
+                let m4 = _mm512_set1_epi8(0x0f);
+                let picks = [
+                    pick16([0, 0, 2, 2]),
+                    pick16([1, 1, 3, 3]),
+                    pick16([4, 4, 6, 6]),
+                    pick16([5, 5, 7, 7]),
+                ];
+                mins_loop!($x, $y, |xb: &$t, yb: &BlockQ8K| {
+                    let sm = avx2::scales_mins_k4(&xb.scales);
+                    let m = avx2::mins_dot_bsums(_mm256_extracti128_si256::<1>(sm), &yb.bsums);
+                    let sc = _mm512_broadcast_i32x4(_mm256_castsi256_si128(sm));
+                    let high = $high(xb);
+                    let q4 = xb.qs.as_chunks::<64>().0;
+                    let q8 = yb.qs.as_chunks::<32>().0;
+                    let mut s = _mm512_setzero_si512();
+                    for m in 0..QK_K / 128 {
+                        let bits = ld512(&q4[m]);
+                        let (hlo, hhi) = high(m);
+                        let lo = _mm512_ternarylogic_epi32::<OR_LOW>(bits, hlo, m4);
+                        let hi = _mm512_ternarylogic_epi32::<OR_LOW>(
+                            _mm512_srli_epi16::<4>(bits),
+                            hhi,
+                            m4,
+                        );
+                        let p0 = _mm512_maddubs_epi16(lo, ld2x256(&q8[4 * m], &q8[4 * m + 2]));
+                        let p1 = _mm512_maddubs_epi16(hi, ld2x256(&q8[4 * m + 1], &q8[4 * m + 3]));
+                        s = dot_i16(s, p0, _mm512_shuffle_epi8(sc, picks[2 * m]));
+                        s = dot_i16(s, p1, _mm512_shuffle_epi8(sc, picks[2 * m + 1]));
+                    }
+                    (fold512(s), m)
+                })
+            }};
+        }
+
+        /// Q4_K · Q8_K.
         ///
         /// # Safety
         /// The CPU must have the features this function enables.
         #[target_feature(enable = $feat)]
         pub(in super::super) unsafe fn vec_dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
             assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
-            let m4 = _mm512_set1_epi8(0x0f);
-            let picks = [
-                pick16([0, 0, 1, 1]),
-                pick16([2, 2, 3, 3]),
-                pick16([4, 4, 5, 5]),
-                pick16([6, 6, 7, 7]),
-            ];
-            let mut acc = _mm512_setzero_ps();
-            let mut accm = _mm_setzero_ps();
-            for (xb, yb) in x.iter().zip(y) {
-                let d = yb.d * f16_to_f32(xb.d);
-                let dmin = -yb.d * f16_to_f32(xb.dmin);
-                let sm = avx2::scales_mins_k4(&xb.scales);
-                let prod = avx2::mins_dot_bsums(_mm256_extracti128_si256::<1>(sm), &yb.bsums);
-                accm = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), accm);
+            let z = _mm512_setzero_si512();
+            q4k_like512!(x, y, BlockQ4K, |_: &BlockQ4K| move |_: usize| (z, z))
+        }
 
-                let sc = _mm512_broadcast_i32x4(_mm256_castsi256_si128(sm));
-                let q4 = xb.qs.as_chunks::<64>().0;
+        /// Q5_K · Q8_K: the fifth bit of sub-block k's element l is bit k of
+        /// `qh[l]`; `qh` is broadcast to both 256-bit halves and shifted per
+        /// 64-bit lane so that the bit of the half's sub-block lands at bit 4.
+        ///
+        /// # Safety
+        /// The CPU must have the features this function enables.
+        #[target_feature(enable = $feat)]
+        pub(in super::super) unsafe fn vec_dot_q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
+            assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
+            let m10 = _mm512_set1_epi8(0x10);
+            let halves = |a: i64, b: i64| _mm512_setr_epi64(a, a, a, a, b, b, b, b);
+            // Half m = 0: sub-blocks (0, 2) and (1, 3), shifted left to bit 4;
+            // m = 1: (4, 6) and (5, 7), shifted right.
+            let (l0, h0) = (halves(4, 2), halves(3, 1));
+            let (l1, h1) = (halves(0, 2), halves(1, 3));
+            q4k_like512!(x, y, BlockQ5K, |xb: &BlockQ5K| {
+                let qh = _mm512_broadcast_i64x4(ld256(&xb.qh));
+                move |m: usize| {
+                    let (lo, hi) = if m == 0 {
+                        (_mm512_sllv_epi64(qh, l0), _mm512_sllv_epi64(qh, h0))
+                    } else {
+                        (_mm512_srlv_epi64(qh, l1), _mm512_srlv_epi64(qh, h1))
+                    };
+                    (_mm512_and_si512(lo, m10), _mm512_and_si512(hi, m10))
+                }
+            })
+        }
+
+        /// The i16 scale vectors of the two 64-element products of half `n`
+        /// of a 16-group format: 128-bit lane c of the first covers group
+        /// 8n + c, of the second 8n + 4 + c.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn group_scales512(sc: __m256i, n: usize) -> (__m512i, __m512i) {
+            let scn = if n == 0 {
+                _mm512_broadcast_i32x4(_mm256_castsi256_si128(sc))
+            } else {
+                _mm512_broadcast_i32x4(_mm256_extracti128_si256::<1>(sc))
+            };
+            (
+                _mm512_shuffle_epi8(scn, pick16([0, 1, 2, 3])),
+                _mm512_shuffle_epi8(scn, pick16([4, 5, 6, 7])),
+            )
+        }
+
+        /// The 2-bit fields of 32 bytes of `qs` (half n of a Q2_K/Q3_K
+        /// block), unmasked: `[f0 | f1]` (elements 0..64) and `[f2 | f3]`
+        /// (64..128), field f at bits 0-1 of each byte.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn fields2(qs: &[u8; 32]) -> (__m512i, __m512i) {
+            let q = _mm512_broadcast_i64x4(ld256(qs));
+            (
+                _mm512_srlv_epi64(q, _mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2)),
+                _mm512_srlv_epi64(q, _mm512_setr_epi64(4, 4, 4, 4, 6, 6, 6, 6)),
+            )
+        }
+
+        /// Q3_K · Q8_K: as the AVX2 kernel, 64 elements per register; the
+        /// high bit of field f of half n is bit 4n + f of `hmask`, moved to
+        /// bit 2 by per-half shifts.
+        ///
+        /// # Safety
+        /// The CPU must have the features this function enables.
+        #[target_feature(enable = $feat)]
+        pub(in super::super) unsafe fn vec_dot_q3_k_q8_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
+            assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
+            let m3 = _mm512_set1_epi8(0x03);
+            let m4 = _mm512_set1_epi8(0x04);
+            let halves = |a: i64, b: i64| _mm512_setr_epi64(a, a, a, a, b, b, b, b);
+            let mut acc0 = _mm512_setzero_ps();
+            let mut acc1 = _mm512_setzero_ps();
+            for (i, (xb, yb)) in x.iter().zip(y).enumerate() {
+                let d = _mm512_set1_ps(yb.d * f16_to_f32(xb.d));
+                let sc = avx2::scales_q3_k(&xb.scales);
+                let corr = _mm256_madd_epi16(sc, ld256(&yb.bsums));
+                let corr = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<2>(corr));
+                let mut s = _mm512_zextsi256_si512(corr);
+                let hm = _mm512_broadcast_i64x4(ld256(&xb.hmask));
+                let qs = xb.qs.as_chunks::<32>().0;
+                let q8 = yb.qs.as_chunks::<64>().0;
+                for n in 0..QK_K / 128 {
+                    let (fa, fb) = fields2(&qs[n]);
+                    // Bits (4n, 4n+1) and (4n+2, 4n+3) of hmask to bit 2.
+                    let (ha, hb) = if n == 0 {
+                        (
+                            _mm512_sllv_epi64(hm, halves(2, 1)),
+                            _mm512_srlv_epi64(hm, halves(0, 1)),
+                        )
+                    } else {
+                        (
+                            _mm512_srlv_epi64(hm, halves(2, 3)),
+                            _mm512_srlv_epi64(hm, halves(4, 5)),
+                        )
+                    };
+                    let qa = _mm512_ternarylogic_epi32::<OR_LOW>(fa, _mm512_and_si512(ha, m4), m3);
+                    let qb = _mm512_ternarylogic_epi32::<OR_LOW>(fb, _mm512_and_si512(hb, m4), m3);
+                    let (sa, sb) = group_scales512(sc, n);
+                    s = dot_i16(s, _mm512_maddubs_epi16(qa, ld512(&q8[2 * n])), sa);
+                    s = dot_i16(s, _mm512_maddubs_epi16(qb, ld512(&q8[2 * n + 1])), sb);
+                }
+                if i % 2 == 0 {
+                    acc0 = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc0);
+                } else {
+                    acc1 = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc1);
+                }
+            }
+            _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+        }
+
+        /// Q2_K · Q8_K: the 2-bit fields as in Q3_K, 4-bit scales and mins
+        /// as in the AVX2 kernel.
+        ///
+        /// # Safety
+        /// The CPU must have the features this function enables.
+        #[target_feature(enable = $feat)]
+        pub(in super::super) unsafe fn vec_dot_q2_k_q8_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
+            assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
+            let m3 = _mm512_set1_epi8(0x03);
+            let m4 = _mm_set1_epi8(0x0f);
+            mins_loop!(x, y, |xb: &BlockQ2K, yb: &BlockQ8K| {
+                let raw = ld128(&xb.scales);
+                let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(raw), m4));
+                let m = _mm256_madd_epi16(mins, ld256(&yb.bsums));
+                let m = _mm_add_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256::<1>(m));
+                let sc = _mm256_cvtepu8_epi16(_mm_and_si128(raw, m4));
+                let qs = xb.qs.as_chunks::<32>().0;
                 let q8 = yb.qs.as_chunks::<64>().0;
                 let mut s = _mm512_setzero_si512();
-                for m in 0..QK_K / 128 {
-                    let bits = ld512(&q4[m]);
-                    let lo = _mm512_and_si512(bits, m4);
-                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(bits), m4);
-                    let w0 = _mm512_shuffle_i64x2::<0b01_00_01_00>(lo, hi);
-                    let w1 = _mm512_shuffle_i64x2::<0b11_10_11_10>(lo, hi);
-                    let p0 = _mm512_maddubs_epi16(w0, ld512(&q8[2 * m]));
-                    let p1 = _mm512_maddubs_epi16(w1, ld512(&q8[2 * m + 1]));
-                    s = dot_i16(s, p0, _mm512_shuffle_epi8(sc, picks[2 * m]));
-                    s = dot_i16(s, p1, _mm512_shuffle_epi8(sc, picks[2 * m + 1]));
+                for n in 0..QK_K / 128 {
+                    let (fa, fb) = fields2(&qs[n]);
+                    let (sa, sb) = group_scales512(sc, n);
+                    let pa = _mm512_maddubs_epi16(_mm512_and_si512(fa, m3), ld512(&q8[2 * n]));
+                    let pb = _mm512_maddubs_epi16(_mm512_and_si512(fb, m3), ld512(&q8[2 * n + 1]));
+                    s = dot_i16(s, pa, sa);
+                    s = dot_i16(s, pb, sb);
                 }
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(s), acc);
-            }
-            _mm512_reduce_add_ps(acc) + hsum_ps128(accm)
+                (fold512(s), m)
+            })
         }
 
         /// Q6_K · Q8_K.
@@ -307,9 +467,6 @@ macro_rules! kernels_512 {
             let m30 = _mm512_set1_epi8(0x30);
             let shl_a = _mm512_setr_epi64(4, 4, 4, 4, 2, 2, 2, 2);
             let shr_b = _mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2);
-            let (pick_a, pick_b) = (pick16([0, 1, 2, 3]), pick16([4, 5, 6, 7]));
-            // (a & c) | b with a = 0xf0, b = 0xcc, c = 0xaa.
-            const OR_LOW: i32 = 0xec;
             let mut acc0 = _mm512_setzero_ps();
             let mut acc1 = _mm512_setzero_ps();
             for (i, (xb, yb)) in x.iter().zip(y).enumerate() {
@@ -322,11 +479,7 @@ macro_rules! kernels_512 {
                 let qh = xb.qh.as_chunks::<32>().0;
                 let q8 = yb.qs.as_chunks::<64>().0;
                 for n in 0..QK_K / 128 {
-                    let scn = if n == 0 {
-                        _mm512_broadcast_i32x4(_mm256_castsi256_si128(sc))
-                    } else {
-                        _mm512_broadcast_i32x4(_mm256_extracti128_si256::<1>(sc))
-                    };
+                    let (sa, sb) = group_scales512(sc, n);
                     let l = ld512(&ql[n]);
                     let h = _mm512_broadcast_i64x4(ld256(&qh[n]));
                     let ha = _mm512_and_si512(_mm512_sllv_epi64(h, shl_a), m30);
@@ -335,8 +488,8 @@ macro_rules! kernels_512 {
                     let qb = _mm512_ternarylogic_epi32::<OR_LOW>(_mm512_srli_epi16::<4>(l), hb, m4);
                     let pa = _mm512_maddubs_epi16(qa, ld512(&q8[2 * n]));
                     let pb = _mm512_maddubs_epi16(qb, ld512(&q8[2 * n + 1]));
-                    s = dot_i16(s, pa, _mm512_shuffle_epi8(scn, pick_a));
-                    s = dot_i16(s, pb, _mm512_shuffle_epi8(scn, pick_b));
+                    s = dot_i16(s, pa, sa);
+                    s = dot_i16(s, pb, sb);
                 }
                 if i % 2 == 0 {
                     acc0 = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc0);
