@@ -656,6 +656,14 @@ fn bad_input_is_a_named_error() {
         Vocab::from_hf_json(r#"{"model": {"type": "BPE", "vocab": []}}"#, None),
         Err(TokenizerError::BadHfTokenizer { .. })
     ));
+    // An id far beyond any real vocabulary is refused before allocating.
+    assert!(matches!(
+        Vocab::from_hf_json(
+            r#"{"model": {"type": "BPE", "vocab": {"a": 4000000000}}}"#,
+            None
+        ),
+        Err(TokenizerError::BadHfTokenizer { .. })
+    ));
 }
 
 #[test]

@@ -45,6 +45,9 @@ use super::pretokenize::PreTokenizer;
 use super::vocab::{TokenType, Vocab};
 
 const TOKENIZER_JSON: &str = "tokenizer.json";
+/// The largest vocabulary converted (the largest real ones have ~260k tokens;
+/// ids are checked against this before anything is allocated for them).
+const MAX_VOCAB: usize = 1 << 24;
 const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
 
 /// Llama 3's pre-tokenizer regex as tokenizer.json writes it.
@@ -340,7 +343,15 @@ fn convert(tj: &Json, config: Option<&Json>, model_config: Option<&Json>) -> Res
         .and_then(|c| c.get("vocab_size"))
         .and_then(Json::as_u64)
     {
-        n = n.max(vs as usize);
+        n = n.max(usize::try_from(vs).unwrap_or(usize::MAX));
+    }
+    if n > MAX_VOCAB {
+        return Err(bad(
+            TOKENIZER_JSON,
+            format!(
+                "a vocabulary of {n} tokens (ids or config.json vocab_size) is beyond {MAX_VOCAB}"
+            ),
+        ));
     }
 
     let normalizer = tj.get("normalizer").unwrap_or(&Json::Null);

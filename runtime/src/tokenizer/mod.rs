@@ -674,6 +674,10 @@ impl Tokenizer {
             out.extend_from_within(a..b);
             return Ok(());
         }
+        // Symbol offsets are 32-bit (spaces grow to 3 bytes when escaped).
+        if chunk.len() >= u32::MAX as usize {
+            return Err(TokenizerError::TextTooLong { len: chunk.len() });
+        }
         let a = out.len();
         spm::tokenize(self, chunk, scratch, |sym| {
             match sym {
