@@ -275,7 +275,9 @@ macro_rules! kernels_512 {
                     let high = $high(xb);
                     let q4 = xb.qs.as_chunks::<64>().0;
                     let q8 = yb.qs.as_chunks::<32>().0;
-                    let mut s = _mm512_setzero_si512();
+                    // Two accumulators: a chain of four `vpdpwssd` per block
+                    // would be latency-bound.
+                    let (mut s, mut t) = (_mm512_setzero_si512(), _mm512_setzero_si512());
                     for m in 0..QK_K / 128 {
                         let bits = ld512(&q4[m]);
                         let (hlo, hhi) = high(m);
@@ -288,9 +290,9 @@ macro_rules! kernels_512 {
                         let p0 = _mm512_maddubs_epi16(lo, ld2x256(&q8[4 * m], &q8[4 * m + 2]));
                         let p1 = _mm512_maddubs_epi16(hi, ld2x256(&q8[4 * m + 1], &q8[4 * m + 3]));
                         s = dot_i16(s, p0, _mm512_shuffle_epi8(sc, picks[2 * m]));
-                        s = dot_i16(s, p1, _mm512_shuffle_epi8(sc, picks[2 * m + 1]));
+                        t = dot_i16(t, p1, _mm512_shuffle_epi8(sc, picks[2 * m + 1]));
                     }
-                    (fold512(s), m)
+                    (fold512(_mm512_add_epi32(s, t)), m)
                 })
             }};
         }
@@ -383,7 +385,7 @@ macro_rules! kernels_512 {
                 let sc = avx2::scales_q3_k(&xb.scales);
                 let corr = _mm256_madd_epi16(sc, ld256(&yb.bsums));
                 let corr = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<2>(corr));
-                let mut s = _mm512_zextsi256_si512(corr);
+                let (mut s, mut t) = (_mm512_zextsi256_si512(corr), _mm512_setzero_si512());
                 let hm = _mm512_broadcast_i64x4(ld256(&xb.hmask));
                 let qs = xb.qs.as_chunks::<32>().0;
                 let q8 = yb.qs.as_chunks::<64>().0;
@@ -405,8 +407,9 @@ macro_rules! kernels_512 {
                     let qb = _mm512_ternarylogic_epi32::<OR_LOW>(fb, _mm512_and_si512(hb, m4), m3);
                     let (sa, sb) = group_scales512(sc, n);
                     s = dot_i16(s, _mm512_maddubs_epi16(qa, ld512(&q8[2 * n])), sa);
-                    s = dot_i16(s, _mm512_maddubs_epi16(qb, ld512(&q8[2 * n + 1])), sb);
+                    t = dot_i16(t, _mm512_maddubs_epi16(qb, ld512(&q8[2 * n + 1])), sb);
                 }
+                let s = _mm512_add_epi32(s, t);
                 if i % 2 == 0 {
                     acc0 = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc0);
                 } else {
@@ -434,16 +437,16 @@ macro_rules! kernels_512 {
                 let sc = _mm256_cvtepu8_epi16(_mm_and_si128(raw, m4));
                 let qs = xb.qs.as_chunks::<32>().0;
                 let q8 = yb.qs.as_chunks::<64>().0;
-                let mut s = _mm512_setzero_si512();
+                let (mut s, mut t) = (_mm512_setzero_si512(), _mm512_setzero_si512());
                 for n in 0..QK_K / 128 {
                     let (fa, fb) = fields2(&qs[n]);
                     let (sa, sb) = group_scales512(sc, n);
                     let pa = _mm512_maddubs_epi16(_mm512_and_si512(fa, m3), ld512(&q8[2 * n]));
                     let pb = _mm512_maddubs_epi16(_mm512_and_si512(fb, m3), ld512(&q8[2 * n + 1]));
                     s = dot_i16(s, pa, sa);
-                    s = dot_i16(s, pb, sb);
+                    t = dot_i16(t, pb, sb);
                 }
-                (fold512(s), m)
+                (fold512(_mm512_add_epi32(s, t)), m)
             })
         }
 
@@ -474,7 +477,7 @@ macro_rules! kernels_512 {
                 let sc = _mm256_cvtepi8_epi16(ld128(&xb.scales));
                 let corr = _mm256_madd_epi16(sc, ld256(&yb.bsums));
                 let corr = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(corr));
-                let mut s = _mm512_zextsi256_si512(corr);
+                let (mut s, mut t) = (_mm512_zextsi256_si512(corr), _mm512_setzero_si512());
                 let ql = xb.ql.as_chunks::<64>().0;
                 let qh = xb.qh.as_chunks::<32>().0;
                 let q8 = yb.qs.as_chunks::<64>().0;
@@ -489,8 +492,9 @@ macro_rules! kernels_512 {
                     let pa = _mm512_maddubs_epi16(qa, ld512(&q8[2 * n]));
                     let pb = _mm512_maddubs_epi16(qb, ld512(&q8[2 * n + 1]));
                     s = dot_i16(s, pa, sa);
-                    s = dot_i16(s, pb, sb);
+                    t = dot_i16(t, pb, sb);
                 }
+                let s = _mm512_add_epi32(s, t);
                 if i % 2 == 0 {
                     acc0 = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc0);
                 } else {
