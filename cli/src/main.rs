@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod convert;
 mod inspect;
 mod logits;
 
@@ -32,6 +33,8 @@ enum Command {
     },
     /// Print the last-position logits of a prompt given as token ids.
     Logits(logits::Args),
+    /// Convert a Hugging Face checkpoint (Llama, Llama 4 text) to GGUF.
+    Convert(convert::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         }
         Command::Inspect { file, json } => inspect::run(&file, json),
         Command::Logits(args) => logits::run(&args),
+        Command::Convert(args) => convert::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
