@@ -252,7 +252,23 @@ fn spm_whitespace(normalizer: &Json, pre: &Json) -> Option<bool> {
 impl Vocab {
     /// Converts an HF tokenizer (the text of `tokenizer.json` and, if there
     /// is one, of `tokenizer_config.json`) to GGUF tokenizer metadata, as
-    /// llama.cpp's converter does (see the module docs of `hf.rs`).
+    /// llama.cpp's `convert_hf_to_gguf.py` does:
+    ///
+    /// * byte-level BPE → `model = "gpt2"`: tokens by id (`[PAD{i}]`, type
+    ///   unused, for missing ids), added tokens control when `special` or
+    ///   `<|…|>`-shaped, else user-defined; merges as `"left right"`;
+    ///   `pre` recognised from the `pre_tokenizer` JSON (`llama-bpe`,
+    ///   `llama4`, `smollm`, `gpt-2`) where llama.cpp hashes the ids of a
+    ///   test string — any other pre-tokenizer, or a normalizer, is refused;
+    /// * BPE with byte fallback and SentencePiece whitespace (Llama 1/2) →
+    ///   `model = "llama"`, `pre = "default"`: `<0xNN>` typed byte, special
+    ///   tokens control, the unknown token unknown, and scores equal to minus
+    ///   the rank of the first merge producing each token (llama.cpp's HF path
+    ///   writes -1000 for all, which loses the merge order);
+    /// * BOS/EOS/unknown/padding ids from `tokenizer_config.json`'s
+    ///   `*_token` looked up among the added tokens; add-BOS/EOS from the
+    ///   `post_processor`, else `add_bos_token` / `add_eos_token`; the chat
+    ///   template.
     pub fn from_hf_json(
         tokenizer_json: &str,
         tokenizer_config_json: Option<&str>,
