@@ -37,6 +37,12 @@ pub(super) fn ld_ps(p: &[f32; 8]) -> __m256 {
     unsafe { _mm256_loadu_ps(p.as_ptr()) }
 }
 
+/// The first 16 bytes of a block.
+#[inline]
+pub(super) fn head16<T: bytemuck::Pod>(b: &T) -> &[u8; 16] {
+    bytemuck::bytes_of(b)[..16].try_into().unwrap()
+}
+
 /// Unaligned store of 16 bytes into any 16-byte value.
 #[inline]
 #[target_feature(enable = "avx2")]

@@ -31,13 +31,18 @@
 /// leaves the result within an f32 rounding of the exact value at about the
 /// cost of ggml's separate f32 accumulators.
 macro_rules! mins_loop {
-    ($x:expr, $y:expr, $block:expr) => {{
+    ($x:expr, $y:expr, $block:expr) => {
+        mins_loop!($x, $y, |_: &_, _: &_| (), |xb, yb, _: ()| $block(xb, yb))
+    };
+    ($x:expr, $y:expr, $prep:expr, $main:expr) => {{
         let (x2, xr) = $x.as_chunks::<2>();
         let (y2, yr) = $y.as_chunks::<2>();
         let mut acc = _mm256_setzero_pd();
         for (xs, ys) in x2.iter().zip(y2) {
-            let (sa, ma) = $block(&xs[0], &ys[0]);
-            let (sb, mb) = $block(&xs[1], &ys[1]);
+            let pa = $prep(&xs[0], &ys[0]);
+            let pb = $prep(&xs[1], &ys[1]);
+            let (sa, ma) = $main(&xs[0], &ys[0], pa);
+            let (sb, mb) = $main(&xs[1], &ys[1], pb);
             let sums = _mm256_cvtepi32_pd(reduce_pair(sa, sb, ma, mb));
             let c = pair_coefs(
                 [xs[0].d, xs[1].d],
@@ -48,7 +53,8 @@ macro_rules! mins_loop {
         }
         let mut sum = hsum_pd(acc);
         for (xb, yb) in xr.iter().zip(yr) {
-            let (s, m) = $block(xb, yb);
+            let p = $prep(xb, yb);
+            let (s, m) = $main(xb, yb, p);
             let (s, m) = (f64::from(hsum_epi32(s)), f64::from(hsum_epi32_128(m)));
             let (d, dmin) = (f64::from(f16_to_f32(xb.d)), f64::from(f16_to_f32(xb.dmin)));
             sum += f64::from(yb.d) * (d * s - dmin * m);
@@ -241,33 +247,30 @@ macro_rules! kernels_256 {
         }
 
         /// The eight 6-bit scales (i16, lanes 0..8) and mins (lanes 8..16) of
-        /// a Q4_K/Q5_K block.
+        /// a Q4_K/Q5_K block, from its first 16 bytes (`d`, `dmin`, and the
+        /// 12 packed bytes).
         ///
-        /// The 12 bytes pack scale/min `j < 4` in the low 6 bits of bytes
-        /// `j`/`j + 4`, and `j ≥ 4` as a low nibble in byte `j + 4` (scale) or
-        /// its high nibble (min) plus the top two bits of bytes `j − 4`/`j`.
-        /// Done on three u32 words as ggml does.
+        /// The 12 bytes (u32 words w0 w1 w2) pack scale/min `j < 4` in the low
+        /// 6 bits of bytes `j`/`j + 4`, and `j ≥ 4` as a low nibble in byte
+        /// `j + 4` (scale) or its high nibble (min) plus the top two bits of
+        /// bytes `j − 4`/`j`. ggml's word formulas, one per u32 lane:
+        /// `[w0 & 3f, (w2 & 0f) | (w0 >> 2 & 30), w1 & 3f, (w2 >> 4 & 0f) | (w1 >> 2 & 30)]`.
         #[inline]
         #[target_feature(enable = $feat)]
-        pub(in super::super) fn scales_mins_k4(packed: &[u8; 12]) -> __m256i {
-            const M1: u32 = 0x3f3f_3f3f;
-            const M2: u32 = 0x0f0f_0f0f;
-            const M3: u32 = 0x0303_0303;
-            let w = |i: usize| {
-                u32::from_le_bytes([
-                    packed[4 * i],
-                    packed[4 * i + 1],
-                    packed[4 * i + 2],
-                    packed[4 * i + 3],
-                ])
-            };
-            let (u0, u1, u2) = (w(0), w(1), w(2));
-            let sc_lo = u0 & M1;
-            let sc_hi = (u2 & M2) | (((u0 >> 6) & M3) << 4);
-            let mn_lo = u1 & M1;
-            let mn_hi = ((u2 >> 4) & M2) | (((u1 >> 6) & M3) << 4);
-            let v = _mm_setr_epi32(sc_lo as i32, sc_hi as i32, mn_lo as i32, mn_hi as i32);
-            _mm256_cvtepu8_epi16(v)
+        pub(in super::super) fn scales_mins_k4(head: &[u8; 16]) -> __m256i {
+            let v = ld128(head); // [d|dmin, w0, w1, w2]
+            let a = _mm_shuffle_epi32::<0b11_10_11_01>(v); // w0 w2 w1 w2
+            let b = _mm_shuffle_epi32::<0b10_10_01_01>(v); // w0 w0 w1 w1
+            let a = _mm_srlv_epi32(a, _mm_setr_epi32(0, 0, 0, 4));
+            let lo = _mm_and_si128(
+                a,
+                _mm_setr_epi32(0x3f3f_3f3f, 0x0f0f_0f0f, 0x3f3f_3f3f, 0x0f0f_0f0f),
+            );
+            let hi = _mm_and_si128(
+                _mm_srli_epi32::<2>(b),
+                _mm_setr_epi32(0, 0x3030_3030, 0, 0x3030_3030),
+            );
+            _mm256_cvtepu8_epi16(_mm_or_si128(lo, hi))
         }
 
         /// `Σⱼ minⱼ · (Σ of the activations of group j)` of a Q4_K/Q5_K block
@@ -296,7 +299,7 @@ macro_rules! kernels_256 {
                 let pick = |k: i16| _mm256_set1_epi16((2 * k) | ((2 * k + 1) << 8));
                 let m4 = _mm256_set1_epi8(0x0f);
                 mins_loop!($x, $y, |xb: &$t, yb: &BlockQ8K| {
-                    let sm = scales_mins_k4(&xb.scales);
+                    let sm = scales_mins_k4(head16(xb));
                     let m = mins_dot_bsums(_mm256_extracti128_si256::<1>(sm), &yb.bsums);
                     let high = $high(xb);
                     let sc = _mm256_permute2x128_si256::<0x00>(sm, sm);

@@ -268,32 +268,40 @@ macro_rules! kernels_512 {
                     pick16([4, 4, 6, 6]),
                     pick16([5, 5, 7, 7]),
                 ];
-                mins_loop!($x, $y, |xb: &$t, yb: &BlockQ8K| {
-                    let sm = avx2::scales_mins_k4(&xb.scales);
-                    let m = avx2::mins_dot_bsums(_mm256_extracti128_si256::<1>(sm), &yb.bsums);
-                    let sc = _mm512_broadcast_i32x4(_mm256_castsi256_si128(sm));
-                    let high = $high(xb);
-                    let q4 = xb.qs.as_chunks::<64>().0;
-                    let q8 = yb.qs.as_chunks::<32>().0;
-                    // Two accumulators: a chain of four `vpdpwssd` per block
-                    // would be latency-bound.
-                    let (mut s, mut t) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-                    for m in 0..QK_K / 128 {
-                        let bits = ld512(&q4[m]);
-                        let (hlo, hhi) = high(m);
-                        let lo = _mm512_ternarylogic_epi32::<OR_LOW>(bits, hlo, m4);
-                        let hi = _mm512_ternarylogic_epi32::<OR_LOW>(
-                            _mm512_srli_epi16::<4>(bits),
-                            hhi,
-                            m4,
-                        );
-                        let p0 = _mm512_maddubs_epi16(lo, ld2x256(&q8[4 * m], &q8[4 * m + 2]));
-                        let p1 = _mm512_maddubs_epi16(hi, ld2x256(&q8[4 * m + 1], &q8[4 * m + 3]));
-                        s = dot_i16(s, p0, _mm512_shuffle_epi8(sc, picks[2 * m]));
-                        t = dot_i16(t, p1, _mm512_shuffle_epi8(sc, picks[2 * m + 1]));
+                mins_loop!(
+                    $x,
+                    $y,
+                    |xb: &$t, yb: &BlockQ8K| {
+                        let sm = avx2::scales_mins_k4(head16(xb));
+                        let m = avx2::mins_dot_bsums(_mm256_extracti128_si256::<1>(sm), &yb.bsums);
+                        let sc = _mm512_broadcast_i32x4(_mm256_castsi256_si128(sm));
+                        (m, [0, 1, 2, 3].map(|k| _mm512_shuffle_epi8(sc, picks[k])))
+                    },
+                    |xb: &$t, yb: &BlockQ8K, (m, scv): (__m128i, [__m512i; 4])| {
+                        let high = $high(xb);
+                        let q4 = xb.qs.as_chunks::<64>().0;
+                        let q8 = yb.qs.as_chunks::<32>().0;
+                        // Two accumulators: a chain of four `vpdpwssd` per block
+                        // would be latency-bound.
+                        let (mut s, mut t) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                        for m in 0..QK_K / 128 {
+                            let bits = ld512(&q4[m]);
+                            let (hlo, hhi) = high(m);
+                            let lo = _mm512_ternarylogic_epi32::<OR_LOW>(bits, hlo, m4);
+                            let hi = _mm512_ternarylogic_epi32::<OR_LOW>(
+                                _mm512_srli_epi16::<4>(bits),
+                                hhi,
+                                m4,
+                            );
+                            let p0 = _mm512_maddubs_epi16(lo, ld2x256(&q8[4 * m], &q8[4 * m + 2]));
+                            let p1 =
+                                _mm512_maddubs_epi16(hi, ld2x256(&q8[4 * m + 1], &q8[4 * m + 3]));
+                            s = dot_i16(s, p0, scv[2 * m]);
+                            t = dot_i16(t, p1, scv[2 * m + 1]);
+                        }
+                        (fold512(_mm512_add_epi32(s, t)), m)
                     }
-                    (fold512(_mm512_add_epi32(s, t)), m)
-                })
+                )
             }};
         }
 
