@@ -351,6 +351,37 @@ fn smollm2_real_gguf_matches_hf() {
     assert_eq!(check_cases("smollm2", &tok), 48);
 }
 
+/// llama.cpp's own tokenization of the real model (shared/testdata/smollm2):
+/// prompts encoded with BOS rules from the file and special tokens parsed,
+/// and the detokenized greedy continuations.
+#[test]
+fn smollm2_real_gguf_matches_llama_cpp() {
+    let path = model_path();
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "the real model {} is needed ({e}); run scripts/fetch-model.sh or set SPINEL_TEST_MODEL",
+            path.display()
+        )
+    });
+    let file = GgufFile::parse(&bytes).expect("parse SmolLM2 GGUF");
+    let tok = Tokenizer::from_gguf(&file).expect("tokenizer from GGUF");
+    let data = read_json(&format!("{TESTDATA}/smollm2/greedy.json"));
+    let cases = data["cases"].as_array().expect("cases");
+    assert_eq!(cases.len(), 8);
+    for case in cases {
+        let prompt = case["prompt"].as_str().expect("prompt");
+        assert_eq!(
+            tok.encode(prompt, true, true).unwrap(),
+            ids_of(&case["prompt_ids"]),
+            "{prompt:?}"
+        );
+        let generated = ids_of(&case["generated_ids"]);
+        let text = case["text"].as_str().expect("text");
+        assert_eq!(tok.decode(&generated, true).unwrap(), text, "{prompt:?}");
+        assert_eq!(streamed(&tok, &generated, true), text, "{prompt:?}");
+    }
+}
+
 fn byte_vocab() -> Tokenizer {
     // <unk> <s> </s>, the 256 byte tokens, then "▁" and "▁a".
     let mut tokens = vec!["<unk>".to_string(), "<s>".into(), "</s>".into()];
