@@ -202,6 +202,26 @@ fn npm_package_expected_ids() {
     }
 }
 
+/// Rendered chat templates (shared/testdata/chat_template_renders.json):
+/// HF's ids for `encode(rendered, add_special_tokens=False)`.
+#[test]
+fn chat_template_renders_encode_like_hf() {
+    let data = read_json(&format!("{TESTDATA}/chat_template_renders.json"));
+    let renders = data["renders"].as_object().expect("renders");
+    assert_eq!(renders.len(), 3);
+    for (name, r) in renders {
+        let tok = tokenizer(name);
+        let cases = r["cases"].as_array().expect("cases");
+        assert!(!cases.is_empty());
+        for case in cases {
+            let rendered = case["rendered"].as_str().expect("rendered");
+            let ids = tok.encode(rendered, false, true).unwrap();
+            assert_eq!(ids, ids_of(&case["ids"]), "{name}: {rendered:?}");
+            assert_eq!(tok.decode(&ids, false).unwrap(), rendered, "{name}");
+        }
+    }
+}
+
 #[test]
 fn converted_metadata_follows_llama_cpp() {
     let v = converted_vocab("llama2");
