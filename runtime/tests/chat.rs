@@ -173,7 +173,7 @@ fn compat_templates_match_jinja2() {
     let cases = read_json(format!("{COMPAT}/cases.json"));
     let expected = read_json(format!("{COMPAT}/expected.json"));
     let cases = cases.as_array().unwrap();
-    let expected = expected.as_array().unwrap();
+    let expected = expected["cases"].as_array().unwrap();
     assert_eq!(cases.len(), expected.len());
     let (mut renders, mut raises) = (0, 0);
     for (case, want) in cases.iter().zip(expected) {
@@ -208,6 +208,62 @@ fn compat_templates_match_jinja2() {
         renders >= 6 && raises >= 3,
         "{renders} renders, {raises} raises"
     );
+}
+
+/// Whole requests as JSON text: key order is kept, so `tojson` of the tool
+/// schema lists keys as the request does (and as Python does).
+#[test]
+fn json_requests_match_jinja2_key_order_included() {
+    let expected = read_json(format!("{COMPAT}/expected.json"));
+    let requests = expected["requests"].as_array().unwrap();
+    assert!(!requests.is_empty());
+    for r in requests {
+        let text = std::fs::read_to_string(format!("{COMPAT}/{}", s(&r["file"]))).unwrap();
+        let src = std::fs::read_to_string(format!("{COMPAT}/{}", s(&r["template"]))).unwrap();
+        // bos_token / eos_token come from the request.
+        let t = pinned(ChatTemplate::new(src, "", "").unwrap());
+        let got = t
+            .render_json_text(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", s(&r["file"])));
+        assert_eq!(got, s(&r["rendered"]), "{}", s(&r["file"]));
+        assert!(got.contains("{\n    \"type\": \"function\",\n    \"function\""));
+    }
+}
+
+#[test]
+fn json_request_errors_are_named() {
+    let t = ChatTemplate::builtin(BuiltinTemplate::ChatMl, "", "");
+    assert_eq!(
+        t.render_json_text(
+            r#"{"messages": [{"role": "user", "content": "Hi"}], "add_generation_prompt": true}"#
+        )
+        .unwrap(),
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert_eq!(
+        t.render_json_text(r#"{"messages": []}"#).unwrap(),
+        "",
+        "add_generation_prompt defaults to false"
+    );
+    for bad in [
+        "not json",
+        "[]",
+        r#"{"tools": []}"#,
+        r#"{"messages": {}}"#,
+        r#"{"messages": ["user"]}"#,
+        r#"{"messages": [], "add_generation_prompt": "yes"}"#,
+        r#"{"messages": []} trailing"#,
+    ] {
+        match t.render_json_text(bad) {
+            Err(e @ ChatTemplateError::InvalidInput { .. }) => {
+                assert!(
+                    e.to_string().starts_with("invalid chat template input"),
+                    "{e}"
+                )
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
 }
 
 fn conversation() -> Vec<Message> {

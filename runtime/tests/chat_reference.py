@@ -3,7 +3,8 @@
 transformers' apply_chat_template does (its _compile_jinja_template: an
 ImmutableSandboxedEnvironment with trim_blocks, lstrip_blocks, loopcontrols,
 its tojson, raise_exception and strftime_now), for the conversations in
-runtime/tests/chat_compat/cases.json, and prints the expected renders as JSON.
+runtime/tests/chat_compat/cases.json and the whole requests listed in
+REQUESTS, and prints the expected renders as JSON.
 Only Jinja2 is needed (pip install jinja2).
 
     python3 runtime/tests/chat_reference.py > runtime/tests/chat_compat/expected.json
@@ -60,6 +61,11 @@ def env():
     return e
 
 
+# Whole requests (apply_chat_template's keyword arguments as one JSON object,
+# key order kept), rendered with a template.
+REQUESTS = [("tools_request.json", "tools_header.jinja")]
+
+
 def main():
     cases = json.loads((HERE / "cases.json").read_text())
     out = []
@@ -75,7 +81,13 @@ def main():
             out.append({"name": case["name"], "rendered": rendered})
         except jinja2.exceptions.TemplateError as e:
             out.append({"name": case["name"], "error": str(e)})
-    json.dump(out, sys.stdout, indent=1, ensure_ascii=False)
+    requests = []
+    for file, template in REQUESTS:
+        kwargs = dict(tools=None, documents=None)
+        kwargs.update(json.loads((HERE / file).read_text()))
+        rendered = env().from_string((HERE / template).read_text()).render(**kwargs)
+        requests.append({"file": file, "template": template, "rendered": rendered})
+    json.dump({"cases": out, "requests": requests}, sys.stdout, indent=1, ensure_ascii=False)
     print()
 
 

@@ -18,6 +18,10 @@
 //!   `.split()`, `.items()`, `.get()` …) through minijinja-contrib's pycompat;
 //! * transformers' `{% generation %}` marker block renders its body.
 //!
+//! Conversations come as [`Message`]s ([`ChatTemplate::render`]) or as JSON
+//! ([`ChatTemplate::render_json_text`]: a whole `apply_chat_template`-style
+//! request with `tool_calls`, content parts, `tools` …, key order kept).
+//!
 //! A file without a template gets a built-in one ([`BuiltinTemplate`]):
 //! Llama 3 headers, ChatML, or Llama 2 `[INST]`, chosen from the vocabulary.
 //!
@@ -26,12 +30,14 @@
 //! recognised, and without adding a second BOS when it already starts with one.
 
 mod json;
+mod request;
 mod time;
 
 use std::fmt;
 use std::time::SystemTime;
 
 use minijinja::syntax::SyntaxConfig;
+use minijinja::value::ValueKind;
 use minijinja::{Environment, Error as JinjaError, ErrorKind, UndefinedBehavior, Value};
 
 use crate::gguf::{GgufError, GgufFile};
@@ -435,7 +441,9 @@ impl ChatTemplate {
     /// a list of parts, messages may carry `tool_calls`, …) with extra
     /// variables (`tools`, `documents`, `date_string`, template switches …).
     /// `extra` entries override the defaults, `bos_token` and `eos_token`
-    /// included.
+    /// included. Object keys come in the order `serde_json::Map` iterates
+    /// (sorted, in this build); [`ChatTemplate::render_json_text`] keeps the
+    /// document's order.
     pub fn render_json(
         &self,
         messages: &serde_json::Value,
@@ -459,6 +467,56 @@ impl ChatTemplate {
             .map(|(k, v)| (k.clone(), json_to_value(v)))
             .collect();
         self.render_values(json_to_value(messages), add_generation_prompt, extra)
+    }
+
+    /// Renders a request given as JSON text, shaped like transformers'
+    /// `apply_chat_template` arguments: an object with `messages` (an array
+    /// of objects), optional `add_generation_prompt` (default `false`), and
+    /// any other key as a template variable (`tools`, `documents`,
+    /// `date_string`, `bos_token` …). Object keys keep their order in the
+    /// text, as Python dicts do, so `tojson` of a tool schema matches
+    /// transformers.
+    pub fn render_json_text(&self, request: &str) -> Result<String, ChatTemplateError> {
+        let invalid = |message: String| ChatTemplateError::InvalidInput { message };
+        let request::Entries(mut entries) = serde_json::from_str(request)
+            .map_err(|e| invalid(format!("the request is not a JSON object: {e}")))?;
+        let mut take = |key: &str| {
+            entries
+                .iter()
+                .position(|(k, _)| k == key)
+                .map(|i| entries.remove(i).1)
+        };
+        let messages =
+            take("messages").ok_or_else(|| invalid("the request has no \"messages\"".into()))?;
+        if messages.kind() != ValueKind::Seq {
+            return Err(invalid(format!(
+                "messages must be an array, not {}",
+                messages.kind()
+            )));
+        }
+        for (i, m) in messages
+            .try_iter()
+            .map_err(|e| invalid(e.to_string()))?
+            .enumerate()
+        {
+            if m.kind() != ValueKind::Map {
+                return Err(invalid(format!(
+                    "message {i} must be an object, not {}",
+                    m.kind()
+                )));
+            }
+        }
+        let add_generation_prompt = match take("add_generation_prompt") {
+            None => false,
+            Some(v) if v.kind() == ValueKind::Bool => v.is_true(),
+            Some(v) => {
+                return Err(invalid(format!(
+                    "add_generation_prompt must be a boolean, not {}",
+                    v.kind()
+                )));
+            }
+        };
+        self.render_values(messages, add_generation_prompt, entries)
     }
 
     fn render_values(
