@@ -1,6 +1,28 @@
 //! x86-64 kernels: AVX2 (+FMA, F16C), AVX-VNNI, AVX-512 (F/BW/VL/DQ) and
 //! AVX-512 VNNI. Each level starts from the one below and replaces the entries
 //! it speeds up.
+//!
+//! | ISA           | vec_dot                                         | from_float / to_float        |
+//! |---------------|-------------------------------------------------|------------------------------|
+//! | `Avx2`        | Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K–Q6_K, F16          | Q8_0 Q8_1 Q8_K, F16 (both)   |
+//! | `AvxVnni`     | the integer ones with VEX `vpdpbusd`/`vpdpwssd`  | inherited                    |
+//! | `Avx512`      | all of `Avx2`'s at 512 bits (`vpmaddubsw`)       | inherited                    |
+//! | `Avx512Vnni`  | the integer ones with `vpdpbusd`/`vpdpwssd`      | inherited                    |
+//!
+//! The 256-bit kernels are written once (`v256.rs`, instantiated by
+//! `avx2.rs` and `avx_vnni.rs`) and so are the 512-bit ones (`v512.rs`, by
+//! `avx512.rs` and `avx512_vnni.rs`); each instantiation supplies its 8-bit
+//! and 16-bit dot-product primitives. The 512-bit kernels put two 32-element
+//! blocks in one register for the 32-wide formats and 64 elements of a
+//! super-block for the K-quants.
+//!
+//! Semantics match [`crate::formats`]: integer sums inside a block are exact
+//! (weight offsets such as Q4_0's −8 are taken out through activation sums,
+//! exact for every activation byte; Q8_0 · Q8_0 uses ggml's sign trick below
+//! AVX-512 VNNI, exact unless an activation is −128, which the quantizers
+//! never produce); only float accumulation order differs, and the formats with
+//! mins combine each block's two terms before they can cancel. The activation quantizers are bit-identical to the scalar
+//! ones (same amax, same division, same C `roundf`, same f16 rounding).
 
 // The crate's MSRV (1.85) is set for the aarch64 cross toolchain; this module is
 // only compiled for x86-64 by the host toolchain, which has the AVX-512
