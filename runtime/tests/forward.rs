@@ -11,16 +11,15 @@
 //!   with it (`../shared/testdata/smollm2/greedy.json`).
 //! * Bad input: named errors, never panics.
 //!
-//! The HF checkpoints are turned into GGUF files here by a minimal
-//! test-only converter (safetensors → GGUF with llama.cpp's tensor names,
-//! un-permuted q/k, `rope_freqs`) until `spinel convert` lands.
+//! The HF checkpoints are turned into GGUF files by `spinel convert`
+//! (`spinel_runtime::convert`).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde_json::Value as Json;
-use spinel_quant::{GgmlType, Kernels};
-use spinel_runtime::gguf::{GgufWriter, Value};
+use spinel_runtime::convert::{ConvertOptions, OutType, convert};
+use spinel_runtime::gguf::{GgufFile, GgufWriter, Value};
 use spinel_runtime::model::{KvType, Model, ModelError, StateOptions};
 
 const MODELS: [&str; 5] = [
@@ -126,346 +125,23 @@ fn top2_margin(x: &[f32]) -> f32 {
     x[a] - second
 }
 
-/// A minimal safetensors → GGUF converter for the test checkpoints (f32
-/// safetensors, `LlamaForCausalLM` and `Llama4ForCausalLM`), following
-/// llama.cpp's `convert_hf_to_gguf.py`.
-mod hf {
-    use super::*;
-
-    pub struct Checkpoint {
-        pub config: Json,
-        tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+/// The GGUF of model `name` made by `spinel convert --outtype outtype`,
+/// converted once per test run.
+fn gguf_path(name: &str, outtype: OutType) -> PathBuf {
+    static DONE: Mutex<Vec<(String, OutType, PathBuf)>> = Mutex::new(Vec::new());
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, _, p)) = done.iter().find(|(n, t, _)| n == name && *t == outtype) {
+        return p.clone();
     }
-
-    impl Checkpoint {
-        pub fn read(dir: &Path) -> Checkpoint {
-            let config = read_json(&dir.join("config.json"));
-            let bytes = std::fs::read(dir.join("model.safetensors")).expect("model.safetensors");
-            let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-            let header: Json = serde_json::from_slice(&bytes[8..8 + n]).expect("header");
-            let data = &bytes[8 + n..];
-            let mut tensors = HashMap::new();
-            for (name, info) in header.as_object().unwrap() {
-                if name == "__metadata__" {
-                    continue;
-                }
-                assert_eq!(info["dtype"], "F32", "{name}");
-                let shape: Vec<usize> = info["shape"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|d| d.as_u64().unwrap() as usize)
-                    .collect();
-                let off = info["data_offsets"].as_array().unwrap();
-                let (a, b) = (
-                    off[0].as_u64().unwrap() as usize,
-                    off[1].as_u64().unwrap() as usize,
-                );
-                let v: Vec<f32> = data[a..b]
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                    .collect();
-                tensors.insert(name.clone(), (shape, v));
-            }
-            Checkpoint { config, tensors }
-        }
-
-        fn get(&self, name: &str) -> &(Vec<usize>, Vec<f32>) {
-            self.tensors
-                .get(name)
-                .unwrap_or_else(|| panic!("no {name}"))
-        }
-
-        fn cfg(&self, key: &str) -> usize {
-            self.config[key].as_u64().unwrap_or_else(|| panic!("{key}")) as usize
-        }
-
-        fn cfg_f(&self, key: &str) -> f64 {
-            self.config[key].as_f64().unwrap_or_else(|| panic!("{key}"))
-        }
-
-        pub fn is_llama4(&self) -> bool {
-            self.config["architectures"][0] == "Llama4ForCausalLM"
-        }
-
-        /// The GGUF file, weights of two or more dimensions stored as `wtype`
-        /// where their rows are whole blocks (F32 otherwise), vectors F32.
-        /// `skip` leaves one tensor out (for error tests).
-        pub fn to_gguf(&self, wtype: GgmlType, skip: Option<&str>) -> Vec<u8> {
-            let arch = if self.is_llama4() { "llama4" } else { "llama" };
-            let k = |s: &str| format!("{arch}.{s}");
-            let n_layer = self.cfg("num_hidden_layers");
-            let n_head = self.cfg("num_attention_heads");
-            let n_kv = self.cfg("num_key_value_heads");
-            let head_dim = self.cfg("head_dim");
-            let theta = self.cfg_f("rope_theta");
-
-            let mut w = GgufWriter::new();
-            let mut kv = |key: String, v: Value<'static>| {
-                w.add_kv(key, v).unwrap();
-            };
-            kv("general.architecture".into(), Value::from(arch));
-            kv(
-                k("context_length"),
-                Value::U32(self.cfg("max_position_embeddings") as u32),
-            );
-            kv(
-                k("embedding_length"),
-                Value::U32(self.cfg("hidden_size") as u32),
-            );
-            kv(k("block_count"), Value::U32(n_layer as u32));
-            let ff = if self.is_llama4() {
-                "intermediate_size_mlp"
-            } else {
-                "intermediate_size"
-            };
-            kv(k("feed_forward_length"), Value::U32(self.cfg(ff) as u32));
-            kv(k("attention.head_count"), Value::U32(n_head as u32));
-            kv(k("attention.head_count_kv"), Value::U32(n_kv as u32));
-            kv(k("attention.key_length"), Value::U32(head_dim as u32));
-            kv(k("attention.value_length"), Value::U32(head_dim as u32));
-            kv(k("rope.dimension_count"), Value::U32(head_dim as u32));
-            kv(k("rope.freq_base"), Value::F32(theta as f32));
-            kv(
-                k("attention.layer_norm_rms_epsilon"),
-                Value::F32(self.cfg_f("rms_norm_eps") as f32),
-            );
-            kv(k("vocab_size"), Value::U32(self.cfg("vocab_size") as u32));
-            if self.is_llama4() {
-                let c = &self.config;
-                kv(
-                    k("expert_count"),
-                    Value::U32(self.cfg("num_local_experts") as u32),
-                );
-                kv(
-                    k("expert_used_count"),
-                    Value::U32(self.cfg("num_experts_per_tok") as u32),
-                );
-                kv(
-                    k("expert_feed_forward_length"),
-                    Value::U32(self.cfg("intermediate_size") as u32),
-                );
-                kv(
-                    k("interleave_moe_layer_step"),
-                    Value::U32(self.cfg("interleave_moe_layer_step") as u32),
-                );
-                kv(
-                    k("attention.chunk_size"),
-                    Value::U32(self.cfg("attention_chunk_size") as u32),
-                );
-                kv(
-                    k("no_rope_layer_step"),
-                    Value::U32(self.cfg("no_rope_layer_interval") as u32),
-                );
-                kv(
-                    k("use_qk_norm"),
-                    Value::Bool(c["use_qk_norm"].as_bool().unwrap()),
-                );
-                kv(
-                    k("attention.temperature_length"),
-                    Value::U32(self.cfg("floor_scale") as u32),
-                );
-                let scale = if c["attn_temperature_tuning"].as_bool().unwrap() {
-                    self.cfg_f("attn_scale") as f32
-                } else {
-                    0.0
-                };
-                kv(k("attention.temperature_scale"), Value::F32(scale));
-            }
-
-            let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
-            let mut put = |name: String, shape: Vec<usize>, data: Vec<f32>| {
-                tensors.push((name, shape, data));
-            };
-            let lin = |name: &str| self.get(&format!("{name}.weight")).clone();
-            put(
-                "token_embd.weight".into(),
-                lin("model.embed_tokens").0,
-                lin("model.embed_tokens").1,
-            );
-            put(
-                "output_norm.weight".into(),
-                lin("model.norm").0,
-                lin("model.norm").1,
-            );
-            if self.tensors.contains_key("lm_head.weight") {
-                let (s, d) = lin("lm_head");
-                put("output.weight".into(), s, d);
-            }
-            if let Some(factors) = self.rope_factors(head_dim, theta) {
-                put("rope_freqs.weight".into(), vec![factors.len()], factors);
-            }
-            for il in 0..n_layer {
-                let hf = |s: &str| format!("model.layers.{il}.{s}");
-                let gg = |s: &str| format!("blk.{il}.{s}.weight");
-                let (s, d) = lin(&hf("input_layernorm"));
-                put(gg("attn_norm"), s, d);
-                let (s, d) = lin(&hf("post_attention_layernorm"));
-                put(gg("ffn_norm"), s, d);
-                let (sq, q) = lin(&hf("self_attn.q_proj"));
-                let (sk, kk) = lin(&hf("self_attn.k_proj"));
-                if self.is_llama4() {
-                    put(gg("attn_q"), sq, q);
-                    put(gg("attn_k"), sk, kk);
-                } else {
-                    put(gg("attn_q"), sq.clone(), unpermute(&q, &sq, n_head));
-                    put(gg("attn_k"), sk.clone(), unpermute(&kk, &sk, n_kv));
-                }
-                let (s, d) = lin(&hf("self_attn.v_proj"));
-                put(gg("attn_v"), s, d);
-                let (s, d) = lin(&hf("self_attn.o_proj"));
-                put(gg("attn_output"), s, d);
-                let mlp = if self.is_llama4() {
-                    "feed_forward"
-                } else {
-                    "mlp"
-                };
-                if self
-                    .tensors
-                    .contains_key(&hf(&format!("{mlp}.gate_proj.weight")))
-                {
-                    for (h, g) in [
-                        ("gate_proj", "ffn_gate"),
-                        ("up_proj", "ffn_up"),
-                        ("down_proj", "ffn_down"),
-                    ] {
-                        let (s, d) = lin(&hf(&format!("{mlp}.{h}")));
-                        put(gg(g), s, d);
-                    }
-                } else {
-                    let (s, d) = lin(&hf("feed_forward.router"));
-                    put(gg("ffn_gate_inp"), s, d);
-                    for (h, g) in [
-                        ("gate_proj", "ffn_gate_shexp"),
-                        ("up_proj", "ffn_up_shexp"),
-                        ("down_proj", "ffn_down_shexp"),
-                    ] {
-                        let (s, d) = lin(&hf(&format!("feed_forward.shared_expert.{h}")));
-                        put(gg(g), s, d);
-                    }
-                    // gate_up_proj [E, H, 2I] (x @ W): gate = [.., :I], up = [.., I:].
-                    let (s, d) = self.get(&hf("feed_forward.experts.gate_up_proj")).clone();
-                    let (e, h, i2) = (s[0], s[1], s[2]);
-                    let i = i2 / 2;
-                    let mut gate = Vec::with_capacity(e * i * h);
-                    let mut up = Vec::with_capacity(e * i * h);
-                    for ex in 0..e {
-                        for (half, out) in [(0, &mut gate), (i, &mut up)] {
-                            for r in 0..i {
-                                for c in 0..h {
-                                    out.push(d[(ex * h + c) * i2 + half + r]);
-                                }
-                            }
-                        }
-                    }
-                    put(gg("ffn_gate_exps"), vec![e, i, h], gate);
-                    put(gg("ffn_up_exps"), vec![e, i, h], up);
-                    // down_proj [E, I, H] (x @ W) → rows of I per output.
-                    let (s, d) = self.get(&hf("feed_forward.experts.down_proj")).clone();
-                    let (e, i, h) = (s[0], s[1], s[2]);
-                    let mut down = Vec::with_capacity(e * i * h);
-                    for ex in 0..e {
-                        for r in 0..h {
-                            for c in 0..i {
-                                down.push(d[(ex * i + c) * h + r]);
-                            }
-                        }
-                    }
-                    put(gg("ffn_down_exps"), vec![e, h, i], down);
-                }
-            }
-
-            let kern = Kernels::get();
-            for (name, shape, data) in tensors {
-                if Some(name.as_str()) == skip {
-                    continue;
-                }
-                // PyTorch shapes are outermost first; GGUF dims innermost first.
-                let dims: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
-                let cols = shape[shape.len() - 1];
-                let ty = if shape.len() >= 2 && wtype.row_size(cols).is_some() {
-                    wtype
-                } else {
-                    GgmlType::F32
-                };
-                let row = ty.row_size(cols).unwrap();
-                let mut bytes = vec![0u8; row * (data.len() / cols)];
-                // Quantize through an aligned buffer: block structs need it.
-                let mut aligned = vec![0u32; row.div_ceil(4)];
-                for (x, out) in data.chunks_exact(cols).zip(bytes.chunks_exact_mut(row)) {
-                    let buf = &mut bytemuck::cast_slice_mut::<u32, u8>(&mut aligned)[..row];
-                    (kern.of(ty).from_float)(x, buf);
-                    out.copy_from_slice(buf);
-                }
-                w.add_tensor(name, &dims, ty, bytes).unwrap();
-            }
-            w.to_bytes()
-        }
-
-        /// llama.cpp's `rope_freqs` for llama3 RoPE scaling: per frequency,
-        /// the factor it is divided by.
-        fn rope_factors(&self, head_dim: usize, theta: f64) -> Option<Vec<f32>> {
-            let rs = &self.config["rope_scaling"];
-            if rs.is_null() || rs["rope_type"] != "llama3" {
-                return None;
-            }
-            let factor = rs["factor"].as_f64().unwrap();
-            let low = rs["low_freq_factor"].as_f64().unwrap();
-            let high = rs["high_freq_factor"].as_f64().unwrap();
-            let old = rs["original_max_position_embeddings"].as_f64().unwrap();
-            let (low_wl, high_wl) = (old / low, old / high);
-            Some(
-                (0..head_dim / 2)
-                    .map(|i| {
-                        let freq =
-                            (1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)) as f64;
-                        let wavelen = 2.0 * std::f64::consts::PI / freq;
-                        if wavelen < high_wl {
-                            1.0
-                        } else if wavelen > low_wl {
-                            factor as f32
-                        } else {
-                            let smooth = (old / wavelen - low) / (high - low);
-                            (1.0 / ((1.0 - smooth) / factor + smooth)) as f32
-                        }
-                    })
-                    .collect(),
-            )
-        }
-    }
-
-    /// Undoes HF's rotate-half permutation of q/k rows (llama.cpp's
-    /// `LlamaModel.permute`): row `h·d + 2i + j` ← row `h·d + j·d/2 + i`.
-    fn unpermute(w: &[f32], shape: &[usize], n_head: usize) -> Vec<f32> {
-        let (rows, cols) = (shape[0], shape[1]);
-        let d = rows / n_head;
-        let mut out = vec![0.0; w.len()];
-        for h in 0..n_head {
-            for i in 0..d / 2 {
-                for j in 0..2 {
-                    let dst = h * d + 2 * i + j;
-                    let src = h * d + j * (d / 2) + i;
-                    out[dst * cols..(dst + 1) * cols]
-                        .copy_from_slice(&w[src * cols..(src + 1) * cols]);
-                }
-            }
-        }
-        out
-    }
-}
-
-/// Writes the GGUF of model `name` with weights of `wtype` once per test
-/// binary run and returns its path.
-fn gguf_path(name: &str, wtype: GgmlType) -> PathBuf {
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("forward-{name}-{wtype}.gguf"));
-    let ck = hf::Checkpoint::read(&testdata().join("models").join(name));
-    let bytes = ck.to_gguf(wtype, None);
-    // Each test writes its own file under a unique temporary name, then
-    // renames it into place, so concurrent tests never read a partial file.
-    let tmp = path
-        .with_extension(format!("{:?}.tmp", std::thread::current().id()).replace(['(', ')'], ""));
-    std::fs::write(&tmp, &bytes).unwrap();
-    std::fs::rename(&tmp, &path).unwrap();
+    let path =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("forward-{name}-{outtype}.gguf"));
+    let opts = ConvertOptions {
+        outtype,
+        ..ConvertOptions::default()
+    };
+    convert(&testdata().join("models").join(name), &path, &opts)
+        .unwrap_or_else(|e| panic!("converting {name} to {outtype}: {e}"));
+    done.push((name.to_string(), outtype, path.clone()));
     path
 }
 
@@ -492,7 +168,7 @@ fn last_logit_error(model: &Model<'_>, reference: &Json, kv: KvType) -> f32 {
 fn check_model(name: &str) {
     let dir = testdata().join("models").join(name);
     let reference = read_json(&dir.join("reference.json"));
-    let model = Model::load(gguf_path(name, GgmlType::F32)).unwrap();
+    let model = Model::load(gguf_path(name, OutType::F32)).unwrap();
 
     // RoPE frequencies after llama3 scaling, as HF applies them.
     let inv_freq = floats(&reference["rope"]["inv_freq"]);
@@ -596,20 +272,23 @@ fn check_model(name: &str) {
     // Q8_0 needs heads of whole 32-blocks (only d_llama3_1 has them).
     let q8_kv = (model.config().head_dim % 32 == 0)
         .then(|| last_logit_error(&model, &reference, KvType::Q8_0));
-    let f16_w = last_logit_error(
-        &Model::load(gguf_path(name, GgmlType::F16)).unwrap(),
-        &reference,
-        KvType::F32,
-    );
-    let q8_w = last_logit_error(
-        &Model::load(gguf_path(name, GgmlType::Q8_0)).unwrap(),
-        &reference,
-        KvType::F32,
+    let weights_error = |t: OutType| {
+        last_logit_error(
+            &Model::load(gguf_path(name, t)).unwrap(),
+            &reference,
+            KvType::F32,
+        )
+    };
+    let (f16_w, bf16_w, q8_w) = (
+        weights_error(OutType::F16),
+        weights_error(OutType::BF16),
+        weights_error(OutType::Q8_0),
     );
     let q8_kv_s = q8_kv.map_or("n/a".to_string(), |e| format!("{e:.2e}"));
     println!(
         "{name}: max |Δlogit| f32 {worst_last:.2e} (16 steps {worst_step:.2e}); \
-         f16 KV {f16_kv:.2e}; q8_0 KV {q8_kv_s}; f16 weights {f16_w:.2e}; q8_0 weights {q8_w:.2e}"
+         f16 KV {f16_kv:.2e}; q8_0 KV {q8_kv_s}; weights f16 {f16_w:.2e}, \
+         bf16 {bf16_w:.2e}, q8_0 {q8_w:.2e}"
     );
     assert!(f16_kv < 2e-2, "{name}: f16 KV cache error {f16_kv}");
     assert!(
@@ -617,6 +296,7 @@ fn check_model(name: &str) {
         "{name}: q8_0 KV cache error {q8_kv:?}"
     );
     assert!(f16_w < 2e-2, "{name}: f16 weights error {f16_w}");
+    assert!(bf16_w < 0.15, "{name}: bf16 weights error {bf16_w}");
     assert!(q8_w < 0.4, "{name}: q8_0 weights error {q8_w}");
 }
 
@@ -649,7 +329,7 @@ fn f_llama4_text_matches_transformers() {
 fn multi_turn_continues_from_the_cache() {
     let name = "f_llama4_text";
     let reference = read_json(&testdata().join("models").join(name).join("reference.json"));
-    let model = Model::load(gguf_path(name, GgmlType::F32)).unwrap();
+    let model = Model::load(gguf_path(name, OutType::F32)).unwrap();
     let r = &reference["prompts"]["len40"];
     let prompt = ids(&r["prompt_ids"]);
     let mut state = model.new_state_with(&opts(KvType::F32)).unwrap();
@@ -673,7 +353,7 @@ fn multi_turn_continues_from_the_cache() {
 #[test]
 fn bad_input_gives_named_errors() {
     let name = "c_llama3";
-    let model = Model::load(gguf_path(name, GgmlType::F32)).unwrap();
+    let model = Model::load(gguf_path(name, OutType::F32)).unwrap();
     let mut state = model.new_state(Some(8), KvType::F32).unwrap();
     assert_eq!(state.n_ctx(), 8);
 
@@ -715,7 +395,7 @@ fn bad_input_gives_named_errors() {
     }
 
     // A state made for another model.
-    let other = Model::load(gguf_path("a_llama1", GgmlType::F32)).unwrap();
+    let other = Model::load(gguf_path("a_llama1", OutType::F32)).unwrap();
     let mut foreign = other.new_state(Some(8), KvType::F32).unwrap();
     assert!(matches!(
         model.forward(&mut foreign, &[1]),
@@ -738,47 +418,42 @@ fn bad_input_gives_named_errors() {
 
 #[test]
 fn bad_files_give_named_errors() {
-    use spinel_runtime::gguf::GgufFile;
-    let ck = hf::Checkpoint::read(&testdata().join("models").join("c_llama3"));
-
-    // A missing tensor.
-    let bytes = aligned(&ck.to_gguf(GgmlType::F32, Some("blk.1.attn_v.weight")));
-    let file = GgufFile::parse(bytes.as_slice()).unwrap();
-    match Model::from_gguf(&file) {
-        Err(e @ ModelError::MissingTensor { .. }) => {
-            assert!(e.to_string().contains("blk.1.attn_v.weight"))
-        }
-        other => panic!("missing tensor: {other:?}"),
-    }
-    // No output norm either.
-    let bytes = aligned(&ck.to_gguf(GgmlType::F32, Some("output_norm.weight")));
-    let file = GgufFile::parse(bytes.as_slice()).unwrap();
-    assert!(matches!(
-        Model::from_gguf(&file),
-        Err(ModelError::MissingTensor { .. })
-    ));
-
-    // Metadata that disagrees with the tensors, an unknown architecture, a
-    // missing hyperparameter.
-    let good = aligned(&ck.to_gguf(GgmlType::F32, None));
+    let good = aligned(&std::fs::read(gguf_path("c_llama3", OutType::F32)).unwrap());
     let good = GgufFile::parse(good.as_slice()).unwrap();
-    let edit = |key: &str, value: Option<Value<'static>>| -> Aligned {
+    // `good` with metadata `key` replaced by `value` (removed if `None`) and
+    // tensor `skip` left out.
+    let edit = |key: &str, value: Option<Value<'static>>, skip: &str| -> Aligned {
         let mut w = GgufWriter::new();
         for (k, v) in good.metadata().iter() {
-            if k == key {
-                if let Some(v) = &value {
-                    w.add_kv(k, v.clone()).unwrap();
-                }
-            } else {
-                w.add_kv(k, v.clone()).unwrap();
-            }
+            match (k == key, &value) {
+                (false, _) => w.add_kv(k, v.clone()).unwrap(),
+                (true, Some(v)) => w.add_kv(k, v.clone()).unwrap(),
+                (true, None) => continue,
+            };
         }
-        for t in good.tensors() {
+        for t in good.tensors().iter().filter(|t| t.name() != skip) {
             w.add_tensor(t.name(), t.dims(), t.ggml_type(), t.data())
                 .unwrap();
         }
         aligned(&w.to_bytes())
     };
+
+    // Missing tensors.
+    for name in [
+        "blk.1.attn_v.weight",
+        "output_norm.weight",
+        "token_embd.weight",
+    ] {
+        let bytes = edit("", None, name);
+        let file = GgufFile::parse(bytes.as_slice()).unwrap();
+        match Model::from_gguf(&file) {
+            Err(e @ ModelError::MissingTensor { .. }) => assert!(e.to_string().contains(name)),
+            other => panic!("missing {name}: {other:?}"),
+        }
+    }
+
+    // Metadata that disagrees with the tensors, an unknown architecture, a
+    // missing hyperparameter.
     type Case = (
         &'static str,
         Option<Value<'static>>,
@@ -809,7 +484,7 @@ fn bad_files_give_named_errors() {
         }),
     ];
     for (key, value, ok) in cases {
-        let bytes = edit(key, value.clone());
+        let bytes = edit(key, value.clone(), "");
         let file = GgufFile::parse(bytes.as_slice()).unwrap();
         match Model::from_gguf(&file) {
             Err(e) if ok(&e) => {}
