@@ -199,6 +199,9 @@ pub struct TokenProb {
     pub logit: f32,
 }
 
+/// First chunk of tokens top-p sorts when top-k has not sorted them.
+const TOP_P_CHUNK: usize = 256;
+
 /// Descending logit, then ascending id: a total order, so unstable sorts and
 /// selections give one result.
 fn by_logit_desc(a: &TokenProb, b: &TokenProb) -> Ordering {
@@ -446,22 +449,38 @@ impl Sampler {
             sorted = true;
         }
 
-        // top-p
+        // top-p: the shortest prefix, by descending probability, whose mass
+        // reaches p. Without top-k there is no sorted list yet; rather than
+        // sort the whole vocabulary, select and sort growing chunks of the
+        // best tokens until the mass is reached (the total order makes each
+        // chunk exactly the next slice of a full sort).
         if p.top_p < 1.0 {
-            if !sorted {
-                self.cand[..n].sort_unstable_by(by_logit_desc);
-                sorted = true;
-            }
-            let live = &mut self.cand[..n];
-            softmax(live, 1.0);
+            softmax(&mut self.cand[..n], 1.0);
+            let target = f64::from(p.top_p);
             let mut cum = 0.0f64;
-            for (i, c) in live.iter().enumerate() {
-                cum += f64::from(c.p);
-                if cum >= f64::from(p.top_p) && i + 1 >= min_keep {
-                    n = i + 1;
+            let mut done = 0;
+            let mut end = if sorted { n } else { n.min(TOP_P_CHUNK) };
+            'grow: loop {
+                if !sorted {
+                    if end < n {
+                        self.cand[done..n].select_nth_unstable_by(end - done - 1, by_logit_desc);
+                    }
+                    self.cand[done..end].sort_unstable_by(by_logit_desc);
+                }
+                for i in done..end {
+                    cum += f64::from(self.cand[i].p);
+                    if cum >= target && i + 1 >= min_keep {
+                        n = i + 1;
+                        break 'grow;
+                    }
+                }
+                if end == n {
                     break;
                 }
+                done = end;
+                end = n.min(end * 4);
             }
+            sorted = true;
         }
 
         // min-p
@@ -551,6 +570,7 @@ fn softmax(live: &mut [TokenProb], temperature: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sampling::rng::Xoshiro256;
 
     fn softmax_ref(logits: &[f64]) -> Vec<f64> {
         let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -722,6 +742,50 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ids(&dist(&mut s, &logits)), [0, 2, 3]);
+    }
+
+    /// Top-p over a large vocabulary (the chunked selection path) keeps
+    /// exactly the prefix a full sort would.
+    #[test]
+    fn top_p_chunked_selection_equals_full_sort() {
+        let mut rng = Xoshiro256::new(11);
+        for (vocab, spread) in [
+            (300usize, 8.0f64),
+            (5000, 4.0),
+            (20_000, 1.0),
+            (20_000, 30.0),
+        ] {
+            // Quantised logits: many ties.
+            let logits: Vec<f32> = (0..vocab)
+                .map(|_| ((rng.next_f64() * spread * 4.0).floor() / 4.0) as f32)
+                .collect();
+            // Reference: full sort, the sampler's own softmax arithmetic.
+            let mut order: Vec<u32> = (0..vocab as u32).collect();
+            order.sort_by(|&a, &b| {
+                logits[b as usize]
+                    .total_cmp(&logits[a as usize])
+                    .then(a.cmp(&b))
+            });
+            let max = logits[order[0] as usize];
+            let e: Vec<f64> = logits.iter().map(|&l| f64::from(l - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for top_p in [0.05f32, 0.3, 0.6, 0.9, 0.99, 0.999] {
+                let mut cum = 0.0f64;
+                let mut keep = vocab;
+                for (i, &id) in order.iter().enumerate() {
+                    cum += f64::from((f64::from(e[id as usize] as f32) / sum) as f32);
+                    if cum >= f64::from(top_p) {
+                        keep = i + 1;
+                        break;
+                    }
+                }
+                let mut want: Vec<u32> = order[..keep].to_vec();
+                want.sort_unstable();
+                let mut s = Sampler::new(SamplingParams { top_p, ..params() }, vocab).unwrap();
+                let got = ids(&dist(&mut s, &logits));
+                assert_eq!(got, want, "vocab {vocab} spread {spread} top_p {top_p}");
+            }
+        }
     }
 
     #[test]
