@@ -3,7 +3,7 @@
 //! kernels. The higher x86 levels reuse the quantizers and F16 kernels.
 
 use crate::formats::check_len;
-use half::f16;
+use half::{bf16, f16};
 
 /// The 8-bit products without VNNI: `vpmaddubsw` multiplies u8 × i8 and adds
 /// adjacent pairs into i16 (saturating, which our operand ranges never reach),
@@ -219,5 +219,114 @@ pub(super) unsafe fn dequantize_row_f16(x: &[f16], y: &mut [f32]) {
     }
     for (&a, b) in xr.iter().zip(yr) {
         *b = f16_to_f32(a);
+    }
+}
+
+/// F32 · F32 with four 8-lane FMA accumulators (the scalar reference sums in
+/// f64; f32 lanes of a few hundred products each stay well within its
+/// tolerance).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn vec_dot_f32(x: &[f32], y: &[f32]) -> f32 {
+    assert_eq!(x.len(), y.len(), "vec_dot: length mismatch");
+    dot_lanes(x, y, |a: &[f32; 8]| ld_ps(a))
+}
+
+/// BF16 → eight f32 (a bf16 is the top half of an f32).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bf16x8(h: &[bf16; 8]) -> __m256 {
+    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(ld128(h))))
+}
+
+/// BF16 · BF16, accumulated in f32.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn vec_dot_bf16(x: &[bf16], y: &[bf16]) -> f32 {
+    assert_eq!(x.len(), y.len(), "vec_dot: length mismatch");
+    dot_lanes(x, y, |h: &[bf16; 8]| bf16x8(h))
+}
+
+/// `Σ x·y` over rows of any element type that `cvt` turns into f32 eight at
+/// a time: four accumulators over 32 elements, then 8 at a time, then the
+/// scalar rest through `cvt` of a zero-padded chunk.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_lanes<E: Copy + Default>(x: &[E], y: &[E], cvt: impl Fn(&[E; 8]) -> __m256) -> f32 {
+    let (x32, xr) = x.as_chunks::<32>();
+    let (y32, yr) = y.as_chunks::<32>();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (a, b) in x32.iter().zip(y32) {
+        let (a, b) = (a.as_chunks::<8>().0, b.as_chunks::<8>().0);
+        for k in 0..4 {
+            acc[k] = _mm256_fmadd_ps(cvt(&a[k]), cvt(&b[k]), acc[k]);
+        }
+    }
+    let (x8, xr) = xr.as_chunks::<8>();
+    let (y8, yr) = yr.as_chunks::<8>();
+    for (k, (a, b)) in x8.iter().zip(y8).enumerate() {
+        acc[k] = _mm256_fmadd_ps(cvt(a), cvt(b), acc[k]);
+    }
+    if !xr.is_empty() {
+        let (mut a, mut b) = ([E::default(); 8], [E::default(); 8]);
+        a[..xr.len()].copy_from_slice(xr);
+        b[..yr.len()].copy_from_slice(yr);
+        acc[3] = _mm256_fmadd_ps(cvt(&a), cvt(&b), acc[3]);
+    }
+    hsum_ps(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ))
+}
+
+/// BF16 → f32 (exact).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dequantize_row_bf16(x: &[bf16], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len(), "row length mismatch");
+    let (x8, xr) = x.as_chunks::<8>();
+    let (y8, yr) = y.as_chunks_mut::<8>();
+    for (a, b) in x8.iter().zip(y8) {
+        st_ps(b, bf16x8(a));
+    }
+    for (&a, b) in xr.iter().zip(yr) {
+        *b = f32::from_bits(u32::from(a.to_bits()) << 16);
+    }
+}
+
+/// f32 → BF16 as `half::bf16::from_f32`: round to nearest even on the top 16
+/// bits (`(x + 0x7fff + lsb) >> 16`, which also carries into infinity), and
+/// NaNs keep their top bits with the quiet bit set.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn quantize_row_bf16(x: &[f32], y: &mut [bf16]) {
+    assert_eq!(x.len(), y.len(), "row length mismatch");
+    let round = |v: __m256| {
+        let b = _mm256_castps_si256(v);
+        let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(1));
+        let r = _mm256_add_epi32(b, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb));
+        let nan = _mm256_or_si256(b, _mm256_set1_epi32(0x0040_0000));
+        let is_nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+        _mm256_srli_epi32::<16>(_mm256_blendv_epi8(r, nan, is_nan))
+    };
+    let (x16, xr) = x.as_chunks::<16>();
+    let (y16, yr) = y.as_chunks_mut::<16>();
+    for (a, b) in x16.iter().zip(y16) {
+        let a = a.as_chunks::<8>().0;
+        let (lo, hi) = (round(ld_ps(&a[0])), round(ld_ps(&a[1])));
+        // `packus` works per 128-bit lane: restore the element order.
+        let p = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(lo, hi));
+        st256(b, p);
+    }
+    for (&a, b) in xr.iter().zip(yr) {
+        *b = bf16::from_f32(a);
     }
 }

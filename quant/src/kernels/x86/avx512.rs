@@ -74,3 +74,60 @@ pub(super) unsafe fn vec_dot_f16(x: &[f16], y: &[f16]) -> f32 {
     }
     sum
 }
+
+/// `Σ x·y` over rows that `cvt` turns into f32 sixteen at a time: four
+/// accumulators over 64 elements, then 16 at a time, then a zero-padded
+/// chunk for the rest.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")]
+fn dot_lanes16<E: Copy + Default>(x: &[E], y: &[E], cvt: impl Fn(&[E; 16]) -> __m512) -> f32 {
+    let (x64, xr) = x.as_chunks::<64>();
+    let (y64, yr) = y.as_chunks::<64>();
+    let mut acc = [_mm512_setzero_ps(); 4];
+    for (a, b) in x64.iter().zip(y64) {
+        let (a, b) = (a.as_chunks::<16>().0, b.as_chunks::<16>().0);
+        for k in 0..4 {
+            acc[k] = _mm512_fmadd_ps(cvt(&a[k]), cvt(&b[k]), acc[k]);
+        }
+    }
+    let (x16, xr) = xr.as_chunks::<16>();
+    let (y16, yr) = yr.as_chunks::<16>();
+    for (k, (a, b)) in x16.iter().zip(y16).enumerate() {
+        acc[k] = _mm512_fmadd_ps(cvt(a), cvt(b), acc[k]);
+    }
+    if !xr.is_empty() {
+        let (mut a, mut b) = ([E::default(); 16], [E::default(); 16]);
+        a[..xr.len()].copy_from_slice(xr);
+        b[..yr.len()].copy_from_slice(yr);
+        acc[3] = _mm512_fmadd_ps(cvt(&a), cvt(&b), acc[3]);
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(
+        _mm512_add_ps(acc[0], acc[1]),
+        _mm512_add_ps(acc[2], acc[3]),
+    ))
+}
+
+/// F32 · F32, 16 lanes.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL/DQ, AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")]
+pub(super) unsafe fn vec_dot_f32(x: &[f32], y: &[f32]) -> f32 {
+    assert_eq!(x.len(), y.len(), "vec_dot: length mismatch");
+    dot_lanes16(x, y, |a: &[f32; 16]| {
+        // SAFETY: `a` refers to 16 readable f32; `loadu` has no alignment need.
+        unsafe { _mm512_loadu_ps(a.as_ptr()) }
+    })
+}
+
+/// BF16 · BF16, 16 lanes (a bf16 is the top half of an f32).
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL/DQ, AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")]
+pub(super) unsafe fn vec_dot_bf16(x: &[half::bf16], y: &[half::bf16]) -> f32 {
+    assert_eq!(x.len(), y.len(), "vec_dot: length mismatch");
+    dot_lanes16(x, y, |a: &[half::bf16; 16]| {
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(ld256(a))))
+    })
+}

@@ -4,7 +4,7 @@
 //!
 //! | ISA           | vec_dot                                         | from_float / to_float        |
 //! |---------------|-------------------------------------------------|------------------------------|
-//! | `Avx2`        | Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K–Q6_K, F16          | Q8_0 Q8_1 Q8_K, F16 (both)   |
+//! | `Avx2`        | Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K–Q6_K, F16 F32 BF16 | Q8_0 Q8_1 Q8_K; F16 BF16     |
 //! | `AvxVnni`     | the integer ones with VEX `vpdpbusd`/`vpdpwssd`  | inherited                    |
 //! | `Avx512`      | all of `Avx2`'s at 512 bits (`vpmaddubsw`)       | inherited                    |
 //! | `Avx512Vnni`  | the integer ones with `vpdpbusd`/`vpdpwssd`      | inherited                    |
@@ -32,7 +32,7 @@
 use super::{Isa, Kernels, from_float, scalar, to_float, vec_dot};
 use crate::GgmlType as T;
 use crate::blocks::*;
-use half::f16;
+use half::{bf16, f16};
 
 #[macro_use]
 mod v256;
@@ -89,6 +89,10 @@ const AVX2_TABLE: Kernels = int_dots!(
     scalar::TABLE
         .derive(Isa::Avx2)
         .set_vec_dot(T::F16, vec_dot!(unsafe f16, f16, avx2::vec_dot_f16))
+        .set_vec_dot(T::F32, vec_dot!(unsafe f32, f32, avx2::vec_dot_f32))
+        .set_vec_dot(T::BF16, vec_dot!(unsafe bf16, bf16, avx2::vec_dot_bf16))
+        .set_from_float(T::BF16, from_float!(unsafe bf16, avx2::quantize_row_bf16))
+        .set_to_float(T::BF16, to_float!(unsafe bf16, avx2::dequantize_row_bf16))
         .set_from_float(T::F16, from_float!(unsafe f16, avx2::quantize_row_f16))
         .set_to_float(T::F16, to_float!(unsafe f16, avx2::dequantize_row_f16))
         .set_from_float(
@@ -111,7 +115,9 @@ const AVX_VNNI_TABLE: Kernels = int_dots!(AVX2_TABLE.derive(Isa::AvxVnni), avx_v
 const AVX512_TABLE: Kernels = int_dots!(
     AVX2_TABLE
         .derive(Isa::Avx512)
-        .set_vec_dot(T::F16, vec_dot!(unsafe f16, f16, avx512::vec_dot_f16)),
+        .set_vec_dot(T::F16, vec_dot!(unsafe f16, f16, avx512::vec_dot_f16))
+        .set_vec_dot(T::F32, vec_dot!(unsafe f32, f32, avx512::vec_dot_f32))
+        .set_vec_dot(T::BF16, vec_dot!(unsafe bf16, bf16, avx512::vec_dot_bf16)),
     avx512
 );
 

@@ -84,15 +84,20 @@ fn check_dot(k: &Kernels, ty: GgmlType, w: &[f32], a: &[f32], rows: (usize, usiz
     );
 }
 
-const DOT_TYPES: [GgmlType; 8] = [
+const DOT_TYPES: [GgmlType; 13] = [
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
     GgmlType::Q5_1,
     GgmlType::Q8_0,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
     GgmlType::Q4K,
+    GgmlType::Q5K,
     GgmlType::Q6K,
     GgmlType::F16,
+    GgmlType::F32,
+    GgmlType::BF16,
 ];
 
 #[test]
@@ -114,24 +119,26 @@ fn vec_dot_matches_scalar_for_every_length() {
 }
 
 #[test]
-fn f16_kernels_match_scalar_for_odd_lengths() {
+fn float_kernels_match_scalar_for_odd_lengths() {
     for k in tables() {
-        for n in 1..80 {
-            for (i, (w, a)) in rows(n, 7 + n as u64).iter().zip(rows(n, 9)).enumerate() {
-                check_dot(k, GgmlType::F16, w, &a, (i, i));
-                let q = quantize(k, GgmlType::F16, w);
-                assert_eq!(q, quantize(scalar(), GgmlType::F16, w), "{} n={n}", k.isa());
-                let mut y = vec![0f32; n];
-                (k.of(GgmlType::F16).to_float)(&q, &mut y);
-                let want = dequantize(GgmlType::F16, &q, n);
-                assert!(y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+        for ty in [GgmlType::F16, GgmlType::BF16, GgmlType::F32] {
+            for n in 1..150 {
+                for (i, (w, a)) in rows(n, 7 + n as u64).iter().zip(rows(n, 9)).enumerate() {
+                    check_dot(k, ty, w, &a, (i, i));
+                    let q = quantize(k, ty, w);
+                    assert_eq!(q, quantize(scalar(), ty, w), "{} {ty} n={n}", k.isa());
+                    let mut y = vec![0f32; n];
+                    (k.of(ty).to_float)(&q, &mut y);
+                    let want = dequantize(ty, &q, n);
+                    assert!(y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+                }
             }
         }
     }
 }
 
 #[test]
-fn f16_conversion_of_special_values_matches_half() {
+fn f16_and_bf16_conversion_of_special_values_matches_half() {
     let x = [
         0.0f32,
         -0.0,
@@ -149,14 +156,25 @@ fn f16_conversion_of_special_values_matches_half() {
         1.0 / 3.0,
         2049.0,
         2051.0,
+        f32::MAX,
+        -f32::MAX,
+        f32::MIN_POSITIVE,
+        1.0e-40,
+        f32::from_bits(0x3f80_8000), // bf16 tie, even: stays
+        f32::from_bits(0x3f81_8000), // bf16 tie, odd: rounds up
+        f32::from_bits(0x3f80_8001),
+        f32::from_bits(0x7f80_0001), // signalling NaN
+        f32::from_bits(0xffc0_1234),
     ];
     for k in tables() {
-        let q = quantize(k, GgmlType::F16, &x);
-        assert_eq!(q, quantize(scalar(), GgmlType::F16, &x), "{}", k.isa());
-        let mut y = vec![0f32; x.len()];
-        (k.of(GgmlType::F16).to_float)(&q, &mut y);
-        let want = dequantize(GgmlType::F16, &q, x.len());
-        assert!(y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+        for ty in [GgmlType::F16, GgmlType::BF16] {
+            let q = quantize(k, ty, &x);
+            assert_eq!(q, quantize(scalar(), ty, &x), "{} {ty}", k.isa());
+            let mut y = vec![0f32; x.len()];
+            (k.of(ty).to_float)(&q, &mut y);
+            let want = dequantize(ty, &q, x.len());
+            assert!(y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+        }
     }
 }
 

@@ -63,6 +63,34 @@ macro_rules! mins_loop {
     }};
 }
 
+/// The block loop of the K-quants without mins whose kernels take an offset
+/// out through the activation sums (Q3_K, Q6_K): `$block` returns a block's
+/// i32 lane sums, whose lanes are large (unsigned quants) although their total
+/// is not, so the total is formed exactly before scaling: two blocks at a
+/// time are reduced to `[S_a S_b]` and accumulated in f64 with the exact
+/// coefficients `d·d_y`.
+macro_rules! sums_loop {
+    ($x:expr, $y:expr, $block:expr) => {{
+        let (x2, xr) = $x.as_chunks::<2>();
+        let (y2, yr) = $y.as_chunks::<2>();
+        let mut acc = _mm_setzero_pd();
+        for (xs, ys) in x2.iter().zip(y2) {
+            let sa = $block(&xs[0], &ys[0]);
+            let sb = $block(&xs[1], &ys[1]);
+            let z = _mm_setzero_si128();
+            let sums = _mm_cvtepi32_pd(reduce_pair(sa, sb, z, z));
+            let c = pair_coefs([xs[0].d, xs[1].d], [xs[0].d, xs[1].d], [ys[0].d, ys[1].d]);
+            acc = _mm_fmadd_pd(_mm256_castpd256_pd128(c), sums, acc);
+        }
+        let mut sum = _mm_cvtsd_f64(_mm_add_sd(acc, _mm_unpackhi_pd(acc, acc)));
+        for (xb, yb) in xr.iter().zip(yr) {
+            let s = f64::from(hsum_epi32($block(xb, yb)));
+            sum += f64::from(yb.d) * f64::from(f16_to_f32(xb.d)) * s;
+        }
+        sum as f32
+    }};
+}
+
 macro_rules! kernels_256 {
     ($feat:literal) => {
         use super::util::*;
@@ -437,10 +465,7 @@ macro_rules! kernels_256 {
             assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
             let m3 = _mm256_set1_epi8(0x03);
             let m4 = _mm256_set1_epi8(0x04);
-            let mut acc0 = _mm256_setzero_ps();
-            let mut acc1 = _mm256_setzero_ps();
-            for (i, (xb, yb)) in x.iter().zip(y).enumerate() {
-                let d = _mm256_set1_ps(yb.d * f16_to_f32(xb.d));
+            sums_loop!(x, y, |xb: &BlockQ3K, yb: &BlockQ8K| {
                 let sc = scales_q3_k(&xb.scales);
                 let corr = _mm256_madd_epi16(sc, ld256(&yb.bsums));
                 let mut sumi =
@@ -467,13 +492,8 @@ macro_rules! kernels_256 {
                         sumi = dot_i16(sumi, p, group_scales(sc, k));
                     }
                 }
-                if i % 2 == 0 {
-                    acc0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc0);
-                } else {
-                    acc1 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc1);
-                }
-            }
-            hsum_ps(_mm256_add_ps(acc0, acc1))
+                sumi
+            })
         }
 
         /// Q2_K · Q8_K.
@@ -571,10 +591,7 @@ macro_rules! kernels_256 {
             let picks = [pick(0), pick(1), pick(2), pick(3)];
             let m4 = _mm256_set1_epi8(0x0f);
             let m30 = _mm256_set1_epi8(0x30);
-            let mut acc0 = _mm256_setzero_ps();
-            let mut acc1 = _mm256_setzero_ps();
-            for (i, (xb, yb)) in x.iter().zip(y).enumerate() {
-                let d = _mm256_set1_ps(yb.d * f16_to_f32(xb.d));
+            sums_loop!(x, y, |xb: &BlockQ6K, yb: &BlockQ8K| {
                 let sc = _mm256_cvtepi8_epi16(ld128(&xb.scales));
                 // −32 · Σ_g scale_g · bsum_g, exact in i32.
                 let corr = _mm256_madd_epi16(sc, ld256(&yb.bsums));
@@ -618,13 +635,8 @@ macro_rules! kernels_256 {
                         sumi = dot_i16(sumi, p, _mm256_shuffle_epi8(scn, picks[k]));
                     }
                 }
-                if i % 2 == 0 {
-                    acc0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc0);
-                } else {
-                    acc1 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc1);
-                }
-            }
-            hsum_ps(_mm256_add_ps(acc0, acc1))
+                sumi
+            })
         }
     };
 }

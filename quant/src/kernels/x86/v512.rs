@@ -482,10 +482,7 @@ macro_rules! kernels_512 {
             let m3 = _mm512_set1_epi8(0x03);
             let m4 = _mm512_set1_epi8(0x04);
             let halves = |a: i64, b: i64| _mm512_setr_epi64(a, a, a, a, b, b, b, b);
-            let mut acc0 = _mm512_setzero_ps();
-            let mut acc1 = _mm512_setzero_ps();
-            for (i, (xb, yb)) in x.iter().zip(y).enumerate() {
-                let d = _mm512_set1_ps(yb.d * f16_to_f32(xb.d));
+            sums_loop!(x, y, |xb: &BlockQ3K, yb: &BlockQ8K| {
                 let sc = avx2::scales_q3_k(&xb.scales);
                 let corr = _mm256_madd_epi16(sc, ld256(&yb.bsums));
                 let corr = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<2>(corr));
@@ -513,14 +510,8 @@ macro_rules! kernels_512 {
                     s = dot_i16(s, _mm512_maddubs_epi16(qa, ld512(&q8[2 * n])), sa);
                     t = dot_i16(t, _mm512_maddubs_epi16(qb, ld512(&q8[2 * n + 1])), sb);
                 }
-                let s = _mm512_add_epi32(s, t);
-                if i % 2 == 0 {
-                    acc0 = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc0);
-                } else {
-                    acc1 = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc1);
-                }
-            }
-            _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+                fold512(_mm512_add_epi32(s, t))
+            })
         }
 
         /// Q2_K · Q8_K: the 2-bit fields as in Q3_K, 4-bit scales and mins
@@ -574,10 +565,7 @@ macro_rules! kernels_512 {
             let m30 = _mm512_set1_epi8(0x30);
             let shl_a = _mm512_setr_epi64(4, 4, 4, 4, 2, 2, 2, 2);
             let shr_b = _mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2);
-            let mut acc0 = _mm512_setzero_ps();
-            let mut acc1 = _mm512_setzero_ps();
-            for (i, (xb, yb)) in x.iter().zip(y).enumerate() {
-                let d = _mm512_set1_ps(yb.d * f16_to_f32(xb.d));
+            sums_loop!(x, y, |xb: &BlockQ6K, yb: &BlockQ8K| {
                 let sc = _mm256_cvtepi8_epi16(ld128(&xb.scales));
                 let corr = _mm256_madd_epi16(sc, ld256(&yb.bsums));
                 let corr = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(corr));
@@ -598,14 +586,8 @@ macro_rules! kernels_512 {
                     s = dot_i16(s, pa, sa);
                     t = dot_i16(t, pb, sb);
                 }
-                let s = _mm512_add_epi32(s, t);
-                if i % 2 == 0 {
-                    acc0 = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc0);
-                } else {
-                    acc1 = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc1);
-                }
-            }
-            _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+                fold512(_mm512_add_epi32(s, t))
+            })
         }
     };
 }
