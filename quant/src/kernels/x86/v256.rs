@@ -17,7 +17,8 @@
 //! with a plain 32-byte load of the Q8 activations.
 //!
 //! Offsets (Q4_0's `q − 8`, Q5_0's `q − 16`) are applied as `Σ q·y − 8·Σ y`
-//! with both sums computed by the u8 × i8 product (`Σ y` as `8 × y`), which is
+//! with both sums computed by the u8 × i8 product (`8·Σ y` as a vector of 8s
+//! times `y`), which is
 //! exact for every activation byte, −128 included, unlike ggml's sign trick.
 
 /// The block loop of the K-quants with mins (Q2_K, Q4_K, Q5_K): `$block`
@@ -549,46 +550,6 @@ macro_rules! kernels_256 {
         #[target_feature(enable = $feat)]
         pub(in super::super) unsafe fn vec_dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
             assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
-            // Shuffle k picks i16 scale 2k (of the lane's 8) in the low lane
-            // and 2k + 1 in the high lane.
-            let pick = |k: i8| {
-                let (a, b) = (4 * k, 4 * k + 2);
-                _mm256_setr_epi8(
-                    a,
-                    a + 1,
-                    a,
-                    a + 1,
-                    a,
-                    a + 1,
-                    a,
-                    a + 1,
-                    a,
-                    a + 1,
-                    a,
-                    a + 1,
-                    a,
-                    a + 1,
-                    a,
-                    a + 1,
-                    b,
-                    b + 1,
-                    b,
-                    b + 1,
-                    b,
-                    b + 1,
-                    b,
-                    b + 1,
-                    b,
-                    b + 1,
-                    b,
-                    b + 1,
-                    b,
-                    b + 1,
-                    b,
-                    b + 1,
-                )
-            };
-            let picks = [pick(0), pick(1), pick(2), pick(3)];
             let m4 = _mm256_set1_epi8(0x0f);
             let m30 = _mm256_set1_epi8(0x30);
             sums_loop!(x, y, |xb: &BlockQ6K, yb: &BlockQ8K| {
@@ -601,12 +562,6 @@ macro_rules! kernels_256 {
                 let qh = xb.qh.as_chunks::<32>().0;
                 let q8 = yb.qs.as_chunks::<32>().0;
                 for n in 0..QK_K / 128 {
-                    // Scales 8n..8n+8 in both lanes.
-                    let scn = if n == 0 {
-                        _mm256_permute2x128_si256::<0x00>(sc, sc)
-                    } else {
-                        _mm256_permute2x128_si256::<0x11>(sc, sc)
-                    };
                     let h = ld256(&qh[n]);
                     let l0 = ld256(&ql[2 * n]);
                     let l1 = ld256(&ql[2 * n + 1]);
@@ -632,7 +587,7 @@ macro_rules! kernels_256 {
                     ];
                     for k in 0..4 {
                         let p = _mm256_maddubs_epi16(q[k], ld256(&q8[4 * n + k]));
-                        sumi = dot_i16(sumi, p, _mm256_shuffle_epi8(scn, picks[k]));
+                        sumi = dot_i16(sumi, p, group_scales(sc, 4 * n + k));
                     }
                 }
                 sumi
