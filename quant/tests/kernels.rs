@@ -8,7 +8,8 @@
 //!   (Q8_0, Q8_1, Q8_K) where `d` is identical and each q within ±1 (rounding
 //!   ties), with the block sums consistent with the block's own q;
 //! - `vec_dot`: integer sums are exact, so only the float accumulation order
-//!   differs: |simd − scalar| ≤ 1e-5 · Σ|wᵢ·aᵢ| (+ f16 rounding of Q8_1's s).
+//!   differs: |simd − scalar| ≤ 1e-5 · Σ|wᵢ·aᵢ| plus, for block formats, the
+//!   size of the per-block scale and min/offset terms that may cancel.
 
 use proptest::prelude::*;
 use spinel_quant::blocks::{BlockQ8_0, BlockQ8_1, BlockQ8K};
@@ -122,10 +123,23 @@ fn check_vec_dot(k: &Kernels, ty: GgmlType, w: &[f32], a: &[f32]) -> Result<(), 
     let got = (k.of(ty).vec_dot)(&wq, &aq) as f64;
     let wd = dequantize(scalar(), ty, &wq, w.len());
     let ad = dequantize(scalar(), adt, &aq, a.len());
+    // Formats with a min or an offset compute d·Σq·a − m·Σa per block: two
+    // terms of up to (block max |w|)·Σ|a| that may cancel, so the float error
+    // of either side scales with that, not with Σ|w·a|.
+    let bs = ty.block_size();
     let mag: f64 = wd
-        .iter()
-        .zip(&ad)
-        .map(|(&p, &q)| (p as f64 * q as f64).abs())
+        .chunks(bs)
+        .zip(ad.chunks(bs))
+        .map(|(wb, ab)| {
+            let wmax = wb.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
+            let asum: f64 = ab.iter().map(|&v| (v as f64).abs()).sum();
+            let direct: f64 = wb
+                .iter()
+                .zip(ab)
+                .map(|(&p, &q)| (p as f64 * q as f64).abs())
+                .sum();
+            direct + if bs > 1 { 2.0 * wmax * asum } else { 0.0 }
+        })
         .sum();
     let tol = 1e-5 * mag + 1e-6 * want.abs() + f32::MIN_POSITIVE as f64;
     // Rows near the f16 limit overflow Q8_1's `s` to infinity; then both sides
