@@ -6,6 +6,7 @@
 
 pub mod chat;
 pub mod convert;
+pub mod engine;
 pub mod gguf;
 pub mod model;
 pub mod sampling;

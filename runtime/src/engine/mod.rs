@@ -1,0 +1,276 @@
+//! Streaming generation: a model loaded once, many sessions over it.
+//!
+//! * [`Engine`]: one model file, memory-mapped and loaded once — the forward
+//!   pass, the tokenizer, the chat template and the end-of-generation tokens.
+//!   Immutable, `Send + Sync`: put it in an [`Arc`] and share it.
+//! * [`Session`]: one conversation or completion stream over an engine, with
+//!   its own KV cache ([`SessionOptions`] size it). Sessions are `Send`; run
+//!   as many as memory allows, each on its own thread.
+//! * A generation streams tokens through a callback ([`Session::complete`],
+//!   [`Session::chat`]) or an iterator ([`Session::stream`],
+//!   [`Session::chat_stream`]). Each [`Piece`] carries whole UTF-8 text from
+//!   the streaming detokenizer, with stop strings held back until they can
+//!   no longer match. It ends at an end-of-generation token, a stop string,
+//!   `max_tokens`, a full context, or a [`CancelHandle`] fired from any
+//!   thread ([`StopReason`]), and reports [`Stats`].
+//!
+//! A session remembers which tokens are in its KV cache. Every prompt is
+//! the whole text the model sees: its longest common prefix with the cache
+//! is kept and only the rest is processed. A chat session renders the whole
+//! conversation with the model's template each turn, so a new turn only
+//! processes the tokens after what the cache already holds (the end of the
+//! last answer, the new user message and the assistant header).
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use spinel_runtime::engine::{Engine, GenerateOptions, SessionOptions};
+//! use spinel_runtime::sampling::SamplingParams;
+//!
+//! let engine = Arc::new(Engine::load("model.gguf")?);
+//! let mut session = engine.session(&SessionOptions::default())?;
+//! let opts = GenerateOptions {
+//!     sampling: SamplingParams::greedy(),
+//!     max_tokens: Some(64),
+//!     ..GenerateOptions::default()
+//! };
+//! let answer = session.chat("What is the capital of France?", &opts, |piece| {
+//!     print!("{}", piece.text);
+//! })?;
+//! eprintln!("{:.1} tokens/s", answer.stats.generation_tokens_per_sec());
+//! # Ok::<(), spinel_runtime::engine::EngineError>(())
+//! ```
+
+mod error;
+mod session;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::chat::{ChatTemplate, Message};
+use crate::model::{KvType, Model};
+use crate::sampling::SamplingParams;
+use crate::tokenizer::Tokenizer;
+
+pub use error::EngineError;
+pub use session::{Generation, Piece, Session, Stats, StopReason, Stream};
+
+/// The default memory budget for one session's KV cache: 1 GiB. With an f16
+/// cache that is the full 8192-token context of a SmolLM2 or Llama 3.2 1B,
+/// and 8192 tokens of a Llama 3 8B.
+pub const DEFAULT_KV_BUDGET: usize = 1 << 30;
+
+/// How a session is sized.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Context length in tokens. `None`: the model's training context,
+    /// capped so the KV cache fits in `kv_budget`.
+    pub n_ctx: Option<usize>,
+    /// Bytes the KV cache may take when `n_ctx` is `None`.
+    pub kv_budget: usize,
+    /// The KV cache element type.
+    pub kv_type: KvType,
+    /// Most prompt tokens pushed through the model together.
+    pub n_batch: usize,
+    /// Threads for the forward pass; `None`: all cores.
+    pub n_threads: Option<usize>,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            n_ctx: None,
+            kv_budget: DEFAULT_KV_BUDGET,
+            kv_type: KvType::default(),
+            n_batch: 512,
+            n_threads: None,
+        }
+    }
+}
+
+/// How one generation runs. [`Default`]: llama.cpp's sampling defaults,
+/// no token limit, no stop strings.
+#[derive(Clone, Debug, Default)]
+pub struct GenerateOptions {
+    pub sampling: SamplingParams,
+    /// Most tokens to generate; `None`: until end of generation or a full
+    /// context.
+    pub max_tokens: Option<usize>,
+    /// Generation ends when one of these appears in the text; the text from
+    /// it on is left out.
+    pub stop: Vec<String>,
+    /// Keep generating past end-of-generation tokens (they are then
+    /// generated tokens like any other).
+    pub ignore_eog: bool,
+    /// Show control tokens (`<|im_start|>` …) in the text instead of
+    /// leaving them out.
+    pub special: bool,
+}
+
+/// Stops a session's generation from any thread.
+///
+/// [`cancel`](CancelHandle::cancel) makes the generation that is running end
+/// at its next step (between prompt batches or before the next token) with
+/// [`StopReason::Cancelled`]. Each generation clears the flag when it
+/// starts, so a cancel only ever stops the generation in progress (or the
+/// one about to start, if it comes between the start and the first step).
+#[derive(Clone, Debug, Default)]
+pub struct CancelHandle(Arc<AtomicBool>);
+
+impl CancelHandle {
+    pub fn new() -> Self {
+        CancelHandle::default()
+    }
+
+    /// Asks the running generation to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Whether a cancel is pending.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn clear(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// A loaded model ready to serve sessions: the forward pass, the tokenizer,
+/// the chat template and the end-of-generation tokens, read once from one
+/// memory-mapped GGUF file.
+pub struct Engine {
+    model: Model<'static>,
+    tokenizer: Tokenizer,
+    template: Result<ChatTemplate, String>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("model", &self.model)
+            .field("tokenizer", &self.tokenizer)
+            .field("template", &self.template.as_ref().map(|t| t.origin()))
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Memory-maps the GGUF file at `path` and loads the model, its
+    /// tokenizer and its chat template. The file must not change while the
+    /// engine lives (see [`Model::load`]).
+    ///
+    /// A chat template that does not compile does not stop the load: the
+    /// engine completes text, and [`Session::chat`] reports the problem.
+    pub fn load(path: impl AsRef<Path>) -> Result<Engine, EngineError> {
+        Engine::from_model(Model::load(path)?)
+    }
+
+    /// An engine over a loaded model.
+    pub fn from_model(model: Model<'static>) -> Result<Engine, EngineError> {
+        let tokenizer = Tokenizer::from_gguf(model.gguf())?;
+        let template = ChatTemplate::from_gguf(model.gguf()).map_err(|e| e.to_string());
+        Ok(Engine {
+            model,
+            tokenizer,
+            template,
+        })
+    }
+
+    /// Replaces the chat template (a user's Jinja source, say).
+    pub fn set_chat_template(&mut self, template: ChatTemplate) {
+        self.template = Ok(template);
+    }
+
+    pub fn model(&self) -> &Model<'static> {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The chat template, or why the file's could not be used.
+    pub fn chat_template(&self) -> Result<&ChatTemplate, EngineError> {
+        self.template
+            .as_ref()
+            .map_err(|reason| EngineError::NoChatTemplate {
+                reason: reason.clone(),
+            })
+    }
+
+    /// The tokens that end generation (EOS, `<|eot_id|>`, `<|im_end|>` …).
+    pub fn eog_ids(&self) -> &[u32] {
+        self.tokenizer.eog_ids()
+    }
+
+    /// Token ids of a prompt: BOS as the file's metadata says, special
+    /// tokens written in the text (`<|im_start|>`) recognised.
+    pub fn tokenize_prompt(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        Ok(self.tokenizer.encode(text, true, true)?)
+    }
+
+    /// Token ids of a conversation rendered by the chat template: special
+    /// tokens recognised, BOS added as the metadata says unless the
+    /// template already wrote one.
+    pub fn tokenize_chat(&self, rendered: &str) -> Result<Vec<u32>, EngineError> {
+        let mut ids = self.tokenizer.encode(rendered, true, true)?;
+        if let Some(bos) = self.tokenizer.bos() {
+            if self.tokenizer.add_bos() && ids.len() >= 2 && ids[0] == bos && ids[1] == bos {
+                ids.remove(0);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Renders `messages` with the chat template (the assistant header
+    /// appended when `add_generation_prompt`).
+    pub fn render_chat(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, EngineError> {
+        Ok(self
+            .chat_template()?
+            .render(messages, add_generation_prompt)?)
+    }
+
+    /// Bytes of KV cache one position takes with `kv_type`.
+    pub fn kv_bytes_per_position(&self, kv_type: KvType) -> usize {
+        let c = self.model.config();
+        let row = kv_type.ggml_type().row_size(c.head_dim).unwrap_or(0);
+        2 * c.n_layer * c.n_head_kv * row
+    }
+
+    /// The context length a session opened with `opts` gets: `opts.n_ctx`,
+    /// or the model's training context capped by `opts.kv_budget`.
+    pub fn context_length(&self, opts: &SessionOptions) -> Result<usize, EngineError> {
+        if let Some(n) = opts.n_ctx {
+            return Ok(n);
+        }
+        let per_position = self.kv_bytes_per_position(opts.kv_type).max(1);
+        let fits = opts.kv_budget / per_position;
+        if fits == 0 {
+            return Err(EngineError::KvBudget {
+                budget: opts.kv_budget,
+                per_position,
+            });
+        }
+        Ok(self.model.config().n_ctx_train.min(fits))
+    }
+
+    /// Opens a session with its own KV cache.
+    pub fn session(self: &Arc<Self>, opts: &SessionOptions) -> Result<Session, EngineError> {
+        Session::new(Arc::clone(self), opts)
+    }
+}
+
+// Engines are shared between threads; sessions move between them.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    const fn send<T: Send>() {}
+    send_sync::<Engine>();
+    send::<Session>();
+    send::<CancelHandle>();
+};

@@ -1,0 +1,644 @@
+//! Sessions: a KV cache, the tokens in it, a conversation, and the
+//! generation loop.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::chat::Message;
+use crate::model::{ModelError, State, StateOptions};
+use crate::sampling::{Sampler, StopStrings};
+use crate::tokenizer::{Detokenizer, TokenType};
+
+use super::{CancelHandle, Engine, EngineError, GenerateOptions, SessionOptions};
+
+/// One step of a generation: a token and the text it completed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Piece {
+    /// The generated token; `None` for the text released when generation
+    /// ends (the tail held back for a possible stop string or an
+    /// incomplete character).
+    pub token: Option<u32>,
+    /// Text that is now final: whole UTF-8 characters, never part of a
+    /// stop string. Often empty (a token inside a character, or text held
+    /// back while it could still become a stop string).
+    pub text: String,
+}
+
+/// Why a generation ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model generated this end-of-generation token (it is not part of
+    /// the generated ids or the text).
+    EndOfGeneration(u32),
+    /// This stop string appeared; the text stops before it.
+    StopString(String),
+    /// `max_tokens` were generated.
+    MaxTokens,
+    /// The context is full.
+    ContextFull,
+    /// A [`CancelHandle`] stopped it.
+    Cancelled,
+}
+
+impl StopReason {
+    /// A short name: `eog`, `stop_string`, `max_tokens`, `context_full`,
+    /// `cancelled`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StopReason::EndOfGeneration(_) => "eog",
+            StopReason::StopString(_) => "stop_string",
+            StopReason::MaxTokens => "max_tokens",
+            StopReason::ContextFull => "context_full",
+            StopReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Counts and timings of one generation.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Stats {
+    /// Tokens in the prompt (the whole context the model saw).
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values were already in the cache and
+    /// were not processed again.
+    pub cached_tokens: usize,
+    /// Tokens generated (end-of-generation tokens not counted).
+    pub generated_tokens: usize,
+    /// Single-token forward passes after the first token (each makes one
+    /// more token).
+    pub decode_steps: usize,
+    /// Seconds spent processing the prompt.
+    pub prompt_secs: f64,
+    /// Seconds spent in the decode steps (forward pass and sampling).
+    pub generation_secs: f64,
+    /// Seconds from the start of the generation to the first sampled token
+    /// (`None` if none was sampled).
+    pub time_to_first_token_secs: Option<f64>,
+    /// Seconds from the start of the generation to its end.
+    pub total_secs: f64,
+}
+
+impl Stats {
+    /// Prompt tokens that went through the model this time.
+    pub fn processed_prompt_tokens(&self) -> usize {
+        self.prompt_tokens - self.cached_tokens
+    }
+
+    /// Processed prompt tokens per second (0 when nothing was timed).
+    pub fn prompt_tokens_per_sec(&self) -> f64 {
+        rate(self.processed_prompt_tokens(), self.prompt_secs)
+    }
+
+    /// Decode steps per second (0 when there were none).
+    pub fn generation_tokens_per_sec(&self) -> f64 {
+        rate(self.decode_steps, self.generation_secs)
+    }
+}
+
+fn rate(n: usize, secs: f64) -> f64 {
+    if n == 0 || secs <= 0.0 {
+        0.0
+    } else {
+        n as f64 / secs
+    }
+}
+
+/// The result of a whole generation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generation {
+    /// The prompt as run (the whole context; see [`Session::complete`]).
+    pub prompt_ids: Vec<u32>,
+    /// The tokens generated, without a final end-of-generation token.
+    pub generated_ids: Vec<u32>,
+    /// The generated text, cut before a stop string.
+    pub text: String,
+    pub stop: StopReason,
+    pub stats: Stats,
+}
+
+/// A session's mutable parts, apart from the engine so that a [`Stream`]
+/// can borrow both.
+#[derive(Debug)]
+struct Core {
+    state: State,
+    /// The tokens whose keys and values are in the cache (`state.n_past()`
+    /// of them), in order.
+    cached: Vec<u32>,
+    messages: Vec<Message>,
+    cancel: CancelHandle,
+    n_batch: usize,
+}
+
+/// One sequence over an [`Engine`]: a KV cache, the tokens in it and, for
+/// chat, the conversation.
+///
+/// Every prompt is the whole context: the part of it the cache already
+/// holds (the longest common prefix) is kept, the rest processed. So a
+/// session runs one completion after another cheaply when they share a
+/// beginning, and a chat turn only processes what the last turn did not.
+#[derive(Debug)]
+pub struct Session {
+    engine: Arc<Engine>,
+    core: Core,
+}
+
+/// What a generation needs, checked before it starts.
+struct Prepared {
+    prompt: Vec<u32>,
+    n_reuse: usize,
+    sampler: Sampler,
+    stops: StopStrings,
+}
+
+impl Session {
+    /// A session over `engine` (see [`Engine::session`]).
+    pub fn new(engine: Arc<Engine>, opts: &SessionOptions) -> Result<Session, EngineError> {
+        let n_ctx = engine.context_length(opts)?;
+        let state = engine.model().new_state_with(&StateOptions {
+            n_ctx: Some(n_ctx),
+            kv_type: opts.kv_type,
+            n_batch: opts.n_batch,
+            n_threads: opts.n_threads,
+        })?;
+        let n_batch = opts.n_batch.clamp(1, n_ctx);
+        Ok(Session {
+            engine,
+            core: Core {
+                state,
+                cached: Vec::new(),
+                messages: Vec::new(),
+                cancel: CancelHandle::new(),
+                n_batch,
+            },
+        })
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// The context length: the most tokens the session holds.
+    pub fn n_ctx(&self) -> usize {
+        self.core.state.n_ctx()
+    }
+
+    /// Threads the forward pass uses.
+    pub fn n_threads(&self) -> usize {
+        self.core.state.n_threads()
+    }
+
+    /// The tokens in the KV cache.
+    pub fn cached_tokens(&self) -> &[u32] {
+        &self.core.cached
+    }
+
+    /// A handle that cancels this session's generations from any thread.
+    pub fn cancel_handle(&self) -> CancelHandle {
+        self.core.cancel.clone()
+    }
+
+    /// The conversation so far (chat).
+    pub fn messages(&self) -> &[Message] {
+        &self.core.messages
+    }
+
+    /// Sets the system message: replaces the first message if it is one,
+    /// else puts one first.
+    pub fn set_system(&mut self, content: impl Into<String>) {
+        let m = Message::system(content);
+        match self.core.messages.first_mut() {
+            Some(first) if first.role == "system" => *first = m,
+            _ => self.core.messages.insert(0, m),
+        }
+    }
+
+    /// Appends a message to the conversation (to restore a history, say).
+    pub fn push_message(&mut self, message: Message) {
+        self.core.messages.push(message);
+    }
+
+    /// Forgets the conversation (the cache is kept: a new conversation that
+    /// starts the same way reuses it).
+    pub fn clear_history(&mut self) {
+        self.core.messages.clear();
+    }
+
+    /// Forgets everything: the conversation and the cache.
+    pub fn reset(&mut self) {
+        self.core.messages.clear();
+        self.core.cached.clear();
+        self.core.state.reset();
+    }
+
+    /// Generates a continuation of `prompt`, the whole context the model
+    /// sees (cached tokens it starts with are reused), calling `on_piece`
+    /// for each token as it comes.
+    pub fn complete(
+        &mut self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        mut on_piece: impl FnMut(&Piece),
+    ) -> Result<Generation, EngineError> {
+        let mut stream = self.stream(prompt, opts)?;
+        drive(&mut stream, &mut on_piece)
+    }
+
+    /// [`complete`](Session::complete) as an iterator of pieces; call
+    /// [`Stream::finish`] for the result and the stats.
+    pub fn stream(
+        &mut self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+    ) -> Result<Stream<'_>, EngineError> {
+        let prep = self.prepare(prompt.to_vec(), opts)?;
+        Ok(self.open(prep, opts, false))
+    }
+
+    /// One chat turn: adds `user` to the conversation, renders it with the
+    /// model's template, generates the answer (streamed to `on_piece`) and
+    /// adds it to the conversation.
+    pub fn chat(
+        &mut self,
+        user: &str,
+        opts: &GenerateOptions,
+        mut on_piece: impl FnMut(&Piece),
+    ) -> Result<Generation, EngineError> {
+        let mut stream = self.chat_stream(user, opts)?;
+        drive(&mut stream, &mut on_piece)
+    }
+
+    /// [`chat`](Session::chat) as an iterator of pieces. The answer joins
+    /// the conversation when the stream ends or is dropped (as far as it
+    /// got); a turn cancelled before any text leaves the conversation as it
+    /// was.
+    pub fn chat_stream(
+        &mut self,
+        user: &str,
+        opts: &GenerateOptions,
+    ) -> Result<Stream<'_>, EngineError> {
+        self.core.messages.push(Message::user(user));
+        let prep = self.chat_prompt().and_then(|p| self.prepare(p, opts));
+        match prep {
+            Ok(prep) => Ok(self.open(prep, opts, true)),
+            Err(e) => {
+                self.core.messages.pop();
+                Err(e)
+            }
+        }
+    }
+
+    /// The token ids of the conversation rendered with the assistant header.
+    pub fn chat_prompt(&self) -> Result<Vec<u32>, EngineError> {
+        let text = self.engine.render_chat(&self.core.messages, true)?;
+        self.engine.tokenize_chat(&text)
+    }
+
+    fn prepare(
+        &mut self,
+        prompt: Vec<u32>,
+        opts: &GenerateOptions,
+    ) -> Result<Prepared, EngineError> {
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        let n_ctx = self.n_ctx();
+        if prompt.len() > n_ctx {
+            return Err(EngineError::PromptTooLong {
+                prompt_tokens: prompt.len(),
+                n_ctx,
+            });
+        }
+        let n_vocab = self.engine.model().config().n_vocab;
+        if let Some((index, &token)) = prompt
+            .iter()
+            .enumerate()
+            .find(|&(_, &t)| t as usize >= n_vocab)
+        {
+            return Err(ModelError::TokenOutOfRange {
+                token,
+                index,
+                n_vocab,
+            }
+            .into());
+        }
+        let mut sampler = Sampler::new(opts.sampling.clone(), n_vocab)?;
+        let stops = StopStrings::new(opts.stop.iter().cloned())?;
+        // Prompt tokens count for the repetition penalties, as in llama.cpp.
+        let window = opts.sampling.penalty_last_n.min(prompt.len());
+        sampler.accept_all(&prompt[prompt.len() - window..])?;
+
+        // Keep what the cache shares with the prompt, but process at least
+        // the last token: its logits are where generation starts.
+        let common = self
+            .core
+            .cached
+            .iter()
+            .zip(&prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let n_reuse = common.min(prompt.len() - 1);
+        Ok(Prepared {
+            prompt,
+            n_reuse,
+            sampler,
+            stops,
+        })
+    }
+
+    fn open(&mut self, prep: Prepared, opts: &GenerateOptions, chat: bool) -> Stream<'_> {
+        let engine: &Engine = &self.engine;
+        let core = &mut self.core;
+        core.cancel.clear();
+        core.state.truncate(prep.n_reuse);
+        core.cached.truncate(prep.n_reuse);
+        let tok = engine.tokenizer();
+        let vocab = tok.vocab();
+        // The detokenizer drops the SentencePiece space prefix of the first
+        // piece, right for a whole text or an answer but not for a
+        // continuation ("The capital of France is" + " Paris").
+        let restore_space = !chat && vocab.add_space_prefix.unwrap_or(vocab.model == "llama");
+        Stream {
+            engine,
+            detok: Some(tok.detokenizer(!opts.special)),
+            core,
+            sampler: prep.sampler,
+            stops: prep.stops,
+            max_tokens: opts.max_tokens,
+            ignore_eog: opts.ignore_eog,
+            special: opts.special,
+            stats: Stats {
+                prompt_tokens: prep.prompt.len(),
+                cached_tokens: prep.n_reuse,
+                ..Stats::default()
+            },
+            prompt: prep.prompt,
+            prompt_done: false,
+            last: None,
+            generated: Vec::new(),
+            text: String::new(),
+            stop: None,
+            tail: None,
+            failed: false,
+            restore_space,
+            chat,
+            recorded: false,
+            start: Instant::now(),
+        }
+    }
+}
+
+fn drive(
+    stream: &mut Stream<'_>,
+    on_piece: &mut impl FnMut(&Piece),
+) -> Result<Generation, EngineError> {
+    while let Some(step) = stream.step_checked() {
+        on_piece(&step?);
+    }
+    stream.result()
+}
+
+/// A generation in progress: an iterator of [`Piece`]s, one per generated
+/// token plus possibly a final one with the held-back text.
+///
+/// The iterator ends when the generation does; after an error it ends too.
+/// [`finish`](Stream::finish) runs it to the end and returns the
+/// [`Generation`]. The session's cache always holds exactly the tokens
+/// processed so far, so dropping a stream early is safe.
+pub struct Stream<'s> {
+    engine: &'s Engine,
+    core: &'s mut Core,
+    detok: Option<Detokenizer<'s>>,
+    sampler: Sampler,
+    stops: StopStrings,
+    max_tokens: Option<usize>,
+    ignore_eog: bool,
+    special: bool,
+    prompt: Vec<u32>,
+    prompt_done: bool,
+    /// The last sampled token, not yet in the cache.
+    last: Option<u32>,
+    generated: Vec<u32>,
+    text: String,
+    stop: Option<StopReason>,
+    /// Text released at the end, not yet handed out.
+    tail: Option<String>,
+    failed: bool,
+    /// Still to put back a space the detokenizer strips (see `open`).
+    restore_space: bool,
+    chat: bool,
+    recorded: bool,
+    stats: Stats,
+    start: Instant,
+}
+
+impl std::fmt::Debug for Stream<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("prompt_tokens", &self.prompt.len())
+            .field("generated", &self.generated)
+            .field("stop", &self.stop)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stream<'_> {
+    /// The tokens generated so far.
+    pub fn generated_ids(&self) -> &[u32] {
+        &self.generated
+    }
+
+    /// The text released so far.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Why the generation ended (`None` while it runs).
+    pub fn stop_reason(&self) -> Option<&StopReason> {
+        self.stop.as_ref()
+    }
+
+    /// The stats so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Runs the generation to its end and returns the result.
+    pub fn finish(mut self) -> Result<Generation, EngineError> {
+        while let Some(step) = self.step_checked() {
+            step?;
+        }
+        self.result()
+    }
+
+    fn result(&mut self) -> Result<Generation, EngineError> {
+        self.record();
+        let stop = self.stop.clone().unwrap_or(StopReason::Cancelled);
+        Ok(Generation {
+            prompt_ids: self.prompt.clone(),
+            generated_ids: self.generated.clone(),
+            text: self.text.clone(),
+            stop,
+            stats: self.stats.clone(),
+        })
+    }
+
+    /// [`step`](Self::step) that ends the stream after an error.
+    fn step_checked(&mut self) -> Option<Result<Piece, EngineError>> {
+        if self.failed {
+            return None;
+        }
+        match self.step() {
+            Ok(p) => p.map(Ok),
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+
+    fn step(&mut self) -> Result<Option<Piece>, EngineError> {
+        if self.stop.is_some() {
+            return Ok(self.tail.take().map(|text| Piece { token: None, text }));
+        }
+        if self.core.cancel.is_cancelled() {
+            return Ok(self.end(StopReason::Cancelled));
+        }
+        let model = self.engine.model();
+        let t0 = Instant::now();
+        if !self.prompt_done {
+            let mut cancelled = false;
+            let todo = &self.prompt[self.stats.cached_tokens..];
+            for chunk in todo.chunks(self.core.n_batch) {
+                if self.core.cancel.is_cancelled() {
+                    cancelled = true;
+                    break;
+                }
+                model.forward(&mut self.core.state, chunk)?;
+                self.core.cached.extend_from_slice(chunk);
+            }
+            self.stats.prompt_secs = t0.elapsed().as_secs_f64();
+            if cancelled {
+                return Ok(self.end(StopReason::Cancelled));
+            }
+            self.prompt_done = true;
+            if self.max_tokens == Some(0) {
+                return Ok(self.end(StopReason::MaxTokens));
+            }
+        } else {
+            if self.max_tokens.is_some_and(|m| self.generated.len() >= m) {
+                return Ok(self.end(StopReason::MaxTokens));
+            }
+            if self.core.state.n_past() >= self.core.state.n_ctx() {
+                return Ok(self.end(StopReason::ContextFull));
+            }
+            let Some(last) = self.last else {
+                unreachable!("a decode step follows a sampled token")
+            };
+            model.forward(&mut self.core.state, &[last])?;
+            self.core.cached.push(last);
+        }
+
+        let id = self.sampler.sample(self.core.state.logits())?;
+        self.sampler.accept(id)?;
+        if self.stats.time_to_first_token_secs.is_none() {
+            self.stats.time_to_first_token_secs = Some(self.start.elapsed().as_secs_f64());
+        } else {
+            self.stats.decode_steps += 1;
+            self.stats.generation_secs += t0.elapsed().as_secs_f64();
+        }
+        let tok = self.engine.tokenizer();
+        if !self.ignore_eog && tok.is_eog(id) {
+            return Ok(self.end(StopReason::EndOfGeneration(id)));
+        }
+        self.generated.push(id);
+        self.stats.generated_tokens = self.generated.len();
+        self.last = Some(id);
+
+        let detok = self
+            .detok
+            .as_mut()
+            .expect("the detokenizer lives until the end");
+        let mut piece = detok.push(id)?;
+        if self.restore_space {
+            let skipped = !self.special
+                && matches!(tok.token_type(id)?, TokenType::Control | TokenType::Unknown);
+            let bytes = tok.token_to_piece(id)?;
+            if !skipped && !bytes.is_empty() {
+                if bytes[0] == b' ' {
+                    piece.insert(0, ' ');
+                }
+                self.restore_space = false;
+            }
+        }
+        let step = self.stops.push(&piece);
+        let text = step.text.to_owned();
+        let stopped = step.stopped;
+        self.text.push_str(&text);
+        if stopped {
+            let s = self.stops.stopped().unwrap_or_default().to_owned();
+            self.end(StopReason::StopString(s));
+        }
+        Ok(Some(Piece {
+            token: Some(id),
+            text,
+        }))
+    }
+
+    /// Ends the generation: flushes the detokenizer and the stop-string
+    /// hold-back into `tail` and returns it as a piece.
+    fn end(&mut self, reason: StopReason) -> Option<Piece> {
+        let mut tail = String::new();
+        if self.stops.stopped().is_none() {
+            if let Some(d) = self.detok.take() {
+                let rest = d.finish();
+                if !rest.is_empty() {
+                    tail.push_str(self.stops.push(&rest).text);
+                }
+            }
+            if self.stops.stopped().is_none() {
+                tail.push_str(self.stops.finish());
+            }
+        }
+        self.detok = None;
+        self.text.push_str(&tail);
+        self.stop = Some(reason);
+        self.stats.total_secs = self.start.elapsed().as_secs_f64();
+        (!tail.is_empty()).then_some(Piece {
+            token: None,
+            text: tail,
+        })
+    }
+
+    /// Chat: puts the answer into the conversation, once.
+    fn record(&mut self) {
+        if !self.chat || self.recorded {
+            return;
+        }
+        self.recorded = true;
+        let messages = &mut self.core.messages;
+        let nothing = self.generated.is_empty() && self.text.is_empty();
+        let cancelled = matches!(self.stop, None | Some(StopReason::Cancelled));
+        if nothing && cancelled {
+            // The turn did not happen: drop the user message it added.
+            if messages.last().is_some_and(|m| m.role == "user") {
+                messages.pop();
+            }
+        } else {
+            messages.push(Message::assistant(self.text.clone()));
+        }
+    }
+}
+
+impl Iterator for Stream<'_> {
+    type Item = Result<Piece, EngineError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.step_checked()
+    }
+}
+
+impl Drop for Stream<'_> {
+    fn drop(&mut self) {
+        self.record();
+    }
+}
