@@ -178,7 +178,7 @@ fn row(n_blocks: std::ops::Range<usize>) -> impl Strategy<Value = Vec<f32>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn every_isa_matches_scalar_on_random_rows((w, a) in row(1..5).prop_flat_map(|w| {
