@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value as Json};
 
-use super::checkpoint::{read_json, read_json_object};
+use super::checkpoint::read_json_object;
 use super::error::{ConvertError, config_err};
 
 type Result<T> = std::result::Result<T, ConvertError>;
@@ -192,7 +192,7 @@ impl GenerationConfig {
         if !path.is_file() {
             return Ok(None);
         }
-        let v = read_json(&path)?;
+        let v = Json::Object(read_json_object(&path)?);
         serde_json::from_value(v)
             .map(Some)
             .map_err(|e| ConvertError::BadJson {
