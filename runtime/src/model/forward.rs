@@ -3,11 +3,11 @@
 //! residual; for every layer; then the final norm and the vocabulary
 //! projection. Every buffer is in the [`State`]; nothing is allocated here.
 
-use spinel_quant::Kernels;
+use spinel_quant::{GgmlType, Kernels};
 
 use super::Model;
 use super::error::ModelError;
-use super::ops::{Matmul, add, rmsnorm, rmsnorm_heads, rope, rope_angles, silu_mul, softmax};
+use super::ops::{Matmul, add, dot, rmsnorm, rmsnorm_heads, rope, rope_angles, silu_mul, softmax};
 use super::state::{Route, State};
 use super::weights::{Ffn, Lin, MoeFfn, Weight};
 
@@ -201,19 +201,45 @@ impl Model<'_> {
     }
 
     /// Causal (or chunked) softmax attention of the batch's queries over the
-    /// cache, into `att_out`. Work items are (position, query head) pairs,
-    /// split in contiguous runs across threads.
+    /// cache, into `att_out`.
+    ///
+    /// Keys and values are read as f32: from the cache itself when it is
+    /// F32, else converted once per batch (the rows this batch can see, for
+    /// each KV head) into `attn.k` / `attn.v`. Work items are (position,
+    /// query head) pairs, split in contiguous runs across threads.
     fn attention(&self, s: &mut State, il: usize, pos0: usize, n: usize) {
         let c = &self.config;
-        let (hd, q_dim, n_head) = (c.head_dim, c.q_dim(), c.n_head);
-        let group = c.n_head / c.n_head_kv;
+        let (hd, q_dim, n_head, n_kv) = (c.head_dim, c.q_dim(), c.n_head, c.n_head_kv);
+        let group = n_head / n_kv;
         let chunk = c.layer_chunk(il);
         let scale = 1.0 / (hd as f32).sqrt();
-        let kern = Kernels::get();
-        let kv_kernels = *kern.of(s.kv.ty);
-        let q_from_float = kern.of(s.kv.ty.vec_dot_type()).from_float;
-        let (kv, q) = (&s.kv, &s.q);
+        let window_start = |p: usize| chunk.map_or(0, |cs| p / cs * cs);
 
+        // `(n_kv, n_ctx, head_dim)` f32 keys and values of this layer.
+        let n_ctx = s.kv.n_ctx;
+        let layer = il * n_kv * n_ctx * hd..(il + 1) * n_kv * n_ctx * hd;
+        let (keys, values): (&[f32], &[f32]) = if s.kv.ty == GgmlType::F32 {
+            (
+                &bytemuck::cast_slice(s.kv.k.bytes())[layer.clone()],
+                &bytemuck::cast_slice(s.kv.v.bytes())[layer],
+            )
+        } else {
+            let to_float = Kernels::get().of(s.kv.ty).to_float;
+            let (lo, hi) = (window_start(pos0), pos0 + n);
+            for h in 0..n_kv {
+                let bytes = s.kv.offset(il, h, lo)..s.kv.offset(il, h, hi);
+                let floats = (h * n_ctx + lo) * hd..(h * n_ctx + hi) * hd;
+                to_float(
+                    &s.kv.k.bytes()[bytes.clone()],
+                    &mut s.attn.k[floats.clone()],
+                );
+                to_float(&s.kv.v.bytes()[bytes], &mut s.attn.v[floats]);
+            }
+            (&s.attn.k, &s.attn.v)
+        };
+        let at = |h: usize, pos: usize| (h * n_ctx + pos) * hd..(h * n_ctx + pos + 1) * hd;
+
+        let q = &s.q;
         let n_items = n * n_head;
         let threads = if n_items * (pos0 + n) * hd < PAR_MIN_ATTN_WORK {
             1
@@ -222,52 +248,44 @@ impl Model<'_> {
         };
         let per = n_items.div_ceil(threads);
 
-        let attend =
-            |ci: usize, out: &mut [f32], scores: &mut [f32], qb: &mut [u8], vb: &mut [f32]| {
-                for (j, o) in out.chunks_exact_mut(hd).enumerate() {
-                    let item = ci * per + j;
-                    let (t, h) = (item / n_head, item % n_head);
-                    let (p, kvh) = (pos0 + t, h / group);
-                    let start = chunk.map_or(0, |cs| p / cs * cs);
+        let attend = |ci: usize, out: &mut [f32], scores: &mut [f32]| {
+            for (j, o) in out.chunks_exact_mut(hd).enumerate() {
+                let item = ci * per + j;
+                let (t, h) = (item / n_head, item % n_head);
+                let (p, kvh) = (pos0 + t, h / group);
+                let start = window_start(p);
 
-                    q_from_float(&q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd], qb);
-                    let scores = &mut scores[..=p - start];
-                    for (i, sc) in scores.iter_mut().enumerate() {
-                        let off = kv.offset(il, kvh, start + i);
-                        *sc = (kv_kernels.vec_dot)(&kv.k.bytes()[off..off + kv.row_bytes], qb)
-                            * scale;
-                    }
-                    softmax(scores);
-                    o.fill(0.0);
-                    for (i, &a) in scores.iter().enumerate() {
-                        let off = kv.offset(il, kvh, start + i);
-                        (kv_kernels.to_float)(&kv.v.bytes()[off..off + kv.row_bytes], vb);
-                        for (o, &v) in o.iter_mut().zip(vb.iter()) {
-                            *o += a * v;
-                        }
+                let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+                let scores = &mut scores[..=p - start];
+                for (i, sc) in scores.iter_mut().enumerate() {
+                    *sc = dot(&keys[at(kvh, start + i)], qh) * scale;
+                }
+                softmax(scores);
+                o.fill(0.0);
+                for (i, &a) in scores.iter().enumerate() {
+                    for (o, &v) in o.iter_mut().zip(&values[at(kvh, start + i)]) {
+                        *o += a * v;
                     }
                 }
-            };
+            }
+        };
 
-        let scratch = &mut s.attn;
         let work = s.att_out[..n_items * hd]
             .chunks_mut(per * hd)
-            .zip(scratch.scores.chunks_mut(kv.n_ctx))
-            .zip(scratch.q.bytes_mut().chunks_mut(scratch.q_row_bytes))
-            .zip(scratch.v.chunks_mut(hd))
+            .zip(s.attn.scores.chunks_mut(n_ctx))
             .enumerate();
         std::thread::scope(|scope| {
             let attend = &attend;
             let mut first = None;
-            for (ci, (((out, scores), qb), vb)) in work {
+            for (ci, (out, scores)) in work {
                 if ci == 0 {
-                    first = Some((out, scores, qb, vb));
+                    first = Some((out, scores));
                 } else {
-                    scope.spawn(move || attend(ci, out, scores, qb, vb));
+                    scope.spawn(move || attend(ci, out, scores));
                 }
             }
-            if let Some((out, scores, qb, vb)) = first {
-                attend(0, out, scores, qb, vb);
+            if let Some((out, scores)) = first {
+                attend(0, out, scores);
             }
         });
     }

@@ -103,6 +103,25 @@ pub(crate) fn softmax(x: &mut [f32]) {
     }
 }
 
+/// `a · b` in f32, in eight independent lanes (which compilers turn into
+/// SIMD on every target).
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a8.zip(b8) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
 /// `gate = silu(gate) · up`, elementwise (the SwiGLU nonlinearity).
 pub(crate) fn silu_mul(gate: &mut [f32], up: &[f32]) {
     for (g, &u) in gate.iter_mut().zip(up) {
@@ -223,6 +242,16 @@ mod tests {
         for i in 0..4 {
             let want = x[i] / (ms + 1e-5).sqrt() * w[i];
             assert!((out[i] - want).abs() < 1e-6, "{i}: {} vs {want}", out[i]);
+        }
+    }
+
+    #[test]
+    fn dot_matches_f64() {
+        for n in [0usize, 1, 7, 8, 9, 64, 100] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let want: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
+            assert!((dot(&a, &b) as f64 - want).abs() < 1e-5, "n {n}");
         }
     }
 

@@ -99,17 +99,16 @@ impl KvCache {
     }
 }
 
-/// Scratch for attention, one slice per thread.
+/// Scratch for attention.
 #[derive(Debug)]
 pub(crate) struct AttnScratch {
-    /// `(n_threads, n_ctx)`: attention scores of one query.
+    /// `(n_threads, n_ctx)`: attention scores of one query per thread.
     pub scores: Vec<f32>,
-    /// `(n_threads, kv act row)`: one query head in the KV type's
-    /// `vec_dot_type`.
-    pub q: AlignedBuf,
-    /// `(n_threads, head_dim)`: one value row converted to f32.
+    /// `(n_head_kv, n_ctx, head_dim)`: one layer's keys converted to f32
+    /// (empty for an F32 cache, which is read in place).
+    pub k: Vec<f32>,
+    /// `(n_head_kv, n_ctx, head_dim)`: one layer's values converted to f32.
     pub v: Vec<f32>,
-    pub q_row_bytes: usize,
 }
 
 /// One token's choice of one expert.
@@ -194,16 +193,18 @@ impl State {
         let row_bytes = ty
             .row_size(c.head_dim)
             .ok_or(bad("head size for this KV cache type", c.head_dim))?;
-        let q_row_bytes = ty
-            .vec_dot_type()
-            .row_size(c.head_dim)
-            .ok_or(bad("head size for this KV cache type", c.head_dim))?;
         let kv_bytes = [c.n_layer, c.n_head_kv, n_ctx, row_bytes]
             .into_iter()
             .try_fold(1usize, |a, b| a.checked_mul(b))
             .filter(|&b| b <= isize::MAX as usize / 2)
             .ok_or(bad("context length", n_ctx))?;
 
+        // A cache that is not F32 is read through an f32 copy of one layer.
+        let kv_f32 = if ty == GgmlType::F32 {
+            0
+        } else {
+            c.n_head_kv * n_ctx * c.head_dim
+        };
         let n_expert = c.moe.as_ref().map_or(0, |m| m.n_expert);
         let n_used = c.moe.as_ref().map_or(0, |m| m.n_expert_used);
         let rows_t = layout.max_rows.max(1);
@@ -235,9 +236,8 @@ impl State {
             expert_out: vec![0.0; if n_expert > 0 { n_batch * c.dim } else { 0 }],
             attn: AttnScratch {
                 scores: vec![0.0; n_threads * n_ctx],
-                q: AlignedBuf::zeroed(n_threads * q_row_bytes),
-                v: vec![0.0; n_threads * c.head_dim],
-                q_row_bytes,
+                k: vec![0.0; kv_f32],
+                v: vec![0.0; kv_f32],
             },
             mm: Matmul {
                 xq: AlignedBuf::zeroed(n_batch * layout.max_act_row_bytes),
