@@ -1,0 +1,157 @@
+//! End-to-end tests of `spinel logits`: the built binary converts a shared
+//! tiny model (`spinel convert --outtype f32`) and prints its logits, which
+//! must match HF transformers' (`reference.json`) to 1e-4. The forward pass
+//! itself is tested in depth in `runtime/tests/forward.rs`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value as Json;
+
+const SPINEL: &str = env!("CARGO_BIN_EXE_spinel");
+
+fn testdata() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata")
+}
+
+fn spinel(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(SPINEL)
+        .args(args)
+        .output()
+        .expect("running spinel")
+}
+
+/// `model` converted to an F32 GGUF by the binary, in a fresh scratch folder.
+fn converted(model: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("spinel-cli-logits")
+        .join(format!("{}-{model}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("m.gguf");
+    let run = spinel(&[
+        "convert".as_ref(),
+        testdata().join("models").join(model).as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "--outtype".as_ref(),
+        "f32".as_ref(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out
+}
+
+fn prompt(reference: &Json, name: &str) -> (String, Vec<f64>) {
+    let p = &reference["prompts"][name];
+    let ids: Vec<String> = p["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    let logits = p["last_logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    (ids.join(","), logits)
+}
+
+#[test]
+fn json_logits_match_transformers() {
+    for model in ["c_llama3", "f_llama4_text"] {
+        let gguf = converted(model);
+        let reference: Json = serde_json::from_slice(
+            &std::fs::read(testdata().join("models").join(model).join("reference.json")).unwrap(),
+        )
+        .unwrap();
+        for name in ["len7", "len40"] {
+            let (ids, want) = prompt(&reference, name);
+            let run = spinel(&[
+                "logits".as_ref(),
+                "-m".as_ref(),
+                gguf.as_os_str(),
+                "--prompt-ids".as_ref(),
+                ids.as_ref(),
+                "--json".as_ref(),
+            ]);
+            assert!(
+                run.status.success(),
+                "{}",
+                String::from_utf8_lossy(&run.stderr)
+            );
+            let out: Json = serde_json::from_slice(&run.stdout).expect("one JSON object");
+            let got = out["logits"].as_array().expect("logits array");
+            assert_eq!(got.len(), want.len(), "{model} {name}");
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let g = g.as_f64().unwrap();
+                assert!((g - w).abs() < 1e-4, "{model} {name} logit {i}: {g} vs {w}");
+            }
+        }
+    }
+}
+
+#[test]
+fn text_output_lists_the_largest_and_errors_are_named() {
+    let gguf = converted("a_llama1");
+    let run = spinel(&[
+        "logits".as_ref(),
+        "-m".as_ref(),
+        gguf.as_os_str(),
+        "--prompt-ids".as_ref(),
+        "1,5,9".as_ref(),
+        "--top".as_ref(),
+        "3".as_ref(),
+    ]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].contains("512 logits after 3 tokens"), "{stdout}");
+    assert_eq!(lines.len(), 4, "{stdout}");
+    let values: Vec<f64> = lines[1..]
+        .iter()
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert!(values.windows(2).all(|w| w[0] >= w[1]), "{stdout}");
+
+    for (ids, ctx, expect) in [
+        ("1,512", None, "out of range"),
+        ("1,2,3", Some("2"), "do not fit in the context"),
+    ] {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "logits".as_ref(),
+            "-m".as_ref(),
+            gguf.as_os_str(),
+            "--prompt-ids".as_ref(),
+            ids.as_ref(),
+        ];
+        if let Some(c) = ctx {
+            args.push("-c".as_ref());
+            args.push(c.as_ref());
+        }
+        let run = spinel(&args);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success());
+        assert!(stderr.contains(expect), "{ids}: {stderr}");
+    }
+    let run = spinel(&[
+        "logits".as_ref(),
+        "-m".as_ref(),
+        gguf.as_os_str(),
+        "--prompt-ids".as_ref(),
+        "1".as_ref(),
+        "--kv-type".as_ref(),
+        "q4_0".as_ref(),
+    ]);
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("KV cache type"));
+}
