@@ -161,13 +161,18 @@ impl Config {
         }
         // Sizes derived from these are multiplied together; keep them far
         // from overflow (the largest real models are well inside).
+        const MAX_WIDTH: usize = 1 << 20;
+        if n_layer > 4096 {
+            return Err(bad(&k("block_count"), "implausibly large".into()));
+        }
         for (name, v) in [
             ("embedding_length", dim),
-            ("attention.head_count", n_head * head_dim),
+            ("attention.key_length", head_dim),
+            ("attention.head_count", n_head.saturating_mul(head_dim)),
             ("feed_forward_length", n_ff),
         ] {
-            if v > 1 << 20 {
-                return Err(bad(&k(name), format!("{v} is implausibly large")));
+            if v > MAX_WIDTH {
+                return Err(bad(&k(name), "implausibly large".into()));
             }
         }
 

@@ -7,12 +7,11 @@ use spinel_quant::{GgmlType, Kernels};
 
 use super::Model;
 use super::error::ModelError;
-use super::ops::{Matmul, add, dot, rmsnorm, rmsnorm_heads, rope, rope_angles, silu_mul, softmax};
+use super::ops::{
+    Matmul, PAR_MIN_WORK, add, dot, rmsnorm, rmsnorm_heads, rope, rope_angles, silu_mul, softmax,
+};
 use super::state::{Route, State};
 use super::weights::{Ffn, Lin, MoeFfn, Weight};
-
-/// Below this many multiply-adds attention runs on the calling thread.
-const PAR_MIN_ATTN_WORK: usize = 1 << 15;
 
 impl Model<'_> {
     /// Runs `tokens` at positions `state.n_past()..` and returns the logits
@@ -241,7 +240,7 @@ impl Model<'_> {
 
         let q = &s.q;
         let n_items = n * n_head;
-        let threads = if n_items * (pos0 + n) * hd < PAR_MIN_ATTN_WORK {
+        let threads = if n_items * (pos0 + n) * hd < PAR_MIN_WORK {
             1
         } else {
             s.mm.n_threads.min(n_items)

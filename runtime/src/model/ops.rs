@@ -6,8 +6,8 @@ use spinel_quant::Kernels;
 use super::weights::Mat;
 
 /// Below this many multiply-adds a matrix product runs on the calling thread:
-/// starting scoped threads costs tens of microseconds.
-const PAR_MIN_WORK: usize = 1 << 16;
+/// starting a scoped thread costs tens of microseconds, a few percent of this.
+pub(crate) const PAR_MIN_WORK: usize = 1 << 20;
 
 /// A byte buffer aligned to 8 bytes, so that rows of any block type (whose
 /// structs need at most 4) can be viewed in place by the kernels.
@@ -287,7 +287,9 @@ mod tests {
     #[test]
     fn matmul_matches_naive_for_every_thread_count() {
         use crate::model::weights::tests_support::f32_matrix;
-        let (rows, cols) = (257, 256);
+        // Large enough that every thread count takes the threaded path.
+        let (rows, cols) = (1031, 1024);
+        assert!(rows * cols >= PAR_MIN_WORK);
         let wdata: Vec<f32> = (0..rows * cols)
             .map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0)
             .collect();

@@ -178,7 +178,7 @@ pub(crate) fn load(file: &GgufFile<'_>, cfg: &Config) -> Result<Weights> {
         None => None,
     };
 
-    let mut layers = Vec::with_capacity(cfg.n_layer);
+    let mut layers = Vec::new();
     for il in 0..cfg.n_layer {
         let name = |t: &str| format!("blk.{il}.{t}");
         let linear = |t: &str, cols: usize, rows: usize| -> Result<Linear> {
