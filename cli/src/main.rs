@@ -4,9 +4,13 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod chat;
 mod convert;
+mod fetch;
 mod inspect;
 mod logits;
+mod run;
+mod tokenize;
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +39,12 @@ enum Command {
     Logits(logits::Args),
     /// Convert a Hugging Face checkpoint (Llama, Llama 4 text) to GGUF.
     Convert(convert::Args),
+    /// Generate a continuation of a prompt, streamed to stdout.
+    Run(run::Args),
+    /// Chat with a model (default: the SmolLM2-135M-Instruct demo model).
+    Chat(chat::Args),
+    /// Turn text into token ids with a model's tokenizer.
+    Tokenize(tokenize::Args),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +60,9 @@ fn main() -> ExitCode {
         Command::Inspect { file, json } => inspect::run(&file, json),
         Command::Logits(args) => logits::run(&args),
         Command::Convert(args) => convert::run(&args),
+        Command::Run(args) => run::run(&args),
+        Command::Chat(args) => chat::run(&args),
+        Command::Tokenize(args) => tokenize::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,270 @@
+//! `spinel run`: generate a continuation of one prompt, streamed to stdout
+//! (or one JSON object with `--json`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::json;
+use spinel_runtime::engine::{Engine, GenerateOptions, Generation, SessionOptions};
+use spinel_runtime::model::KvType;
+use spinel_runtime::sampling::SamplingParams;
+
+/// Sampling flags shared by `run` and `chat` (llama.cpp's names and
+/// defaults).
+#[derive(clap::Args, Debug)]
+pub struct SamplingArgs {
+    /// Temperature; 0 is greedy (argmax).
+    #[arg(long = "temp", default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Keep the K most likely tokens (0: off).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Nucleus sampling threshold (1: off).
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens less likely than P times the most likely one (0: off).
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Repetition penalty over the last --repeat-last-n tokens (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// Tokens the penalties look back over.
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// Subtracted per occurrence in the window (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub frequency_penalty: f32,
+    /// Subtracted once if the token is in the window (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub presence_penalty: f32,
+    /// Random seed (default: a fresh one each run).
+    #[arg(short = 's', long)]
+    pub seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    /// The parameters, with the seed drawn now if none was given.
+    pub fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            penalty_last_n: self.repeat_last_n,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            seed: self.seed.unwrap_or_else(random_seed),
+            ..SamplingParams::default()
+        }
+    }
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS; mix in the time for good measure.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.write_u128(now);
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// Context and thread flags shared by `run` and `chat`.
+#[derive(clap::Args, Debug)]
+pub struct SessionArgs {
+    /// Threads (default: all cores).
+    #[arg(short = 't', long)]
+    pub threads: Option<usize>,
+    /// Context length in tokens (default: the model's, capped so the KV
+    /// cache takes at most 1 GiB).
+    #[arg(short = 'c', long)]
+    pub ctx: Option<usize>,
+    /// KV cache type: f16, f32 or q8_0.
+    #[arg(long, default_value = "f16")]
+    pub kv_type: String,
+}
+
+impl SessionArgs {
+    pub fn options(&self) -> Result<SessionOptions, String> {
+        let kv_type = KvType::from_name(&self.kv_type)
+            .ok_or_else(|| format!("unknown KV cache type {:?} (f32, f16, q8_0)", self.kv_type))?;
+        if self.ctx == Some(0) {
+            return Err("the context length must be at least 1".into());
+        }
+        Ok(SessionOptions {
+            n_ctx: self.ctx,
+            kv_type,
+            n_threads: self.threads,
+            ..SessionOptions::default()
+        })
+    }
+}
+
+/// Generate a continuation of a prompt.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The GGUF model file.
+    #[arg(short = 'm', long)]
+    model: PathBuf,
+    /// The prompt text (BOS added as the model's metadata says; special
+    /// tokens such as <|im_start|> written in it are recognised).
+    #[arg(short = 'p', long, required_unless_present = "prompt_ids")]
+    prompt: Option<String>,
+    /// The prompt as comma-separated token ids (used as they are).
+    #[arg(long, value_delimiter = ',', num_args = 1.., conflicts_with = "prompt")]
+    prompt_ids: Option<Vec<u32>>,
+    /// Tokens to generate at most (-1: until end of generation or a full
+    /// context).
+    #[arg(
+        short = 'n',
+        long = "n-predict",
+        default_value_t = 256,
+        allow_negative_numbers = true
+    )]
+    n_predict: i64,
+    /// Stop when this text appears (repeatable); the text ends before it.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Keep going past end-of-generation tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Show control tokens in the text.
+    #[arg(long)]
+    special: bool,
+    /// Print one JSON object {"prompt_ids", "generated_ids", "text",
+    /// "stop", "seed", "stats"} instead of streaming the text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    session: SessionArgs,
+}
+
+/// Loads the engine, saying what failed with the path.
+pub fn load_engine(path: &Path) -> Result<Arc<Engine>, String> {
+    Engine::load(path)
+        .map(Arc::new)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `-n`: a negative count is no limit.
+pub fn max_tokens(n: i64) -> Option<usize> {
+    usize::try_from(n).ok()
+}
+
+pub fn run(args: &Args) -> Result<(), String> {
+    let engine = load_engine(&args.model)?;
+    let prompt = match (&args.prompt, &args.prompt_ids) {
+        (_, Some(ids)) => ids.clone(),
+        (Some(text), None) => engine.tokenize_prompt(text).map_err(|e| e.to_string())?,
+        (None, None) => return Err("give --prompt or --prompt-ids".into()),
+    };
+    let mut session = engine
+        .session(&args.session.options()?)
+        .map_err(|e| e.to_string())?;
+    let sampling = args.sampling.params();
+    let seed = sampling.seed;
+    let opts = GenerateOptions {
+        sampling,
+        max_tokens: max_tokens(args.n_predict),
+        stop: args.stop.clone(),
+        ignore_eog: args.ignore_eos,
+        special: args.special,
+    };
+
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut write_error = None;
+    let g = session
+        .complete(&prompt, &opts, |piece| {
+            if args.json || piece.text.is_empty() || write_error.is_some() {
+                return;
+            }
+            if let Err(e) = out
+                .write_all(piece.text.as_bytes())
+                .and_then(|()| out.flush())
+            {
+                write_error = Some(e);
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    if let Some(e) = write_error {
+        // A closed pipe (`spinel run … | head`) is not worth a message.
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return Ok(());
+        }
+        return Err(format!("writing the text: {e}"));
+    }
+
+    if args.json {
+        let doc = json!({
+            "prompt_ids": g.prompt_ids,
+            "generated_ids": g.generated_ids,
+            "text": g.text,
+            "stop": stop_json(&g),
+            "seed": seed,
+            "n_ctx": session.n_ctx(),
+            "stats": stats_json(&g, session.n_threads()),
+        });
+        writeln!(out, "{doc}").map_err(|e| e.to_string())?;
+    } else {
+        writeln!(out).map_err(|e| e.to_string())?;
+        drop(out);
+        eprintln!("{}", stats_line(&g));
+    }
+    Ok(())
+}
+
+pub fn stop_json(g: &Generation) -> serde_json::Value {
+    use spinel_runtime::engine::StopReason;
+    match &g.stop {
+        StopReason::EndOfGeneration(id) => json!({"reason": "eog", "token": id}),
+        StopReason::StopString(s) => json!({"reason": "stop_string", "string": s}),
+        other => json!({"reason": other.name()}),
+    }
+}
+
+pub fn stats_json(g: &Generation, threads: usize) -> serde_json::Value {
+    let s = &g.stats;
+    json!({
+        "prompt_tokens": s.prompt_tokens,
+        "cached_tokens": s.cached_tokens,
+        "processed_prompt_tokens": s.processed_prompt_tokens(),
+        "generated_tokens": s.generated_tokens,
+        "decode_steps": s.decode_steps,
+        "prompt_secs": s.prompt_secs,
+        "prompt_tokens_per_sec": s.prompt_tokens_per_sec(),
+        "generation_secs": s.generation_secs,
+        "generation_tokens_per_sec": s.generation_tokens_per_sec(),
+        "time_to_first_token_secs": s.time_to_first_token_secs,
+        "total_secs": s.total_secs,
+        "threads": threads,
+    })
+}
+
+/// One human-readable line of stats.
+pub fn stats_line(g: &Generation) -> String {
+    let s = &g.stats;
+    let cached = if s.cached_tokens > 0 {
+        format!(" ({} cached)", s.cached_tokens)
+    } else {
+        String::new()
+    };
+    let ttft = s
+        .time_to_first_token_secs
+        .map_or("-".into(), |t| format!("{:.0} ms", t * 1e3));
+    format!(
+        "[prompt: {} tokens{cached}, {:.1} tok/s | generated: {} tokens, {:.1} tok/s | \
+         first token: {ttft} | stop: {}]",
+        s.prompt_tokens,
+        s.prompt_tokens_per_sec(),
+        s.generated_tokens,
+        s.generation_tokens_per_sec(),
+        g.stop.name(),
+    )
+}
