@@ -1036,3 +1036,112 @@ fn chat_template_jinja_file_is_used() {
         conv.notes()
     );
 }
+
+#[test]
+fn head_size_keys_are_written_even_without_head_dim() {
+    // As llama.cpp, which reads the config through transformers (where
+    // LlamaConfig.head_dim defaults to hidden_size / heads).
+    let dir = altered(
+        "c_llama3",
+        "no-head-dim",
+        |c| {
+            c.as_object_mut().unwrap().remove("head_dim");
+        },
+        |_| {},
+    );
+    let bytes = convert_to_bytes(&dir, OutType::F32, "no-head-dim-out");
+    let f = GgufFile::parse(&bytes).unwrap();
+    let with = convert_to_bytes(
+        &testdata().join("models/c_llama3"),
+        OutType::F32,
+        "head-dim-out",
+    );
+    let g = GgufFile::parse(&with).unwrap();
+    for key in [
+        "llama.attention.key_length",
+        "llama.attention.value_length",
+        "llama.rope.dimension_count",
+    ] {
+        assert_eq!(f.metadata().get_u32(key).unwrap(), 16, "{key}");
+    }
+    for t in g.tensors() {
+        assert!(
+            f.tensor(t.name()).unwrap().data() == t.data(),
+            "{}",
+            t.name()
+        );
+    }
+}
+
+#[test]
+fn llama4_nope_layers_become_a_layer_step() {
+    let step_of = |tag: &str, rope: Json, types: Json| -> Result<u32, ConvertError> {
+        let dir = altered(
+            "f_llama4_text",
+            tag,
+            |c| {
+                c["no_rope_layers"] = rope;
+                c["layer_types"] = types;
+            },
+            |_| {},
+        );
+        let conv = Conversion::plan(&dir, &opts(OutType::F32))?;
+        let v = conv
+            .metadata()
+            .iter()
+            .find(|(k, _)| k == "llama4.no_rope_layer_step")
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        Ok(v.as_uint().unwrap() as u32)
+    };
+    let c = "chunked_attention";
+    let f = "full_attention";
+    assert_eq!(
+        step_of("step4", json!([1, 1, 1, 0]), json!([c, c, c, f])).unwrap(),
+        4
+    );
+    assert_eq!(
+        step_of("step2", json!([1, 0, 1, 0]), json!([c, f, c, f])).unwrap(),
+        2
+    );
+    // No NoPE layer at all: a step past the last layer.
+    assert_eq!(
+        step_of("none", json!([1, 1, 1, 1]), json!([c, c, c, c])).unwrap(),
+        5
+    );
+    // Chunked layers must be the RoPE layers.
+    let e = step_of("mixed", json!([1, 1, 1, 0]), json!([c, f, c, f])).unwrap_err();
+    assert!(matches!(e, ConvertError::Unsupported { .. }), "{e:?}");
+    // No chunking anywhere: sliding_window = 0, as llama.cpp writes.
+    let dir = altered(
+        "f_llama4_text",
+        "allfull",
+        |c| {
+            c["no_rope_layers"] = json!([1, 1, 1, 1]);
+            c["layer_types"] = json!([f, f, f, f]);
+        },
+        |_| {},
+    );
+    let conv = Conversion::plan(&dir, &opts(OutType::F32)).unwrap();
+    let md: BTreeMap<&str, &Value<'_>> = conv
+        .metadata()
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    assert_eq!(md["llama4.attention.sliding_window"].as_uint(), Some(0));
+    assert!(!md.contains_key("llama4.attention.chunk_size"));
+    // Temperature tuning off: scale 0.
+    let dir = altered(
+        "f_llama4_text",
+        "notemp",
+        |c| c["attn_temperature_tuning"] = json!(false),
+        |_| {},
+    );
+    let conv = Conversion::plan(&dir, &opts(OutType::F32)).unwrap();
+    let scale = conv
+        .metadata()
+        .iter()
+        .find(|(k, _)| k == "llama4.attention.temperature_scale")
+        .map(|(_, v)| v.as_scalar::<f32>().unwrap());
+    assert_eq!(scale, Some(0.0));
+}

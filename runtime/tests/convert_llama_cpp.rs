@@ -21,6 +21,7 @@ use std::sync::OnceLock;
 use common::*;
 use spinel_runtime::convert::{ConvertOptions, OutType, convert};
 use spinel_runtime::gguf::{GgufFile, Value};
+use spinel_runtime::model::Model;
 
 /// Where llama.cpp's converter and binaries are.
 struct LlamaCpp {
@@ -144,6 +145,21 @@ fn llama_cpp_converter_writes_the_same_files_for_every_test_model() {
     let models = test_models();
     let scratch_dir = scratch("vs-llama-cpp");
     let mut jobs = Vec::new();
+    // Also a config without `head_dim` (llama.cpp then writes no key/value
+    // length).
+    let no_head_dim = scratch_dir.join("c_llama3_no_head_dim");
+    std::fs::create_dir_all(&no_head_dim).unwrap();
+    let src = &models[1];
+    assert!(src.ends_with("c_llama3"));
+    let mut cfg = read_json(&src.join("config.json"));
+    cfg.as_object_mut().unwrap().remove("head_dim");
+    write_config(&no_head_dim, &cfg);
+    std::fs::copy(
+        src.join("model.safetensors"),
+        no_head_dim.join("model.safetensors"),
+    )
+    .unwrap();
+    let models: Vec<PathBuf> = models.iter().cloned().chain([no_head_dim]).collect();
     for dir in &models {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         for t in OutType::ALL {
@@ -171,6 +187,12 @@ fn llama_cpp_converter_writes_the_same_files_for_every_test_model() {
         let what = format!("{} {t}", dir.display());
         let diff = compare(&ours, theirs, &what);
         assert_only_documented_differences(&diff, &what, &[]);
+        // Files llama.cpp writes load in Spinel too.
+        let bytes = std::fs::read(theirs).unwrap();
+        let file = GgufFile::parse(&bytes).unwrap();
+        if let Err(e) = Model::from_gguf(&file) {
+            panic!("{what}: Spinel cannot load llama.cpp's file: {e}");
+        }
         let llama4 = dir.ends_with("f_llama4_text");
         for k in SPINEL_LLAMA4_KEYS {
             assert_eq!(diff.contains_key(k), llama4, "{what}: {k}");

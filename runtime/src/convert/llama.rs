@@ -342,8 +342,9 @@ pub fn plan(
         let step = cfg.interleave_moe_layer_step.unwrap_or(1);
         moe = Some((n_expert, n_ff_exp, step));
     }
-    // transformers always has `head_dim` (hidden_size / heads when the file
-    // has none), so llama.cpp's converter always writes these.
+    // transformers' LlamaConfig / Llama4TextConfig always have `head_dim`
+    // (hidden_size / heads when config.json has none), and llama.cpp's
+    // converter reads the config through them, so it always writes these.
     put(
         k("attention.key_length"),
         u32_of("head_dim", head_dim)?.into(),
@@ -662,21 +663,24 @@ fn llama4_attention_keys(
             ),
         });
     }
-    let n_nope = rope_layers.iter().filter(|r| !**r).count();
-    let step = if n_nope == 0 {
-        n_layer + 1
-    } else {
-        rope_layers.iter().position(|r| !r).expect("a NoPE layer") + 1
-    };
-    let expected: Vec<bool> = (0..n_layer).map(|i| (i + 1) % step != 0).collect();
-    if expected != rope_layers {
-        return Err(ConvertError::Unsupported {
+    // The NoPE layers must be every `step`-th layer: the config's interval
+    // if it describes them, else the first NoPE layer's position (or, with
+    // none, a step past the last layer).
+    let pattern =
+        |step: usize| -> Vec<bool> { (0..n_layer).map(|i| (i + 1) % step != 0).collect() };
+    let first_nope = rope_layers
+        .iter()
+        .position(|r| !r)
+        .map_or(n_layer + 1, |p| p + 1);
+    let step = [usize::try_from(interval).unwrap_or(0), first_nope]
+        .into_iter()
+        .find(|&s| s > 0 && pattern(s) == rope_layers)
+        .ok_or_else(|| ConvertError::Unsupported {
             what: format!(
                 "no_rope_layers {:?}: NoPE layers must be every n-th layer",
                 cfg.no_rope_layers
             ),
-        });
-    }
+        })?;
     let chunk = chunk.ok_or_else(|| config_err("attention_chunk_size", "missing"))?;
     keys.push((
         "attention.chunk_size",
