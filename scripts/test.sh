@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 python3 -c 'import gguf, numpy' 2>/dev/null \
   || python3 -m pip install -q --disable-pip-version-check 'gguf==0.19.0' numpy
 scripts/fetch-model.sh >/dev/null
+# Peers the compatibility tests compare against: llama.cpp's tools (built from
+# PyPI's llama-cpp-python sdist, ~10 min once) and its HF converter's Python
+# environment (torch + transformers in a cached virtualenv).
+../shared/peers/llama-cpp.sh >/dev/null
+runtime/tests/convert/setup-llama-cpp-converter.sh >/dev/null
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build -p spinel-quant --no-default-features
