@@ -206,3 +206,13 @@ fn layout(config: &Config, w: &Weights) -> Layout {
         max_ff,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn models_are_shared_and_states_moved_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<super::Model<'static>>();
+        send_sync::<super::State>();
+    }
+}
