@@ -491,3 +491,90 @@ fn default_context_is_the_files_capped_by_the_budget() {
         Err(EngineError::KvBudget { .. })
     ));
 }
+
+/// A tiny random Llama with a SentencePiece vocabulary: the test model
+/// `a_llama1` converted, plus 512 tokens: `<unk> <s> </s>`, the pieces
+/// `▁ w ▁w 0 … 9`, and the words `▁w0 … ▁w495`.
+fn spm_engine() -> Arc<Engine> {
+    use spinel_runtime::convert::{ConvertOptions, OutType, convert};
+    use spinel_runtime::gguf::{GgufWriter, MappedGguf};
+    use spinel_runtime::tokenizer::{TokenType, Vocab};
+
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let base = tmp.join("session-a_llama1-f32.gguf");
+    let opts = ConvertOptions {
+        outtype: OutType::F32,
+        ..ConvertOptions::default()
+    };
+    convert(&testdata().join("models/a_llama1"), &base, &opts).unwrap();
+    let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>", "\u{2581}", "w", "\u{2581}w"]
+        .map(String::from)
+        .to_vec();
+    tokens.extend((0..10).map(|d| d.to_string()));
+    let words = 512 - tokens.len();
+    tokens.extend((0..words).map(|k| format!("\u{2581}w{k}")));
+    let mut types = vec![TokenType::Normal; 512];
+    types[0] = TokenType::Unknown;
+    types[1] = TokenType::Control;
+    types[2] = TokenType::Control;
+    let vocab = Vocab {
+        model: "llama".into(),
+        scores: Some((0..512).map(|i| -(i as f32)).collect()),
+        tokens,
+        token_types: Some(types),
+        bos_token_id: Some(1),
+        eos_token_id: Some(2),
+        unknown_token_id: Some(0),
+        add_bos_token: Some(true),
+        ..Vocab::default()
+    };
+    // SAFETY: a file this test just wrote; nothing changes it while mapped.
+    let mapped = unsafe { MappedGguf::open(&base) }.unwrap();
+    let mut w = GgufWriter::from_file(mapped.file()).unwrap();
+    vocab.write_gguf(&mut w).unwrap();
+    let path = tmp.join("session-a_llama1-spm.gguf");
+    w.write_file(&path).unwrap();
+    Arc::new(Engine::load(&path).unwrap())
+}
+
+#[test]
+fn sentencepiece_continuations_keep_their_leading_space() {
+    let engine = spm_engine();
+    let tok = engine.tokenizer();
+    let prompt = engine.tokenize_prompt("w5 w17").unwrap();
+    let id = |t: &str| tok.token_id(t).unwrap();
+    assert_eq!(prompt, [1, id("\u{2581}w5"), id("\u{2581}w17")]);
+    let mut s = engine
+        .session(&SessionOptions {
+            n_ctx: Some(64),
+            ..SessionOptions::default()
+        })
+        .unwrap();
+    let opts = GenerateOptions {
+        ignore_eog: true,
+        ..greedy(12)
+    };
+    let g = s.complete(&prompt, &opts, |_| {}).unwrap();
+    assert_eq!(g.generated_ids.len(), 12);
+    // The continuation is the whole text less the prompt's: the space
+    // before the first generated word is kept (the detokenizer drops the
+    // SentencePiece prefix space only at the start of a text).
+    let mut all = prompt.clone();
+    all.extend(&g.generated_ids);
+    let whole = tok.decode(&all, true).unwrap();
+    let head = tok.decode(&prompt, true).unwrap();
+    assert_eq!(head, "w5 w17");
+    assert_eq!(whole.strip_prefix(&head), Some(g.text.as_str()));
+    assert!(g.text.starts_with(" w"), "{:?}", g.text);
+
+    // A chat answer is a text of its own: no leading space. This vocabulary
+    // has no chat markers, so the built-in Llama 2 template applies.
+    let mut s = engine
+        .session(&SessionOptions {
+            n_ctx: Some(128),
+            ..SessionOptions::default()
+        })
+        .unwrap();
+    let g = s.chat("w9", &opts, |_| {}).unwrap();
+    assert!(g.text.starts_with('w'), "{:?}", g.text);
+}
