@@ -253,3 +253,58 @@ fn detection_is_consistent() {
         assert_eq!(Some(Kernels::get().isa()), Isa::from_env().unwrap());
     }
 }
+
+/// `Kernels::gemm` (register-blocked where a table has it) equals one
+/// `vec_dot` per (activation row, weight row) pair, for every ISA and type,
+/// over awkward tile shapes and an output stride wider than the row count.
+#[test]
+fn gemm_matches_vec_dot_on_every_isa() {
+    let k = 2 * QK_K;
+    let rows = edge_rows(k);
+    let gauss = &rows.iter().find(|(n, _)| *n == "gauss").unwrap().1;
+    let row = |seed: usize| -> Vec<f32> {
+        gauss
+            .iter()
+            .cycle()
+            .skip(seed * 37)
+            .take(k)
+            .map(|v| v * (1.0 + seed as f32 * 0.1))
+            .collect()
+    };
+    for ty in GgmlType::ALL {
+        let adt = ty.vec_dot_type();
+        for (m, n) in [(1, 1), (1, 7), (3, 5), (4, 8), (5, 13), (8, 4), (16, 3)] {
+            let w: Vec<u8> = (0..n)
+                .flat_map(|j| quantize(scalar(), ty, &row(j)))
+                .collect();
+            let a: Vec<u8> = (0..m)
+                .flat_map(|i| quantize(scalar(), adt, &row(100 + i)))
+                .collect();
+            let (wrow, arow) = (ty.row_size(k).unwrap(), adt.row_size(k).unwrap());
+            let ldo = n + 3;
+            for kern in Kernels::all_supported() {
+                let mut out = vec![f32::NAN; m * ldo];
+                kern.gemm(ty, k, &w, &a, &mut out, ldo);
+                for i in 0..m {
+                    for j in 0..n {
+                        let want = (kern.of(ty).vec_dot)(
+                            &w[j * wrow..(j + 1) * wrow],
+                            &a[i * arow..(i + 1) * arow],
+                        );
+                        let got = out[i * ldo + j];
+                        let tol = 1e-5 * want.abs().max(1e-3);
+                        assert!(
+                            (got - want).abs() <= tol,
+                            "{} {ty} gemm m={m} n={n} [{i},{j}]: {got} vs vec_dot {want}",
+                            kern.isa()
+                        );
+                    }
+                    assert!(
+                        out[i * ldo + n..(i + 1) * ldo].iter().all(|v| v.is_nan()),
+                        "gemm wrote past n"
+                    );
+                }
+            }
+        }
+    }
+}

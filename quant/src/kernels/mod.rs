@@ -31,12 +31,23 @@ pub type FromFloatFn = fn(&[f32], &mut [u8]);
 /// `vec_dot_type`), both raw bytes of the same number of elements.
 pub type VecDotFn = fn(&[u8], &[u8]) -> f32;
 
+/// A block of dot products: `k` elements per row, `w` holds `n` weight rows
+/// (this type), `a` holds `m` activation rows (its `vec_dot_type`), and
+/// `out[i * ldo + j] = dot(w_j, a_i)` for activation row `i`, weight row `j`.
+/// Register-blocked kernels load each weight block once for several
+/// activation rows (prompt processing) and each activation block once for
+/// several weight rows.
+pub type GemmFn = fn(k: usize, w: &[u8], a: &[u8], out: &mut [f32], ldo: usize);
+
 /// The kernels of one type.
 #[derive(Clone, Copy)]
 pub struct TypeKernels {
     pub to_float: ToFloatFn,
     pub from_float: FromFloatFn,
     pub vec_dot: VecDotFn,
+    /// A specialised [`GemmFn`]; `None` means [`Kernels::gemm`] loops over
+    /// `vec_dot`.
+    pub gemm: Option<GemmFn>,
 }
 
 /// An instruction-set level a kernel table targets.
@@ -271,6 +282,47 @@ impl Kernels {
     pub(crate) const fn set_from_float(mut self, t: GgmlType, f: FromFloatFn) -> Kernels {
         self.types[slot(t)].from_float = f;
         self
+    }
+
+    #[allow(dead_code)] // only ISAs with register-blocked kernels call it
+    pub(crate) const fn set_gemm(mut self, t: GgmlType, f: GemmFn) -> Kernels {
+        self.types[slot(t)].gemm = Some(f);
+        self
+    }
+
+    /// `out[i * ldo + j] = dot(w_j, a_i)` for the `n` weight rows of type `t`
+    /// in `w` and the `m` activation rows (of `t.vec_dot_type()`) in `a`, each
+    /// of `k` elements. Uses the table's register-blocked kernel where there
+    /// is one, else one `vec_dot` per pair.
+    ///
+    /// # Panics
+    /// If `k` is not a whole number of blocks, the slices are not whole rows,
+    /// or `out` is too short for `m` rows of stride `ldo ≥ n`.
+    pub fn gemm(&self, t: GgmlType, k: usize, w: &[u8], a: &[u8], out: &mut [f32], ldo: usize) {
+        let wrow = t.row_size(k).expect("k is a whole number of weight blocks");
+        let arow = t
+            .vec_dot_type()
+            .row_size(k)
+            .expect("k is a whole number of activation blocks");
+        assert!(
+            wrow > 0 && w.len() % wrow == 0 && a.len() % arow == 0,
+            "gemm: partial rows"
+        );
+        let (n, m) = (w.len() / wrow, a.len() / arow);
+        assert!(
+            ldo >= n && (m == 0 || out.len() >= (m - 1) * ldo + n),
+            "gemm: output too small"
+        );
+        let tk = self.of(t);
+        if let Some(g) = tk.gemm {
+            return g(k, w, a, out, ldo);
+        }
+        for (i, ar) in a.chunks_exact(arow).enumerate() {
+            let o = &mut out[i * ldo..i * ldo + n];
+            for (oj, wr) in o.iter_mut().zip(w.chunks_exact(wrow)) {
+                *oj = (tk.vec_dot)(wr, ar);
+            }
+        }
     }
 
     pub(crate) const fn set_to_float(mut self, t: GgmlType, f: ToFloatFn) -> Kernels {

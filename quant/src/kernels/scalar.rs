@@ -11,6 +11,7 @@ macro_rules! entry {
             to_float: to_float!($b, $dq),
             from_float: from_float!($b, $q),
             vec_dot: vec_dot!($b, $a, $dot),
+            gemm: None,
         }
     };
 }
