@@ -4,6 +4,14 @@
 //! (for quantizers: of f32 input). The weight matrix is 64 rows × 4096 (a few
 //! hundred KiB at most, cache-resident), so this measures the kernel, not DRAM.
 //! Filter with e.g. `cargo bench -p spinel-quant -- 'vec_dot/Q4_0'`.
+//!
+//! The `gemm` groups multiply m = 64 activation rows by a weight matrix of a
+//! SmolLM2-135M shape (1536 × 576 for the 32-wide formats, 576 × 1536 for
+//! the K-quants, whose rows are whole super-blocks only there) through
+//! `Kernels::gemm`, beside the same product as one `vec_dot` per pair (the
+//! fallback) on the same ISA. Throughput is GB/s of weight data per call; the
+//! line printed before each group converts it to integer GOP/s (2·m·n·k per
+//! call).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use spinel_quant::{GgmlType, Kernels};
@@ -73,12 +81,68 @@ fn quantize_activations(c: &mut Criterion) {
     }
 }
 
+/// `(type, k, n)`: the weight shapes of the gemm benchmarks.
+const GEMM_SHAPES: [(GgmlType, usize, usize); 8] = [
+    (GgmlType::Q4_0, 576, 1536),
+    (GgmlType::Q4_1, 576, 1536),
+    (GgmlType::Q5_0, 576, 1536),
+    (GgmlType::Q5_1, 576, 1536),
+    (GgmlType::Q8_0, 576, 1536),
+    (GgmlType::Q4K, 1536, 576),
+    (GgmlType::Q5K, 1536, 576),
+    (GgmlType::Q6K, 1536, 576),
+];
+const GEMM_M: usize = 64;
+
+fn gemm(c: &mut Criterion) {
+    let tables: Vec<&Kernels> = Kernels::all_supported().collect();
+    let scalar = tables[0];
+    for (ty, k, n) in GEMM_SHAPES {
+        let m = GEMM_M;
+        let adt = ty.vec_dot_type();
+        let (wrow, arow) = (ty.row_size(k).unwrap(), adt.row_size(k).unwrap());
+        let mut w = vec![0u8; wrow * n];
+        for (r, out) in w.chunks_exact_mut(wrow).enumerate() {
+            (scalar.of(ty).from_float)(&data(k, r as u64 + 7), out);
+        }
+        let mut a = vec![0u8; arow * m];
+        for (r, out) in a.chunks_exact_mut(arow).enumerate() {
+            (scalar.of(adt).from_float)(&data(k, r as u64 + 1000), out);
+        }
+        let mut out = vec![0f32; m * n];
+        let ops = 2.0 * (m * n * k) as f64;
+        eprintln!(
+            "gemm/{ty}: m={m} n={n} k={k}; 1 GB/s of weights = {:.1} GOP/s",
+            ops / w.len() as f64
+        );
+        let mut g = c.benchmark_group(format!("gemm/{ty}"));
+        g.throughput(Throughput::Bytes(w.len() as u64));
+        for kern in &tables[1..] {
+            g.bench_function(BenchmarkId::from_parameter(kern.isa()), |b| {
+                b.iter(|| kern.gemm(ty, k, black_box(&w), black_box(&a), &mut out, n))
+            });
+            let dot = kern.of(ty).vec_dot;
+            let id = format!("{}/vec_dot-loop", kern.isa());
+            g.bench_function(BenchmarkId::from_parameter(id), |b| {
+                b.iter(|| {
+                    for (ar, o) in a.chunks_exact(arow).zip(out.chunks_exact_mut(n)) {
+                        for (oj, wr) in o.iter_mut().zip(w.chunks_exact(wrow)) {
+                            *oj = dot(black_box(wr), black_box(ar));
+                        }
+                    }
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(std::time::Duration::from_millis(300))
         .measurement_time(std::time::Duration::from_secs(1))
         .sample_size(20);
-    targets = vec_dot, quantize_activations
+    targets = vec_dot, quantize_activations, gemm
 }
 criterion_main!(benches);

@@ -254,57 +254,153 @@ fn detection_is_consistent() {
     }
 }
 
+/// The error bound of a dot product of two quantized rows computed in f32
+/// in any order: `1e-5 · mag`, where `mag` is, per block, `Σ|wᵢ·aᵢ|` plus
+/// (for block formats) `2 · max|w| · Σ|a|`, the size of the scale and
+/// min/offset terms that may cancel (as in `check_vec_dot`).
+fn dot_tolerance(ty: GgmlType, wd: &[f32], ad: &[f32], want: f32) -> f32 {
+    let bs = ty.block_size();
+    let mag: f64 = wd
+        .chunks(bs)
+        .zip(ad.chunks(bs))
+        .map(|(wb, ab)| {
+            let wmax = wb.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
+            let asum: f64 = ab.iter().map(|&v| (v as f64).abs()).sum();
+            let direct: f64 = wb
+                .iter()
+                .zip(ab)
+                .map(|(&p, &q)| (p as f64 * q as f64).abs())
+                .sum();
+            direct + if bs > 1 { 2.0 * wmax * asum } else { 0.0 }
+        })
+        .sum();
+    (1e-5 * mag + 1e-6 * want.abs() as f64 + f32::MIN_POSITIVE as f64) as f32
+}
+
+/// Checks `Kernels::gemm` of every supported table against one `vec_dot` per
+/// pair of the same table, within [`dot_tolerance`], with an output stride
+/// wider than `n` whose extra columns must stay untouched.
+fn check_gemm(ty: GgmlType, k: usize, m: usize, n: usize, row: &dyn Fn(usize) -> Vec<f32>) {
+    let adt = ty.vec_dot_type();
+    let wf: Vec<Vec<f32>> = (0..n).map(row).collect();
+    let af: Vec<Vec<f32>> = (0..m).map(|i| row(1000 + i)).collect();
+    let w: Vec<u8> = wf.iter().flat_map(|r| quantize(scalar(), ty, r)).collect();
+    let a: Vec<u8> = af.iter().flat_map(|r| quantize(scalar(), adt, r)).collect();
+    let (wrow, arow) = (ty.row_size(k).unwrap(), adt.row_size(k).unwrap());
+    let wd: Vec<Vec<f32>> = w
+        .chunks(wrow)
+        .map(|q| dequantize(scalar(), ty, q, k))
+        .collect();
+    let ad: Vec<Vec<f32>> = a
+        .chunks(arow)
+        .map(|q| dequantize(scalar(), adt, q, k))
+        .collect();
+    let ldo = n + 3;
+    for kern in Kernels::all_supported() {
+        let mut out = vec![f32::NAN; m * ldo];
+        kern.gemm(ty, k, &w, &a, &mut out, ldo);
+        for i in 0..m {
+            for j in 0..n {
+                let want = (kern.of(ty).vec_dot)(
+                    &w[j * wrow..(j + 1) * wrow],
+                    &a[i * arow..(i + 1) * arow],
+                );
+                let got = out[i * ldo + j];
+                let tol = dot_tolerance(ty, &wd[j], &ad[i], want);
+                assert!(
+                    (got - want).abs() <= tol || (got.is_nan() && want.is_nan()),
+                    "{} {ty} gemm k={k} m={m} n={n} [{i},{j}]: {got} vs vec_dot {want} (tol {tol:e})",
+                    kern.isa()
+                );
+            }
+            assert!(
+                out[i * ldo + n..(i + 1) * ldo].iter().all(|v| v.is_nan()),
+                "{} {ty} gemm wrote past n",
+                kern.isa()
+            );
+        }
+    }
+}
+
 /// `Kernels::gemm` (register-blocked where a table has it) equals one
 /// `vec_dot` per (activation row, weight row) pair, for every ISA and type,
-/// over awkward tile shapes and an output stride wider than the row count.
+/// over awkward tile shapes, several chunks of `k`, more activation rows
+/// than one pass of the blocked kernels (128), and an output stride wider
+/// than the row count.
 #[test]
 fn gemm_matches_vec_dot_on_every_isa() {
-    let k = 2 * QK_K;
-    let rows = edge_rows(k);
+    let rows = edge_rows(3 * QK_K);
     let gauss = &rows.iter().find(|(n, _)| *n == "gauss").unwrap().1;
-    let row = |seed: usize| -> Vec<f32> {
-        gauss
-            .iter()
-            .cycle()
-            .skip(seed * 37)
-            .take(k)
-            .map(|v| v * (1.0 + seed as f32 * 0.1))
-            .collect()
-    };
-    for ty in GgmlType::ALL {
-        let adt = ty.vec_dot_type();
-        for (m, n) in [(1, 1), (1, 7), (3, 5), (4, 8), (5, 13), (8, 4), (16, 3)] {
-            let w: Vec<u8> = (0..n)
-                .flat_map(|j| quantize(scalar(), ty, &row(j)))
-                .collect();
-            let a: Vec<u8> = (0..m)
-                .flat_map(|i| quantize(scalar(), adt, &row(100 + i)))
-                .collect();
-            let (wrow, arow) = (ty.row_size(k).unwrap(), adt.row_size(k).unwrap());
-            let ldo = n + 3;
-            for kern in Kernels::all_supported() {
-                let mut out = vec![f32::NAN; m * ldo];
-                kern.gemm(ty, k, &w, &a, &mut out, ldo);
-                for i in 0..m {
-                    for j in 0..n {
-                        let want = (kern.of(ty).vec_dot)(
-                            &w[j * wrow..(j + 1) * wrow],
-                            &a[i * arow..(i + 1) * arow],
-                        );
-                        let got = out[i * ldo + j];
-                        let tol = 1e-5 * want.abs().max(1e-3);
-                        assert!(
-                            (got - want).abs() <= tol,
-                            "{} {ty} gemm m={m} n={n} [{i},{j}]: {got} vs vec_dot {want}",
-                            kern.isa()
-                        );
-                    }
-                    assert!(
-                        out[i * ldo + n..(i + 1) * ldo].iter().all(|v| v.is_nan()),
-                        "gemm wrote past n"
-                    );
-                }
+    for k in [QK_K, 3 * QK_K] {
+        let row = |seed: usize| -> Vec<f32> {
+            gauss
+                .iter()
+                .cycle()
+                .skip(seed * 37)
+                .take(k)
+                .map(|v| v * (1.0 + seed as f32 * 0.1))
+                .collect()
+        };
+        for ty in GgmlType::ALL {
+            for (m, n) in [
+                (1, 1),
+                (1, 7),
+                (3, 5),
+                (4, 8),
+                (5, 13),
+                (8, 4),
+                (16, 3),
+                (17, 17),
+            ] {
+                check_gemm(ty, k, m, n, &row);
             }
         }
+    }
+    let k = QK_K;
+    let row = |seed: usize| -> Vec<f32> { gauss[seed % 50..seed % 50 + k].to_vec() };
+    for ty in GgmlType::ALL {
+        check_gemm(ty, k, 130, 19, &row);
+    }
+}
+
+/// Edge rows (zeros, outliers, near the f16 limit, tiny, constants) as
+/// weights and activations of one gemm.
+#[test]
+fn gemm_matches_vec_dot_on_edge_rows() {
+    let k = 2 * QK_K;
+    let rows = edge_rows(k);
+    let row = |i: usize| rows[i % rows.len()].1.clone();
+    for ty in GgmlType::ALL {
+        check_gemm(ty, k, rows.len() + 2, rows.len() + 5, &row);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Random shapes and values: `m`, `n` in 1..24, 1..4 super-blocks.
+    #[test]
+    fn gemm_matches_vec_dot_on_random_shapes(
+        m in 1usize..24,
+        n in 1usize..24,
+        nb in 1usize..4,
+        exp in -6i32..4,
+        seed in any::<u64>(),
+        ty in prop::sample::select(GgmlType::ALL.to_vec()),
+    ) {
+        let k = nb * QK_K;
+        let scale = 10f32.powi(exp);
+        let row = |i: usize| -> Vec<f32> {
+            let mut s = seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            (0..k)
+                .map(|_| {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+                })
+                .collect()
+        };
+        check_gemm(ty, k, m, n, &row);
     }
 }

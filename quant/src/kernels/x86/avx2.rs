@@ -37,6 +37,12 @@ mod prims {
 
 kernels_256!("avx2,fma,f16c");
 
+/// The register-blocked GEMM kernels (`gemm.rs`).
+pub(super) mod gemm {
+    use super::prims;
+    gemm_256!("avx2,fma,f16c", false);
+}
+
 /// Eight f32 of a block quantized to Q8 (`round(x / d)` in i32 lanes) with
 /// `d = amax / 127`, computed exactly as `formats::legacy::quantize_row_q8_0`
 /// does (same amax, same `1 / d`, same rounding).

@@ -36,3 +36,12 @@ mod prims {
 }
 
 kernels_512!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni");
+
+/// The register-blocked GEMM kernels (`gemm.rs`).
+pub(super) mod gemm {
+    use super::prims;
+    gemm_512!(
+        "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni",
+        true
+    );
+}

@@ -38,6 +38,8 @@ use half::{bf16, f16};
 mod v256;
 #[macro_use]
 mod v512;
+#[macro_use]
+mod gemm;
 mod avx2;
 mod avx512;
 mod avx512_vnni;
@@ -67,6 +69,36 @@ pub(super) fn supported(isa: Isa) -> bool {
     }
 }
 
+/// Wraps a `#[target_feature]` gemm kernel (`unsafe fn(k, w, a, out, ldo)`)
+/// as a [`GemmFn`](super::GemmFn): only put into the table of an ISA that
+/// implies its features.
+macro_rules! gemm_fn {
+    ($f:path) => {{
+        fn wrapper(k: usize, w: &[u8], a: &[u8], out: &mut [f32], ldo: usize) {
+            // SAFETY: this wrapper only sits in the table of an ISA whose
+            // features the kernel needs; such a table is only handed out by
+            // `Kernels::for_isa` after run-time detection confirmed them.
+            unsafe { $f(k, w, a, out, ldo) }
+        }
+        wrapper as super::GemmFn
+    }};
+}
+
+/// Sets the register-blocked gemm kernels of module `$m::gemm`.
+macro_rules! gemms {
+    ($table:expr, $m:ident) => {
+        $table
+            .set_gemm(T::Q4_0, gemm_fn!($m::gemm::gemm_q4_0))
+            .set_gemm(T::Q4_1, gemm_fn!($m::gemm::gemm_q4_1))
+            .set_gemm(T::Q5_0, gemm_fn!($m::gemm::gemm_q5_0))
+            .set_gemm(T::Q5_1, gemm_fn!($m::gemm::gemm_q5_1))
+            .set_gemm(T::Q8_0, gemm_fn!($m::gemm::gemm_q8_0))
+            .set_gemm(T::Q4K, gemm_fn!($m::gemm::gemm_q4_k))
+            .set_gemm(T::Q5K, gemm_fn!($m::gemm::gemm_q5_k))
+            .set_gemm(T::Q6K, gemm_fn!($m::gemm::gemm_q6_k))
+    };
+}
+
 /// Sets the integer dot products every x86 level specialises, taken from
 /// module `$m` (which all define the same names).
 macro_rules! int_dots {
@@ -85,43 +117,55 @@ macro_rules! int_dots {
     };
 }
 
-const AVX2_TABLE: Kernels = int_dots!(
-    scalar::TABLE
-        .derive(Isa::Avx2)
-        .set_vec_dot(T::F16, vec_dot!(unsafe f16, f16, avx2::vec_dot_f16))
-        .set_vec_dot(T::F32, vec_dot!(unsafe f32, f32, avx2::vec_dot_f32))
-        .set_vec_dot(T::BF16, vec_dot!(unsafe bf16, bf16, avx2::vec_dot_bf16))
-        .set_from_float(T::BF16, from_float!(unsafe bf16, avx2::quantize_row_bf16))
-        .set_to_float(T::BF16, to_float!(unsafe bf16, avx2::dequantize_row_bf16))
-        .set_from_float(T::F16, from_float!(unsafe f16, avx2::quantize_row_f16))
-        .set_to_float(T::F16, to_float!(unsafe f16, avx2::dequantize_row_f16))
-        .set_from_float(
-            T::Q8_0,
-            from_float!(unsafe BlockQ8_0, avx2::quantize_row_q8_0)
-        )
-        .set_from_float(
-            T::Q8_1,
-            from_float!(unsafe BlockQ8_1, avx2::quantize_row_q8_1)
-        )
-        .set_from_float(
-            T::Q8K,
-            from_float!(unsafe BlockQ8K, avx2::quantize_row_q8_k)
-        ),
+const AVX2_TABLE: Kernels = gemms!(
+    int_dots!(
+        scalar::TABLE
+            .derive(Isa::Avx2)
+            .set_vec_dot(T::F16, vec_dot!(unsafe f16, f16, avx2::vec_dot_f16))
+            .set_vec_dot(T::F32, vec_dot!(unsafe f32, f32, avx2::vec_dot_f32))
+            .set_vec_dot(T::BF16, vec_dot!(unsafe bf16, bf16, avx2::vec_dot_bf16))
+            .set_from_float(T::BF16, from_float!(unsafe bf16, avx2::quantize_row_bf16))
+            .set_to_float(T::BF16, to_float!(unsafe bf16, avx2::dequantize_row_bf16))
+            .set_from_float(T::F16, from_float!(unsafe f16, avx2::quantize_row_f16))
+            .set_to_float(T::F16, to_float!(unsafe f16, avx2::dequantize_row_f16))
+            .set_from_float(
+                T::Q8_0,
+                from_float!(unsafe BlockQ8_0, avx2::quantize_row_q8_0)
+            )
+            .set_from_float(
+                T::Q8_1,
+                from_float!(unsafe BlockQ8_1, avx2::quantize_row_q8_1)
+            )
+            .set_from_float(
+                T::Q8K,
+                from_float!(unsafe BlockQ8K, avx2::quantize_row_q8_k)
+            ),
+        avx2
+    ),
     avx2
 );
 
-const AVX_VNNI_TABLE: Kernels = int_dots!(AVX2_TABLE.derive(Isa::AvxVnni), avx_vnni);
+const AVX_VNNI_TABLE: Kernels = gemms!(
+    int_dots!(AVX2_TABLE.derive(Isa::AvxVnni), avx_vnni),
+    avx_vnni
+);
 
-const AVX512_TABLE: Kernels = int_dots!(
-    AVX2_TABLE
-        .derive(Isa::Avx512)
-        .set_vec_dot(T::F16, vec_dot!(unsafe f16, f16, avx512::vec_dot_f16))
-        .set_vec_dot(T::F32, vec_dot!(unsafe f32, f32, avx512::vec_dot_f32))
-        .set_vec_dot(T::BF16, vec_dot!(unsafe bf16, bf16, avx512::vec_dot_bf16)),
+const AVX512_TABLE: Kernels = gemms!(
+    int_dots!(
+        AVX2_TABLE
+            .derive(Isa::Avx512)
+            .set_vec_dot(T::F16, vec_dot!(unsafe f16, f16, avx512::vec_dot_f16))
+            .set_vec_dot(T::F32, vec_dot!(unsafe f32, f32, avx512::vec_dot_f32))
+            .set_vec_dot(T::BF16, vec_dot!(unsafe bf16, bf16, avx512::vec_dot_bf16)),
+        avx512
+    ),
     avx512
 );
 
-const AVX512_VNNI_TABLE: Kernels = int_dots!(AVX512_TABLE.derive(Isa::Avx512Vnni), avx512_vnni);
+const AVX512_VNNI_TABLE: Kernels = gemms!(
+    int_dots!(AVX512_TABLE.derive(Isa::Avx512Vnni), avx512_vnni),
+    avx512_vnni
+);
 
 static AVX2: Kernels = AVX2_TABLE;
 static AVX_VNNI: Kernels = AVX_VNNI_TABLE;
