@@ -55,6 +55,11 @@ pub enum ModelError {
     BadStateSize { what: &'static str, value: usize },
     /// A state created by a model of another shape.
     StateMismatch,
+    /// The state's worker threads could not be started.
+    Threads(std::io::Error),
+    /// A step of the forward pass panicked on one of the state's threads
+    /// (a bug); the state's cache may hold a partial batch.
+    WorkerPanicked { message: String },
 }
 
 impl fmt::Display for ModelError {
@@ -106,6 +111,10 @@ impl fmt::Display for ModelError {
             ModelError::StateMismatch => {
                 write!(f, "the state was created for a model of another shape")
             }
+            ModelError::Threads(e) => write!(f, "starting worker threads: {e}"),
+            ModelError::WorkerPanicked { message } => {
+                write!(f, "the forward pass panicked on a worker thread: {message}")
+            }
         }
     }
 }
@@ -114,8 +123,15 @@ impl std::error::Error for ModelError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ModelError::Gguf(e) => Some(e),
+            ModelError::Threads(e) => Some(e),
             _ => None,
         }
+    }
+}
+
+impl From<super::pool::JobPanicked> for ModelError {
+    fn from(e: super::pool::JobPanicked) -> Self {
+        ModelError::WorkerPanicked { message: e.message }
     }
 }
 

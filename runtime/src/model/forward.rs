@@ -2,14 +2,22 @@
 //! RoPE, attention, output projection, residual; norm, feed-forward,
 //! residual; for every layer; then the final norm and the vocabulary
 //! projection. Every buffer is in the [`State`]; nothing is allocated here.
+//!
+//! Each step runs on the state's worker pool: matrix products split their
+//! weight rows across threads ([`super::matmul`]), attention its heads and
+//! query blocks ([`super::attention`]), row-wise steps their rows. Norms
+//! are fused into the conversion of their output for the products that
+//! read it, SwiGLU into the gate/up product, residual adds into the
+//! product that ends each block.
 
-use spinel_quant::{GgmlType, Kernels};
+use spinel_quant::Kernels;
 
 use super::Model;
+use super::attention::Attention;
 use super::error::ModelError;
-use super::ops::{
-    Matmul, PAR_MIN_WORK, add, dot, rmsnorm, rmsnorm_heads, rope, rope_angles, silu_mul, softmax,
-};
+use super::matmul::{Norm, Product};
+use super::ops::{add, rmsnorm_heads, rope, rope_angles};
+use super::pool::{SharedMut, split};
 use super::state::{Route, State};
 use super::weights::{Ffn, Lin, MoeFfn, Weight};
 
@@ -28,10 +36,10 @@ impl Model<'_> {
     ) -> Result<&'s [f32], ModelError> {
         self.check_input(state, tokens)?;
         for batch in tokens.chunks(state.n_batch) {
-            self.forward_batch(state, batch);
+            self.forward_batch(state, batch)?;
         }
         let last = (tokens.len() - 1) % state.n_batch;
-        self.logits_at(state, last);
+        self.logits_at(state, last)?;
         Ok(&state.logits)
     }
 
@@ -46,9 +54,9 @@ impl Model<'_> {
         self.check_input(state, tokens)?;
         logits.clear();
         for batch in tokens.chunks(state.n_batch) {
-            self.forward_batch(state, batch);
+            self.forward_batch(state, batch)?;
             for t in 0..batch.len() {
-                self.logits_at(state, t);
+                self.logits_at(state, t)?;
                 logits.extend_from_slice(&state.logits);
             }
         }
@@ -85,33 +93,32 @@ impl Model<'_> {
     }
 
     /// `state.logits = output · norm(x[t])` for row `t` of the last batch.
-    fn logits_at(&self, s: &mut State, t: usize) {
-        let dim = self.config.dim;
-        let w = &self.weights;
-        rmsnorm(
-            &mut s.xb[..dim],
-            &s.x[t * dim..(t + 1) * dim],
-            Some(&w.output_norm),
-            self.config.rms_eps,
-        );
-        s.mm.run(
-            w.output.view(self.bytes()),
-            None,
-            &s.xb[..dim],
-            1,
-            &mut s.logits,
-        );
+    fn logits_at(&self, s: &mut State, t: usize) -> Result<(), ModelError> {
+        let (dim, w) = (self.config.dim, &self.weights);
+        let norm = Norm {
+            weight: &w.output_norm,
+            eps: self.config.rms_eps,
+            out: &mut s.xb,
+        };
+        let x = &s.x[t * dim..(t + 1) * dim];
+        s.mm.prepare(&mut s.pool, x, 1, dim, Some(norm), &[w.output.ty])?;
+        let output = Lin {
+            w: w.output.view(self.bytes()),
+            bias: None,
+        };
+        s.mm.run(&mut s.pool, 1, [Product::Set(output, &mut s.logits)])?;
+        Ok(())
     }
 
     /// Pushes `tokens` (at most `n_batch`, checked) through every layer at
     /// positions `n_past..n_past + tokens.len()`.
-    fn forward_batch(&self, s: &mut State, tokens: &[u32]) {
+    fn forward_batch(&self, s: &mut State, tokens: &[u32]) -> Result<(), ModelError> {
         let c = &self.config;
         let w = &self.weights;
         let bytes = self.bytes();
         let n = tokens.len();
         let pos0 = s.n_past;
-        let (dim, hd, q_dim, kv_dim) = (c.dim, c.head_dim, c.q_dim(), c.kv_dim());
+        let (dim, hd, q_dim) = (c.dim, c.head_dim, c.q_dim());
         let eps = c.rms_eps;
 
         // Token embeddings.
@@ -127,172 +134,157 @@ impl Model<'_> {
 
         for (il, layer) in w.layers.iter().enumerate() {
             // ---- Attention: x += Wo · attention(q, k, v) ----
-            rmsnorm_rows(&mut s.xb, &s.x, n, dim, &layer.attn_norm, eps);
-            let (wq, wk, wv) = (
+            let (wq, wk, wv, wo) = (
                 layer.wq.view(bytes),
                 layer.wk.view(bytes),
                 layer.wv.view(bytes),
+                layer.wo.view(bytes),
             );
-            s.mm.run(wq.w, wq.bias, &s.xb, n, &mut s.q);
-            s.mm.run(wk.w, wk.bias, &s.xb, n, &mut s.k);
-            s.mm.run(wv.w, wv.bias, &s.xb, n, &mut s.v);
-
-            let q = &mut s.q[..n * q_dim];
-            let k = &mut s.k[..n * kv_dim];
-            if c.layer_uses_rope(il) {
-                for ((qt, kt), cs) in q
-                    .chunks_exact_mut(q_dim)
-                    .zip(k.chunks_exact_mut(kv_dim))
-                    .zip(s.rope_cs.chunks_exact(hd))
-                {
-                    rope(qt, cs);
-                    rope(kt, cs);
-                }
-                if c.qk_norm {
-                    rmsnorm_heads(q, hd, eps);
-                    rmsnorm_heads(k, hd, eps);
-                }
-            } else if c.attn_temperature.is_some() {
-                for (t, qt) in q.chunks_exact_mut(q_dim).enumerate() {
-                    let scale = c.attn_temperature_at(il, pos0 + t);
-                    qt.iter_mut().for_each(|v| *v *= scale);
-                }
+            let norm = Norm {
+                weight: &layer.attn_norm,
+                eps,
+                out: &mut s.xb,
+            };
+            let types = [wq.w.w.ty, wk.w.w.ty, wv.w.w.ty];
+            s.mm.prepare(&mut s.pool, &s.x, n, dim, Some(norm), &types)?;
+            s.mm.run(
+                &mut s.pool,
+                n,
+                [
+                    Product::Set(wq, &mut s.q),
+                    Product::Set(wk, &mut s.k),
+                    Product::Set(wv, &mut s.v),
+                ],
+            )?;
+            self.position_and_store(s, il, pos0, n)?;
+            Attention {
+                n_head: c.n_head,
+                n_head_kv: c.n_head_kv,
+                head_dim: hd,
+                layer: il,
+                pos0,
+                n,
+                chunk: c.layer_chunk(il),
+                q: &s.q[..n * q_dim],
             }
-
-            self.store_kv(s, il, pos0, n);
-            self.attention(s, il, pos0, n);
-            let wo = layer.wo.view(bytes);
-            s.mm.run(wo.w, wo.bias, &s.att_out, n, &mut s.out);
-            add(&mut s.x[..n * dim], &s.out[..n * dim]);
+            .run(&mut s.pool, &s.kv, &mut s.attn, &mut s.att_out)?;
+            s.mm.prepare(&mut s.pool, &s.att_out, n, q_dim, None, &[wo.w.w.ty])?;
+            s.mm.run(&mut s.pool, n, [Product::Add(wo, &mut s.x)])?;
 
             // ---- Feed-forward: x += ffn(norm(x)) ----
-            rmsnorm_rows(&mut s.xb, &s.x, n, dim, &layer.ffn_norm, eps);
+            let norm = Norm {
+                weight: &layer.ffn_norm,
+                eps,
+                out: &mut s.xb,
+            };
             match &layer.ffn {
-                Ffn::Dense { gate, up, down } => swiglu(
-                    &mut s.mm,
-                    [gate.view(bytes), up.view(bytes), down.view(bytes)],
-                    &s.xb,
-                    n,
-                    &mut s.hb,
-                    &mut s.hb2,
-                    &mut s.out,
-                ),
-                Ffn::Moe(m) => self.moe(s, m, n),
+                Ffn::Dense { gate, up, down } => {
+                    let (gate, up, down) = (gate.view(bytes), up.view(bytes), down.view(bytes));
+                    let ff = gate.w.w.rows;
+                    let types = [gate.w.w.ty, up.w.w.ty];
+                    s.mm.prepare(&mut s.pool, &s.x, n, dim, Some(norm), &types)?;
+                    s.mm.run(&mut s.pool, n, [Product::SwiGlu(gate, up, &mut s.hb)])?;
+                    s.mm.prepare(&mut s.pool, &s.hb, n, ff, None, &[down.w.w.ty])?;
+                    s.mm.run(&mut s.pool, n, [Product::Add(down, &mut s.x)])?;
+                }
+                Ffn::Moe(m) => {
+                    s.mm.prepare(&mut s.pool, &s.x, n, dim, Some(norm), &[m.router.ty])?;
+                    self.moe(s, m, n)?;
+                }
             }
-            add(&mut s.x[..n * dim], &s.out[..n * dim]);
         }
         s.n_past += n;
+        Ok(())
     }
 
-    /// Writes the batch's keys and values into the cache at their positions.
-    fn store_kv(&self, s: &mut State, il: usize, pos0: usize, n: usize) {
-        let (hd, kv_dim) = (self.config.head_dim, self.config.kv_dim());
-        let from_float = Kernels::get().of(s.kv.ty).from_float;
-        let rb = s.kv.row_bytes;
-        for t in 0..n {
-            for h in 0..self.config.n_head_kv {
-                let off = s.kv.offset(il, h, pos0 + t);
-                let src = t * kv_dim + h * hd..t * kv_dim + (h + 1) * hd;
-                from_float(&s.k[src.clone()], &mut s.kv.k.bytes_mut()[off..off + rb]);
-                from_float(&s.v[src], &mut s.kv.v.bytes_mut()[off..off + rb]);
-            }
-        }
-    }
-
-    /// Causal (or chunked) softmax attention of the batch's queries over the
-    /// cache, into `att_out`.
-    ///
-    /// Keys and values are read as f32: from the cache itself when it is
-    /// F32, else converted once per batch (the rows this batch can see, for
-    /// each KV head) into `attn.k` / `attn.v`. Work items are (position,
-    /// query head) pairs, split in contiguous runs across threads.
-    fn attention(&self, s: &mut State, il: usize, pos0: usize, n: usize) {
+    /// Rotates the batch's queries and keys (RoPE, then Llama 4's q/k norm;
+    /// or the NoPE layers' query temperature) and writes its keys and
+    /// values into the cache at their positions.
+    fn position_and_store(
+        &self,
+        s: &mut State,
+        il: usize,
+        pos0: usize,
+        n: usize,
+    ) -> Result<(), ModelError> {
         let c = &self.config;
-        let (hd, q_dim, n_head, n_kv) = (c.head_dim, c.q_dim(), c.n_head, c.n_head_kv);
-        let group = n_head / n_kv;
-        let chunk = c.layer_chunk(il);
-        let scale = 1.0 / (hd as f32).sqrt();
-        let window_start = |p: usize| chunk.map_or(0, |cs| p / cs * cs);
-
-        // `(n_kv, n_ctx, head_dim)` f32 keys and values of this layer.
-        let n_ctx = s.kv.n_ctx;
-        let layer = il * n_kv * n_ctx * hd..(il + 1) * n_kv * n_ctx * hd;
-        let (keys, values): (&[f32], &[f32]) = if s.kv.ty == GgmlType::F32 {
-            (
-                &bytemuck::cast_slice(s.kv.k.bytes())[layer.clone()],
-                &bytemuck::cast_slice(s.kv.v.bytes())[layer],
-            )
-        } else {
-            let to_float = Kernels::get().of(s.kv.ty).to_float;
-            let (lo, hi) = (window_start(pos0), pos0 + n);
-            for h in 0..n_kv {
-                let bytes = s.kv.offset(il, h, lo)..s.kv.offset(il, h, hi);
-                let floats = (h * n_ctx + lo) * hd..(h * n_ctx + hi) * hd;
-                to_float(
-                    &s.kv.k.bytes()[bytes.clone()],
-                    &mut s.attn.k[floats.clone()],
-                );
-                to_float(&s.kv.v.bytes()[bytes], &mut s.attn.v[floats]);
-            }
-            (&s.attn.k, &s.attn.v)
-        };
-        let at = |h: usize, pos: usize| (h * n_ctx + pos) * hd..(h * n_ctx + pos + 1) * hd;
-
-        let q = &s.q;
-        let n_items = n * n_head;
-        let threads = if n_items * (pos0 + n) * hd < PAR_MIN_WORK {
-            1
-        } else {
-            s.mm.n_threads.min(n_items)
-        };
-        let per = n_items.div_ceil(threads);
-
-        let attend = |ci: usize, out: &mut [f32], scores: &mut [f32]| {
-            for (j, o) in out.chunks_exact_mut(hd).enumerate() {
-                let item = ci * per + j;
-                let (t, h) = (item / n_head, item % n_head);
-                let (p, kvh) = (pos0 + t, h / group);
-                let start = window_start(p);
-
-                let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-                let scores = &mut scores[..=p - start];
-                for (i, sc) in scores.iter_mut().enumerate() {
-                    *sc = dot(&keys[at(kvh, start + i)], qh) * scale;
+        let (hd, q_dim, kv_dim, eps) = (c.head_dim, c.q_dim(), c.kv_dim(), c.rms_eps);
+        let uses_rope = c.layer_uses_rope(il);
+        let from_float = Kernels::get().of(s.kv.ty).from_float;
+        let (rb, es) = (s.kv.row_bytes, s.kv.ty.type_size());
+        let kv = s.kv.index;
+        let (q, k, v) = (
+            SharedMut::new(&mut s.q),
+            SharedMut::new(&mut s.k),
+            SharedMut::new(&mut s.v),
+        );
+        let v_conv = SharedMut::new(s.v_conv.bytes_mut());
+        let (kc, vc) = (
+            SharedMut::new(s.kv.k.bytes_mut()),
+            SharedMut::new(s.kv.v.bytes_mut()),
+        );
+        let rope_cs = &s.rope_cs;
+        let rows = |range: std::ops::Range<usize>| {
+            for t in range {
+                let p = pos0 + t;
+                // SAFETY: each thread handles its own positions `t`, and
+                // cache entries of distinct positions do not overlap.
+                let (qt, kt, vt) = unsafe {
+                    (
+                        q.slice(t * q_dim..(t + 1) * q_dim),
+                        k.slice(t * kv_dim..(t + 1) * kv_dim),
+                        v.slice(t * kv_dim..(t + 1) * kv_dim),
+                    )
+                };
+                if uses_rope {
+                    let cs = &rope_cs[t * hd..(t + 1) * hd];
+                    rope(qt, cs);
+                    rope(kt, cs);
+                    if c.qk_norm {
+                        rmsnorm_heads(qt, hd, eps);
+                        rmsnorm_heads(kt, hd, eps);
+                    }
+                } else if c.attn_temperature.is_some() {
+                    let scale = c.attn_temperature_at(il, p);
+                    qt.iter_mut().for_each(|v| *v *= scale);
                 }
-                softmax(scores);
-                o.fill(0.0);
-                for (i, &a) in scores.iter().enumerate() {
-                    for (o, &v) in o.iter_mut().zip(&values[at(kvh, start + i)]) {
-                        *o += a * v;
+                for h in 0..c.n_head_kv {
+                    let (kh, vh) = (&kt[h * hd..(h + 1) * hd], &vt[h * hd..(h + 1) * hd]);
+                    let off = kv.offset(il, h, p);
+                    // SAFETY: as above.
+                    from_float(kh, unsafe { kc.slice(off..off + rb) });
+                    if kv.v_transposed {
+                        let conv = (t * c.n_head_kv + h) * rb;
+                        // SAFETY: as above (row `t` of the conversion buffer).
+                        let conv = unsafe { v_conv.slice(conv..conv + rb) };
+                        from_float(vh, conv);
+                        for (d, e) in conv.chunks_exact(es).enumerate() {
+                            let off = kv.vt_offset(il, h, d, p);
+                            // SAFETY: as above.
+                            unsafe { vc.slice(off..off + es) }.copy_from_slice(e);
+                        }
+                    } else {
+                        // SAFETY: as above.
+                        from_float(vh, unsafe { vc.slice(off..off + rb) });
                     }
                 }
             }
         };
-
-        let work = s.att_out[..n_items * hd]
-            .chunks_mut(per * hd)
-            .zip(s.attn.scores.chunks_mut(n_ctx))
-            .enumerate();
-        std::thread::scope(|scope| {
-            let attend = &attend;
-            let mut first = None;
-            for (ci, (out, scores)) in work {
-                if ci == 0 {
-                    first = Some((out, scores));
-                } else {
-                    scope.spawn(move || attend(ci, out, scores));
-                }
-            }
-            if let Some((out, scores)) = first {
-                attend(0, out, scores);
-            }
-        });
+        if n == 1 || s.pool.n_threads() == 1 {
+            rows(0..n);
+        } else {
+            let nt = s.pool.n_threads();
+            s.pool.run(&|i| rows(split(n, i, nt)))?;
+        }
+        Ok(())
     }
 
-    /// Llama 4 mixture of experts into `s.out`: the shared expert on every
-    /// token, plus for each token its top-k experts (by router logit), each
-    /// fed the token's input scaled by the sigmoid of its router logit.
-    fn moe(&self, s: &mut State, m: &MoeFfn, n: usize) {
+    /// Llama 4 mixture of experts, added to the residual stream: the shared
+    /// expert on every token, plus for each token its top-k experts (by
+    /// router logit), each fed the token's input scaled by the sigmoid of
+    /// its router logit. `s.mm` holds the normalized input (also in `s.xb`)
+    /// prepared for the router.
+    fn moe(&self, s: &mut State, m: &MoeFfn, n: usize) -> Result<(), ModelError> {
         let MoeFfn {
             moe,
             router,
@@ -304,9 +296,13 @@ impl Model<'_> {
         let bytes = self.bytes();
         let dim = self.config.dim;
         let (ne, ff) = (moe.n_expert, moe.n_ff_expert);
+        let lin = |w: Weight| Lin {
+            w: w.view(bytes),
+            bias: None,
+        };
 
         // Route: each token's top-k experts and their scores.
-        s.mm.run(router.view(bytes), None, &s.xb, n, &mut s.router);
+        s.mm.run(&mut s.pool, n, [Product::Set(lin(*router), &mut s.router)])?;
         s.routes.clear();
         for (t, logits) in s.router.chunks_exact(ne).take(n).enumerate() {
             let first = s.routes.len();
@@ -330,14 +326,17 @@ impl Model<'_> {
         }
 
         // The shared expert sees every token.
-        let shared = [
+        let (sg, su, sd) = (
             m.shared_gate.view(bytes),
             m.shared_up.view(bytes),
             m.shared_down.view(bytes),
-        ];
-        swiglu(
-            &mut s.mm, shared, &s.xb, n, &mut s.hb, &mut s.hb2, &mut s.out,
         );
+        let types = [sg.w.w.ty, su.w.w.ty];
+        s.mm.prepare(&mut s.pool, &s.xb, n, dim, None, &types)?;
+        s.mm.run(&mut s.pool, n, [Product::SwiGlu(sg, su, &mut s.hb)])?;
+        let sff = sg.w.w.rows;
+        s.mm.prepare(&mut s.pool, &s.hb, n, sff, None, &[sd.w.w.ty])?;
+        s.mm.run(&mut s.pool, n, [Product::Add(sd, &mut s.x)])?;
 
         // Each routed expert runs once on all of its tokens.
         for e in 0..ne {
@@ -354,54 +353,29 @@ impl Model<'_> {
             if m == 0 {
                 continue;
             }
-            let lin = |w: Weight| Lin {
-                w: w.view(bytes),
-                bias: None,
-            };
-            let mats = [
+            let (g, u, d) = (
                 lin(gate_exps.slice_rows(e * ff, ff)),
                 lin(up_exps.slice_rows(e * ff, ff)),
                 lin(down_exps.slice_rows(e * dim, dim)),
-            ];
-            swiglu(
-                &mut s.mm,
-                mats,
+            );
+            s.mm.prepare(
+                &mut s.pool,
                 &s.expert_in,
                 m,
-                &mut s.hb,
-                &mut s.hb2,
-                &mut s.expert_out,
-            );
+                dim,
+                None,
+                &[g.w.w.ty, u.w.w.ty],
+            )?;
+            s.mm.run(&mut s.pool, m, [Product::SwiGlu(g, u, &mut s.hb)])?;
+            s.mm.prepare(&mut s.pool, &s.hb, m, ff, None, &[d.w.w.ty])?;
+            s.mm.run(&mut s.pool, m, [Product::Set(d, &mut s.expert_out)])?;
             for (i, &t) in s.expert_tokens.iter().enumerate() {
                 add(
-                    &mut s.out[t * dim..(t + 1) * dim],
+                    &mut s.x[t * dim..(t + 1) * dim],
                     &s.expert_out[i * dim..(i + 1) * dim],
                 );
             }
         }
+        Ok(())
     }
-}
-
-/// RMS-normalizes the first `n` rows of `x` into `out`.
-fn rmsnorm_rows(out: &mut [f32], x: &[f32], n: usize, dim: usize, w: &[f32], eps: f32) {
-    for (o, x) in out.chunks_exact_mut(dim).zip(x.chunks_exact(dim)).take(n) {
-        rmsnorm(o, x, Some(w), eps);
-    }
-}
-
-/// `out = down(silu(gate(x)) · up(x))` for the first `n` rows of `x`.
-fn swiglu(
-    mm: &mut Matmul,
-    [gate, up, down]: [Lin<'_>; 3],
-    x: &[f32],
-    n: usize,
-    hb: &mut [f32],
-    hb2: &mut [f32],
-    out: &mut [f32],
-) {
-    let ff = gate.w.w.rows;
-    mm.run(gate.w, gate.bias, x, n, hb);
-    mm.run(up.w, up.bias, x, n, hb2);
-    silu_mul(&mut hb[..n * ff], &hb2[..n * ff]);
-    mm.run(down.w, down.bias, &hb[..n * ff], n, out);
 }

@@ -24,10 +24,13 @@
 //! # Ok::<(), spinel_runtime::model::ModelError>(())
 //! ```
 
+mod attention;
 mod config;
 mod error;
 mod forward;
+mod matmul;
 mod ops;
+mod pool;
 mod state;
 mod weights;
 
@@ -40,7 +43,7 @@ pub use error::ModelError;
 pub use state::{DEFAULT_MAX_CTX, KvType, State, StateOptions};
 
 use state::Layout;
-use weights::{Ffn, Weights};
+use weights::Weights;
 
 /// Where the file's bytes live.
 enum Source<'a> {
@@ -181,20 +184,6 @@ fn rope_inv_freq(c: &Config, factors: Option<&[f32]>) -> Vec<f32> {
 fn layout(config: &Config, w: &Weights) -> Layout {
     let all = w.matrices();
     let max_act_row_bytes = all.iter().map(|m| m.act_row_bytes).max().unwrap_or(0);
-    let max_rows = w
-        .layers
-        .iter()
-        .flat_map(|l| {
-            let ffn_rows = match &l.ffn {
-                Ffn::Dense { gate, down, .. } => [gate.w.rows, down.w.rows, 0],
-                Ffn::Moe(m) => [m.router.rows, m.shared_gate.w.rows, m.shared_down.w.rows],
-            };
-            [l.wq.w.rows, l.wk.w.rows, l.wo.w.rows]
-                .into_iter()
-                .chain(ffn_rows)
-        })
-        .max()
-        .unwrap_or(0);
     let max_ff = config
         .moe
         .as_ref()
@@ -202,7 +191,6 @@ fn layout(config: &Config, w: &Weights) -> Layout {
     Layout {
         config: config.clone(),
         max_act_row_bytes,
-        max_rows,
         max_ff,
     }
 }

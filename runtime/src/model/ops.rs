@@ -1,13 +1,5 @@
-//! The numeric building blocks of the forward pass: normalization, RoPE,
-//! softmax, SwiGLU and the quantized matrix product.
-
-use spinel_quant::Kernels;
-
-use super::weights::Mat;
-
-/// Below this many multiply-adds a matrix product runs on the calling thread:
-/// starting a scoped thread costs tens of microseconds, a few percent of this.
-pub(crate) const PAR_MIN_WORK: usize = 1 << 20;
+//! The elementwise building blocks of the forward pass: normalization,
+//! RoPE, softmax, SiLU, and an exponential that compilers vectorize.
 
 /// A byte buffer aligned to 8 bytes, so that rows of any block type (whose
 /// structs need at most 4) can be viewed in place by the kernels.
@@ -90,11 +82,12 @@ pub(crate) fn rope(x: &mut [f32], cs: &[f32]) {
 }
 
 /// Softmax in place (max subtracted; the sum accumulated in f64).
+#[cfg(test)]
 pub(crate) fn softmax(x: &mut [f32]) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let mut sum = 0.0f64;
     for v in x.iter_mut() {
-        *v = (*v - max).exp();
+        *v = exp(*v - max);
         sum += *v as f64;
     }
     let inv = (1.0 / sum) as f32;
@@ -103,128 +96,55 @@ pub(crate) fn softmax(x: &mut [f32]) {
     }
 }
 
-/// `a · b` in f32, in eight independent lanes (which compilers turn into
-/// SIMD on every target).
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a8.zip(b8) {
-        for i in 0..8 {
-            lanes[i] += x[i] * y[i];
-        }
+/// `e^x` in f32 within 2 ulp (Cephes' polynomial after a Cody–Waite range
+/// reduction), branch-free so that loops over it vectorize: `exp` from libm
+/// is a call per element, and SwiGLU and softmax take tens of millions per
+/// prompt. Saturates to +∞ above 88.72 and returns 0 below −87.33 (and for
+/// −∞).
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 · 2^23: adding it rounds to an integer (round to nearest even).
+    const ROUND: f32 = 12_582_912.0;
+    let xc = x.clamp(-87.33, 88.72);
+    let n = (xc * LOG2E + ROUND) - ROUND;
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let r2 = r * r;
+    let p = 1.987_569_1e-4f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 0.166_666_66;
+    let p = p * r + 0.5;
+    let e = p * r2 + r + 1.0;
+    // 2^n through the exponent bits; n is in [-126, 128], so split it in
+    // two halves that are both normal.
+    let ni = n as i32;
+    let h = ni >> 1;
+    let s1 = f32::from_bits(((h + 127) as u32) << 23);
+    let s2 = f32::from_bits(((ni - h + 127) as u32) << 23);
+    let y = e * s1 * s2;
+    if x < -87.33 {
+        0.0
+    } else if x > 88.72 {
+        f32::INFINITY
+    } else {
+        y
     }
-    lanes.iter().sum::<f32>() + tail
 }
 
-/// `gate = silu(gate) · up`, elementwise (the SwiGLU nonlinearity).
-pub(crate) fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
+/// `x · sigmoid(x)`.
+#[inline(always)]
+pub(crate) fn silu(x: f32) -> f32 {
+    x / (1.0 + exp(-x))
 }
 
 /// `x += y`, elementwise.
 pub(crate) fn add(x: &mut [f32], y: &[f32]) {
     for (a, &b) in x.iter_mut().zip(y) {
         *a += b;
-    }
-}
-
-/// Runs `f(i, chunk)` for every `chunk_len`-long chunk `i` of `data`, one
-/// scoped thread per chunk beyond the first (which runs on the caller).
-pub(crate) fn par_chunks<T: Send>(
-    data: &mut [T],
-    chunk_len: usize,
-    f: impl Fn(usize, &mut [T]) + Sync,
-) {
-    let mut chunks = data.chunks_mut(chunk_len.max(1)).enumerate();
-    let first = chunks.next();
-    std::thread::scope(|s| {
-        let f = &f;
-        for (i, c) in chunks {
-            s.spawn(move || f(i, c));
-        }
-        if let Some((i, c)) = first {
-            f(i, c);
-        }
-    });
-}
-
-/// Scratch for matrix products, allocated once per state.
-#[derive(Debug)]
-pub(crate) struct Matmul {
-    /// `(n_batch, act_row_bytes)`: the activation rows, converted to the
-    /// weight type's `vec_dot_type` (the widest such row of the model).
-    pub xq: AlignedBuf,
-    /// `(rows, n_batch)`: the product, weight-row major, while threads fill
-    /// disjoint row ranges (the widest non-vocabulary weight of the model).
-    pub t: Vec<f32>,
-    pub n_threads: usize,
-}
-
-impl Matmul {
-    /// `out[t][r] = W[r] · x[t] (+ b[r])` for the `n` rows of `x`.
-    ///
-    /// As in ggml, each activation row is converted once to the weight's
-    /// `vec_dot_type` (quantized to Q8 blocks for quantized weights), then
-    /// dotted with every weight row by the type's kernel. Weight rows are
-    /// split across threads; each weight row meets all `n` activation rows
-    /// while it is in cache.
-    pub fn run(&mut self, w: Mat<'_>, bias: Option<&[f32]>, x: &[f32], n: usize, out: &mut [f32]) {
-        let k = Kernels::get();
-        let (rows, cols, xrb) = (w.w.rows, w.w.cols, w.w.act_row_bytes);
-        let from_float = k.of(w.w.ty.vec_dot_type()).from_float;
-        let vec_dot = k.of(w.w.ty).vec_dot;
-
-        let xq = &mut self.xq.bytes_mut()[..n * xrb];
-        for (xr, qr) in x[..n * cols]
-            .chunks_exact(cols)
-            .zip(xq.chunks_exact_mut(xrb))
-        {
-            from_float(xr, qr);
-        }
-        let xq = &*xq;
-
-        let threads = if rows * n * cols < PAR_MIN_WORK {
-            1
-        } else {
-            self.n_threads.clamp(1, rows)
-        };
-        let rows_per = rows.div_ceil(threads);
-        let out = &mut out[..n * rows];
-        if n == 1 {
-            par_chunks(out, rows_per, |ci, chunk| {
-                for (i, o) in chunk.iter_mut().enumerate() {
-                    *o = vec_dot(w.row(ci * rows_per + i), xq);
-                }
-            });
-        } else {
-            let t = &mut self.t[..rows * n];
-            par_chunks(t, rows_per * n, |ci, chunk| {
-                for (i, orow) in chunk.chunks_exact_mut(n).enumerate() {
-                    let wr = w.row(ci * rows_per + i);
-                    for (o, xr) in orow.iter_mut().zip(xq.chunks_exact(xrb)) {
-                        *o = vec_dot(wr, xr);
-                    }
-                }
-            });
-            for (r, trow) in t.chunks_exact(n).enumerate() {
-                for (tok, &v) in trow.iter().enumerate() {
-                    out[tok * rows + r] = v;
-                }
-            }
-        }
-        if let Some(b) = bias {
-            for orow in out.chunks_exact_mut(rows) {
-                add(orow, b);
-            }
-        }
     }
 }
 
@@ -242,16 +162,6 @@ mod tests {
         for i in 0..4 {
             let want = x[i] / (ms + 1e-5).sqrt() * w[i];
             assert!((out[i] - want).abs() < 1e-6, "{i}: {} vs {want}", out[i]);
-        }
-    }
-
-    #[test]
-    fn dot_matches_f64() {
-        for n in [0usize, 1, 7, 8, 9, 64, 100] {
-            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
-            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
-            let want: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
-            assert!((dot(&a, &b) as f64 - want).abs() < 1e-5, "n {n}");
         }
     }
 
@@ -285,38 +195,20 @@ mod tests {
     }
 
     #[test]
-    fn matmul_matches_naive_for_every_thread_count() {
-        use crate::model::weights::tests_support::f32_matrix;
-        // Large enough that every thread count takes the threaded path.
-        let (rows, cols) = (1031, 1024);
-        assert!(rows * cols >= PAR_MIN_WORK);
-        let wdata: Vec<f32> = (0..rows * cols)
-            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0)
-            .collect();
-        let (w, bytes) = f32_matrix(&wdata, rows, cols);
-        let bias: Vec<f32> = (0..rows).map(|r| r as f32).collect();
-        for n in [1usize, 3] {
-            let x: Vec<f32> = (0..n * cols)
-                .map(|i| ((i * 5 % 11) as f32 - 5.0) / 4.0)
-                .collect();
-            for threads in [1, 2, 5] {
-                let mut mm = Matmul {
-                    xq: AlignedBuf::zeroed(n * cols * 4),
-                    t: vec![0.0; rows * n],
-                    n_threads: threads,
-                };
-                let mut out = vec![0.0; n * rows];
-                mm.run(w.view(bytes.bytes()), Some(&bias), &x, n, &mut out);
-                for t in 0..n {
-                    for r in 0..rows {
-                        let want: f32 = (0..cols)
-                            .map(|c| wdata[r * cols + c] * x[t * cols + c])
-                            .sum::<f32>()
-                            + bias[r];
-                        assert!((out[t * rows + r] - want).abs() < 1e-4, "n {n} t {t} r {r}");
-                    }
-                }
-            }
+    fn exp_is_within_two_ulp_and_saturates() {
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = (x as f64).exp();
+            let got = exp(x) as f64;
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.001_37;
         }
+        assert!(worst < 2.5e-7, "relative error {worst}");
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(-1000.0), 0.0);
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(1000.0), f32::INFINITY);
+        assert!((silu(-200.0)).abs() < 1e-30 && silu(200.0) == 200.0);
     }
 }

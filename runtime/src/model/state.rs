@@ -3,9 +3,12 @@
 
 use spinel_quant::GgmlType;
 
+use super::attention;
 use super::config::Config;
 use super::error::ModelError;
-use super::ops::{AlignedBuf, Matmul};
+use super::matmul::Matmul;
+use super::ops::AlignedBuf;
+use super::pool::Pool;
 
 /// The element type of the KV cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -72,8 +75,6 @@ pub(crate) struct Layout {
     pub config: Config,
     /// Widest activation row (bytes) in any weight's `vec_dot_type`.
     pub max_act_row_bytes: usize,
-    /// Most rows of any weight other than the vocabulary projections.
-    pub max_rows: usize,
     /// Widest feed-forward hidden layer (dense, expert or shared).
     pub max_ff: usize,
 }
@@ -83,32 +84,55 @@ pub(crate) struct Layout {
 pub(crate) struct KvCache {
     pub ty: GgmlType,
     pub n_ctx: usize,
-    n_head_kv: usize,
     /// Bytes of one head's key (or value) at one position.
     pub row_bytes: usize,
+    pub index: KvIndex,
     /// `(layer, kv_head, position, head_dim)` in `ty`.
     pub k: AlignedBuf,
-    /// `(layer, kv_head, position, head_dim)` in `ty`.
+    /// `(layer, kv_head, head_dim, position)` in `ty` (transposed, so that
+    /// attention reads `Vᵀ` rows) when `ty` has one element per block;
+    /// `(layer, kv_head, position, head_dim)` otherwise (Q8_0).
     pub v: AlignedBuf,
 }
 
-impl KvCache {
-    /// Byte offset of the row of `(layer, head, pos)`.
+/// Where things are in a [`KvCache`] (a copy, usable while the cache's
+/// bytes are borrowed for writing).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KvIndex {
+    n_ctx: usize,
+    n_head_kv: usize,
+    head_dim: usize,
+    row_bytes: usize,
+    elem_bytes: usize,
+    /// Whether `v` holds `Vᵀ`.
+    pub v_transposed: bool,
+}
+
+impl KvIndex {
+    /// Byte offset of the key row of `(layer, head, pos)` (and of the value
+    /// row where values are not transposed).
     pub fn offset(&self, layer: usize, head: usize, pos: usize) -> usize {
         ((layer * self.n_head_kv + head) * self.n_ctx + pos) * self.row_bytes
     }
+
+    /// Byte offset of element `(layer, head, d, pos)` of a transposed `v`.
+    pub fn vt_offset(&self, layer: usize, head: usize, d: usize, pos: usize) -> usize {
+        (((layer * self.n_head_kv + head) * self.head_dim + d) * self.n_ctx + pos) * self.elem_bytes
+    }
 }
 
-/// Scratch for attention.
-#[derive(Debug)]
-pub(crate) struct AttnScratch {
-    /// `(n_threads, n_ctx)`: attention scores of one query per thread.
-    pub scores: Vec<f32>,
-    /// `(n_head_kv, n_ctx, head_dim)`: one layer's keys converted to f32
-    /// (empty for an F32 cache, which is read in place).
-    pub k: Vec<f32>,
-    /// `(n_head_kv, n_ctx, head_dim)`: one layer's values converted to f32.
-    pub v: Vec<f32>,
+impl KvCache {
+    pub fn offset(&self, layer: usize, head: usize, pos: usize) -> usize {
+        self.index.offset(layer, head, pos)
+    }
+
+    pub fn v_transposed(&self) -> bool {
+        self.index.v_transposed
+    }
+
+    pub fn vt_offset(&self, layer: usize, head: usize, d: usize, pos: usize) -> usize {
+        self.index.vt_offset(layer, head, d, pos)
+    }
 }
 
 /// One token's choice of one expert.
@@ -146,14 +170,13 @@ pub struct State {
     pub(crate) v: Vec<f32>,
     /// `(n_batch, n_head · head_dim)`: attention output, heads side by side.
     pub(crate) att_out: Vec<f32>,
-    /// `(n_batch, dim)`: output of the attention projection or the FFN.
-    pub(crate) out: Vec<f32>,
-    /// `(n_batch, max_ff)`: SwiGLU gate.
+    /// `(n_batch, max_ff)`: the feed-forward hidden layer, `silu(gate) · up`.
     pub(crate) hb: Vec<f32>,
-    /// `(n_batch, max_ff)`: SwiGLU up.
-    pub(crate) hb2: Vec<f32>,
     /// `(n_batch, head_dim)`: RoPE (cos, sin) pairs per position.
     pub(crate) rope_cs: Vec<f32>,
+    /// `(n_batch, n_head_kv · head_dim)`: the batch's values in the cache
+    /// type, before they are scattered into a transposed cache.
+    pub(crate) v_conv: AlignedBuf,
     /// `(n_batch, n_expert)`: router logits.
     pub(crate) router: Vec<f32>,
     /// `(n_batch · n_expert_used)`: expert choices of the batch.
@@ -164,8 +187,11 @@ pub struct State {
     pub(crate) expert_in: Vec<f32>,
     /// `(n_batch, dim)`: outputs of one expert.
     pub(crate) expert_out: Vec<f32>,
-    pub(crate) attn: AttnScratch,
+    /// Per thread: attention's converted queries, scores and accumulators.
+    pub(crate) attn: AlignedBuf,
     pub(crate) mm: Matmul,
+    /// The threads every parallel step runs on.
+    pub(crate) pool: Pool,
     /// `(n_vocab)`: logits of the last position.
     pub(crate) logits: Vec<f32>,
 }
@@ -199,23 +225,24 @@ impl State {
             .filter(|&b| b <= isize::MAX as usize / 2)
             .ok_or(bad("context length", n_ctx))?;
 
-        // A cache that is not F32 is read through an f32 copy of one layer.
-        let kv_f32 = if ty == GgmlType::F32 {
-            0
-        } else {
-            c.n_head_kv * n_ctx * c.head_dim
-        };
+        let pool = Pool::new(n_threads).map_err(ModelError::Threads)?;
         let n_expert = c.moe.as_ref().map_or(0, |m| m.n_expert);
         let n_used = c.moe.as_ref().map_or(0, |m| m.n_expert_used);
-        let rows_t = layout.max_rows.max(1);
         let state = State {
             n_past: 0,
             n_batch,
             kv: KvCache {
                 ty,
                 n_ctx,
-                n_head_kv: c.n_head_kv,
                 row_bytes,
+                index: KvIndex {
+                    n_ctx,
+                    n_head_kv: c.n_head_kv,
+                    head_dim: c.head_dim,
+                    row_bytes,
+                    elem_bytes: ty.type_size(),
+                    v_transposed: ty.block_size() == 1,
+                },
                 k: AlignedBuf::zeroed(kv_bytes),
                 v: AlignedBuf::zeroed(kv_bytes),
             },
@@ -225,25 +252,17 @@ impl State {
             k: vec![0.0; n_batch * c.kv_dim()],
             v: vec![0.0; n_batch * c.kv_dim()],
             att_out: vec![0.0; n_batch * c.q_dim()],
-            out: vec![0.0; n_batch * c.dim],
             hb: vec![0.0; n_batch * layout.max_ff],
-            hb2: vec![0.0; n_batch * layout.max_ff],
             rope_cs: vec![0.0; n_batch * c.head_dim],
+            v_conv: AlignedBuf::zeroed(n_batch * c.n_head_kv * row_bytes),
             router: vec![0.0; n_batch * n_expert],
             routes: Vec::with_capacity(n_batch * n_used),
             expert_tokens: Vec::with_capacity(n_batch),
             expert_in: vec![0.0; if n_expert > 0 { n_batch * c.dim } else { 0 }],
             expert_out: vec![0.0; if n_expert > 0 { n_batch * c.dim } else { 0 }],
-            attn: AttnScratch {
-                scores: vec![0.0; n_threads * n_ctx],
-                k: vec![0.0; kv_f32],
-                v: vec![0.0; kv_f32],
-            },
-            mm: Matmul {
-                xq: AlignedBuf::zeroed(n_batch * layout.max_act_row_bytes),
-                t: vec![0.0; rows_t * n_batch],
-                n_threads,
-            },
+            attn: AlignedBuf::zeroed(n_threads * attention::scratch_bytes(c.head_dim)),
+            mm: Matmul::new(n_threads, n_batch, layout.max_act_row_bytes),
+            pool,
             logits: vec![0.0; c.n_vocab],
             layout,
         };
@@ -262,7 +281,7 @@ impl State {
 
     /// Threads used for matrix products and attention.
     pub fn n_threads(&self) -> usize {
-        self.mm.n_threads
+        self.pool.n_threads()
     }
 
     /// The KV cache element type.

@@ -1,0 +1,444 @@
+//! Matrix products of the forward pass, over the worker pool.
+//!
+//! As in ggml, an input is converted once to the `vec_dot_type` of the
+//! weights that read it (Q8 blocks for quantized weights; f32 stays f32):
+//! [`Matmul::prepare`] does that for all `n` rows of a batch, optionally
+//! RMS-normalizing each row first, and the products that follow (q, k and v;
+//! gate and up) share the converted rows.
+//!
+//! [`Matmul::run`] then computes one or more products of those rows. The
+//! weight rows of all of them are cut into tiles of a fixed size per matrix;
+//! pool threads take tiles from a shared counter (so a thread that a busy
+//! machine slows down takes fewer), and for each tile call
+//! [`Kernels::gemm`] on the tile's weight rows and the batch's activation
+//! rows, a block of rows at a time, then write the block out: stored, added
+//! to a residual stream, or passed through SwiGLU. The tiling depends only on
+//! the matrix and the batch size, never on the thread count, so every thread
+//! count computes bit-identical results.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use spinel_quant::{GgmlType, Kernels};
+
+use super::ops::{AlignedBuf, rmsnorm, silu};
+use super::pool::{JobPanicked, Pool, SharedMut, split};
+use super::weights::{Lin, Mat};
+
+/// Floats in one half of a thread's product tile (SwiGLU uses both halves).
+const TILE_FLOATS: usize = 16 * 1024;
+/// Weight bytes a tile aims for: a few L1-resident rows that meet every
+/// activation row of the batch while they are there.
+const TILE_BYTES: usize = 16 * 1024;
+/// At most this many tiles per matrix (bigger tiles for the vocabulary
+/// projection), so that taking a tile stays cheap next to computing it.
+const MAX_TILES: usize = 64;
+/// Products smaller than this many multiply-adds run on the calling thread.
+const MIN_PARALLEL_WORK: usize = 1 << 16;
+
+/// The current input, converted to one `vec_dot_type`: `(n, row_bytes)`.
+#[derive(Debug)]
+struct Converted {
+    ty: Option<GgmlType>,
+    n: usize,
+    cols: usize,
+    row_bytes: usize,
+    buf: AlignedBuf,
+}
+
+/// RMS normalization applied by [`Matmul::prepare`] before converting.
+pub(crate) struct Norm<'a> {
+    pub weight: &'a [f32],
+    pub eps: f32,
+    /// Receives the normalized rows in f32 (`(n, cols)`).
+    pub out: &'a mut [f32],
+}
+
+/// One product of [`Matmul::run`], `(n, rows)` outputs row-major.
+pub(crate) enum Product<'a> {
+    /// `out = W x (+ b)`.
+    Set(Lin<'a>, &'a mut [f32]),
+    /// `out += W x (+ b)`: a residual connection.
+    Add(Lin<'a>, &'a mut [f32]),
+    /// `out = silu(G x (+ bg)) · (U x (+ bu))`: SwiGLU's gate and up.
+    SwiGlu(Lin<'a>, Lin<'a>, &'a mut [f32]),
+}
+
+/// Scratch for matrix products, allocated once per state.
+#[derive(Debug)]
+pub(crate) struct Matmul {
+    /// The current input in up to two `vec_dot_type`s (q/k/v or gate/up
+    /// may be stored in types that read different activation types).
+    input: [Converted; 2],
+    /// `(n_threads, 2, TILE_FLOATS)`: each thread's product tiles.
+    tiles: Vec<f32>,
+}
+
+impl Matmul {
+    /// Scratch for `n_threads` threads and inputs of up to `n_batch` rows of
+    /// at most `max_row_bytes` converted bytes.
+    pub fn new(n_threads: usize, n_batch: usize, max_row_bytes: usize) -> Matmul {
+        let conv = || Converted {
+            ty: None,
+            n: 0,
+            cols: 0,
+            row_bytes: 0,
+            buf: AlignedBuf::zeroed(n_batch * max_row_bytes),
+        };
+        Matmul {
+            input: [conv(), conv()],
+            tiles: vec![0.0; n_threads * 2 * TILE_FLOATS],
+        }
+    }
+
+    /// Makes the first `n` rows of `x` (`cols` wide) the input of the next
+    /// products, converted for weights of the types `weights` (at most two
+    /// distinct `vec_dot_type`s). With `norm`, each row is RMS-normalized
+    /// into `norm.out` first and that is converted.
+    pub fn prepare(
+        &mut self,
+        pool: &mut Pool,
+        x: &[f32],
+        n: usize,
+        cols: usize,
+        norm: Option<Norm<'_>>,
+        weights: &[GgmlType],
+    ) -> Result<(), JobPanicked> {
+        let k = Kernels::get();
+        let mut types = [None; 2];
+        for t in weights.iter().map(|t| t.vec_dot_type()) {
+            if !types.contains(&Some(t)) {
+                let free = types.iter().position(Option::is_none);
+                types[free.expect("at most two activation types per input")] = Some(t);
+            }
+        }
+        for (c, ty) in self.input.iter_mut().zip(types) {
+            c.ty = ty;
+            c.n = n;
+            c.cols = cols;
+            c.row_bytes = ty.map_or(0, |t| t.row_size(cols).expect("whole blocks"));
+            assert!(n * c.row_bytes <= c.buf.bytes().len(), "input too large");
+        }
+        let [c0, c1] = &mut self.input;
+        let convs = [c0, c1].map(|c| {
+            let f = c.ty.map(|t| k.of(t).from_float);
+            (f, c.row_bytes, SharedMut::new(c.buf.bytes_mut()))
+        });
+        let (norm_w, eps, normed) = match norm {
+            Some(nm) => (Some(nm.weight), nm.eps, Some(SharedMut::new(nm.out))),
+            None => (None, 0.0, None),
+        };
+        let x = &x[..n * cols];
+        let rows = |range: std::ops::Range<usize>| {
+            for t in range {
+                let mut src = &x[t * cols..(t + 1) * cols];
+                if let Some(out) = &normed {
+                    // SAFETY: each thread handles its own rows.
+                    let o = unsafe { out.slice(t * cols..(t + 1) * cols) };
+                    rmsnorm(o, src, norm_w, eps);
+                    src = o;
+                }
+                for (f, rb, buf) in &convs {
+                    if let Some(f) = f {
+                        // SAFETY: as above.
+                        f(src, unsafe { buf.slice(t * rb..(t + 1) * rb) });
+                    }
+                }
+            }
+        };
+        if n == 1 || pool.n_threads() == 1 {
+            rows(0..n);
+            Ok(())
+        } else {
+            let nt = pool.n_threads();
+            pool.run(&|i| rows(split(n, i, nt)))
+        }
+    }
+
+    /// Computes `products` of the prepared input's `n` rows (see
+    /// [`Product`]). Each weight must read the prepared columns in a type
+    /// `prepare` was given.
+    pub fn run<const N: usize>(
+        &mut self,
+        pool: &mut Pool,
+        n: usize,
+        products: [Product<'_>; N],
+    ) -> Result<(), JobPanicked> {
+        let input = &self.input;
+        let tasks = products.map(|p| Task::new(p, input, n));
+        let work: usize = tasks.iter().map(|t| t.rows * t.w.w.cols).sum::<usize>() * n;
+        let n_tiles: usize = tasks.iter().map(|t| t.n_tiles).sum();
+        let tiles = SharedMut::new(&mut self.tiles);
+        let next = AtomicUsize::new(0);
+        let job = |thread: usize| {
+            // SAFETY: each thread uses its own part of the tile buffer.
+            let scratch =
+                unsafe { tiles.slice(thread * 2 * TILE_FLOATS..(thread + 1) * 2 * TILE_FLOATS) };
+            let (s1, s2) = scratch.split_at_mut(TILE_FLOATS);
+            loop {
+                let mut t = next.fetch_add(1, Ordering::Relaxed);
+                if t >= n_tiles {
+                    break;
+                }
+                let task = tasks
+                    .iter()
+                    .find(|task| {
+                        let here = t < task.n_tiles;
+                        if !here {
+                            t -= task.n_tiles;
+                        }
+                        here
+                    })
+                    .expect("tile in range");
+                task.tile(t, n, s1, s2);
+            }
+        };
+        if work < MIN_PARALLEL_WORK || pool.n_threads() == 1 {
+            job(0);
+            Ok(())
+        } else {
+            pool.run(&job)
+        }
+    }
+}
+
+/// A product being computed: its tiles and where they go.
+struct Task<'a> {
+    w: Mat<'a>,
+    bias: Option<&'a [f32]>,
+    /// SwiGLU's up projection.
+    up: Option<Lin<'a>>,
+    add: bool,
+    out: SharedMut<'a, f32>,
+    a: &'a Converted,
+    rows: usize,
+    tile_rows: usize,
+    n_tiles: usize,
+    /// Activation rows per kernel call.
+    block: usize,
+}
+
+impl<'a> Task<'a> {
+    fn new(p: Product<'a>, input: &'a [Converted; 2], n: usize) -> Task<'a> {
+        let (lin, up, add, out) = match p {
+            Product::Set(l, o) => (l, None, false, o),
+            Product::Add(l, o) => (l, None, true, o),
+            Product::SwiGlu(g, u, o) => (g, Some(u), false, o),
+        };
+        let w = lin.w.w;
+        let vt = w.ty.vec_dot_type();
+        let a = input
+            .iter()
+            .find(|c| c.ty == Some(vt))
+            .expect("input prepared for this weight type");
+        assert!(
+            a.n >= n && a.cols == w.cols,
+            "input does not fit the weight"
+        );
+        if let Some(u) = &up {
+            assert!(u.w.w.ty == w.ty && u.w.w.rows == w.rows && u.w.w.cols == w.cols);
+        }
+        assert!(out.len() >= n * w.rows, "output too small");
+        let tile_rows = TILE_BYTES
+            .div_ceil(w.row_bytes)
+            .max(w.rows.div_ceil(MAX_TILES))
+            .next_multiple_of(16)
+            .min(w.rows);
+        let block = (TILE_FLOATS / tile_rows).clamp(1, 64);
+        Task {
+            w: lin.w,
+            bias: lin.bias,
+            up,
+            add,
+            out: SharedMut::new(out),
+            a,
+            rows: w.rows,
+            tile_rows,
+            n_tiles: w.rows.div_ceil(tile_rows),
+            block,
+        }
+    }
+
+    /// Computes tile `t` (weight rows `t · tile_rows ..`) for all `n`
+    /// activation rows, using `s1` and `s2` as scratch.
+    fn tile(&self, t: usize, n: usize, s1: &mut [f32], s2: &mut [f32]) {
+        let k = Kernels::get();
+        let (ty, cols, rb) = (self.w.w.ty, self.w.w.cols, self.w.w.row_bytes);
+        let j0 = t * self.tile_rows;
+        let j1 = (j0 + self.tile_rows).min(self.rows);
+        let tn = j1 - j0;
+        let w = &self.w.data[j0 * rb..j1 * rb];
+        let up = self.up.map(|u| (&u.w.data[j0 * rb..j1 * rb], u.bias));
+        let arb = self.a.row_bytes;
+        let bias = self.bias.map(|b| &b[j0..j1]);
+        let mut i0 = 0;
+        while i0 < n {
+            let i1 = (i0 + self.block).min(n);
+            let a = &self.a.buf.bytes()[i0 * arb..i1 * arb];
+            let g = &mut s1[..(i1 - i0) * tn];
+            k.gemm(ty, cols, w, a, g, tn);
+            if let Some((uw, ub)) = up {
+                let u = &mut s2[..(i1 - i0) * tn];
+                k.gemm(ty, cols, uw, a, u, tn);
+                for i in i0..i1 {
+                    // SAFETY: this tile's columns of row `i` belong to no
+                    // other tile, and each tile is taken by one thread.
+                    let o = unsafe { self.out.slice(i * self.rows + j0..i * self.rows + j1) };
+                    let gr = &g[(i - i0) * tn..(i - i0 + 1) * tn];
+                    let ur = &u[(i - i0) * tn..(i - i0 + 1) * tn];
+                    swiglu_row(o, gr, ur, bias, ub.map(|b| &b[j0..j1]));
+                }
+            } else {
+                for i in i0..i1 {
+                    // SAFETY: as above.
+                    let o = unsafe { self.out.slice(i * self.rows + j0..i * self.rows + j1) };
+                    let r = &g[(i - i0) * tn..(i - i0 + 1) * tn];
+                    match (self.add, bias) {
+                        (false, None) => o.copy_from_slice(r),
+                        (false, Some(b)) => {
+                            for ((o, &r), &b) in o.iter_mut().zip(r).zip(b) {
+                                *o = r + b;
+                            }
+                        }
+                        (true, None) => {
+                            for (o, &r) in o.iter_mut().zip(r) {
+                                *o += r;
+                            }
+                        }
+                        (true, Some(b)) => {
+                            for ((o, &r), &b) in o.iter_mut().zip(r).zip(b) {
+                                *o += r + b;
+                            }
+                        }
+                    }
+                }
+            }
+            i0 = i1;
+        }
+    }
+}
+
+/// `o = silu(g + bg) · (u + bu)`.
+fn swiglu_row(o: &mut [f32], g: &[f32], u: &[f32], bg: Option<&[f32]>, bu: Option<&[f32]>) {
+    if bg.is_none() && bu.is_none() {
+        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+            *o = silu(g) * u;
+        }
+        return;
+    }
+    for (j, o) in o.iter_mut().enumerate() {
+        let g = g[j] + bg.map_or(0.0, |b| b[j]);
+        let u = u[j] + bu.map_or(0.0, |b| b[j]);
+        *o = silu(g) * u;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::weights::tests_support::f32_matrix;
+
+    #[test]
+    fn products_match_naive_for_every_thread_count() {
+        let (rows, cols) = (1031, 256);
+        let wdata: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0)
+            .collect();
+        let udata: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 5 % 17) as f32 - 8.0) / 16.0)
+            .collect();
+        let (w, wbytes) = f32_matrix(&wdata, rows, cols);
+        let (u, ubytes) = f32_matrix(&udata, rows, cols);
+        let bias: Vec<f32> = (0..rows).map(|r| r as f32 / 100.0).collect();
+        let naive = |m: &[f32], x: &[f32], r: usize| -> f32 {
+            (0..cols).map(|c| m[r * cols + c] * x[c]).sum()
+        };
+        for n in [1usize, 3, 70] {
+            let x: Vec<f32> = (0..n * cols)
+                .map(|i| ((i * 5 % 11) as f32 - 5.0) / 4.0)
+                .collect();
+            let mut results = Vec::new();
+            for threads in [1, 2, 5] {
+                let mut pool = Pool::new(threads).unwrap();
+                let mut mm = Matmul::new(threads, n, cols * 4);
+                mm.prepare(&mut pool, &x, n, cols, None, &[GgmlType::F32])
+                    .unwrap();
+                let mut set = vec![0.0; n * rows];
+                let mut add = vec![1.0; n * rows];
+                let mut glu = vec![0.0; n * rows];
+                let lin = |m, b| Lin { w: m, bias: b };
+                let (wv, uv) = (w.view(wbytes.bytes()), u.view(ubytes.bytes()));
+                mm.run(
+                    &mut pool,
+                    n,
+                    [
+                        Product::Set(lin(wv, Some(&bias)), &mut set),
+                        Product::Add(lin(wv, None), &mut add),
+                        Product::SwiGlu(lin(wv, None), lin(uv, Some(&bias)), &mut glu),
+                    ],
+                )
+                .unwrap();
+                for t in 0..n {
+                    let xt = &x[t * cols..(t + 1) * cols];
+                    for (r, &b) in bias.iter().enumerate() {
+                        let (g, up) = (naive(&wdata, xt, r), naive(&udata, xt, r));
+                        let i = t * rows + r;
+                        assert!((set[i] - (g + b)).abs() < 1e-3, "set n {n} t {t} r {r}");
+                        assert!((add[i] - (1.0 + g)).abs() < 1e-3, "add n {n} t {t} r {r}");
+                        let want = g / (1.0 + (-g).exp()) * (up + b);
+                        assert!(
+                            (glu[i] - want).abs() < 1e-3 * want.abs().max(1.0),
+                            "swiglu n {n} t {t} r {r}: {} vs {want}",
+                            glu[i]
+                        );
+                    }
+                }
+                results.push((set, add, glu));
+            }
+            // Same tiles whatever the thread count: identical bits.
+            assert!(results.windows(2).all(|w| w[0] == w[1]), "n {n}");
+        }
+    }
+
+    #[test]
+    fn prepare_normalizes_and_converts_every_row() {
+        let (n, cols) = (37, 64);
+        let x: Vec<f32> = (0..n * cols).map(|i| (i as f32 * 0.37).sin()).collect();
+        let w: Vec<f32> = (0..cols).map(|i| 1.0 + i as f32 / 64.0).collect();
+        for threads in [1, 3] {
+            let mut pool = Pool::new(threads).unwrap();
+            let mut mm = Matmul::new(
+                threads,
+                n,
+                GgmlType::Q8_0.row_size(cols).unwrap().max(cols * 4),
+            );
+            let mut xb = vec![0.0; n * cols];
+            let norm = Norm {
+                weight: &w,
+                eps: 1e-5,
+                out: &mut xb,
+            };
+            mm.prepare(
+                &mut pool,
+                &x,
+                n,
+                cols,
+                Some(norm),
+                &[GgmlType::Q4_0, GgmlType::F32],
+            )
+            .unwrap();
+            let mut want = vec![0.0; cols];
+            for t in 0..n {
+                rmsnorm(&mut want, &x[t * cols..(t + 1) * cols], Some(&w), 1e-5);
+                assert_eq!(&xb[t * cols..(t + 1) * cols], &want[..]);
+                let f32_rows = mm
+                    .input
+                    .iter()
+                    .find(|c| c.ty == Some(GgmlType::F32))
+                    .unwrap();
+                let got: &[f32] =
+                    bytemuck::cast_slice(&f32_rows.buf.bytes()[t * cols * 4..(t + 1) * cols * 4]);
+                assert_eq!(got, &want[..]);
+            }
+        }
+    }
+}

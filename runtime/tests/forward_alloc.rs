@@ -1,0 +1,91 @@
+//! After a state is created, generating a token allocates nothing, on any of
+//! the state's threads: every buffer lives in the state. Counted with a
+//! global allocator that tallies allocations of every thread.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use spinel_runtime::model::{KvType, Model, StateOptions};
+
+struct Counting;
+
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator; the counter is an atomic.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn smollm2() -> PathBuf {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    env("SPINEL_TEST_MODEL").unwrap_or_else(|| {
+        let cache = env("SPINEL_CACHE").unwrap_or_else(|| {
+            env("XDG_CACHE_HOME")
+                .or_else(|| env("HOME").map(|h| h.join(".cache")))
+                .expect("HOME is not set")
+                .join("spinel")
+        });
+        cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    })
+}
+
+#[test]
+fn generating_a_token_allocates_nothing() {
+    let path = smollm2();
+    assert!(
+        path.is_file(),
+        "the SmolLM2 test model is missing at {}",
+        path.display()
+    );
+    let model = Model::load(&path).unwrap();
+    for threads in [1, 2] {
+        let opts = StateOptions {
+            n_ctx: Some(256),
+            kv_type: KvType::F16,
+            n_threads: Some(threads),
+            ..StateOptions::default()
+        };
+        let mut state = model.new_state_with(&opts).unwrap();
+        let prompt: Vec<u32> = (0..40u32).map(|i| i * 101 + 7).collect();
+        model.forward(&mut state, &prompt).unwrap();
+        let before = ALLOCS.load(Ordering::SeqCst);
+        let mut token = 1u32;
+        for _ in 0..32 {
+            let logits = model.forward(&mut state, &[token]).unwrap();
+            token = (logits
+                .iter()
+                .map(|v| v.to_bits())
+                .fold(0u32, u32::wrapping_add))
+                % 49_152;
+        }
+        // A prompt batch allocates nothing either.
+        model.forward(&mut state, &prompt[..20]).unwrap();
+        let after = ALLOCS.load(Ordering::SeqCst);
+        assert_eq!(
+            after - before,
+            0,
+            "{threads} threads: allocations while generating"
+        );
+    }
+}

@@ -1,0 +1,66 @@
+//! The forward pass on 1, 2 and 3 threads gives bit-identical logits for the
+//! real SmolLM2 model: matrix products and attention are cut into tiles that
+//! depend on the batch, never on the thread count, and every sum is taken
+//! in the same order whichever thread computes it.
+
+use std::path::PathBuf;
+
+use spinel_runtime::model::{KvType, Model, StateOptions};
+
+/// `$SPINEL_TEST_MODEL`, else where scripts/fetch-model.sh puts the model.
+fn smollm2() -> PathBuf {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let path = env("SPINEL_TEST_MODEL").unwrap_or_else(|| {
+        let cache = env("SPINEL_CACHE").unwrap_or_else(|| {
+            env("XDG_CACHE_HOME")
+                .or_else(|| env("HOME").map(|h| h.join(".cache")))
+                .expect("HOME is not set")
+                .join("spinel")
+        });
+        cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    });
+    assert!(
+        path.is_file(),
+        "the SmolLM2 test model is missing at {}: run scripts/fetch-model.sh",
+        path.display()
+    );
+    path
+}
+
+/// Logits after a 75-token prompt (in batches of 32, so the last batch is
+/// partial) and after each of 6 single tokens.
+fn run(model: &Model<'_>, kv_type: KvType, n_threads: usize) -> Vec<Vec<f32>> {
+    let opts = StateOptions {
+        n_ctx: Some(128),
+        kv_type,
+        n_batch: 32,
+        n_threads: Some(n_threads),
+    };
+    let mut state = model.new_state_with(&opts).unwrap();
+    assert_eq!(state.n_threads(), n_threads);
+    let prompt: Vec<u32> = (0..75u32).map(|i| (i * 7919 + 13) % 49_152).collect();
+    let mut out = vec![model.forward(&mut state, &prompt).unwrap().to_vec()];
+    for i in 0..6u32 {
+        out.push(model.forward(&mut state, &[i * 1000 + 5]).unwrap().to_vec());
+    }
+    out
+}
+
+#[test]
+fn thread_counts_give_identical_logits() {
+    let model = Model::load(smollm2()).unwrap();
+    for kv in [KvType::F16, KvType::F32, KvType::Q8_0] {
+        let one = run(&model, kv, 1);
+        for t in [2, 3] {
+            let many = run(&model, kv, t);
+            for (step, (a, b)) in one.iter().zip(&many).enumerate() {
+                let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{kv:?}: {t} threads differ from 1 at step {step}");
+            }
+        }
+    }
+}
