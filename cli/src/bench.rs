@@ -1,0 +1,353 @@
+//! `spinel bench`: llama.cpp's `llama-bench` measurements, so the two can be
+//! compared line by line.
+//!
+//! * `pp<P>`: a prompt of `P` random token ids pushed through the model in
+//!   one batch, from an empty cache (the logits of the last position only).
+//! * `tg<N>`: `N` tokens generated one at a time from an empty cache, each a
+//!   forward pass over one random token id (with the full vocabulary
+//!   projection, as in generation; no sampling).
+//!
+//! Each test runs once to warm up, then `-r` times; the speed of each run
+//! is tokens / seconds, reported as mean ± sample standard deviation. The
+//! table has llama-bench's columns; `--json` prints an array of objects
+//! with llama-bench's `-o json` field names.
+
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use spinel_runtime::model::{KvType, Model, StateOptions};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// GGUF model files (comma-separated or repeated).
+    #[arg(short = 'm', long = "model", required = true, value_delimiter = ',')]
+    pub models: Vec<PathBuf>,
+    /// Prompt lengths to test (0: no prompt test).
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        value_delimiter = ',',
+        default_value = "512"
+    )]
+    pub n_prompt: Vec<usize>,
+    /// Generation lengths to test (0: no generation test).
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        value_delimiter = ',',
+        default_value = "128"
+    )]
+    pub n_gen: Vec<usize>,
+    /// Thread counts to test (default: all cores).
+    #[arg(short = 't', long = "threads", value_delimiter = ',')]
+    pub threads: Vec<usize>,
+    /// Timed runs per test (after one warm-up run).
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+    pub repetitions: usize,
+    /// Most prompt tokens per forward batch.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    pub n_batch: usize,
+    /// KV cache type: f32, f16 (llama-bench's default) or q8_0.
+    #[arg(long = "kv", default_value = "f16")]
+    pub kv: String,
+    /// Print a JSON array (llama-bench's `-o json` fields) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One line of results.
+struct Record {
+    model_filename: String,
+    model_type: String,
+    model_size: u64,
+    model_n_params: u64,
+    n_threads: usize,
+    n_prompt: usize,
+    n_gen: usize,
+    test_time: String,
+    samples_ns: Vec<u64>,
+}
+
+impl Record {
+    fn tokens(&self) -> usize {
+        self.n_prompt + self.n_gen
+    }
+
+    fn samples_ts(&self) -> Vec<f64> {
+        self.samples_ns
+            .iter()
+            .map(|&ns| self.tokens() as f64 * 1e9 / ns as f64)
+            .collect()
+    }
+
+    fn test_name(&self) -> String {
+        if self.n_gen == 0 {
+            format!("pp{}", self.n_prompt)
+        } else {
+            format!("tg{}", self.n_gen)
+        }
+    }
+}
+
+/// Mean and sample standard deviation (0 for fewer than two samples).
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    if v.is_empty() {
+        return (0.0, 0.0);
+    }
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    if v.len() < 2 {
+        return (mean, 0.0);
+    }
+    let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (v.len() - 1) as f64;
+    (mean, var.sqrt())
+}
+
+pub fn run(args: &Args) -> Result<(), String> {
+    let kv_type =
+        KvType::from_name(&args.kv).ok_or_else(|| format!("unknown KV type {:?}", args.kv))?;
+    if args.repetitions == 0 {
+        return Err("-r must be at least 1".into());
+    }
+    let threads = if args.threads.is_empty() {
+        vec![std::thread::available_parallelism().map_or(1, |n| n.get())]
+    } else {
+        args.threads.clone()
+    };
+    if threads.contains(&0) {
+        return Err("-t: thread counts start at 1".into());
+    }
+    let mut records = Vec::new();
+    let mut printed_header = false;
+    for path in &args.models {
+        let model = Model::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let (model_size, model_n_params) = size_and_params(&model);
+        let model_type = model_type(&model, model_n_params);
+        for &t in &threads {
+            let tests = args
+                .n_prompt
+                .iter()
+                .filter(|&&p| p > 0)
+                .map(|&p| (p, 0))
+                .chain(args.n_gen.iter().filter(|&&n| n > 0).map(|&n| (0, n)));
+            for (p, n) in tests {
+                let opts = StateOptions {
+                    n_ctx: Some(p + n),
+                    kv_type,
+                    n_batch: args.n_batch,
+                    n_threads: Some(t),
+                };
+                let samples_ns = measure(&model, &opts, p, n, args.repetitions)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let rec = Record {
+                    model_filename: path.display().to_string(),
+                    model_type: model_type.clone(),
+                    model_size,
+                    model_n_params,
+                    n_threads: t,
+                    n_prompt: p,
+                    n_gen: n,
+                    test_time: utc_now(),
+                    samples_ns,
+                };
+                if !args.json {
+                    if !printed_header {
+                        print_header();
+                        printed_header = true;
+                    }
+                    print_row(&rec);
+                }
+                records.push(rec);
+            }
+        }
+    }
+    if args.json {
+        let kv = args.kv.to_ascii_lowercase();
+        let arr: Vec<_> = records
+            .iter()
+            .map(|r| {
+                let ts = r.samples_ts();
+                let (avg_ts, stddev_ts) = mean_sd(&ts);
+                let ns: Vec<f64> = r.samples_ns.iter().map(|&v| v as f64).collect();
+                let (avg_ns, stddev_ns) = mean_sd(&ns);
+                json!({
+                    "build_commit": env!("CARGO_PKG_VERSION"),
+                    "cpu_info": spinel_quant::Kernels::get().isa().name(),
+                    "backends": "CPU",
+                    "model_filename": r.model_filename,
+                    "model_type": r.model_type,
+                    "model_size": r.model_size,
+                    "model_n_params": r.model_n_params,
+                    "n_batch": args.n_batch,
+                    "n_ubatch": args.n_batch,
+                    "n_threads": r.n_threads,
+                    "type_k": kv,
+                    "type_v": kv,
+                    "n_prompt": r.n_prompt,
+                    "n_gen": r.n_gen,
+                    "n_depth": 0,
+                    "test_time": r.test_time,
+                    "avg_ns": avg_ns.round() as u64,
+                    "stddev_ns": stddev_ns.round() as u64,
+                    "avg_ts": avg_ts,
+                    "stddev_ts": stddev_ts,
+                    "samples_ns": r.samples_ns,
+                    "samples_ts": ts,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&arr).map_err(|e| e.to_string())?
+        );
+    }
+    Ok(())
+}
+
+/// Runs one test: a warm-up, then `reps` timed runs; nanoseconds per run.
+fn measure(
+    model: &Model<'_>,
+    opts: &StateOptions,
+    n_prompt: usize,
+    n_gen: usize,
+    reps: usize,
+) -> Result<Vec<u64>, String> {
+    let mut state = model.new_state_with(opts).map_err(|e| e.to_string())?;
+    let n_vocab = model.config().n_vocab as u64;
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    let mut random_token = move || {
+        // xorshift64*
+        rng ^= rng >> 12;
+        rng ^= rng << 25;
+        rng ^= rng >> 27;
+        (rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) % n_vocab
+    };
+    let mut prompt = vec![0u32; n_prompt];
+    let mut once = |state: &mut spinel_runtime::model::State| -> Result<u64, String> {
+        state.reset();
+        for t in prompt.iter_mut() {
+            *t = random_token() as u32;
+        }
+        let start = Instant::now();
+        if n_prompt > 0 {
+            model.forward(state, &prompt).map_err(|e| e.to_string())?;
+        }
+        let mut token = random_token() as u32;
+        for _ in 0..n_gen {
+            model.forward(state, &[token]).map_err(|e| e.to_string())?;
+            token = random_token() as u32;
+        }
+        Ok(start.elapsed().as_nanos() as u64)
+    };
+    once(&mut state)?;
+    (0..reps).map(|_| once(&mut state)).collect()
+}
+
+/// Bytes and element count of every tensor in the file (llama.cpp's model
+/// size and parameter count).
+fn size_and_params(model: &Model<'_>) -> (u64, u64) {
+    let tensors = model.gguf().tensors();
+    (
+        tensors.iter().map(|t| t.size() as u64).sum(),
+        tensors.iter().map(|t| t.n_elements()).sum(),
+    )
+}
+
+/// `llama 135M Q4_0`: architecture, parameter count, file type.
+fn model_type(model: &Model<'_>, n_params: u64) -> String {
+    let arch = model.config().arch.name();
+    let size = if n_params >= 1_000_000_000 {
+        format!("{:.1}B", n_params as f64 / 1e9)
+    } else {
+        format!("{}M", (n_params as f64 / 1e6).round())
+    };
+    let ftype = model
+        .gguf()
+        .metadata()
+        .get_uint("general.file_type")
+        .ok()
+        .map_or_else(|| "?".to_string(), ftype_name);
+    format!("{arch} {size} {ftype}")
+}
+
+/// llama.cpp's name of a `general.file_type` value.
+fn ftype_name(t: u64) -> String {
+    match t {
+        0 => "all F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        7 => "Q8_0",
+        8 => "Q5_0",
+        9 => "Q5_1",
+        10 => "Q2_K - Medium",
+        11 => "Q3_K - Small",
+        12 => "Q3_K - Medium",
+        13 => "Q3_K - Large",
+        14 => "Q4_K - Small",
+        15 => "Q4_K - Medium",
+        16 => "Q5_K - Small",
+        17 => "Q5_K - Medium",
+        18 => "Q6_K",
+        21 => "Q2_K - Small",
+        32 => "BF16",
+        _ => return format!("ftype {t}"),
+    }
+    .to_string()
+}
+
+fn print_header() {
+    println!(
+        "| {:<30} | {:>10} | {:>10} | {:<10} | {:>7} | {:>15} | {:>20} |",
+        "model", "size", "params", "backend", "threads", "test", "t/s"
+    );
+    let (l, r) = (|w: usize| "-".repeat(w), |w: usize| "-".repeat(w - 1) + ":");
+    println!(
+        "| {} | {} | {} | {} | {} | {} | {} |",
+        l(30),
+        r(10),
+        r(10),
+        l(10),
+        r(7),
+        r(15),
+        r(20)
+    );
+}
+
+fn print_row(r: &Record) {
+    let (avg, sd) = mean_sd(&r.samples_ts());
+    println!(
+        "| {:<30} | {:>10} | {:>10} | {:<10} | {:>7} | {:>15} | {:>20} |",
+        r.model_type,
+        format!("{:.2} MiB", r.model_size as f64 / (1024.0 * 1024.0)),
+        format!("{:.2} M", r.model_n_params as f64 / 1e6),
+        "CPU",
+        r.n_threads,
+        r.test_name(),
+        format!("{avg:.2} ± {sd:.2}"),
+    );
+}
+
+/// The current time as `YYYY-MM-DDTHH:MM:SSZ`.
+fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
