@@ -308,7 +308,7 @@ fn check_gemm(ty: GgmlType, k: usize, m: usize, n: usize, row: &dyn Fn(usize) ->
                 let got = out[i * ldo + j];
                 let tol = dot_tolerance(ty, &wd[j], &ad[i], want);
                 assert!(
-                    (got - want).abs() <= tol || (got.is_nan() && want.is_nan()),
+                    got == want || (got - want).abs() <= tol || (got.is_nan() && want.is_nan()),
                     "{} {ty} gemm k={k} m={m} n={n} [{i},{j}]: {got} vs vec_dot {want} (tol {tol:e})",
                     kern.isa()
                 );

@@ -36,8 +36,8 @@
 //! Every result is the same integer block sums as `vec_dot` times the same
 //! scales; only the f32 rounding and summation order differ.
 //!
-//! Below `MIN_M` activation rows the repacking does not pay and the kernels
-//! loop over `vec_dot` instead.
+//! For a single activation row (two for Q6_K, whose `vec_dot` is the most
+//! efficient) the repacking does not pay and the kernels loop over `vec_dot`.
 
 /// The ISA-independent part: panels, micro-kernels, drivers. The caller
 /// defines the width-specific helpers (`P`, `V`, `F`, loads, stores,
@@ -59,8 +59,6 @@ macro_rules! gemm_kernels {
         const MB: usize = 128;
         /// Four-byte chunks per panel.
         const NCH: usize = KC / 4;
-        /// Fewer activation rows than this loop over `vec_dot`.
-        const MIN_M: usize = 2;
 
         /// `P` weight rows × `KC` elements, interleaved (see the module docs).
         #[repr(C, align(64))]
@@ -229,11 +227,16 @@ macro_rules! gemm_kernels {
             stf(d, f16v(&core::array::from_fn(|r| x[r].d.to_bits())));
         }
 
-        /// `(d, −OFF·Σq)` of a Q8_0 activation block.
+        /// `(d, −OFF·Σq)` of a Q8_0 activation block: `Σ (q + 128)` by
+        /// `vpsadbw` (sums of absolute differences from zero, in four u64
+        /// lanes), less `32·128`.
         #[inline]
         #[target_feature(enable = $feat)]
         fn info_q8_0<const OFF: i32>(b: &BlockQ8_0) -> (f32, u32) {
-            let sum: i32 = b.qs.iter().map(|&q| i32::from(q)).sum();
+            let v = _mm256_xor_si256(ld256(&b.qs), _mm256_set1_epi8(-128));
+            let s = _mm256_sad_epu8(v, _mm256_setzero_si256());
+            let s = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+            let sum = _mm_cvtsi128_si32(_mm_add_epi64(s, _mm_unpackhi_epi64(s, s))) - 32 * 128;
             (f16_to_f32(b.d), sum.wrapping_mul(-OFF) as u32)
         }
 
@@ -544,6 +547,9 @@ macro_rules! gemm_kernels {
         /// the micro-kernels over the pass.
         macro_rules! legacy_gemm {
             ($name:ident, $w:ty, $a:ty, $repack:ident, $info:expr, $min:expr, $signed:expr, $flush:expr, $dot:path) => {
+                legacy_gemm!($name, $w, $a, $repack, $info, $min, $signed, $flush, $dot, 2);
+            };
+            ($name:ident, $w:ty, $a:ty, $repack:ident, $info:expr, $min:expr, $signed:expr, $flush:expr, $dot:path, $min_m:expr) => {
                 /// Register-blocked gemm (see the module docs of `gemm.rs`).
                 ///
                 /// # Safety
@@ -557,7 +563,7 @@ macro_rules! gemm_kernels {
                     let w = bytemuck::cast_slice::<u8, $w>(w);
                     let a = bytemuck::cast_slice::<u8, $a>(a);
                     let (n, m) = (w.len() / nb, a.len() / nb);
-                    if m < MIN_M || n == 0 {
+                    if m < $min_m || n == 0 {
                         for (i, ar) in a.chunks_exact(nb).enumerate() {
                             for (j, wr) in w.chunks_exact(nb).enumerate() {
                                 // SAFETY: same features as this function.
@@ -648,7 +654,7 @@ macro_rules! gemm_kernels {
         /// The K-quant drivers: as `legacy_gemm!`, without activation info
         /// (Q8_K has its `d` as f32 and its block sums).
         macro_rules! k_gemm {
-            ($name:ident, $w:ty, $repack:ident, $g:expr, $flush:expr, $dot:path) => {
+            ($name:ident, $w:ty, $repack:ident, $g:expr, $flush:expr, $dot:path, $min_m:expr) => {
                 /// Register-blocked gemm (see the module docs of `gemm.rs`).
                 ///
                 /// # Safety
@@ -662,7 +668,7 @@ macro_rules! gemm_kernels {
                     let w = bytemuck::cast_slice::<u8, $w>(w);
                     let a = bytemuck::cast_slice::<u8, BlockQ8K>(a);
                     let (n, m) = (w.len() / nb, a.len() / nb);
-                    if m < MIN_M || n == 0 {
+                    if m < $min_m || n == 0 {
                         for (i, ar) in a.chunks_exact(nb).enumerate() {
                             for (j, wr) in w.chunks_exact(nb).enumerate() {
                                 // SAFETY: same features as this function.
@@ -705,9 +711,9 @@ macro_rules! gemm_kernels {
             };
         }
 
-        k_gemm!(gemm_q4_k, BlockQ4K, repack_q4_k, 32, 8, super::vec_dot_q4_k_q8_k);
-        k_gemm!(gemm_q5_k, BlockQ5K, repack_q5_k, 32, 4, super::vec_dot_q5_k_q8_k);
-        k_gemm!(gemm_q6_k, BlockQ6K, repack_q6_k, 16, 2, super::vec_dot_q6_k_q8_k);
+        k_gemm!(gemm_q4_k, BlockQ4K, repack_q4_k, 32, 8, super::vec_dot_q4_k_q8_k, 2);
+        k_gemm!(gemm_q5_k, BlockQ5K, repack_q5_k, 32, 4, super::vec_dot_q5_k_q8_k, 2);
+        k_gemm!(gemm_q6_k, BlockQ6K, repack_q6_k, 16, 2, super::vec_dot_q6_k_q8_k, 3);
     };
 }
 

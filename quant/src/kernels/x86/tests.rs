@@ -311,3 +311,183 @@ fn kernels_are_exact_on_any_activation_byte() {
         }
     }
 }
+
+/// The types with register-blocked gemm kernels on every x86 level.
+const GEMM_TYPES: [GgmlType; 8] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+];
+
+/// `1e-5 ·` the size of the terms a dot product of the dequantized rows may
+/// round: per block `Σ|w·a|` plus `2 · max|w| · Σ|a|` (scale and min/offset
+/// terms that may cancel), as in `quant/tests/kernels.rs`.
+fn gemm_tol(ty: GgmlType, wd: &[f32], ad: &[f32], want: f32) -> f32 {
+    let bs = ty.block_size();
+    let mag: f64 = wd
+        .chunks(bs)
+        .zip(ad.chunks(bs))
+        .map(|(wb, ab)| {
+            let wmax = wb.iter().fold(0f64, |m, &v| m.max(f64::from(v).abs()));
+            let asum: f64 = ab.iter().map(|&v| f64::from(v).abs()).sum();
+            let direct: f64 = wb
+                .iter()
+                .zip(ab)
+                .map(|(&p, &q)| (f64::from(p) * f64::from(q)).abs())
+                .sum();
+            direct + 2.0 * wmax * asum
+        })
+        .sum();
+    (1e-5 * mag + 1e-6 * f64::from(want.abs()) + f64::from(f32::MIN_POSITIVE)) as f32
+}
+
+/// Runs every x86 table's gemm on the first `m` of `a` and `n` of `w` (rows
+/// of `k` elements) for every `m`, `n` in `1..=rows`, against `vec_dot`.
+fn check_gemm_shapes(ty: GgmlType, k: usize, w: &[u8], a: &[u8], max_m: usize, max_n: usize) {
+    let adt = ty.vec_dot_type();
+    let (wrow, arow) = (ty.row_size(k).unwrap(), adt.row_size(k).unwrap());
+    let wd: Vec<Vec<f32>> = w.chunks(wrow).map(|q| dequantize(ty, q, k)).collect();
+    let ad: Vec<Vec<f32>> = a.chunks(arow).map(|q| dequantize(adt, q, k)).collect();
+    for kern in tables() {
+        let dot = kern.of(ty).vec_dot;
+        let want: Vec<Vec<f32>> = (0..max_m)
+            .map(|i| {
+                (0..max_n)
+                    .map(|j| dot(&w[j * wrow..(j + 1) * wrow], &a[i * arow..(i + 1) * arow]))
+                    .collect()
+            })
+            .collect();
+        let tol: Vec<Vec<f32>> = (0..max_m)
+            .map(|i| {
+                (0..max_n)
+                    .map(|j| gemm_tol(ty, &wd[j], &ad[i], want[i][j]))
+                    .collect()
+            })
+            .collect();
+        for m in 1..=max_m {
+            for n in 1..=max_n {
+                let ldo = n + 2;
+                let mut out = vec![f32::NAN; m * ldo];
+                kern.gemm(ty, k, &w[..n * wrow], &a[..m * arow], &mut out, ldo);
+                for i in 0..m {
+                    for j in 0..n {
+                        let (got, want) = (out[i * ldo + j], want[i][j]);
+                        assert!(
+                            got == want
+                                || (got - want).abs() <= tol[i][j]
+                                || (got.is_nan() && want.is_nan()),
+                            "{} {ty} gemm k={k} m={m} n={n} [{i},{j}]: {got} vs vec_dot {want}",
+                            kern.isa()
+                        );
+                    }
+                    assert!(out[i * ldo + n..(i + 1) * ldo].iter().all(|v| v.is_nan()));
+                }
+            }
+        }
+    }
+}
+
+/// Every gemm kernel for `m`, `n` of 1..=17 (every tile remainder, partial
+/// panels) and block counts that leave tails in the chunks of `k`, on the
+/// edge-case rows (outliers, zeros, tiny, near the f16 limit, ties).
+#[test]
+fn gemm_matches_vec_dot_for_every_shape() {
+    for ty in GEMM_TYPES {
+        let bs = ty.block_size();
+        for nb in if bs == 256 { [1, 3] } else { [1, 17] } {
+            let k = nb * bs;
+            let row = |seed: usize| rows(k, seed as u64)[seed % 7].clone();
+            let w: Vec<u8> = (0..17)
+                .flat_map(|j| quantize(scalar(), ty, &row(j)))
+                .collect();
+            let a: Vec<u8> = (0..17)
+                .flat_map(|i| quantize(scalar(), ty.vec_dot_type(), &row(100 + i)))
+                .collect();
+            check_gemm_shapes(ty, k, &w, &a, 17, 17);
+        }
+    }
+}
+
+/// Raw activation blocks with every byte value, −128 included: the gemm
+/// kernels are exact on them wherever `vec_dot` is (all but Q8_0 below
+/// AVX-512 VNNI, see `kernels_are_exact_on_any_activation_byte`).
+#[test]
+fn gemm_is_exact_on_any_activation_byte() {
+    use half::f16;
+    let byte = |i: usize| (i.wrapping_mul(167).wrapping_add(i >> 3)) as u8 as i8;
+    let k = 2 * 256;
+    let (m, n) = (9, 11);
+    let a8: Vec<BlockQ8_0> = (0..m * k / 32)
+        .map(|b| BlockQ8_0 {
+            d: f16::from_f32(0.01 + (b % 5) as f32 * 0.003),
+            qs: core::array::from_fn(|j| if j == b % 32 { -128 } else { byte(32 * b + j) }),
+        })
+        .collect();
+    let a81: Vec<BlockQ8_1> = a8
+        .iter()
+        .map(|b| {
+            let sum: i32 = b.qs.iter().map(|&q| i32::from(q)).sum();
+            BlockQ8_1 {
+                d: b.d,
+                s: f16::from_f32(sum as f32 * b.d.to_f32()),
+                qs: b.qs,
+            }
+        })
+        .collect();
+    let a8k: Vec<BlockQ8K> = (0..m * k / 256)
+        .map(|b| {
+            let qs: [i8; 256] = core::array::from_fn(|j| {
+                if j % 50 == b % 50 {
+                    -128
+                } else {
+                    byte(256 * b + j + 7)
+                }
+            });
+            let bsums = core::array::from_fn(|g| {
+                qs[16 * g..16 * g + 16].iter().map(|&q| i16::from(q)).sum()
+            });
+            BlockQ8K { d: 0.01, qs, bsums }
+        })
+        .collect();
+    let mut r = Rng(5);
+    for ty in GEMM_TYPES {
+        let act: &[u8] = match ty.vec_dot_type() {
+            GgmlType::Q8_0 => bytemuck::cast_slice(&a8),
+            GgmlType::Q8_1 => bytemuck::cast_slice(&a81),
+            _ => bytemuck::cast_slice(&a8k),
+        };
+        let w: Vec<u8> = (0..n)
+            .flat_map(|_| quantize(scalar(), ty, &(0..k).map(|_| r.next()).collect::<Vec<_>>()))
+            .collect();
+        let (wrow, arow) = (
+            ty.row_size(k).unwrap(),
+            ty.vec_dot_type().row_size(k).unwrap(),
+        );
+        for kern in tables() {
+            if ty == GgmlType::Q8_0 && kern.isa() != Isa::Avx512Vnni && kern.isa() != Isa::AvxVnni {
+                continue;
+            }
+            let mut out = vec![0f32; m * n];
+            kern.gemm(ty, k, &w, act, &mut out, n);
+            for i in 0..m {
+                for j in 0..n {
+                    let want = (scalar().of(ty).vec_dot)(
+                        &w[j * wrow..(j + 1) * wrow],
+                        &act[i * arow..(i + 1) * arow],
+                    );
+                    let got = out[i * n + j];
+                    assert!(
+                        (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                        "{} {ty} gemm [{i},{j}]: {got} vs scalar {want}",
+                        kern.isa()
+                    );
+                }
+            }
+        }
+    }
+}
