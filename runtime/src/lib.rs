@@ -4,6 +4,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod cache;
 pub mod chat;
 pub mod convert;
 pub mod engine;

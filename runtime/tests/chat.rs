@@ -88,22 +88,8 @@ fn transformers_renders_reproduced_exactly() {
     assert!(checked >= 12, "only {checked} cases");
 }
 
-/// The real model's path: `SPINEL_TEST_MODEL`, or the cache where
-/// `scripts/fetch-model.sh` puts it.
 fn model_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("SPINEL_TEST_MODEL") {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("SPINEL_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-                .expect("none of SPINEL_TEST_MODEL, SPINEL_CACHE, XDG_CACHE_HOME, HOME is set")
-                .join("spinel")
-        });
-    cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    spinel_runtime::cache::test_model()
 }
 
 #[test]

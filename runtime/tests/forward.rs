@@ -522,28 +522,7 @@ fn aligned(bytes: &[u8]) -> Aligned {
 /// The real model: SmolLM2-135M-Instruct Q4_1 against llama.cpp.
 #[test]
 fn smollm2_q4_1_tracks_llama_cpp() {
-    // $SPINEL_TEST_MODEL, else where scripts/fetch-model.sh puts it:
-    // ${SPINEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/spinel}/models/.
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let path = env("SPINEL_TEST_MODEL").unwrap_or_else(|| {
-        let cache = env("SPINEL_CACHE").unwrap_or_else(|| {
-            env("XDG_CACHE_HOME")
-                .or_else(|| env("HOME").map(|h| h.join(".cache")))
-                .expect("HOME is not set")
-                .join("spinel")
-        });
-        cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
-    assert!(
-        path.is_file(),
-        "the SmolLM2 test model is missing at {}: run scripts/fetch-model.sh \
-         (or set SPINEL_TEST_MODEL)",
-        path.display()
-    );
+    let path = spinel_runtime::cache::test_model();
     let model = Model::load(&path).unwrap();
     let reference = read_json(&testdata().join("smollm2/greedy.json"));
     let mut worst_top20 = 0.0f32;

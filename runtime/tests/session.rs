@@ -35,13 +35,7 @@ use spinel_runtime::sampling::SamplingParams;
 const SAFE_MARGIN: f64 = 0.3;
 
 fn model_path() -> PathBuf {
-    match std::env::var_os("SPINEL_TEST_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let home = std::env::var_os("HOME").expect("HOME is not set");
-            Path::new(&home).join(".cache/spinel/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        }
-    }
+    spinel_runtime::cache::test_model()
 }
 
 fn engine() -> Arc<Engine> {

@@ -9,26 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn model_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("SPINEL_TEST_MODEL") {
-        return p.into();
-    }
-    let cache = std::env::var_os("SPINEL_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache")
-                })
-                .join("spinel")
-        });
-    let p = cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.is_file(),
-        "{} is missing: run scripts/fetch-model.sh",
-        p.display()
-    );
-    p
+    spinel_runtime::cache::test_model()
 }
 
 const PY: &str = r#"
