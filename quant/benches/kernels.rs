@@ -7,7 +7,8 @@
 //!
 //! The `gemm` groups multiply m = 64 activation rows by a weight matrix of a
 //! SmolLM2-135M shape (1536 × 576 for the 32-wide formats, 576 × 1536 for
-//! the K-quants, whose rows are whole super-blocks only there) through
+//! the K-quants, whose rows are whole super-blocks only there; F16 with the
+//! shape of attention scores: 256 keys × 64-wide heads) through
 //! `Kernels::gemm`, beside the same product as one `vec_dot` per pair (the
 //! fallback) on the same ISA. Throughput is GB/s of weight data per call; the
 //! line printed before each group converts it to integer GOP/s (2·m·n·k per
@@ -82,7 +83,7 @@ fn quantize_activations(c: &mut Criterion) {
 }
 
 /// `(type, k, n)`: the weight shapes of the gemm benchmarks.
-const GEMM_SHAPES: [(GgmlType, usize, usize); 8] = [
+const GEMM_SHAPES: [(GgmlType, usize, usize); 9] = [
     (GgmlType::Q4_0, 576, 1536),
     (GgmlType::Q4_1, 576, 1536),
     (GgmlType::Q5_0, 576, 1536),
@@ -91,6 +92,8 @@ const GEMM_SHAPES: [(GgmlType, usize, usize); 8] = [
     (GgmlType::Q4K, 1536, 576),
     (GgmlType::Q5K, 1536, 576),
     (GgmlType::Q6K, 1536, 576),
+    // Attention scores over an F16 KV cache: 64-wide heads, 256 keys.
+    (GgmlType::F16, 64, 256),
 ];
 const GEMM_M: usize = 64;
 

@@ -40,7 +40,7 @@ kernels_256!("avx2,fma,f16c");
 /// The register-blocked GEMM kernels (`gemm.rs`).
 pub(super) mod gemm {
     use super::prims;
-    gemm_256!("avx2,fma,f16c", false);
+    gemm_256!("avx2,fma,f16c", false, avx2);
 }
 
 /// Eight f32 of a block quantized to Q8 (`round(x / d)` in i32 lanes) with

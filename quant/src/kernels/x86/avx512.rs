@@ -46,7 +46,11 @@ kernels_512!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq");
 /// The register-blocked GEMM kernels (`gemm.rs`).
 pub(super) mod gemm {
     use super::prims;
-    gemm_512!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq", false);
+    gemm_512!(
+        "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq",
+        false,
+        avx512
+    );
 }
 
 /// F16 · F16 with 16-lane conversions and four accumulators.

@@ -42,6 +42,7 @@ pub(super) mod gemm {
     use super::prims;
     gemm_512!(
         "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni",
-        true
+        true,
+        avx512
     );
 }

@@ -32,5 +32,5 @@ kernels_256!("avx2,fma,f16c,avxvnni");
 /// The register-blocked GEMM kernels (`gemm.rs`).
 pub(super) mod gemm {
     use super::prims;
-    gemm_256!("avx2,fma,f16c,avxvnni", true);
+    gemm_256!("avx2,fma,f16c,avxvnni", true, avx2);
 }

@@ -37,14 +37,20 @@
 //! scales; only the f32 rounding and summation order differ.
 //!
 //! For a single activation row (two for Q6_K, whose `vec_dot` is the most
-//! efficient) the repacking does not pay and the kernels loop over `vec_dot`.
+//! efficient; seven for the float types) the repacking does not pay and the
+//! kernels loop over `vec_dot`.
+//!
+//! F32, F16 and BF16 (the attention products over the KV cache) use the same
+//! panels in f32: element `e` of the `P` rows in one register (converted once
+//! per pass), one FMA with the activation element broadcast (from f32 rows
+//! converted once per pass) per element and activation row.
 
 /// The ISA-independent part: panels, micro-kernels, drivers. The caller
 /// defines the width-specific helpers (`P`, `V`, `F`, loads, stores,
 /// arithmetic, `tr4`, …; see `gemm_512!` and `gemm_256!`) and passes the
 /// target features and whether `dp` is a VNNI instruction.
 macro_rules! gemm_kernels {
-    ($feat:literal, $vnni:expr) => {
+    ($feat:literal, $vnni:expr, $fdot:ident) => {
         use crate::blocks::*;
         use crate::types::QK_K;
 
@@ -714,13 +720,242 @@ macro_rules! gemm_kernels {
         k_gemm!(gemm_q4_k, BlockQ4K, repack_q4_k, 32, 8, super::vec_dot_q4_k_q8_k, 2);
         k_gemm!(gemm_q5_k, BlockQ5K, repack_q5_k, 32, 4, super::vec_dot_q5_k_q8_k, 2);
         k_gemm!(gemm_q6_k, BlockQ6K, repack_q6_k, 16, 2, super::vec_dot_q6_k_q8_k, 3);
+
+        /// Elements of `k` per float panel.
+        const KF: usize = 128;
+        /// Activation rows per float pass.
+        const MF: usize = 64;
+
+        /// `P` float weight rows × `KF` elements as f32, element `e` of row
+        /// `r` in lane `r` of `x[e]`.
+        #[repr(C, align(64))]
+        struct FPanel {
+            x: [[f32; P]; KF],
+        }
+
+        /// `MF` activation rows × `KF` elements as f32.
+        #[repr(C, align(64))]
+        struct FActs {
+            x: [[f32; KF]; MF],
+        }
+
+        /// A float element type: F32, F16 or BF16.
+        trait Elem: bytemuck::Pod {
+            /// Lanes `r` of the four results: elements `e..e + 4` (F32) or
+            /// `e..e + 8` in pairs (F16, BF16) of row `r`, converted.
+            const PER_PIECE: usize;
+            /// IEEE half (else bfloat16) when two bytes wide.
+            const IEEE_HALF: bool;
+            fn to_f32(self) -> f32;
+        }
+        impl Elem for f32 {
+            const PER_PIECE: usize = 4;
+            const IEEE_HALF: bool = false;
+            fn to_f32(self) -> f32 {
+                self
+            }
+        }
+        impl Elem for half::f16 {
+            const PER_PIECE: usize = 8;
+            const IEEE_HALF: bool = true;
+            fn to_f32(self) -> f32 {
+                half::f16::to_f32(self)
+            }
+        }
+        impl Elem for half::bf16 {
+            const PER_PIECE: usize = 8;
+            const IEEE_HALF: bool = false;
+            fn to_f32(self) -> f32 {
+                half::bf16::to_f32(self)
+            }
+        }
+
+        /// Transposes `kc` elements of `P` rows into `x`, converting to f32:
+        /// 16-byte pieces of the rows through `tr4`, then per lane the low
+        /// and high halves of each dword (F16, BF16); the tail one by one.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn repack_float<E: Elem>(rows: &[&[E]; P], kc: usize, x: &mut [[f32; P]]) {
+            let np = kc / E::PER_PIECE;
+            for pc in 0..np {
+                let t = tr4(&core::array::from_fn(|r| {
+                    let b: &[u8] = bytemuck::cast_slice(&rows[r][pc * E::PER_PIECE..(pc + 1) * E::PER_PIECE]);
+                    piece16(b, 0)
+                }));
+                for c in 0..4 {
+                    if E::PER_PIECE == 4 {
+                        stf(&mut x[4 * pc + c], castf(t[c]));
+                    } else {
+                        let e = 8 * pc + 2 * c;
+                        let (lo, hi) = if E::IEEE_HALF {
+                            (lo16_f16(t[c]), lo16_f16(srl32(t[c], 16)))
+                        } else {
+                            (castf(sll32(t[c], 16)), castf(and(t[c], set1_32(-65536))))
+                        };
+                        stf(&mut x[e], lo);
+                        stf(&mut x[e + 1], hi);
+                    }
+                }
+            }
+            for e in np * E::PER_PIECE..kc {
+                for r in 0..P {
+                    x[e][r] = rows[r][e].to_f32();
+                }
+            }
+        }
+
+        /// The float micro-kernel: one FMA per element and row pair, even
+        /// and odd elements in separate accumulators (latency).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        #[allow(clippy::needless_range_loop)]
+        fn tile_float<const R: usize>(p: &FPanel, kc: usize, a: &[&[f32; KF]; R]) -> [F; R] {
+            assert!(kc <= KF);
+            let mut acc0 = [zerof(); R];
+            let mut acc1 = [zerof(); R];
+            let mut e = 0;
+            while e + 2 <= kc {
+                let (w0, w1) = (ldf(&p.x[e]), ldf(&p.x[e + 1]));
+                for i in 0..R {
+                    acc0[i] = fmadd(w0, bcf(a[i][e]), acc0[i]);
+                    acc1[i] = fmadd(w1, bcf(a[i][e + 1]), acc1[i]);
+                }
+                e += 2;
+            }
+            if e < kc {
+                let w0 = ldf(&p.x[e]);
+                for i in 0..R {
+                    acc0[i] = fmadd(w0, bcf(a[i][e]), acc0[i]);
+                }
+            }
+            let mut out = [zerof(); R];
+            for i in 0..R {
+                out[i] = fadd(acc0[i], acc1[i]);
+            }
+            out
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        #[allow(clippy::too_many_arguments)]
+        fn run_float<const R: usize>(
+            p: &FPanel,
+            kc: usize,
+            acts: &FActs,
+            (i0, i): (usize, usize),
+            out: &mut [f32],
+            (ldo, j0, nc): (usize, usize, usize),
+            first: bool,
+        ) {
+            let ar: [&[f32; KF]; R] = core::array::from_fn(|r| &acts.x[i + r]);
+            let acc = tile_float::<R>(p, kc, &ar);
+            for (r, v) in acc.into_iter().enumerate() {
+                let o = (i0 + i + r) * ldo + j0;
+                put(&mut out[o..o + nc], v, first);
+            }
+        }
+
+        /// F32 / F16 / BF16 drivers: passes of `MF` activation rows
+        /// (converted to f32 per chunk of `k`), panels of `P` weight rows.
+        macro_rules! float_gemm {
+            ($name:ident, $e:ty, $cvt:ident, $dot:path) => {
+                /// Register-blocked float gemm (see the module docs of `gemm.rs`).
+                ///
+                /// # Safety
+                /// The CPU must have the features this function enables.
+                #[target_feature(enable = $feat)]
+                pub(in crate::kernels) unsafe fn $name(k: usize, w: &[u8], a: &[u8], out: &mut [f32], ldo: usize) {
+                    if k == 0 {
+                        return;
+                    }
+                    let w = bytemuck::cast_slice::<u8, $e>(w);
+                    let a = bytemuck::cast_slice::<u8, $e>(a);
+                    let (n, m) = (w.len() / k, a.len() / k);
+                    if m < 8 || n == 0 {
+                        for (i, ar) in a.chunks_exact(k).enumerate() {
+                            for (j, wr) in w.chunks_exact(k).enumerate() {
+                                // SAFETY: same features as this function.
+                                out[i * ldo + j] = unsafe { $dot(wr, ar) };
+                            }
+                        }
+                        return;
+                    }
+                    let mut p = FPanel { x: [[0.0; P]; KF] };
+                    let mut acts = FActs { x: [[0.0; KF]; MF] };
+                    for i0 in (0..m).step_by(MF) {
+                        let mc = MF.min(m - i0);
+                        for e0 in (0..k).step_by(KF) {
+                            let kc = KF.min(k - e0);
+                            for i in 0..mc {
+                                let row = &a[(i0 + i) * k + e0..(i0 + i) * k + e0 + kc];
+                                $cvt(row, &mut acts.x[i][..kc]);
+                            }
+                            for j0 in (0..n).step_by(P) {
+                                let nc = P.min(n - j0);
+                                let rows: [&[$e]; P] = core::array::from_fn(|r| {
+                                    let j = j0 + r.min(nc - 1);
+                                    &w[j * k + e0..j * k + e0 + kc]
+                                });
+                                repack_float(&rows, kc, &mut p.x[..kc]);
+                                let mut i = 0;
+                                while i < mc {
+                                    let o = (ldo, j0, nc);
+                                    let first = e0 == 0;
+                                    i += tiles!(mc - i, RF, |R| run_float::<R>(
+                                        &p, kc, &acts, (i0, i), out, o, first
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+        }
+
+        /// f32 activations: a copy.
+        #[inline]
+        fn acts_f32(x: &[f32], y: &mut [f32]) {
+            y.copy_from_slice(x);
+        }
+
+        /// f16 activations to f32, `P` at a time.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn acts_f16(x: &[half::f16], y: &mut [f32]) {
+            let (xc, xr) = x.as_chunks::<P>();
+            let (yc, yr) = y.as_chunks_mut::<P>();
+            for (x, y) in xc.iter().zip(yc) {
+                stf(y, f16v(bytemuck::cast_ref(x)));
+            }
+            for (x, y) in xr.iter().zip(yr) {
+                *y = f16_to_f32(*x);
+            }
+        }
+
+        /// bf16 activations to f32 (the top half of an f32), `P` at a time.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn acts_bf16(x: &[half::bf16], y: &mut [f32]) {
+            let (xc, xr) = x.as_chunks::<P>();
+            let (yc, yr) = y.as_chunks_mut::<P>();
+            for (x, y) in xc.iter().zip(yc) {
+                stf(y, bf16v(bytemuck::cast_ref(x)));
+            }
+            for (x, y) in xr.iter().zip(yr) {
+                *y = x.to_f32();
+            }
+        }
+
+        float_gemm!(gemm_f32, f32, acts_f32, super::super::$fdot::vec_dot_f32);
+        float_gemm!(gemm_f16, half::f16, acts_f16, super::super::$fdot::vec_dot_f16);
+        float_gemm!(gemm_bf16, half::bf16, acts_bf16, super::super::$fdot::vec_dot_bf16);
     };
 }
 
 /// The 512-bit helpers (`P` = 16 rows per panel) for `gemm_kernels!`; the
 /// `prims` module in scope supplies `dot_u8i8` and `dot_i16`.
 macro_rules! gemm_512 {
-    ($feat:literal, $vnni:expr) => {
+    ($feat:literal, $vnni:expr, $fdot:ident) => {
         use super::super::util::*;
         use core::arch::x86_64::*;
 
@@ -728,6 +963,7 @@ macro_rules! gemm_512 {
         /// Activation rows per legacy / K-quant micro-kernel call.
         const RL: usize = 8;
         const RK: usize = 8;
+        const RF: usize = 8;
         type V = __m512i;
         type F = __m512;
 
@@ -930,6 +1166,23 @@ macro_rules! gemm_512 {
             let x = _mm512_mullo_epi32(and(t, set1_32(0xf)), set1_32(0x0020_4081));
             and(sll32(x, 4), set1_32(0x1010_1010))
         }
+        /// The f16 in the low half of each i32 lane, as f32.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn lo16_f16(v: V) -> F {
+            _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v))
+        }
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn castf(v: V) -> F {
+            _mm512_castsi512_ps(v)
+        }
+        /// The f32 values of 16 bf16 bit patterns.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn bf16v(h: &[u16; 16]) -> F {
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(ld256(h))))
+        }
         /// The 16 × 4 transpose of dwords: lane `r` of result `c` is dword
         /// `c` of row `r`.
         #[inline]
@@ -956,19 +1209,20 @@ macro_rules! gemm_512 {
             ]
         }
 
-        gemm_kernels!($feat, $vnni);
+        gemm_kernels!($feat, $vnni, $fdot);
     };
 }
 
 /// The 256-bit helpers (`P` = 8 rows per panel) for `gemm_kernels!`.
 macro_rules! gemm_256 {
-    ($feat:literal, $vnni:expr) => {
+    ($feat:literal, $vnni:expr, $fdot:ident) => {
         use super::super::util::*;
         use core::arch::x86_64::*;
 
         const P: usize = 8;
         const RL: usize = 4;
         const RK: usize = if $vnni { 4 } else { 3 };
+        const RF: usize = 4;
         type V = __m256i;
         type F = __m256;
 
@@ -1154,6 +1408,24 @@ macro_rules! gemm_256 {
             let x = _mm256_mullo_epi32(and(t, set1_32(0xf)), set1_32(0x0020_4081));
             and(sll32(x, 4), set1_32(0x1010_1010))
         }
+        /// The f16 in the low half of each i32 lane, as f32.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn lo16_f16(v: V) -> F {
+            let m = and(v, set1_32(0xffff));
+            let p = _mm_packus_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256::<1>(m));
+            _mm256_cvtph_ps(p)
+        }
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn castf(v: V) -> F {
+            _mm256_castsi256_ps(v)
+        }
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn bf16v(h: &[u16; 8]) -> F {
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(ld128(h))))
+        }
         /// The 8 × 4 transpose of dwords: lane `r` of result `c` is dword
         /// `c` of row `r`.
         #[inline]
@@ -1177,6 +1449,6 @@ macro_rules! gemm_256 {
             ]
         }
 
-        gemm_kernels!($feat, $vnni);
+        gemm_kernels!($feat, $vnni, $fdot);
     };
 }

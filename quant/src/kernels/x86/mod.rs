@@ -9,6 +9,13 @@
 //! | `Avx512`      | all of `Avx2`'s at 512 bits (`vpmaddubsw`)       | inherited                    |
 //! | `Avx512Vnni`  | the integer ones with `vpdpbusd`/`vpdpwssd`      | inherited                    |
 //!
+//! Every level also has register-blocked `gemm` kernels (`gemm.rs`) for
+//! Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K and F32 F16 BF16: weight rows
+//! repacked on the fly into interleaved panels (16 rows per register with
+//! AVX-512, 8 with AVX2), the dot products of a panel with 8 (AVX-512) or 4
+//! (AVX2) activation rows at a time in registers. Q2_K and Q3_K use the
+//! `vec_dot` loop.
+//!
 //! The 256-bit kernels are written once (`v256.rs`, instantiated by
 //! `avx2.rs` and `avx_vnni.rs`) and so are the 512-bit ones (`v512.rs`, by
 //! `avx512.rs` and `avx512_vnni.rs`); each instantiation supplies its 8-bit
@@ -96,6 +103,9 @@ macro_rules! gemms {
             .set_gemm(T::Q4K, gemm_fn!($m::gemm::gemm_q4_k))
             .set_gemm(T::Q5K, gemm_fn!($m::gemm::gemm_q5_k))
             .set_gemm(T::Q6K, gemm_fn!($m::gemm::gemm_q6_k))
+            .set_gemm(T::F32, gemm_fn!($m::gemm::gemm_f32))
+            .set_gemm(T::F16, gemm_fn!($m::gemm::gemm_f16))
+            .set_gemm(T::BF16, gemm_fn!($m::gemm::gemm_bf16))
     };
 }
 

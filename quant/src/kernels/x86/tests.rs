@@ -491,3 +491,21 @@ fn gemm_is_exact_on_any_activation_byte() {
         }
     }
 }
+
+/// The float gemm kernels for odd lengths (tails of the transposed pieces
+/// and of the 128-element chunks) and every `m`, `n` in 1..=17.
+#[test]
+fn float_gemm_matches_vec_dot_for_odd_lengths() {
+    for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
+        for k in [1, 3, 4, 7, 8, 9, 17, 64, 127, 129, 300] {
+            let row = |seed: usize| rows(k, seed as u64)[seed % 7].clone();
+            let w: Vec<u8> = (0..17)
+                .flat_map(|j| quantize(scalar(), ty, &row(j)))
+                .collect();
+            let a: Vec<u8> = (0..17)
+                .flat_map(|i| quantize(scalar(), ty, &row(100 + i)))
+                .collect();
+            check_gemm_shapes(ty, k, &w, &a, 17, 17);
+        }
+    }
+}
