@@ -18,11 +18,9 @@
 //! blocking depends only on the batch, so every thread count gives the
 //! same bits.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use spinel_quant::{GgmlType, Kernels};
 
-use super::ops::{AlignedBuf, exp};
+use super::ops::{AlignedBuf, exp, exp_scaled_sum, max};
 use super::pool::{JobPanicked, Pool, SharedMut};
 use super::state::KvCache;
 
@@ -75,29 +73,17 @@ impl Attention<'_> {
         let scratch = SharedMut::new(scratch.bytes_mut());
         assert!(out.len() >= self.n * self.n_head * self.head_dim);
         let out = SharedMut::new(out);
-        let next = AtomicUsize::new(0);
-        let this = self;
-        let job = |thread: usize| {
-            // SAFETY: each thread has its own part of the scratch.
+        let item = |thread: usize, item: usize| {
+            // SAFETY: each thread has its own part of the scratch (and runs
+            // one item at a time).
             let mine = unsafe { scratch.slice(thread * per_thread..(thread + 1) * per_thread) };
-            let mut s = Scratch::new(mine, this.head_dim);
-            loop {
-                let item = next.fetch_add(1, Ordering::Relaxed);
-                if item >= n_items {
-                    break;
-                }
-                // Latest (most keys) blocks first.
-                let block = n_blocks - 1 - item / this.n_head;
-                let head = item % this.n_head;
-                this.item(kv, head, block, &out, &mut s);
-            }
+            let mut s = Scratch::new(mine, self.head_dim);
+            // Latest (most keys) blocks first.
+            let block = n_blocks - 1 - item / self.n_head;
+            let head = item % self.n_head;
+            self.item(kv, head, block, &out, &mut s);
         };
-        if pool.n_threads() == 1 || n_items == 1 {
-            job(0);
-            Ok(())
-        } else {
-            pool.run(&job)
-        }
+        pool.run(n_items, &item)
     }
 
     /// First key position visible from position `p`.
@@ -164,14 +150,9 @@ impl Attention<'_> {
                 row[..a].fill(0.0);
                 row[b..].fill(0.0);
                 let valid = &mut row[a..b];
-                let mx = valid.iter().fold(f32::NEG_INFINITY, |mx, &v| mx.max(v)) * scale;
-                let new_max = s.max[i].max(mx);
+                let new_max = s.max[i].max(max(valid) * scale);
                 let corr = exp(s.max[i] - new_max);
-                let mut sum = 0.0f32;
-                for v in valid.iter_mut() {
-                    *v = exp(*v * scale - new_max);
-                    sum += *v;
-                }
+                let sum = exp_scaled_sum(valid, scale, new_max);
                 s.sum[i] = s.sum[i] * corr + sum;
                 s.max[i] = new_max;
                 s.corr[i] = corr;

@@ -17,7 +17,7 @@ use super::attention::Attention;
 use super::error::ModelError;
 use super::matmul::{Norm, Product};
 use super::ops::{add, rmsnorm_heads, rope, rope_angles};
-use super::pool::{SharedMut, split};
+use super::pool::{SharedMut, chunk};
 use super::state::{Route, State};
 use super::weights::{Ffn, Lin, MoeFfn, Weight};
 
@@ -270,12 +270,10 @@ impl Model<'_> {
                 }
             }
         };
-        if n == 1 || s.pool.n_threads() == 1 {
-            rows(0..n);
-        } else {
-            let nt = s.pool.n_threads();
-            s.pool.run(&|i| rows(split(n, i, nt)))?;
-        }
+        const POSITIONS_PER_TASK: usize = 8;
+        s.pool.run(n.div_ceil(POSITIONS_PER_TASK), &|_, c| {
+            rows(chunk(n, POSITIONS_PER_TASK, c))
+        })?;
         Ok(())
     }
 

@@ -16,22 +16,26 @@
 //! the matrix and the batch size, never on the thread count, so every thread
 //! count computes bit-identical results.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use spinel_quant::{GgmlType, Kernels};
 
 use super::ops::{AlignedBuf, rmsnorm, silu};
-use super::pool::{JobPanicked, Pool, SharedMut, split};
+use super::pool::{JobPanicked, Pool, SharedMut, chunk};
 use super::weights::{Lin, Mat};
 
-/// Floats in one half of a thread's product tile (SwiGLU uses both halves).
-const TILE_FLOATS: usize = 16 * 1024;
-/// Weight bytes a tile aims for: a few L1-resident rows that meet every
-/// activation row of the batch while they are there.
-const TILE_BYTES: usize = 16 * 1024;
-/// At most this many tiles per matrix (bigger tiles for the vocabulary
-/// projection), so that taking a tile stays cheap next to computing it.
-const MAX_TILES: usize = 64;
+/// Floats in one half of a thread's product tile (SwiGLU uses both halves):
+/// 64 weight rows for a whole 512-row batch.
+const TILE_FLOATS: usize = 32 * 1024;
+/// Weight rows per tile for a batch: the register-blocked kernels repack
+/// weights into panels of 16 rows (8 with AVX2) and are at their best on
+/// 64-row tiles, each meeting the whole batch in one call (so each panel is
+/// repacked once per tile).
+const GEMM_TILE_ROWS: usize = 64;
+/// Tiles per matrix for a single row (generation): enough to balance the
+/// threads (who take tiles as they go), few enough that taking one stays
+/// cheap next to computing it.
+const GEMV_TILES: usize = 16;
+/// Rows per task when converting a batch.
+const ROWS_PER_TASK: usize = 8;
 /// Products smaller than this many multiply-adds run on the calling thread.
 const MIN_PARALLEL_WORK: usize = 1 << 16;
 
@@ -149,8 +153,9 @@ impl Matmul {
             rows(0..n);
             Ok(())
         } else {
-            let nt = pool.n_threads();
-            pool.run(&|i| rows(split(n, i, nt)))
+            pool.run(n.div_ceil(ROWS_PER_TASK), &|_, c| {
+                rows(chunk(n, ROWS_PER_TASK, c))
+            })
         }
     }
 
@@ -168,35 +173,29 @@ impl Matmul {
         let work: usize = tasks.iter().map(|t| t.rows * t.w.w.cols).sum::<usize>() * n;
         let n_tiles: usize = tasks.iter().map(|t| t.n_tiles).sum();
         let tiles = SharedMut::new(&mut self.tiles);
-        let next = AtomicUsize::new(0);
-        let job = |thread: usize| {
-            // SAFETY: each thread uses its own part of the tile buffer.
+        let tile = |thread: usize, mut t: usize| {
+            // SAFETY: each thread uses its own part of the tile buffer (and
+            // runs one tile at a time).
             let scratch =
                 unsafe { tiles.slice(thread * 2 * TILE_FLOATS..(thread + 1) * 2 * TILE_FLOATS) };
             let (s1, s2) = scratch.split_at_mut(TILE_FLOATS);
-            loop {
-                let mut t = next.fetch_add(1, Ordering::Relaxed);
-                if t >= n_tiles {
-                    break;
-                }
-                let task = tasks
-                    .iter()
-                    .find(|task| {
-                        let here = t < task.n_tiles;
-                        if !here {
-                            t -= task.n_tiles;
-                        }
-                        here
-                    })
-                    .expect("tile in range");
-                task.tile(t, n, s1, s2);
-            }
+            let task = tasks
+                .iter()
+                .find(|task| {
+                    let here = t < task.n_tiles;
+                    if !here {
+                        t -= task.n_tiles;
+                    }
+                    here
+                })
+                .expect("tile in range");
+            task.tile(t, n, s1, s2);
         };
         if work < MIN_PARALLEL_WORK || pool.n_threads() == 1 {
-            job(0);
+            (0..n_tiles).for_each(|t| tile(0, t));
             Ok(())
         } else {
-            pool.run(&job)
+            pool.run(n_tiles, &tile)
         }
     }
 }
@@ -238,12 +237,13 @@ impl<'a> Task<'a> {
             assert!(u.w.w.ty == w.ty && u.w.w.rows == w.rows && u.w.w.cols == w.cols);
         }
         assert!(out.len() >= n * w.rows, "output too small");
-        let tile_rows = TILE_BYTES
-            .div_ceil(w.row_bytes)
-            .max(w.rows.div_ceil(MAX_TILES))
-            .next_multiple_of(16)
-            .min(w.rows);
-        let block = (TILE_FLOATS / tile_rows).clamp(1, 64);
+        let tile_rows = if n >= 4 {
+            GEMM_TILE_ROWS
+        } else {
+            w.rows.div_ceil(GEMV_TILES).next_multiple_of(16)
+        }
+        .min(w.rows);
+        let block = (TILE_FLOATS / tile_rows).max(1);
         Task {
             w: lin.w,
             bias: lin.bias,

@@ -126,13 +126,47 @@ pub(crate) fn exp(x: f32) -> f32 {
     let s1 = f32::from_bits(((h + 127) as u32) << 23);
     let s2 = f32::from_bits(((ni - h + 127) as u32) << 23);
     let y = e * s1 * s2;
-    if x < -87.33 {
-        0.0
-    } else if x > 88.72 {
-        f32::INFINITY
-    } else {
-        y
+    // Selects, not branches: loops over this stay vectorized.
+    let y = if x > 88.72 { f32::INFINITY } else { y };
+    if x < -87.33 { 0.0 } else { y }
+}
+
+/// `x[i] = e^(x[i] · scale − sub)` for every element; returns their sum.
+pub(crate) fn exp_scaled_sum(x: &mut [f32], scale: f32, sub: f32) -> f32 {
+    for v in x.iter_mut() {
+        *v = exp(*v * scale - sub);
     }
+    sum(x)
+}
+
+/// The sum of `x` in eight interleaved lanes (vectorizable; a plain f32
+/// fold is a serial chain).
+pub(crate) fn sum(x: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..8 {
+            lanes[i] += c[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// The largest element of `x` (−∞ if empty), in eight lanes.
+pub(crate) fn max(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    for c in chunks {
+        for i in 0..8 {
+            lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
+        }
+    }
+    lanes.iter().fold(tail, |m, &v| if v > m { v } else { m })
 }
 
 /// `x · sigmoid(x)`.

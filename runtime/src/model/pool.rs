@@ -3,21 +3,29 @@
 //! A 135M-parameter model runs ~150 parallel steps per generated token, each
 //! a few microseconds of arithmetic, so starting threads per step (tens of
 //! microseconds) would cost more than the work. The pool starts its threads
-//! once, with the state, and hands each step to them through shared atomics:
+//! once, with the state, and hands each step to them through shared atomics.
 //!
-//! * [`Pool::run`] publishes the job and bumps an epoch counter; workers that
-//!   are spinning see it within a few hundred nanoseconds, workers that went
-//!   to sleep are unparked. The calling thread is worker 0 and does its share
-//!   too, then waits (spinning, then yielding) until every worker is done.
-//! * A worker spins on the epoch for a short while after each job
+//! A step is `n` independent tasks ([`Pool::run`]). The calling thread
+//! publishes the step, bumps an epoch counter and starts taking tasks from a
+//! shared counter; workers that are spinning see the epoch within a few
+//! hundred nanoseconds and take tasks too (workers that went to sleep are
+//! unparked first). When no task is left, the caller closes the step and
+//! waits only for the workers that joined it to finish their last task. A
+//! worker that arrives after that — descheduled on a busy machine, or
+//! still waking up — skips the step. So a step never waits for a thread
+//! that has not started, and the caller alone finishes any step: on a
+//! loaded machine the work flows to whichever threads get a core.
+//!
+//! * A worker spins on the epoch for a short while after each step
 //!   ([`SPIN`]) — the next step of the forward pass usually arrives within
 //!   microseconds — then parks, so an idle model costs no CPU.
-//! * A job that panics on any thread is caught there; `run` waits for the
-//!   others and returns [`JobPanicked`] instead of hanging or unwinding
-//!   through the pool.
+//! * A task that panics on any thread is caught there; the step stops
+//!   handing out tasks, `run` waits for the threads in it and returns
+//!   [`JobPanicked`] instead of hanging or unwinding through the pool.
 //!
-//! Jobs are plain `Fn(thread_index)` closures that borrow the caller's
-//! stack: `run` does not return before every worker has finished with it.
+//! Tasks are `Fn(thread, task)` closures that borrow the caller's stack:
+//! `run` does not return before every thread that joined has left. The
+//! thread index (0 for the caller) lets a task use per-thread scratch.
 
 use std::cell::UnsafeCell;
 use std::fmt;
@@ -27,19 +35,18 @@ use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
-/// How long an idle worker spins for the next job before it parks.
+/// How long an idle worker spins for the next step before it parks.
 const SPIN: Duration = Duration::from_micros(200);
-/// How long `run` spins for the workers to finish before it starts yielding
-/// its core between checks (they may have been descheduled on a machine
-/// with more runnable threads than cores). Yielding early is costly when
-/// other processes are runnable: the core goes to them for a whole time
-/// slice, so waits of normal length are spun through.
+/// How long `run` spins for the workers in a step to finish their last task
+/// before it starts yielding its core between checks (one may have been
+/// descheduled mid-task). Yielding early is costly when other processes are
+/// runnable: the core goes to them for a whole time slice.
 const WAIT_SPIN: Duration = Duration::from_micros(200);
 
-/// A job: called once on every thread of the pool with the thread's index.
-type Job = dyn Fn(usize) + Sync;
+/// A step's tasks: `f(thread, task)`.
+type Tasks = dyn Fn(usize, usize) + Sync;
 
-/// A job panicked on one of the pool's threads (the first panic's message).
+/// A task panicked on one of the pool's threads (the first panic's message).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobPanicked {
     pub message: String,
@@ -58,27 +65,43 @@ impl std::error::Error for JobPanicked {}
 #[derive(Default)]
 struct Padded<T>(T);
 
+/// The step being run: its tasks (lifetime erased), their count and its
+/// number.
+#[derive(Clone, Copy)]
+struct Step {
+    tasks: *const Tasks,
+    n: usize,
+    id: usize,
+}
+
 struct Shared {
-    /// Bumped once per job (and once to shut down).
+    /// Bumped once per step (and once to shut down).
     epoch: Padded<AtomicUsize>,
-    /// Workers that have not finished the current job.
-    pending: Padded<AtomicUsize>,
-    /// The current job, its lifetime erased. Written by `run` before the
-    /// epoch is bumped, read by workers after they see the new epoch.
-    job: UnsafeCell<Option<*const Job>>,
+    /// The next task of the current step to hand out.
+    next: Padded<AtomicUsize>,
+    /// Workers inside the current step.
+    active: Padded<AtomicUsize>,
+    /// Set when the current step has no task left to hand out: workers
+    /// arriving later skip it.
+    closed: Padded<AtomicBool>,
+    /// The current step. Written by `run` while no worker is in a step and
+    /// `closed` is set; read by a worker only after it joined (`active`)
+    /// and saw `closed` clear, which orders the read after the write.
+    step: UnsafeCell<Option<Step>>,
     /// Per worker: parked (or about to park) and needs an unpark.
     sleeping: Vec<Padded<AtomicBool>>,
     shutdown: AtomicBool,
-    /// The first panic of the current job.
+    /// The first panic of the current step.
     panic: Mutex<Option<String>>,
     panicked: AtomicBool,
 }
 
-// SAFETY: `job` is only written by the thread in `Pool::run` (which holds
-// `&mut Pool`) while no worker reads it — before the epoch bump that starts
-// a job, after `pending` reached zero for the previous one — and only read
-// by workers between seeing that bump and decrementing `pending`. The job
-// it points to is `Sync`. Everything else is atomics or a mutex.
+// SAFETY: `step` follows the protocol described on it: `run` (which holds
+// `&mut Pool`) writes it only while `active` is zero and `closed` is set,
+// and a worker reads it only between incrementing `active` and seeing
+// `closed` clear (SeqCst on both sides) and decrementing `active`. The tasks
+// it points to are `Sync` and outlive the step (`run` waits for `active` to
+// drain before returning). Everything else is atomics or a mutex.
 unsafe impl Sync for Shared {}
 // SAFETY: as above; the raw pointer is only dereferenced under that protocol.
 unsafe impl Send for Shared {}
@@ -96,13 +119,32 @@ impl Shared {
         slot.get_or_insert(message);
         self.panicked.store(true, Ordering::Release);
     }
+
+    /// Takes and runs tasks of `step` until none is left (or one panicked).
+    fn work(&self, step: Step, thread: usize) {
+        // SAFETY: the tasks outlive the step (see `Shared`'s safety note).
+        let tasks = unsafe { &*step.tasks };
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            loop {
+                let t = self.next.0.fetch_add(1, Ordering::Relaxed);
+                if t >= step.n || self.panicked.load(Ordering::Relaxed) {
+                    break;
+                }
+                tasks(thread, t);
+            }
+        }));
+        if let Err(p) = result {
+            self.record_panic(p);
+        }
+    }
 }
 
-/// A fixed set of threads that run jobs together; see the module docs.
+/// A fixed set of threads that run steps together; see the module docs.
 pub struct Pool {
     shared: Arc<Shared>,
     /// Threads 1..n (the caller of `run` is thread 0).
     workers: Vec<(Thread, JoinHandle<()>)>,
+    steps: usize,
 }
 
 impl fmt::Debug for Pool {
@@ -120,8 +162,10 @@ impl Pool {
         let n_workers = n_threads.max(1) - 1;
         let shared = Arc::new(Shared {
             epoch: Padded::default(),
-            pending: Padded::default(),
-            job: UnsafeCell::new(None),
+            next: Padded::default(),
+            active: Padded::default(),
+            closed: Padded(AtomicBool::new(true)),
+            step: UnsafeCell::new(None),
             sleeping: (0..n_workers).map(|_| Padded::default()).collect(),
             shutdown: AtomicBool::new(false),
             panic: Mutex::new(None),
@@ -130,6 +174,7 @@ impl Pool {
         let mut pool = Pool {
             shared,
             workers: Vec::with_capacity(n_workers),
+            steps: 0,
         };
         for w in 0..n_workers {
             let shared = Arc::clone(&pool.shared);
@@ -142,43 +187,64 @@ impl Pool {
         Ok(pool)
     }
 
-    /// Threads taking part in each job (the caller included).
+    /// Threads that may take part in a step (the caller included).
     pub fn n_threads(&self) -> usize {
         self.workers.len() + 1
     }
 
-    /// Calls `job(i)` once on each thread `i` of `0..n_threads()` (thread 0
-    /// is the caller) and returns when all have returned.
+    /// Runs `f(thread, task)` once for every task in `0..n`, each on one of
+    /// the pool's threads (`thread` is 0 for the caller, which always takes
+    /// part, and `1..n_threads()` for workers), and returns when all are
+    /// done. Which thread runs which task, and how many threads take part,
+    /// is up to timing: tasks must not depend on it (other than through
+    /// per-thread scratch indexed by `thread`).
     ///
-    /// A panic inside `job` on any thread is caught; the others still run to
-    /// completion, then the first panic's message comes back as the error.
-    pub fn run(&mut self, job: &(dyn Fn(usize) + Sync)) -> Result<(), JobPanicked> {
+    /// A panic inside `f` is caught; no further tasks start, and once the
+    /// threads in the step have left, the first panic's message comes back
+    /// as the error.
+    pub fn run(&mut self, n: usize, f: &(dyn Fn(usize, usize) + Sync)) -> Result<(), JobPanicked> {
         let sh = &*self.shared;
-        if !self.workers.is_empty() {
-            // SAFETY: the lifetime is erased only for as long as workers may
-            // read the pointer: this function does not return (or unwind:
-            // the caller's share runs under `catch_unwind`) before `pending`
-            // is back to zero, after which no worker touches the job.
-            let erased: *const Job = unsafe { std::mem::transmute(job) };
-            // SAFETY: no worker reads `job` now (previous job finished, the
-            // new epoch not yet published); `&mut self` excludes other callers.
-            unsafe { *sh.job.get() = Some(erased) };
-            sh.pending.0.store(self.workers.len(), Ordering::Relaxed);
-            // SeqCst pairs with the sleeping flag's store and reload in
-            // `worker`: either we see it set and unpark, or it sees the epoch.
-            sh.epoch.0.fetch_add(1, Ordering::SeqCst);
-            for (i, (thread, _)) in self.workers.iter().enumerate() {
-                if sh.sleeping[i].0.load(Ordering::SeqCst) {
-                    thread.unpark();
-                }
+        if self.workers.is_empty() || n <= 1 {
+            return catch_unwind(AssertUnwindSafe(|| (0..n).for_each(|t| f(0, t)))).map_err(|p| {
+                sh.record_panic(p);
+                self.take_panic().unwrap_or_else(|| JobPanicked {
+                    message: String::new(),
+                })
+            });
+        }
+        self.steps += 1;
+        // SAFETY: the lifetime is erased only for as long as workers may
+        // use the pointer: this function does not return (or unwind: tasks
+        // run under `catch_unwind`) before `active` is back to zero with
+        // `closed` set, after which no worker touches the step.
+        let tasks: *const Tasks = unsafe { std::mem::transmute(f) };
+        let step = Step {
+            tasks,
+            n,
+            id: self.steps,
+        };
+        // SAFETY: no worker is in a step (`active` drained at the end of
+        // the previous `run`) and `closed` is set, so none reads `step`
+        // before the `closed` store below publishes it.
+        unsafe { *sh.step.get() = Some(step) };
+        sh.next.0.store(0, Ordering::Relaxed);
+        sh.closed.0.store(false, Ordering::SeqCst);
+        // SeqCst pairs with the sleeping flag's store and reload in
+        // `wait_for_step`: either we see it set and unpark, or it sees the
+        // new epoch.
+        sh.epoch.0.fetch_add(1, Ordering::SeqCst);
+        for (i, (thread, _)) in self.workers.iter().enumerate() {
+            if sh.sleeping[i].0.load(Ordering::SeqCst) {
+                thread.unpark();
             }
         }
-        if let Err(p) = catch_unwind(AssertUnwindSafe(|| job(0))) {
-            sh.record_panic(p);
-        }
+        sh.work(step, 0);
+        // No task left to hand out: late workers skip the step, and we wait
+        // for those inside it.
+        sh.closed.0.store(true, Ordering::SeqCst);
         let mut spins = 0u32;
         let mut start = None;
-        while sh.pending.0.load(Ordering::Acquire) != 0 {
+        while sh.active.0.load(Ordering::SeqCst) != 0 {
             spins = spins.wrapping_add(1);
             let spinning =
                 spins % 64 != 0 || start.get_or_insert_with(Instant::now).elapsed() < WAIT_SPIN;
@@ -188,17 +254,24 @@ impl Pool {
                 std::thread::yield_now();
             }
         }
-        if sh.panicked.load(Ordering::Acquire) {
-            sh.panicked.store(false, Ordering::Relaxed);
-            let message = sh
-                .panic
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-                .unwrap_or_default();
-            return Err(JobPanicked { message });
+        match self.take_panic() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    fn take_panic(&self) -> Option<JobPanicked> {
+        let sh = &*self.shared;
+        if !sh.panicked.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        let message = sh
+            .panic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_default();
+        Some(JobPanicked { message })
     }
 }
 
@@ -219,28 +292,34 @@ impl Drop for Pool {
 /// The loop of worker `w` (thread `w + 1` of the pool).
 fn worker(sh: &Shared, w: usize) {
     let mut seen = 0usize;
+    let mut last_step = 0usize;
     loop {
-        seen = wait_for_job(sh, w, seen);
+        seen = wait_for_step(sh, w, seen);
         if sh.shutdown.load(Ordering::Acquire) {
             return;
         }
-        // SAFETY: `run` stored the job before bumping the epoch we just saw
-        // (its SeqCst bump releases the store; our load acquired it) and
-        // keeps it alive until we decrement `pending` below.
-        if let Some(job) = unsafe { *sh.job.get() } {
-            // SAFETY: as above: the job outlives this call.
-            let job = unsafe { &*job };
-            if let Err(p) = catch_unwind(AssertUnwindSafe(|| job(w + 1))) {
-                sh.record_panic(p);
+        // Join, then check that the step is still open (see `Shared`).
+        sh.active.0.fetch_add(1, Ordering::SeqCst);
+        if !sh.closed.0.load(Ordering::SeqCst) {
+            // SAFETY: joined and saw `closed` clear: `run` wrote the step
+            // before clearing it and will not write it again before we
+            // leave.
+            if let Some(step) = unsafe { *sh.step.get() } {
+                // A worker that saw an old epoch late may have joined the
+                // next step already; never run one step twice.
+                if step.id != last_step {
+                    last_step = step.id;
+                    sh.work(step, w + 1);
+                }
             }
         }
-        sh.pending.0.fetch_sub(1, Ordering::AcqRel);
+        sh.active.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 /// Waits until the epoch differs from `seen` and returns it: spins for
 /// [`SPIN`], then parks until `run` unparks this worker.
-fn wait_for_job(sh: &Shared, w: usize, seen: usize) -> usize {
+fn wait_for_step(sh: &Shared, w: usize, seen: usize) -> usize {
     let start = Instant::now();
     let mut i = 0u32;
     loop {
@@ -263,17 +342,15 @@ fn wait_for_job(sh: &Shared, w: usize, seen: usize) -> usize {
     }
 }
 
-/// The part of `0..n` that thread `i` of `n_threads` takes in an even split.
-pub fn split(n: usize, i: usize, n_threads: usize) -> std::ops::Range<usize> {
-    let (q, r) = (n / n_threads, n % n_threads);
-    let start = i * q + i.min(r);
-    start..start + q + usize::from(i < r)
+/// Rows `chunk · size .. (chunk + 1) · size` of `0..n`.
+pub fn chunk(n: usize, size: usize, chunk: usize) -> std::ops::Range<usize> {
+    (chunk * size).min(n)..((chunk + 1) * size).min(n)
 }
 
 /// A mutable slice that several threads write through at disjoint indices.
 ///
-/// Each pool thread writes its own part of an output (rows, or columns of
-/// every row) without splitting the slice up front.
+/// Each task writes its own part of an output (rows, or columns of every
+/// row) without splitting the slice up front.
 #[derive(Clone, Copy)]
 pub struct SharedMut<'a, T> {
     ptr: *mut T,
@@ -314,77 +391,87 @@ mod tests {
     use std::sync::atomic::AtomicU64;
 
     #[test]
-    fn split_covers_everything_once() {
-        for n in [0usize, 1, 5, 64, 1001] {
-            for t in 1..6 {
-                let mut next = 0;
-                for i in 0..t {
-                    let r = split(n, i, t);
-                    assert_eq!(r.start, next);
-                    assert!(r.len() <= n.div_ceil(t));
-                    next = r.end;
-                }
-                assert_eq!(next, n);
-            }
-        }
-    }
-
-    #[test]
-    fn every_thread_runs_every_job() {
+    fn every_task_runs_once() {
         for n_threads in [1usize, 2, 3, 8] {
             let mut pool = Pool::new(n_threads).unwrap();
             assert_eq!(pool.n_threads(), n_threads);
-            let hits: Vec<AtomicU64> = (0..n_threads).map(|_| AtomicU64::new(0)).collect();
-            // Many tiny jobs back to back: no job lost, none run twice.
-            // (Fewer where threads outnumber the cores and wait on each other.)
-            let jobs = if n_threads <= 2 { 20_000 } else { 500 };
-            for _ in 0..jobs {
-                pool.run(&|i| {
-                    hits[i].fetch_add(1, Ordering::Relaxed);
+            let n = 37;
+            let hits: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+            let threads_seen: Vec<AtomicU64> = (0..n_threads).map(|_| AtomicU64::new(0)).collect();
+            // Many tiny steps back to back (fewer where threads outnumber
+            // the cores): no task lost, none run twice.
+            let steps = if n_threads <= 2 { 20_000 } else { 2_000 };
+            for _ in 0..steps {
+                pool.run(n, &|thread, t| {
+                    hits[t].fetch_add(1, Ordering::Relaxed);
+                    threads_seen[thread].fetch_add(1, Ordering::Relaxed);
                 })
                 .unwrap();
             }
-            for h in &hits {
-                assert_eq!(h.load(Ordering::Relaxed), jobs);
-            }
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == steps));
+            let total: u64 = threads_seen.iter().map(|h| h.load(Ordering::Relaxed)).sum();
+            assert_eq!(total, steps * n as u64);
         }
     }
 
     #[test]
-    fn jobs_after_the_workers_parked_still_run() {
+    fn steps_after_the_workers_parked_still_run() {
         let mut pool = Pool::new(3).unwrap();
         let sum = AtomicU64::new(0);
         for round in 0..5 {
             std::thread::sleep(SPIN * 5);
-            pool.run(&|i| {
-                sum.fetch_add(i as u64 + 1, Ordering::Relaxed);
+            pool.run(100, &|_, t| {
+                sum.fetch_add(t as u64, Ordering::Relaxed);
             })
             .unwrap();
-            assert_eq!(sum.load(Ordering::Relaxed), 6 * (round + 1));
+            assert_eq!(sum.load(Ordering::Relaxed), 4950 * (round + 1));
         }
     }
 
     #[test]
-    fn a_panicking_job_is_an_error_and_the_pool_still_works() {
+    fn workers_share_long_steps() {
+        let mut pool = Pool::new(2).unwrap();
+        let by_worker = AtomicU64::new(0);
+        // Tasks long enough that the worker joins well before they run out.
+        pool.run(200, &|thread, _| {
+            std::thread::sleep(Duration::from_micros(200));
+            if thread == 1 {
+                by_worker.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+        .unwrap();
+        assert!(by_worker.load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn a_panicking_task_is_an_error_and_the_pool_still_works() {
         let mut pool = Pool::new(3).unwrap();
-        for bad in 0..3 {
+        for bad in [0usize, 7, 63] {
             let err = pool
-                .run(&|i| {
-                    if i == bad {
-                        panic!("job failed on thread {i}");
+                .run(64, &|_, t| {
+                    if t == bad {
+                        panic!("task {t} failed");
                     }
                 })
                 .unwrap_err();
-            assert_eq!(err.message, format!("job failed on thread {bad}"));
+            assert_eq!(err.message, format!("task {bad} failed"));
             let count = AtomicU64::new(0);
-            pool.run(&|_| {
+            pool.run(64, &|_, _| {
                 count.fetch_add(1, Ordering::Relaxed);
             })
             .unwrap();
-            assert_eq!(count.load(Ordering::Relaxed), 3);
+            assert_eq!(count.load(Ordering::Relaxed), 64);
         }
-        // Every thread panicking: one error, no hang.
-        assert!(pool.run(&|_| panic!("all")).is_err());
+        // Every task panicking: one error, no hang; single tasks too.
+        assert!(pool.run(64, &|_, _| panic!("all")).is_err());
+        assert!(pool.run(1, &|_, _| panic!("one")).is_err());
+        assert!(
+            Pool::new(1)
+                .unwrap()
+                .run(5, &|_, _| panic!("alone"))
+                .is_err()
+        );
+        assert!(pool.run(3, &|_, _| {}).is_ok());
     }
 
     #[test]
@@ -393,9 +480,9 @@ mod tests {
         let mut data = vec![0usize; 1003];
         let len = data.len();
         let out = SharedMut::new(&mut data);
-        pool.run(&|i| {
-            let r = split(len, i, 4);
-            // SAFETY: `split` gives each thread its own range.
+        pool.run(len.div_ceil(10), &|_, c| {
+            let r = chunk(len, 10, c);
+            // SAFETY: each task has its own chunk.
             let part = unsafe { out.slice(r.clone()) };
             for (k, v) in part.iter_mut().enumerate() {
                 *v = r.start + k;
