@@ -109,7 +109,11 @@ pub(crate) fn exp(x: f32) -> f32 {
     // 1.5 · 2^23: adding it rounds to an integer (round to nearest even).
     const ROUND: f32 = 12_582_912.0;
     let xc = x.clamp(-87.33, 88.72);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    // t = ROUND + n: n is in the low mantissa bits (|n| ≤ 128), so no
+    // float-to-int conversion (Rust's saturating `as` is scalar code).
+    let t = xc * LOG2E + ROUND;
+    let n = t - ROUND;
+    let ni = t.to_bits() as i32 - ROUND.to_bits() as i32;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let r2 = r * r;
     let p = 1.987_569_1e-4f32;
@@ -121,7 +125,6 @@ pub(crate) fn exp(x: f32) -> f32 {
     let e = p * r2 + r + 1.0;
     // 2^n through the exponent bits; n is in [-126, 128], so split it in
     // two halves that are both normal.
-    let ni = n as i32;
     let h = ni >> 1;
     let s1 = f32::from_bits(((h + 127) as u32) << 23);
     let s2 = f32::from_bits(((ni - h + 127) as u32) << 23);
