@@ -11,6 +11,7 @@ mod fetch;
 mod inspect;
 mod logits;
 mod run;
+mod serve;
 mod tokenize;
 
 #[derive(Parser)]
@@ -46,6 +47,8 @@ enum Command {
     Chat(chat::Args),
     /// Turn text into token ids with a model's tokenizer.
     Tokenize(tokenize::Args),
+    /// Serve a model over an OpenAI-compatible HTTP API.
+    Serve(serve::Args),
     /// Measure prompt processing and generation speed (llama-bench's tests).
     Bench(bench::Args),
 }
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Chat(args) => chat::run(&args),
         Command::Tokenize(args) => tokenize::run(&args),
+        Command::Serve(args) => serve::run(&args),
         Command::Bench(args) => bench::run(&args),
     };
     match result {

@@ -1,0 +1,734 @@
+//! The OpenAI API's shapes: request validation, the error object, tool calls
+//! in the Llama 3.1 JSON format, response bodies. Pure functions, no I/O.
+
+use serde_json::{Map, Value, json};
+
+/// An error answered as OpenAI's `{"error": {message, type, param, code}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
+        ApiError {
+            status: 400,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: param.map(str::to_string),
+            code: None,
+        }
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    pub fn not_found(message: impl Into<String>, code: &'static str) -> Self {
+        ApiError {
+            status: 404,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some(code),
+        }
+    }
+
+    pub fn server(message: impl Into<String>) -> Self {
+        ApiError {
+            status: 500,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+            code: None,
+        }
+    }
+
+    pub fn body(&self) -> Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }})
+    }
+}
+
+/// Sampling and length settings of a request, checked.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Settings {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub max_tokens: Option<usize>,
+    pub stop: Vec<String>,
+    pub seed: Option<u64>,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+fn number(body: &Map<String, Value>, key: &str, lo: f64, hi: f64) -> Result<Option<f64>, ApiError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => {
+            let x = n.as_f64().unwrap_or(f64::NAN);
+            if (lo..=hi).contains(&x) {
+                Ok(Some(x))
+            } else {
+                Err(ApiError::invalid(
+                    format!("'{key}' must be between {lo} and {hi}, got {x}"),
+                    Some(key),
+                ))
+            }
+        }
+        Some(v) => Err(ApiError::invalid(
+            format!("'{key}' must be a number, not {}", kind(v)),
+            Some(key),
+        )),
+    }
+}
+
+fn boolean(body: &Map<String, Value>, key: &str) -> Result<bool, ApiError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(v) => Err(ApiError::invalid(
+            format!("'{key}' must be a boolean, not {}", kind(v)),
+            Some(key),
+        )),
+    }
+}
+
+/// The JSON type name of a value, for error messages.
+pub fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Reads the settings common to chat and completions.
+pub fn settings(body: &Map<String, Value>) -> Result<Settings, ApiError> {
+    let temperature = number(body, "temperature", 0.0, 2.0)?.map(|x| x as f32);
+    let top_p = number(body, "top_p", 0.0, 1.0)?.map(|x| x as f32);
+    let max_key = if body.contains_key("max_completion_tokens") {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
+    let max_tokens = match body.get(max_key) {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(m) if m >= 1 => Some(usize::try_from(m).unwrap_or(usize::MAX)),
+            _ => {
+                return Err(ApiError::invalid(
+                    format!("'{max_key}' must be a positive integer, got {n}"),
+                    Some(max_key),
+                ));
+            }
+        },
+        Some(v) => {
+            return Err(ApiError::invalid(
+                format!("'{max_key}' must be an integer, not {}", kind(v)),
+                Some(max_key),
+            ));
+        }
+    };
+    let stop = match body.get("stop") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(list)) => {
+            let mut out = Vec::new();
+            for s in list {
+                match s {
+                    Value::String(s) => out.push(s.clone()),
+                    v => {
+                        return Err(ApiError::invalid(
+                            format!("'stop' entries must be strings, not {}", kind(v)),
+                            Some("stop"),
+                        ));
+                    }
+                }
+            }
+            if out.len() > 4 {
+                return Err(ApiError::invalid(
+                    "'stop' takes at most 4 sequences",
+                    Some("stop"),
+                ));
+            }
+            out
+        }
+        Some(v) => {
+            return Err(ApiError::invalid(
+                format!(
+                    "'stop' must be a string or an array of strings, not {}",
+                    kind(v)
+                ),
+                Some("stop"),
+            ));
+        }
+    };
+    if stop.iter().any(String::is_empty) {
+        return Err(ApiError::invalid(
+            "'stop' sequences must not be empty",
+            Some("stop"),
+        ));
+    }
+    let seed = match body.get("seed") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(
+            n.as_u64()
+                .or_else(|| n.as_i64().map(|i| i as u64))
+                .ok_or_else(|| ApiError::invalid("'seed' must be an integer", Some("seed")))?,
+        ),
+        Some(v) => {
+            return Err(ApiError::invalid(
+                format!("'seed' must be an integer, not {}", kind(v)),
+                Some("seed"),
+            ));
+        }
+    };
+    let stream = boolean(body, "stream")?;
+    let include_usage = match body.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(o)) => boolean(o, "include_usage")?,
+        Some(v) => {
+            return Err(ApiError::invalid(
+                format!("'stream_options' must be an object, not {}", kind(v)),
+                Some("stream_options"),
+            ));
+        }
+    };
+    match body.get("n") {
+        None | Some(Value::Null) => {}
+        Some(v) if v.as_u64() == Some(1) => {}
+        Some(_) => return Err(ApiError::invalid("only 'n': 1 is supported", Some("n"))),
+    }
+    Ok(Settings {
+        temperature,
+        top_p,
+        max_tokens,
+        stop,
+        seed,
+        stream,
+        include_usage,
+    })
+}
+
+/// Checks the request's `model` against the served one (absent: fine).
+pub fn check_model(body: &Map<String, Value>, served: &str) -> Result<(), ApiError> {
+    match body.get("model") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(m)) if m == served => Ok(()),
+        Some(Value::String(m)) => Err(ApiError::not_found(
+            format!("The model '{m}' does not exist; this server serves '{served}'"),
+            "model_not_found",
+        )),
+        Some(v) => Err(ApiError::invalid(
+            format!("'model' must be a string, not {}", kind(v)),
+            Some("model"),
+        )),
+    }
+}
+
+/// What a chat template is told: the messages (OpenAI's shape turned into
+/// what Hugging Face templates expect) and the tools.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatInput {
+    pub messages: Value,
+    pub tools: Option<Value>,
+}
+
+/// Turns OpenAI `messages` (and `tools`) into template input.
+///
+/// * `content` may be a string, null, or a list of `{"type": "text"}` parts
+///   (joined);
+/// * assistant `tool_calls` keep their shape, with `function.arguments`
+///   (a JSON string in OpenAI's API) parsed into an object, as Hugging Face
+///   templates (Llama 3.1's `tojson`) expect;
+/// * `tool` messages become `ipython` messages when `ipython` is set (Llama
+///   3.1+ templates).
+pub fn chat_input(body: &Map<String, Value>, ipython: bool) -> Result<ChatInput, ApiError> {
+    let p = Some("messages");
+    let list = match body.get("messages") {
+        Some(Value::Array(list)) if !list.is_empty() => list,
+        Some(Value::Array(_)) => return Err(ApiError::invalid("'messages' must not be empty", p)),
+        None => return Err(ApiError::invalid("'messages' is required", p)),
+        Some(v) => {
+            return Err(ApiError::invalid(
+                format!("'messages' must be an array, not {}", kind(v)),
+                p,
+            ));
+        }
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for (i, m) in list.iter().enumerate() {
+        let param = format!("messages[{i}]");
+        let Value::Object(m) = m else {
+            return Err(ApiError::invalid(
+                format!("{param} must be an object, not {}", kind(m)),
+                Some(&param),
+            ));
+        };
+        let role = match m.get("role") {
+            Some(Value::String(r)) => r.as_str(),
+            _ => {
+                return Err(ApiError::invalid(
+                    format!("{param}.role must be a string"),
+                    Some(&format!("{param}.role")),
+                ));
+            }
+        };
+        let role = match role {
+            "system" | "developer" => "system",
+            "user" => "user",
+            "assistant" => "assistant",
+            "tool" | "function" if ipython => "ipython",
+            "tool" | "function" => "tool",
+            other => {
+                return Err(ApiError::invalid(
+                    format!(
+                        "{param}.role must be one of system, user, assistant, tool; got '{other}'"
+                    ),
+                    Some(&format!("{param}.role")),
+                ));
+            }
+        };
+        let content = match m.get("content") {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(parts)) => {
+                let mut text = String::new();
+                for part in parts {
+                    match part.get("text") {
+                        Some(Value::String(t)) => text.push_str(t),
+                        _ => {
+                            return Err(ApiError::invalid(
+                                format!("{param}.content parts must be text parts"),
+                                Some(&format!("{param}.content")),
+                            ));
+                        }
+                    }
+                }
+                text
+            }
+            Some(v) => {
+                return Err(ApiError::invalid(
+                    format!("{param}.content must be a string, not {}", kind(v)),
+                    Some(&format!("{param}.content")),
+                ));
+            }
+        };
+        let mut msg = Map::new();
+        msg.insert("role".into(), role.into());
+        msg.insert("content".into(), content.into());
+        if role == "assistant" {
+            if let Some(calls) = m.get("tool_calls").filter(|v| !v.is_null()) {
+                msg.insert("tool_calls".into(), template_tool_calls(calls, &param)?);
+            }
+        }
+        for key in ["tool_call_id", "name"] {
+            if let Some(v @ Value::String(_)) = m.get(key) {
+                msg.insert(key.into(), v.clone());
+            }
+        }
+        out.push(Value::Object(msg));
+    }
+    let tools = match body.get("tools") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(t)) if t.is_empty() => None,
+        Some(Value::Array(t)) => {
+            for (i, tool) in t.iter().enumerate() {
+                if tool
+                    .pointer("/function/name")
+                    .and_then(Value::as_str)
+                    .is_none()
+                {
+                    return Err(ApiError::invalid(
+                        format!(
+                            "tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}"
+                        ),
+                        Some(&format!("tools[{i}]")),
+                    ));
+                }
+            }
+            Some(Value::Array(t.clone()))
+        }
+        Some(v) => {
+            return Err(ApiError::invalid(
+                format!("'tools' must be an array, not {}", kind(v)),
+                Some("tools"),
+            ));
+        }
+    };
+    if body.get("tool_choice").and_then(Value::as_str) == Some("none") {
+        return Ok(ChatInput {
+            messages: Value::Array(out),
+            tools: None,
+        });
+    }
+    Ok(ChatInput {
+        messages: Value::Array(out),
+        tools,
+    })
+}
+
+fn template_tool_calls(calls: &Value, param: &str) -> Result<Value, ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            format!(
+                "{param}.tool_calls must be a list of {{\"function\": {{\"name\", \"arguments\"}}}}"
+            ),
+            Some(&format!("{param}.tool_calls")),
+        )
+    };
+    let Value::Array(calls) = calls else {
+        return Err(bad());
+    };
+    let mut out = Vec::new();
+    for call in calls {
+        let name = call
+            .pointer("/function/name")
+            .and_then(Value::as_str)
+            .ok_or_else(bad)?;
+        let arguments = match call.pointer("/function/arguments") {
+            Some(Value::String(s)) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
+            Some(v) => v.clone(),
+            None => json!({}),
+        };
+        let mut c = json!({
+            "type": "function",
+            "function": {"name": name, "arguments": arguments},
+        });
+        if let Some(id) = call.get("id") {
+            c["id"] = id.clone();
+        }
+        out.push(c);
+    }
+    Ok(Value::Array(out))
+}
+
+/// One tool call the model made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub name: String,
+    /// The arguments as JSON text (OpenAI's `function.arguments`).
+    pub arguments: String,
+}
+
+/// Reads the model's answer as Llama 3.1+ JSON tool calls:
+/// `{"name": ..., "parameters": {...}}` (or `"arguments"`), optionally after
+/// `<|python_tag|>`, several separated by `;` or new lines. `None` when the
+/// text is anything else (an ordinary answer).
+pub fn parse_tool_calls(text: &str) -> Option<Vec<ToolCall>> {
+    let mut rest = text.trim();
+    if let Some(r) = rest.strip_prefix("<|python_tag|>") {
+        rest = r.trim_start();
+    }
+    for end in ["<|eom_id|>", "<|eot_id|>"] {
+        if let Some(r) = rest.strip_suffix(end) {
+            rest = r.trim_end();
+        }
+    }
+    if !rest.starts_with('{') {
+        return None;
+    }
+    let mut calls = Vec::new();
+    let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+    loop {
+        let value = match stream.next() {
+            None => break,
+            Some(Ok(v)) => v,
+            Some(Err(_)) => return None,
+        };
+        let obj = value.as_object()?;
+        let name = obj.get("name")?.as_str()?;
+        let args = obj
+            .get("parameters")
+            .or_else(|| obj.get("arguments"))
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        let arguments = match args {
+            Value::String(s) => s,
+            v => v.to_string(),
+        };
+        calls.push(ToolCall {
+            name: name.to_string(),
+            arguments,
+        });
+        // Separators between calls.
+        let offset = stream.byte_offset();
+        let tail = rest[offset..].trim_start_matches(|c: char| c.is_whitespace() || c == ';');
+        if tail.is_empty() {
+            break;
+        }
+        let skipped = rest.len() - offset - tail.len();
+        stream = serde_json::Deserializer::from_str(&rest[offset + skipped..]).into_iter();
+        rest = &rest[offset + skipped..];
+    }
+    if calls.is_empty() { None } else { Some(calls) }
+}
+
+/// OpenAI's `tool_calls` array for parsed calls; `ids` names them.
+pub fn tool_calls_json(calls: &[ToolCall], id_base: &str, with_index: bool) -> Value {
+    Value::Array(
+        calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut v = json!({
+                    "id": format!("call_{id_base}_{i}"),
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                });
+                if with_index {
+                    v["index"] = json!(i);
+                }
+                v
+            })
+            .collect(),
+    )
+}
+
+/// OpenAI's `finish_reason` for an engine stop reason name.
+pub fn finish_reason(stop: &str) -> &'static str {
+    match stop {
+        "max_tokens" | "context_full" => "length",
+        _ => "stop",
+    }
+}
+
+/// The `usage` object.
+pub fn usage(prompt: usize, completion: usize, cached: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    })
+}
+
+/// The assistant message of a finished chat answer: tool calls when tools
+/// were offered and the text is a tool call, else the text.
+pub fn assistant_message(text: &str, tools_offered: bool, id_base: &str) -> (Value, bool) {
+    if tools_offered {
+        if let Some(calls) = parse_tool_calls(text) {
+            return (
+                json!({
+                    "role": "assistant",
+                    "content": null,
+                    "tool_calls": tool_calls_json(&calls, id_base, false),
+                }),
+                true,
+            );
+        }
+    }
+    (json!({"role": "assistant", "content": text}), false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn settings_read_and_check_types() {
+        let s = settings(&obj(json!({
+            "temperature": 0.5, "top_p": 0.9, "max_tokens": 7,
+            "stop": ["a", "b"], "seed": 42, "stream": true,
+            "stream_options": {"include_usage": true}
+        })))
+        .unwrap();
+        assert_eq!(s.temperature, Some(0.5));
+        assert_eq!(s.top_p, Some(0.9));
+        assert_eq!(s.max_tokens, Some(7));
+        assert_eq!(s.stop, vec!["a", "b"]);
+        assert_eq!(s.seed, Some(42));
+        assert!(s.stream && s.include_usage);
+        assert_eq!(
+            settings(&obj(json!({"stop": "x"}))).unwrap().stop,
+            vec!["x"]
+        );
+        for (bad, param) in [
+            (json!({"temperature": "hot"}), "temperature"),
+            (json!({"temperature": 3}), "temperature"),
+            (json!({"max_tokens": 0}), "max_tokens"),
+            (json!({"max_tokens": 1.5}), "max_tokens"),
+            (json!({"stop": 3}), "stop"),
+            (json!({"stop": [""]}), "stop"),
+            (json!({"seed": "x"}), "seed"),
+            (json!({"stream": "yes"}), "stream"),
+        ] {
+            let e = settings(&obj(bad)).unwrap_err();
+            assert_eq!(e.status, 400);
+            assert_eq!(e.param.as_deref(), Some(param));
+        }
+    }
+
+    #[test]
+    fn error_shape() {
+        let e = ApiError::not_found("no such model", "model_not_found");
+        assert_eq!(
+            e.body(),
+            json!({"error": {"message": "no such model", "type": "invalid_request_error",
+                             "param": null, "code": "model_not_found"}})
+        );
+        assert!(check_model(&obj(json!({"model": "m"})), "m").is_ok());
+        assert_eq!(
+            check_model(&obj(json!({"model": "x"})), "m")
+                .unwrap_err()
+                .status,
+            404
+        );
+    }
+
+    #[test]
+    fn messages_become_template_input() {
+        let body = obj(json!({
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "wea"}, {"type": "text", "text": "ther?"}]},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function",
+                     "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp\": 21}"}
+            ],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+        }));
+        let input = chat_input(&body, true).unwrap();
+        let m = input.messages.as_array().unwrap();
+        assert_eq!(m[1]["content"], "weather?");
+        assert_eq!(
+            m[2]["tool_calls"][0]["function"]["arguments"],
+            json!({"city": "Paris"})
+        );
+        assert_eq!(m[3]["role"], "ipython");
+        assert_eq!(m[3]["tool_call_id"], "call_1");
+        assert!(input.tools.is_some());
+        assert_eq!(
+            chat_input(&body, false).unwrap().messages[3]["role"],
+            "tool"
+        );
+        let bad = obj(json!({"messages": [{"role": "wizard", "content": "x"}]}));
+        assert_eq!(
+            chat_input(&bad, true).unwrap_err().param.as_deref(),
+            Some("messages[0].role")
+        );
+        assert!(chat_input(&obj(json!({"messages": "hi"})), true).is_err());
+        assert!(chat_input(&obj(json!({"messages": []})), true).is_err());
+    }
+
+    #[test]
+    fn tool_calls_parse_llama_json_format() {
+        let calls = parse_tool_calls(
+            "<|python_tag|>{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}",
+        )
+        .unwrap();
+        assert_eq!(
+            calls,
+            vec![ToolCall {
+                name: "get_weather".into(),
+                arguments: "{\"city\":\"Paris\"}".into()
+            }]
+        );
+        let two = parse_tool_calls(
+            " {\"name\": \"a\", \"parameters\": {}}; {\"name\": \"b\", \"arguments\": {\"x\": 1}}\n",
+        )
+        .unwrap();
+        assert_eq!(two.len(), 2);
+        assert_eq!(two[1].name, "b");
+        assert_eq!(two[1].arguments, "{\"x\":1}");
+        assert_eq!(parse_tool_calls("The weather is nice."), None);
+        assert_eq!(parse_tool_calls("{\"not\": \"a call\"}"), None);
+        assert_eq!(
+            parse_tool_calls("{\"name\": \"a\", \"parameters\": {"),
+            None
+        );
+        assert_eq!(parse_tool_calls("{\"name\": \"a\"} and then text"), None);
+    }
+
+    #[test]
+    fn assistant_message_maps_tool_calls() {
+        let (m, is_call) = assistant_message(
+            "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}",
+            true,
+            "x",
+        );
+        assert!(is_call);
+        assert_eq!(m["content"], Value::Null);
+        assert_eq!(m["tool_calls"][0]["id"], "call_x_0");
+        assert_eq!(m["tool_calls"][0]["function"]["name"], "get_weather");
+        let args: Value = serde_json::from_str(
+            m["tool_calls"][0]["function"]["arguments"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(args, json!({"city": "Paris"}));
+        // Without tools offered, the same text is just text.
+        let (m, is_call) = assistant_message("{\"name\": \"f\", \"parameters\": {}}", false, "x");
+        assert!(!is_call);
+        assert_eq!(m["content"], "{\"name\": \"f\", \"parameters\": {}}");
+    }
+
+    /// A Llama 3.1-style tools template (the chat compatibility tests'
+    /// `tools_header.jinja`) renders OpenAI tools, an assistant tool call
+    /// and its `tool` answer the way Llama 3.1 was trained on.
+    #[test]
+    fn llama_3_1_template_renders_tools_and_tool_results() {
+        let source = include_str!("../../../runtime/tests/chat_compat/tools_header.jinja");
+        let template =
+            spinel_runtime::chat::ChatTemplate::new(source, "<|begin_of_text|>", "<|eot_id|>")
+                .unwrap();
+        let body = obj(json!({
+            "messages": [
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function",
+                     "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "21 degrees"}
+            ],
+            "tools": [{"type": "function", "function": {
+                "name": "get_weather", "description": "Current weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+        }));
+        let input = chat_input(&body, true).unwrap();
+        let mut extra = Map::new();
+        extra.insert("tools".into(), input.tools.unwrap());
+        let text = template.render_json(&input.messages, true, &extra).unwrap();
+        assert!(text.contains("Environment: ipython"), "{text}");
+        assert!(text.contains("\"name\": \"get_weather\""), "{text}");
+        assert!(text.contains("Current weather"), "{text}");
+        assert!(
+            text.contains("{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("<|start_header_id|>ipython<|end_header_id|>\n\n21 degrees<|eot_id|>"),
+            "{text}"
+        );
+        assert!(text.ends_with("<|start_header_id|>assistant<|end_header_id|>\n\n"));
+        // What the model answers in that format maps back to the call.
+        let (m, is_call) = assistant_message(
+            "<|python_tag|>{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}",
+            true,
+            "t",
+        );
+        assert!(is_call);
+        assert_eq!(
+            m["tool_calls"][0]["function"]["arguments"],
+            "{\"city\":\"Paris\"}"
+        );
+    }
+}
