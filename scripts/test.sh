@@ -3,8 +3,8 @@
 # Fetches what the tests need first (the gguf Python package, the demo model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -c 'import gguf, numpy' 2>/dev/null \
-  || python3 -m pip install -q --disable-pip-version-check 'gguf==0.19.0' numpy
+python3 -c 'import gguf, numpy, openai' 2>/dev/null \
+  || python3 -m pip install -q --disable-pip-version-check 'gguf==0.19.0' numpy 'openai==3.57.0'
 scripts/fetch-model.sh >/dev/null
 # Peers the compatibility tests compare against: llama.cpp's tools (built from
 # PyPI's llama-cpp-python sdist, ~10 min once) and its HF converter's Python

@@ -1,0 +1,226 @@
+"""Drives a running `spinel serve` with the official `openai` client.
+
+Usage: serve_openai.py BASE_URL MODEL_ID MODE
+  MODE "real": SmolLM2 generating (chat, streaming, stop, seed, usage,
+               errors, disconnect).
+  MODE "tools": a server started with --fake-output (a Llama 3.1 JSON tool
+               call) and a Llama 3.1-style tools template: the tool-call
+               mapping through the API, both ways.
+Exits non-zero (an AssertionError or an exception) on any failure.
+"""
+
+import json
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import openai  # a missing package is a failure, never a skip
+
+BASE, MODEL, MODE = sys.argv[1], sys.argv[2], sys.argv[3]
+client = openai.OpenAI(base_url=BASE + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def raw(method, path, body=None, headers=None):
+    """An HTTP request outside the client: (status, parsed JSON body)."""
+    req = urllib.request.Request(BASE + path, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def check_error(status, body, want_status):
+    assert status == want_status, (status, body)
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"}, err
+    assert isinstance(err["message"], str) and err["message"], err
+
+
+def health_ok():
+    status, body = raw("GET", "/health")
+    assert status == 200 and body["status"] == "ok", body
+
+
+def ask(**kw):
+    return client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Name three colors."}], **kw
+    )
+
+
+def real():
+    # /v1/models
+    models = client.models.list()
+    assert [m.id for m in models.data] == [MODEL], models
+
+    # Non-streaming chat with usage counts.
+    r = ask(max_tokens=12, temperature=0)
+    text = r.choices[0].message.content
+    assert r.choices[0].message.role == "assistant"
+    assert isinstance(text, str) and text, r
+    assert r.choices[0].finish_reason in ("stop", "length"), r
+    assert r.usage.prompt_tokens > 5, r.usage
+    assert 0 < r.usage.completion_tokens <= 12, r.usage
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+    # Streaming gives the same greedy text, piece by piece, then usage.
+    stream = ask(max_tokens=12, temperature=0, stream=True, stream_options={"include_usage": True})
+    pieces, finish, usage = [], None, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for c in chunk.choices:
+            if c.delta.content:
+                pieces.append(c.delta.content)
+            if c.finish_reason:
+                finish = c.finish_reason
+    assert "".join(pieces) == text, (pieces, text)
+    assert len(pieces) > 1, pieces
+    assert finish == r.choices[0].finish_reason, finish
+    assert usage.completion_tokens == r.usage.completion_tokens, usage
+    # The same prompt again reuses the cached prefix.
+    assert usage.prompt_tokens_details.cached_tokens > 0, usage
+
+    # Seed determinism with sampling on.
+    a = ask(max_tokens=16, temperature=1.0, seed=1234).choices[0].message.content
+    b = ask(max_tokens=16, temperature=1.0, seed=1234).choices[0].message.content
+    assert a == b, (a, b)
+
+    # Stop strings: the text ends before the stop string.
+    words = text.split()
+    assert len(words) >= 2, text
+    stop_word = words[1]
+    s = ask(max_tokens=12, temperature=0, stop=[stop_word])
+    assert s.choices[0].finish_reason == "stop", s
+    assert s.choices[0].message.content == text[: text.index(stop_word)], (s, text)
+    s = ask(max_tokens=12, temperature=0, stop=stop_word)  # a plain string too
+    assert s.choices[0].message.content == text[: text.index(stop_word)]
+
+    # A system / assistant / user conversation.
+    r2 = client.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {"role": "system", "content": "You are brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "What is 2+2?"},
+        ],
+        max_tokens=8,
+        temperature=0,
+    )
+    assert r2.choices[0].message.content
+
+    # Legacy completions.
+    c = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=6, temperature=0)
+    assert c.choices[0].text and c.usage.completion_tokens <= 6, c
+
+    # Errors: the client raises the right classes, the body has OpenAI's shape.
+    try:
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+        raise AssertionError("unknown model accepted")
+    except openai.NotFoundError as e:
+        assert e.status_code == 404 and e.body["code"] == "model_not_found", e.body
+    try:
+        ask(max_tokens=10**7)
+        raise AssertionError("max_tokens beyond the context accepted")
+    except openai.BadRequestError as e:
+        assert e.body["code"] == "context_length_exceeded", e.body
+    try:
+        ask(temperature="hot")
+        raise AssertionError("a string temperature accepted")
+    except openai.BadRequestError as e:
+        assert e.body["param"] == "temperature", e.body
+    try:
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "word " * 5000}], max_tokens=4
+        )
+        raise AssertionError("a prompt longer than the context accepted")
+    except openai.BadRequestError as e:
+        assert e.body["code"] == "context_length_exceeded", e.body
+
+    check_error(*raw("POST", "/v1/chat/completions", b"{not json", {"Content-Type": "application/json"}), 400)
+    check_error(*raw("POST", "/v1/chat/completions", b"[1, 2]"), 400)
+    check_error(*raw("POST", "/v1/chat/completions", json.dumps({"messages": "hi"}).encode()), 400)
+    check_error(*raw("GET", "/v1/nothing-here"), 404)
+    check_error(*raw("POST", "/v1/chat/completions", b"x" * (5 << 20)), 413)
+    health_ok()
+
+    # A client that goes away mid-stream: the server stops generating (the
+    # session is free again quickly) and keeps serving.
+    body = json.dumps(
+        {"model": MODEL, "stream": True, "max_tokens": 400, "temperature": 1.0, "seed": 7,
+         "messages": [{"role": "user", "content": "Write a long story about a dragon."}]}
+    ).encode()
+    host, port = BASE.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
+    got = b""
+    while got.count(b"data: ") < 3:
+        got += sock.recv(4096)
+    sock.close()
+    deadline = time.time() + 30
+    while True:
+        status, h = raw("GET", "/health")
+        if h["busy"] == 0:
+            break
+        assert time.time() < deadline, "generation went on after the client left"
+        time.sleep(0.05)
+    r3 = ask(max_tokens=4, temperature=0)
+    assert r3.choices[0].message.content
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def tools():
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    r = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER_TOOL])
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    assert choice.message.content is None, choice
+    (call,) = choice.message.tool_calls
+    assert call.type == "function" and call.function.name == "get_weather", call
+    assert json.loads(call.function.arguments) == {"city": "Paris"}, call
+
+    # Streaming: the call comes as a tool_calls delta.
+    stream = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER_TOOL], stream=True)
+    calls, finish = [], None
+    for chunk in stream:
+        for c in chunk.choices:
+            if c.delta.tool_calls:
+                calls.extend(c.delta.tool_calls)
+            if c.finish_reason:
+                finish = c.finish_reason
+    assert finish == "tool_calls" and calls[0].function.name == "get_weather", calls
+    assert json.loads(calls[0].function.arguments) == {"city": "Paris"}
+
+    # The answer goes back as a tool message (rendered as ipython by the
+    # template) and the server takes the whole conversation.
+    messages.append(choice.message.model_dump(exclude_none=True))
+    messages.append({"role": "tool", "tool_call_id": call.id, "content": '{"celsius": 21}'})
+    r2 = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER_TOOL])
+    assert r2.choices[0].message.tool_calls, r2
+    assert r2.usage.prompt_tokens > r.usage.prompt_tokens, (r2.usage, r.usage)
+
+    # Without tools offered, the same text is plain content.
+    r3 = client.chat.completions.create(model=MODEL, messages=messages[:1])
+    assert r3.choices[0].message.tool_calls is None and r3.choices[0].finish_reason == "stop"
+    content = r3.choices[0].message.content
+    assert json.loads(content.removeprefix("<|python_tag|>"))["name"] == "get_weather", content
+    health_ok()
+
+
+{"real": real, "tools": tools}[MODE]()
+print("ok", MODE)
