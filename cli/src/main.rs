@@ -10,6 +10,8 @@ mod convert;
 mod fetch;
 mod inspect;
 mod logits;
+mod perplexity;
+mod quantize;
 mod run;
 mod serve;
 mod tokenize;
@@ -51,6 +53,10 @@ enum Command {
     Serve(serve::Args),
     /// Measure prompt processing and generation speed (llama-bench's tests).
     Bench(bench::Args),
+    /// Quantize a GGUF file or checkpoint with llama-quantize's type mixes.
+    Quantize(quantize::Args),
+    /// Measure perplexity on a text the way llama-perplexity does.
+    Perplexity(perplexity::Args),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +77,8 @@ fn main() -> ExitCode {
         Command::Tokenize(args) => tokenize::run(&args),
         Command::Serve(args) => serve::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Quantize(args) => quantize::run(&args),
+        Command::Perplexity(args) => perplexity::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

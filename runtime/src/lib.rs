@@ -10,5 +10,7 @@ pub mod convert;
 pub mod engine;
 pub mod gguf;
 pub mod model;
+pub mod perplexity;
+pub mod quantize;
 pub mod sampling;
 pub mod tokenizer;

@@ -1,0 +1,130 @@
+//! `spinel quantize IN OUT.gguf --type TYPE [-t THREADS]`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Args as ClapArgs;
+use indicatif::{ProgressBar, ProgressStyle};
+use spinel_runtime::convert::{Conversion, ConvertOptions, OutType};
+use spinel_runtime::gguf::MappedGguf;
+use spinel_runtime::quantize::{FileType, quantize_file};
+
+/// Quantize a GGUF file (or a Hugging Face checkpoint folder) with
+/// llama-quantize's per-tensor type choices.
+#[derive(ClapArgs)]
+pub struct Args {
+    /// The input: a GGUF file or a checkpoint folder.
+    input: PathBuf,
+    /// The GGUF file to write.
+    out: PathBuf,
+    /// f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_m, q4_k_s,
+    /// q4_k_m, q5_k_m, q6_k.
+    #[arg(long = "type", value_parser = parse_type)]
+    ty: FileType,
+    /// Threads (default: all cores).
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+}
+
+fn parse_type(s: &str) -> Result<FileType, String> {
+    FileType::from_name(s).ok_or_else(|| {
+        let names: Vec<_> = FileType::ALL.iter().map(|t| t.name()).collect();
+        format!("unknown type {s:?} (one of {})", names.join(", "))
+    })
+}
+
+pub fn run(args: &Args) -> Result<(), String> {
+    let t0 = Instant::now();
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // A checkpoint folder is converted to f32 first (next to the output).
+    let mut tmp = None;
+    let input: &Path = if args.input.is_dir() {
+        let mut name = args.out.file_name().unwrap_or_default().to_os_string();
+        name.push(".f32.tmp");
+        let path = args.out.with_file_name(name);
+        eprintln!("converting {} to f32 first", args.input.display());
+        let opts = ConvertOptions {
+            outtype: OutType::F32,
+            name: None,
+        };
+        let conv = Conversion::plan(&args.input, &opts).map_err(|e| e.to_string())?;
+        conv.write(&path, &mut |_| {}).map_err(|e| e.to_string())?;
+        tmp = Some(path);
+        tmp.as_deref().unwrap()
+    } else {
+        &args.input
+    };
+    let result = quantize(args, input, threads, t0);
+    if let Some(p) = tmp {
+        let _ = std::fs::remove_file(p);
+    }
+    result
+}
+
+fn quantize(args: &Args, input: &Path, threads: usize, t0: Instant) -> Result<(), String> {
+    // SAFETY: the input is read-only while it is mapped (Spinel's contract
+    // for model files).
+    let m = unsafe { MappedGguf::open(input) }.map_err(|e| e.to_string())?;
+    let file = m.file();
+    let requant = file
+        .tensors()
+        .iter()
+        .filter(|t| t.ggml_type().is_quantized())
+        .count();
+    if requant > 0 {
+        eprintln!(
+            "spinel: warning: {} holds {requant} quantized tensors; they are dequantized \
+             and quantized again, which loses more than quantizing the original weights",
+            input.display()
+        );
+    }
+    let total: u64 = file.tensors().iter().map(|t| t.n_elements()).sum();
+    eprintln!(
+        "quantizing {} → {} [{}], {} tensors, {threads} threads",
+        args.input.display(),
+        args.out.display(),
+        args.ty,
+        file.tensors().len()
+    );
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40.cyan/blue} {percent:>3}% ({eta}) {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let summary = quantize_file(file, &args.out, args.ty, threads, &mut |p| {
+        bar.set_position(p.elems_done);
+        bar.set_message(format!(
+            "[{}/{}] {} {} → {}",
+            p.index + 1,
+            p.count,
+            p.name,
+            p.from,
+            p.to
+        ));
+    })
+    .map_err(|e| e.to_string());
+    bar.finish_and_clear();
+    let s = summary?;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let types: Vec<String> = s
+        .type_counts
+        .iter()
+        .map(|(t, n)| format!("{t}: {n}"))
+        .collect();
+    eprintln!(
+        "wrote {}: {:.2} MiB (tensor data {:.2} MiB → {:.2} MiB), {:.3} bits per weight, \
+         {} weights, in {:.1} s\ntensor types: {}",
+        args.out.display(),
+        mib(s.file_bytes),
+        mib(s.data_bytes_in),
+        mib(s.data_bytes_out),
+        s.bits_per_weight(),
+        s.n_elements,
+        t0.elapsed().as_secs_f64(),
+        types.join(", ")
+    );
+    Ok(())
+}

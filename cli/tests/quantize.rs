@@ -1,0 +1,232 @@
+//! `spinel quantize` against llama.cpp's `llama-quantize` on the real model:
+//!
+//! * the base: SmolLM2-135M-Instruct Q4_1 dequantized to f32 by
+//!   `spinel quantize --type f32` (a requantization: it must warn);
+//! * for each K mix and q4_0/q8_0, both tools quantize that base: every
+//!   tensor gets the same type and the files the same size; for q4_0 and
+//!   q8_0 every tensor's bytes are equal (and so are the whole files:
+//!   metadata and tensor order follow llama-quantize too);
+//! * our q4_k_m and q4_0 files run in Spinel (finite logits) and in
+//!   llama.cpp (`llama-simple`).
+//!
+//! Needs the model (`$SPINEL_TEST_MODEL` or the Spinel cache) and llama.cpp
+//! built by `../shared/peers/llama-cpp.sh` (run on first use, ~10 minutes,
+//! then cached under `~/.cache/spinel-peers`); without them the tests fail
+//! saying why.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use spinel_runtime::gguf::MappedGguf;
+use spinel_runtime::model::{KvType, Model, StateOptions};
+
+const SPINEL: &str = env!("CARGO_BIN_EXE_spinel");
+
+fn llama_cpp_bin() -> &'static Path {
+    static B: OnceLock<PathBuf> = OnceLock::new();
+    B.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers/llama-cpp.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} failed; these tests need llama.cpp's tools:\n{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+}
+
+fn ok(what: &str, out: Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stderr}",
+        out.status
+    );
+    stderr
+}
+
+fn work_dir() -> &'static Path {
+    static D: OnceLock<PathBuf> = OnceLock::new();
+    D.get_or_init(|| {
+        let d = std::env::temp_dir().join(format!("spinel-quantize-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    })
+}
+
+/// The f32 base, made once.
+fn base() -> &'static Path {
+    static B: OnceLock<PathBuf> = OnceLock::new();
+    B.get_or_init(|| {
+        let model = spinel_runtime::cache::test_model();
+        let out = work_dir().join("base.f32.gguf");
+        let stderr = ok(
+            "spinel quantize --type f32",
+            Command::new(SPINEL)
+                .arg("quantize")
+                .arg(&model)
+                .arg(&out)
+                .args(["--type", "f32"])
+                .output()
+                .unwrap(),
+        );
+        assert!(
+            stderr.contains("warning") && stderr.contains("dequantized"),
+            "requantizing a Q4_1 file did not warn:\n{stderr}"
+        );
+        out
+    })
+}
+
+fn ours(ty: &str) -> PathBuf {
+    let out = work_dir().join(format!("ours.{ty}.gguf"));
+    if !out.exists() {
+        let stderr = ok(
+            &format!("spinel quantize --type {ty}"),
+            Command::new(SPINEL)
+                .arg("quantize")
+                .arg(base())
+                .arg(&out)
+                .args(["--type", ty, "-t", "2"])
+                .output()
+                .unwrap(),
+        );
+        assert!(stderr.contains("bits per weight"), "no summary:\n{stderr}");
+    }
+    out
+}
+
+fn theirs(ty: &str) -> PathBuf {
+    let out = work_dir().join(format!("llama.{ty}.gguf"));
+    if !out.exists() {
+        ok(
+            &format!("llama-quantize {ty}"),
+            Command::new(llama_cpp_bin().join("llama-quantize"))
+                .arg(base())
+                .arg(&out)
+                .args([ty, "2"])
+                .output()
+                .unwrap(),
+        );
+    }
+    out
+}
+
+fn open(p: &Path) -> MappedGguf {
+    // SAFETY: files this test wrote and nothing else touches.
+    unsafe { MappedGguf::open(p) }.unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn compare(ty: &str, bytes_too: bool) {
+    let (a, b) = (ours(ty), theirs(ty));
+    let (ma, mb) = (open(&a), open(&b));
+    let (fa, fb) = (ma.file(), mb.file());
+    let names = |f: &spinel_runtime::gguf::GgufFile<'_>| -> Vec<String> {
+        f.tensors().iter().map(|t| t.name().to_string()).collect()
+    };
+    assert_eq!(names(fa), names(fb), "{ty}: tensor order");
+    let mut type_diffs = Vec::new();
+    for (x, y) in fa.tensors().iter().zip(fb.tensors()) {
+        if x.ggml_type() != y.ggml_type() {
+            type_diffs.push(format!(
+                "{}: ours {} llama.cpp {}",
+                x.name(),
+                x.ggml_type(),
+                y.ggml_type()
+            ));
+        } else if bytes_too {
+            assert!(x.data() == y.data(), "{ty}: {} bytes differ", x.name());
+        }
+    }
+    assert!(
+        type_diffs.is_empty(),
+        "{ty}: tensor types differ:\n{}",
+        type_diffs.join("\n")
+    );
+    assert_eq!(
+        fa.metadata().get_u32("general.file_type").unwrap(),
+        fb.metadata().get_u32("general.file_type").unwrap(),
+        "{ty}: general.file_type"
+    );
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    assert_eq!(size(&a), size(&b), "{ty}: file sizes");
+    if bytes_too {
+        assert!(
+            std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+            "{ty}: files differ"
+        );
+    }
+}
+
+/// One test (the files are big: 0.5 GB of f32 base, 15 outputs), removing
+/// its folder at the end.
+#[test]
+fn quantize_like_llama_quantize() {
+    q4_0_and_q8_0_bytes_equal_llama_quantize();
+    k_mixes_choose_llama_quantize_types();
+    outputs_run_in_spinel_and_llama_cpp();
+    let _ = std::fs::remove_dir_all(work_dir());
+}
+
+fn q4_0_and_q8_0_bytes_equal_llama_quantize() {
+    compare("q4_0", true);
+    compare("q8_0", true);
+}
+
+fn k_mixes_choose_llama_quantize_types() {
+    for ty in ["q4_k_m", "q3_k_m", "q5_k_m", "q4_k_s", "q6_k", "q2_k"] {
+        compare(ty, false);
+    }
+}
+
+fn outputs_run_in_spinel_and_llama_cpp() {
+    for ty in ["q4_k_m", "q4_0"] {
+        let path = ours(ty);
+        let model = Model::load(&path).unwrap();
+        let mut state = model
+            .new_state_with(&StateOptions {
+                n_ctx: Some(64),
+                kv_type: KvType::F32,
+                ..StateOptions::default()
+            })
+            .unwrap();
+        // "The capital of France is" in SmolLM2's vocabulary, roughly: any
+        // valid ids do; the logits must be finite.
+        let logits = model
+            .forward(&mut state, &[504, 3575, 282, 4649, 314])
+            .unwrap();
+        assert!(
+            logits.iter().all(|x| x.is_finite()),
+            "{ty}: non-finite logits"
+        );
+        let stderr = ok(
+            &format!("spinel run ({ty})"),
+            Command::new(SPINEL)
+                .arg("run")
+                .arg("-m")
+                .arg(&path)
+                .args(["-n", "8", "--temp", "0", "-p", "The capital of France is"])
+                .output()
+                .unwrap(),
+        );
+        let _ = stderr;
+        let run = Command::new(llama_cpp_bin().join("llama-simple"))
+            .arg("-m")
+            .arg(&path)
+            .args(["-n", "4", "The capital of France is"])
+            .output()
+            .expect("running llama-simple");
+        let stderr = ok(&format!("llama-simple ({ty})"), run);
+        assert!(
+            stderr.contains("decoded 4 tokens"),
+            "{ty}: llama-simple:\n{stderr}"
+        );
+    }
+}

@@ -1,0 +1,638 @@
+//! `spinel quantize`: rewrite a GGUF file with its weights in another type,
+//! choosing each tensor's type as llama.cpp's `llama-quantize` does
+//! (`llama_tensor_get_type` in `src/llama-quant.cpp`), so the two tools give
+//! files of the same layout and size.
+//!
+//! Every tensor is dequantized to f32 and quantized again with the
+//! reference `from_float` of its new type (ggml's `quantize_row_*_ref`, what
+//! `llama-quantize` uses without an importance matrix); a tensor whose type
+//! does not change is copied as it is.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use spinel_quant::{GgmlType, Kernels};
+
+use crate::gguf::{GgufError, GgufFile, GgufWriter, Value};
+
+/// A target of `spinel quantize --type` (llama.cpp's `LLAMA_FTYPE_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileType {
+    F32,
+    F16,
+    BF16,
+    Q8_0,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q2K,
+    Q3KM,
+    Q4KS,
+    Q4KM,
+    Q5KM,
+    Q6K,
+}
+
+impl FileType {
+    /// Every target.
+    pub const ALL: [FileType; 14] = [
+        FileType::F32,
+        FileType::F16,
+        FileType::BF16,
+        FileType::Q8_0,
+        FileType::Q4_0,
+        FileType::Q4_1,
+        FileType::Q5_0,
+        FileType::Q5_1,
+        FileType::Q2K,
+        FileType::Q3KM,
+        FileType::Q4KS,
+        FileType::Q4KM,
+        FileType::Q5KM,
+        FileType::Q6K,
+    ];
+
+    /// The name `--type` takes (llama-quantize's, lower case).
+    pub fn name(self) -> &'static str {
+        match self {
+            FileType::F32 => "f32",
+            FileType::F16 => "f16",
+            FileType::BF16 => "bf16",
+            FileType::Q8_0 => "q8_0",
+            FileType::Q4_0 => "q4_0",
+            FileType::Q4_1 => "q4_1",
+            FileType::Q5_0 => "q5_0",
+            FileType::Q5_1 => "q5_1",
+            FileType::Q2K => "q2_k",
+            FileType::Q3KM => "q3_k_m",
+            FileType::Q4KS => "q4_k_s",
+            FileType::Q4KM => "q4_k_m",
+            FileType::Q5KM => "q5_k_m",
+            FileType::Q6K => "q6_k",
+        }
+    }
+
+    /// Parses a `--type` name, case-insensitively.
+    pub fn from_name(s: &str) -> Option<FileType> {
+        FileType::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(s))
+    }
+
+    /// `general.file_type` (llama.cpp's `llama_ftype`).
+    pub fn id(self) -> u32 {
+        match self {
+            FileType::F32 => 0,
+            FileType::F16 => 1,
+            FileType::Q4_0 => 2,
+            FileType::Q4_1 => 3,
+            FileType::Q8_0 => 7,
+            FileType::Q5_0 => 8,
+            FileType::Q5_1 => 9,
+            FileType::Q2K => 10,
+            FileType::Q3KM => 12,
+            FileType::Q4KS => 14,
+            FileType::Q4KM => 15,
+            FileType::Q5KM => 17,
+            FileType::Q6K => 18,
+            FileType::BF16 => 32,
+        }
+    }
+
+    /// The type of a tensor with nothing special about it
+    /// (`llama_ftype_get_default_type`).
+    pub fn default_type(self) -> GgmlType {
+        match self {
+            FileType::F32 => GgmlType::F32,
+            FileType::F16 => GgmlType::F16,
+            FileType::BF16 => GgmlType::BF16,
+            FileType::Q8_0 => GgmlType::Q8_0,
+            FileType::Q4_0 => GgmlType::Q4_0,
+            FileType::Q4_1 => GgmlType::Q4_1,
+            FileType::Q5_0 => GgmlType::Q5_0,
+            FileType::Q5_1 => GgmlType::Q5_1,
+            FileType::Q2K => GgmlType::Q2K,
+            FileType::Q3KM => GgmlType::Q3K,
+            FileType::Q4KS | FileType::Q4KM => GgmlType::Q4K,
+            FileType::Q5KM => GgmlType::Q5K,
+            FileType::Q6K => GgmlType::Q6K,
+        }
+    }
+}
+
+impl fmt::Display for FileType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The role of a tensor in llama.cpp's type choice (`tensor_category`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Category {
+    Output,
+    TokenEmbd,
+    AttnQkv,
+    AttnKvB,
+    AttnV,
+    AttnK,
+    AttnQ,
+    AttnOutput,
+    FfnUp,
+    FfnGate,
+    FfnDown,
+    Other,
+}
+
+fn category(name: &str) -> Category {
+    if name == "output.weight" {
+        Category::Output
+    } else if name == "token_embd.weight" || name == "per_layer_token_embd.weight" {
+        Category::TokenEmbd
+    } else if name.contains("attn_qkv.weight") {
+        Category::AttnQkv
+    } else if name.contains("attn_kv_b.weight") {
+        Category::AttnKvB
+    } else if name.contains("attn_v.weight") {
+        Category::AttnV
+    } else if name.contains("attn_k.weight") {
+        Category::AttnK
+    } else if name.contains("attn_q.weight") {
+        Category::AttnQ
+    } else if name.contains("attn_output.weight") {
+        Category::AttnOutput
+    } else if name.contains("ffn_up") {
+        Category::FfnUp
+    } else if name.contains("ffn_gate") {
+        Category::FfnGate
+    } else if name.contains("ffn_down") {
+        Category::FfnDown
+    } else {
+        Category::Other
+    }
+}
+
+fn is_attn_v(c: Category) -> bool {
+    matches!(c, Category::AttnV | Category::AttnQkv | Category::AttnKvB)
+}
+
+/// `tensor_allows_quantization` for Llama-family tensor names.
+fn allows_quantization(name: &str, dims: &[u64]) -> bool {
+    let n_dims = dims.iter().rposition(|&d| d > 1).map_or(1, |i| i + 1);
+    n_dims >= 2
+        && name.ends_with("weight")
+        && !name.contains("_norm.weight")
+        && !name.contains("ffn_gate_inp.weight")
+        && !name.contains("altup")
+        && !name.contains("laurel")
+        && !name.contains("per_layer_model_proj")
+        && name != "position_embd.weight"
+        && name != "token_types.weight"
+        && !name.contains("ssm_conv1d")
+        && !name.contains("attn_rel_b.weight")
+}
+
+/// What the type choice needs to know about the model.
+#[derive(Clone, Copy, Debug)]
+struct Hparams {
+    n_layer: i64,
+    n_gqa: i64,
+    n_expert: i64,
+}
+
+/// The counters llama.cpp keeps while choosing (`quantize_state_impl`).
+struct State {
+    hp: Hparams,
+    n_attention_wv: i64,
+    i_attention_wv: i64,
+    i_ffn_down: i64,
+    i_ffn_gate: i64,
+    i_ffn_up: i64,
+    has_tied_embeddings: bool,
+}
+
+fn use_more_bits(i: i64, n: i64) -> bool {
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
+}
+
+/// ggml's block size of a type.
+fn blck(t: GgmlType) -> u64 {
+    t.block_size() as u64
+}
+
+impl State {
+    /// `llama_tensor_get_type_impl` for the file types Spinel offers.
+    fn choose_impl(
+        &mut self,
+        mut new_type: GgmlType,
+        nx: u64,
+        ftype: FileType,
+        cat: Category,
+    ) -> GgmlType {
+        use FileType as F;
+        use GgmlType as T;
+        let hp = self.hp;
+        if cat == Category::Output || (self.has_tied_embeddings && cat == Category::TokenEmbd) {
+            if nx % blck(new_type) != 0 {
+                new_type = T::Q8_0;
+            } else if new_type != T::Q8_0 {
+                new_type = T::Q6K;
+            }
+        } else if cat == Category::TokenEmbd {
+            // Only the IQ and TQ types change untied token embeddings.
+        } else if is_attn_v(cat) {
+            match ftype {
+                F::Q2K => new_type = if hp.n_gqa >= 4 { T::Q4K } else { T::Q3K },
+                F::Q3KM => {
+                    new_type = if self.i_attention_wv < 2 {
+                        T::Q5K
+                    } else {
+                        T::Q4K
+                    }
+                }
+                F::Q4KM | F::Q5KM if use_more_bits(self.i_attention_wv, self.n_attention_wv) => {
+                    new_type = T::Q6K
+                }
+                F::Q4KS if self.i_attention_wv < 4 => new_type = T::Q5K,
+                _ => {}
+            }
+            // llama.cpp's LLM_TYPE_70B: a Llama with 80 layers and GQA.
+            if hp.n_layer == 80 && hp.n_gqa > 1 && (new_type == T::Q3K || new_type == T::Q4K) {
+                new_type = T::Q5K;
+            }
+            if hp.n_expert == 8 {
+                new_type = T::Q8_0;
+            }
+            self.i_attention_wv += 1;
+        } else if cat == Category::AttnK {
+            if hp.n_expert == 8 {
+                new_type = T::Q8_0;
+            }
+        } else if cat == Category::FfnDown {
+            let (i_layer, n_layer) = (self.i_ffn_down, hp.n_layer);
+            match ftype {
+                F::Q2K => new_type = T::Q3K,
+                F::Q3KM => {
+                    // Not Falcon: use_more_bits is always taken.
+                    new_type = if i_layer < n_layer / 16 {
+                        T::Q5K
+                    } else {
+                        T::Q4K
+                    }
+                }
+                F::Q4KM if use_more_bits(i_layer, n_layer) => new_type = T::Q6K,
+                F::Q5KM if use_more_bits(i_layer, n_layer) => new_type = T::Q6K,
+                F::Q4KS if i_layer < n_layer / 8 => new_type = T::Q5K,
+                _ => {}
+            }
+            self.i_ffn_down += 1;
+        } else if cat == Category::AttnOutput {
+            if hp.n_expert == 8 {
+                if matches!(ftype, F::Q2K | F::Q3KM | F::Q4KS | F::Q4KM) {
+                    new_type = T::Q5K;
+                }
+            } else if ftype == F::Q2K {
+                new_type = T::Q3K;
+            } else if ftype == F::Q3KM {
+                new_type = T::Q4K;
+            }
+        } else if cat == Category::AttnQkv {
+            match ftype {
+                F::Q4KM => new_type = T::Q5K,
+                F::Q5KM => new_type = T::Q6K,
+                _ => {}
+            }
+        } else if cat == Category::FfnGate {
+            self.i_ffn_gate += 1;
+        } else if cat == Category::FfnUp {
+            self.i_ffn_up += 1;
+        }
+        new_type
+    }
+
+    /// `llama_tensor_get_type`: `None` keeps the tensor's own type.
+    fn choose(&mut self, name: &str, dims: &[u64], ftype: FileType) -> Option<GgmlType> {
+        if !allows_quantization(name, dims) {
+            return None;
+        }
+        let mut new_type = ftype.default_type();
+        if new_type.is_quantized() {
+            new_type = self.choose_impl(new_type, dims[0], ftype, category(name));
+            new_type = fallback(name, dims[0], new_type);
+        }
+        Some(new_type)
+    }
+}
+
+/// `tensor_type_fallback`: a type whose block fits the row length.
+fn fallback(_name: &str, ncols: u64, target: GgmlType) -> GgmlType {
+    use GgmlType as T;
+    if ncols % blck(target) == 0 {
+        return target;
+    }
+    let mut t = match target {
+        T::Q2K | T::Q3K => T::Q4_0,
+        T::Q4K => T::Q5_0,
+        T::Q5K => T::Q5_1,
+        T::Q6K => T::Q8_0,
+        other => other,
+    };
+    if ncols % blck(t) != 0 {
+        t = T::F16;
+    }
+    t
+}
+
+/// The layer of a `blk.N.` tensor, -1 for the others.
+fn layer_of(name: &str) -> i64 {
+    name.strip_prefix("blk.")
+        .and_then(|r| r.split('.').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(-1)
+}
+
+/// The order llama.cpp's model loader keeps tensors in (and llama-quantize
+/// processes and writes them in): by layer (non-layer tensors first), then
+/// by name. Indices into `file.tensors()`.
+pub fn llama_order(file: &GgufFile<'_>) -> Vec<usize> {
+    let t = file.tensors();
+    let mut order: Vec<usize> = (0..t.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (t[a].name(), t[b].name());
+        (layer_of(a), a).cmp(&(layer_of(b), b))
+    });
+    order
+}
+
+/// The type every tensor of `file` gets for `ftype` (in file order), as
+/// llama-quantize chooses it.
+pub fn plan_types(file: &GgufFile<'_>, ftype: FileType) -> Vec<GgmlType> {
+    let md = file.metadata();
+    let arch = md.get_str("general.architecture").unwrap_or("llama");
+    let key = |k: &str| format!("{arch}.{k}");
+    let n_layer = md.get_uint(&key("block_count")).unwrap_or(0) as i64;
+    let n_head = md.get_uint(&key("attention.head_count")).unwrap_or(1) as i64;
+    let n_head_kv = md
+        .get_uint(&key("attention.head_count_kv"))
+        .map_or(n_head, |v| v as i64);
+    let n_expert = md.get_uint(&key("expert_count")).unwrap_or(0) as i64;
+    let mut st = State {
+        hp: Hparams {
+            n_layer,
+            n_gqa: if n_head_kv > 0 { n_head / n_head_kv } else { 1 },
+            n_expert,
+        },
+        n_attention_wv: 0,
+        i_attention_wv: 0,
+        i_ffn_down: 0,
+        i_ffn_gate: 0,
+        i_ffn_up: 0,
+        has_tied_embeddings: true,
+    };
+    for t in file.tensors() {
+        let c = category(t.name());
+        if is_attn_v(c) {
+            st.n_attention_wv += 1;
+        }
+        if c == Category::Output {
+            st.has_tied_embeddings = false;
+        }
+    }
+    let tensors = file.tensors();
+    let mut types: Vec<GgmlType> = tensors.iter().map(|t| t.ggml_type()).collect();
+    for i in llama_order(file) {
+        let t = &tensors[i];
+        if let Some(ty) = st.choose(t.name(), t.dims(), ftype) {
+            types[i] = ty;
+        }
+    }
+    types
+}
+
+/// A tensor finished (for progress reports).
+#[derive(Clone, Copy, Debug)]
+pub struct Progress<'a> {
+    pub index: usize,
+    pub count: usize,
+    pub name: &'a str,
+    pub from: GgmlType,
+    pub to: GgmlType,
+    /// Elements of the tensors done so far (this one included), and in all.
+    pub elems_done: u64,
+    pub elems_total: u64,
+}
+
+/// What was written.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// The file size in bytes.
+    pub file_bytes: u64,
+    /// Bytes of tensor data before and after.
+    pub data_bytes_in: u64,
+    pub data_bytes_out: u64,
+    /// Weights (elements of all tensors).
+    pub n_elements: u64,
+    /// Quantized tensors that had to be dequantized (requantization).
+    pub requantized: usize,
+    /// How many tensors ended up with each type.
+    pub type_counts: Vec<(GgmlType, usize)>,
+}
+
+impl Summary {
+    /// Bits per weight of the tensor data.
+    pub fn bits_per_weight(&self) -> f64 {
+        self.data_bytes_out as f64 * 8.0 / self.n_elements.max(1) as f64
+    }
+}
+
+/// Errors of [`quantize_file`].
+#[derive(Debug)]
+pub enum QuantizeError {
+    Gguf(GgufError),
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl fmt::Display for QuantizeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QuantizeError::Gguf(e) => e.fmt(f),
+            QuantizeError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for QuantizeError {}
+
+impl From<GgufError> for QuantizeError {
+    fn from(e: GgufError) -> Self {
+        QuantizeError::Gguf(e)
+    }
+}
+
+/// Converts one tensor's data from `from` to `to` (row by row, over
+/// `threads` threads).
+pub fn convert_tensor(
+    data: &[u8],
+    row_len: usize,
+    from: GgmlType,
+    to: GgmlType,
+    threads: usize,
+) -> Vec<u8> {
+    if from == to {
+        return data.to_vec();
+    }
+    let k = Kernels::get();
+    let to_float = k.of(from).to_float;
+    let from_float = k.of(to).from_float;
+    let in_row = from.row_size(row_len).expect("valid row");
+    let out_row = to
+        .row_size(row_len)
+        .expect("row length fits the chosen type");
+    let n_rows = data.len() / in_row;
+    let mut out = vec![0u8; n_rows * out_row];
+    let work = |src: &[u8], dst: &mut [u8]| {
+        let mut tmp = vec![0f32; row_len];
+        for (s, d) in src.chunks_exact(in_row).zip(dst.chunks_exact_mut(out_row)) {
+            to_float(s, &mut tmp);
+            from_float(&tmp, d);
+        }
+    };
+    let threads = threads.max(1).min(n_rows.max(1));
+    if threads == 1 || n_rows * row_len < 1 << 15 {
+        work(data, &mut out);
+        return out;
+    }
+    let per = n_rows.div_ceil(threads);
+    std::thread::scope(|s| {
+        for (src, dst) in data.chunks(per * in_row).zip(out.chunks_mut(per * out_row)) {
+            s.spawn(move || work(src, dst));
+        }
+    });
+    out
+}
+
+/// The metadata keys llama-quantize drops.
+const DROPPED_KEYS: [&str; 3] = ["split.no", "split.count", "split.tensors.count"];
+
+/// Quantizes `input` to `out` (written through `out.part`, renamed at the
+/// end), tensors in llama-quantize's order. The metadata is copied, `general.quantization_version` and
+/// `general.file_type` set as llama-quantize sets them.
+pub fn quantize_file(
+    input: &GgufFile<'_>,
+    out: &Path,
+    ftype: FileType,
+    threads: usize,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<Summary, QuantizeError> {
+    let types = plan_types(input, ftype);
+    let mut w = GgufWriter::new();
+    // As gguf_set_val_u32 does: the key is removed and appended.
+    const QV: &str = "general.quantization_version";
+    const FT: &str = "general.file_type";
+    for (k, v) in input.metadata().iter() {
+        if !DROPPED_KEYS.contains(&k) && k != QV && k != FT {
+            w.add_kv(k, v.clone())?;
+        }
+    }
+    w.add_kv(QV, Value::U32(2))?;
+    w.add_kv(FT, Value::U32(ftype.id()))?;
+
+    let order = llama_order(input);
+    let tensors: Vec<_> = order.iter().map(|&i| input.tensors()[i].clone()).collect();
+    let types: Vec<GgmlType> = order.iter().map(|&i| types[i]).collect();
+    let elems_total: u64 = tensors.iter().map(|t| t.n_elements()).sum();
+    let mut elems_done = 0;
+    let mut datas = Vec::with_capacity(tensors.len());
+    let mut requantized = 0;
+    let mut data_bytes_in = 0u64;
+    let mut data_bytes_out = 0u64;
+    for (i, (t, &to)) in tensors.iter().zip(&types).enumerate() {
+        let from = t.ggml_type();
+        if from != to && from.is_quantized() {
+            requantized += 1;
+        }
+        let row_len = t.dims().first().copied().unwrap_or(1) as usize;
+        let data = convert_tensor(t.data(), row_len, from, to, threads);
+        data_bytes_in += t.size() as u64;
+        data_bytes_out += data.len() as u64;
+        elems_done += t.n_elements();
+        progress(Progress {
+            index: i,
+            count: tensors.len(),
+            name: t.name(),
+            from,
+            to,
+            elems_done,
+            elems_total,
+        });
+        datas.push(data);
+    }
+    for ((t, &to), data) in tensors.iter().zip(&types).zip(&datas) {
+        w.add_tensor(t.name(), t.dims(), to, data.as_slice())?;
+    }
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".part");
+    let part = out.with_file_name(name);
+    if let Err(e) = w.write_file(&part) {
+        let _ = std::fs::remove_file(&part);
+        return Err(e.into());
+    }
+    std::fs::rename(&part, out).map_err(|source| QuantizeError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let file_bytes = std::fs::metadata(out)
+        .map_err(|source| QuantizeError::Io {
+            path: out.to_path_buf(),
+            source,
+        })?
+        .len();
+    let mut type_counts: Vec<(GgmlType, usize)> = Vec::new();
+    for &t in &types {
+        match type_counts.iter_mut().find(|(ty, _)| *ty == t) {
+            Some((_, n)) => *n += 1,
+            None => type_counts.push((t, 1)),
+        }
+    }
+    Ok(Summary {
+        file_bytes,
+        data_bytes_in,
+        data_bytes_out,
+        n_elements: elems_total,
+        requantized,
+        type_counts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for t in FileType::ALL {
+            assert_eq!(FileType::from_name(t.name()), Some(t));
+            assert_eq!(FileType::from_name(&t.name().to_uppercase()), Some(t));
+        }
+    }
+
+    #[test]
+    fn fallbacks_for_576_columns() {
+        assert_eq!(fallback("x", 576, GgmlType::Q4K), GgmlType::Q5_0);
+        assert_eq!(fallback("x", 576, GgmlType::Q5K), GgmlType::Q5_1);
+        assert_eq!(fallback("x", 576, GgmlType::Q6K), GgmlType::Q8_0);
+        assert_eq!(fallback("x", 576, GgmlType::Q2K), GgmlType::Q4_0);
+        assert_eq!(fallback("x", 1536, GgmlType::Q4K), GgmlType::Q4K);
+        assert_eq!(fallback("x", 40, GgmlType::Q4_0), GgmlType::F16);
+    }
+
+    #[test]
+    fn more_bits_layers() {
+        // 30 layers (SmolLM2-135M): llama.cpp's use_more_bits.
+        let more: Vec<i64> = (0..30).filter(|&i| use_more_bits(i, 30)).collect();
+        assert_eq!(more, [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29]);
+    }
+}
