@@ -1,0 +1,135 @@
+//! `spinel perplexity -m MODEL -f TEXT [-c 512] [--json]`, computed like
+//! llama.cpp's llama-perplexity.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args as ClapArgs;
+use spinel_runtime::gguf::MappedGguf;
+use spinel_runtime::model::{KvType, Model};
+use spinel_runtime::perplexity::{Base, Options, evaluate, prepare_text};
+use spinel_runtime::tokenizer::Tokenizer;
+
+/// Measure perplexity on a text (llama-perplexity's method).
+#[derive(ClapArgs)]
+pub struct Args {
+    /// The GGUF model file.
+    #[arg(short = 'm', long)]
+    model: PathBuf,
+    /// The text file.
+    #[arg(short = 'f', long)]
+    file: PathBuf,
+    /// Tokens per chunk.
+    #[arg(short = 'c', long, default_value_t = 512)]
+    ctx: usize,
+    /// Evaluate at most this many chunks.
+    #[arg(long)]
+    chunks: Option<usize>,
+    /// Threads (default: all cores).
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+    /// KV cache type: f32, f16 or q8_0. f32 by default: it lands closer to
+    /// llama.cpp's numbers (with its default f16 cache) than Spinel's f16
+    /// cache does.
+    #[arg(long, default_value = "f32")]
+    kv_type: String,
+    /// Save this model's log-probabilities to FILE as the reference for
+    /// `--kl-divergence`.
+    #[arg(long, value_name = "FILE")]
+    kl_divergence_base: Option<PathBuf>,
+    /// Compare with the reference saved by `--kl-divergence-base`.
+    #[arg(long, requires = "kl_divergence_base")]
+    kl_divergence: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: &Args) -> Result<(), String> {
+    let kv_type = KvType::from_name(&args.kv_type)
+        .ok_or_else(|| format!("unknown KV cache type {:?} (f32, f16, q8_0)", args.kv_type))?;
+    let text =
+        std::fs::read_to_string(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
+    // SAFETY: model files are read-only while mapped (Spinel's contract).
+    let mapped = unsafe { MappedGguf::open(&args.model) }
+        .map_err(|e| format!("{}: {e}", args.model.display()))?;
+    let tok = Tokenizer::from_gguf(mapped.file()).map_err(|e| e.to_string())?;
+    let model = Model::from_mapped(mapped).map_err(|e| e.to_string())?;
+    let tokens = tok
+        .encode(prepare_text(&text), true, false)
+        .map_err(|e| e.to_string())?;
+    let bos = if tok.add_bos() { tok.bos() } else { None };
+    let opts = Options {
+        n_ctx: args.ctx,
+        n_chunks: args.chunks,
+        n_threads: args.threads,
+        kv_type,
+    };
+    let t0 = Instant::now();
+    let mut reader = None;
+    let mut writer = None;
+    let base = match (&args.kl_divergence_base, args.kl_divergence) {
+        (None, _) => Base::None,
+        (Some(p), false) => {
+            let f = File::create(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            Base::Write(writer.insert(BufWriter::with_capacity(1 << 20, f)))
+        }
+        (Some(p), true) => {
+            let f = File::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            Base::Read(reader.insert(BufReader::with_capacity(1 << 20, f)))
+        }
+    };
+    let quiet = args.json;
+    let report = evaluate(&model, &tokens, bos, &opts, base, &mut |i, n, ppl| {
+        if !quiet {
+            eprint!("[{}/{n}] {ppl:.4}  ", i + 1);
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    if !quiet {
+        eprintln!();
+    }
+    if let (Some(w), Some(p)) = (writer.as_mut(), &args.kl_divergence_base) {
+        w.flush().map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    if args.json {
+        let mut v = serde_json::json!({
+            "ppl": report.ppl,
+            "ppl_stderr": report.ppl_stderr,
+            "tokens": report.tokens,
+        });
+        if let Some(k) = &report.kld {
+            v["kld"] = k.kld.into();
+            v["kld_stderr"] = k.kld_stderr.into();
+            v["top1"] = k.top1.into();
+            v["ppl_base"] = k.ppl_base.into();
+            v["delta_ppl"] = k.delta_ppl.into();
+        }
+        println!("{v}");
+    } else {
+        println!(
+            "PPL = {:.4} +/- {:.5} ({} tokens scored in {} chunks of {}, {} text tokens, {:.1} s)",
+            report.ppl,
+            report.ppl_stderr,
+            report.tokens,
+            report.n_chunks,
+            args.ctx,
+            tokens.len(),
+            t0.elapsed().as_secs_f64()
+        );
+        if let Some(k) = &report.kld {
+            println!(
+                "KLD = {:.6} +/- {:.6}, same top token {:.2}%, base PPL {:.4}, ΔPPL = {:+.4}",
+                k.kld,
+                k.kld_stderr,
+                100.0 * k.top1,
+                k.ppl_base,
+                k.delta_ppl
+            );
+        }
+    }
+    let _ = std::io::stdout().flush();
+    Ok(())
+}

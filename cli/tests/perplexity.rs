@@ -1,0 +1,123 @@
+//! `spinel perplexity` against llama.cpp's `llama-perplexity` on the real
+//! model (SmolLM2-135M-Instruct Q4_1) and a short piece of the evaluation
+//! text (the start of the Jargon File, from `scripts/fetch-eval-text.sh`):
+//! 6 chunks of 128 tokens, the same PPL within 1%; and `--kl-divergence`
+//! of the model against its own reference is ~0 with full top-1 agreement.
+//!
+//! Needs the model (`$SPINEL_TEST_MODEL` or the Spinel cache), llama.cpp
+//! built by `../shared/peers/llama-cpp.sh` and the text (both scripts run on
+//! first use and cache what they fetch); without them the test fails saying
+//! why.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value as Json;
+
+const SPINEL: &str = env!("CARGO_BIN_EXE_spinel");
+const N_CTX: &str = "128";
+const CHUNKS: &str = "6";
+
+fn script(rel: &str) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed:\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+fn ok(what: &str, out: Output) -> (String, String) {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stderr}",
+        out.status
+    );
+    (String::from_utf8(out.stdout).unwrap(), stderr)
+}
+
+fn spinel_json(args: &[&std::ffi::OsStr]) -> Json {
+    let (stdout, _) = ok(
+        "spinel perplexity",
+        Command::new(SPINEL)
+            .arg("perplexity")
+            .args(args)
+            .output()
+            .unwrap(),
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[test]
+fn perplexity_like_llama_perplexity() {
+    let model = spinel_runtime::cache::test_model();
+    let text = script("../scripts/fetch-eval-text.sh");
+    let bin = script("../../shared/peers/llama-cpp.sh");
+    let dir = std::env::temp_dir().join(format!("spinel-ppl-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // ~1500 tokens: enough for 6 chunks of 128.
+    let full = std::fs::read(&text).unwrap();
+    let short = dir.join("short.txt");
+    std::fs::write(&short, &full[..8000]).unwrap();
+
+    let common = [
+        "-m".as_ref(),
+        model.as_os_str(),
+        "-f".as_ref(),
+        short.as_os_str(),
+        "-c".as_ref(),
+        N_CTX.as_ref(),
+        "--chunks".as_ref(),
+        CHUNKS.as_ref(),
+    ];
+    let mut args = common.to_vec();
+    args.push("--json".as_ref());
+    let ours = spinel_json(&args);
+    let ppl = ours["ppl"].as_f64().unwrap();
+    assert_eq!(ours["tokens"].as_u64(), Some(6 * 63), "{ours}");
+    assert!(ours["ppl_stderr"].as_f64().unwrap() > 0.0, "{ours}");
+
+    let (_, stderr) = ok(
+        "llama-perplexity",
+        Command::new(bin.join("llama-perplexity"))
+            .args(&common)
+            .args(["-b", N_CTX, "-t", "2"])
+            .output()
+            .unwrap(),
+    );
+    let theirs: f64 = stderr
+        .lines()
+        .find_map(|l| l.split("Final estimate: PPL = ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no final PPL from llama-perplexity:\n{stderr}"));
+    let rel = (ppl - theirs).abs() / theirs;
+    assert!(rel < 0.01, "PPL ours {ppl} llama.cpp {theirs}");
+
+    // The model against its own reference.
+    let base = dir.join("base.kld");
+    let mut a = common.to_vec();
+    a.extend([
+        "--kl-divergence-base".as_ref(),
+        base.as_os_str(),
+        "--json".as_ref(),
+    ]);
+    let first = spinel_json(&a);
+    assert_eq!(first["ppl"], ours["ppl"]);
+    a.push("--kl-divergence".as_ref());
+    let same = spinel_json(&a);
+    assert!(same["kld"].as_f64().unwrap().abs() < 1e-4, "{same}");
+    assert_eq!(same["top1"].as_f64(), Some(1.0), "{same}");
+    assert!(
+        same["delta_ppl"].as_f64().unwrap().abs() < 1e-3 * ppl,
+        "{same}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
