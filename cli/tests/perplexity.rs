@@ -87,7 +87,7 @@ fn perplexity_like_llama_perplexity() {
     let (_, stderr) = ok(
         "llama-perplexity",
         Command::new(bin.join("llama-perplexity"))
-            .args(&common)
+            .args(common)
             .args(["-b", N_CTX, "-t", "2"])
             .output()
             .unwrap(),
