@@ -25,6 +25,8 @@
 //! ```
 
 mod attention;
+#[doc(hidden)]
+pub mod bench;
 mod config;
 mod error;
 mod forward;

@@ -122,6 +122,41 @@ impl KvIndex {
 }
 
 impl KvCache {
+    /// A zeroed cache of `ty` for `n_layer` layers of `n_head_kv` heads of
+    /// `head_dim`, positions `0..n_ctx`.
+    pub fn new(
+        ty: GgmlType,
+        n_layer: usize,
+        n_head_kv: usize,
+        head_dim: usize,
+        n_ctx: usize,
+    ) -> Result<KvCache, ModelError> {
+        let bad = |what, value| ModelError::BadStateSize { what, value };
+        let row_bytes = ty
+            .row_size(head_dim)
+            .ok_or(bad("head size for this KV cache type", head_dim))?;
+        let kv_bytes = [n_layer, n_head_kv, n_ctx, row_bytes]
+            .into_iter()
+            .try_fold(1usize, |a, b| a.checked_mul(b))
+            .filter(|&b| b <= isize::MAX as usize / 2)
+            .ok_or(bad("context length", n_ctx))?;
+        Ok(KvCache {
+            ty,
+            n_ctx,
+            row_bytes,
+            index: KvIndex {
+                n_ctx,
+                n_head_kv,
+                head_dim,
+                row_bytes,
+                elem_bytes: ty.type_size(),
+                v_transposed: ty.block_size() == 1,
+            },
+            k: AlignedBuf::zeroed(kv_bytes),
+            v: AlignedBuf::zeroed(kv_bytes),
+        })
+    }
+
     pub fn offset(&self, layer: usize, head: usize, pos: usize) -> usize {
         self.index.offset(layer, head, pos)
     }
@@ -215,37 +250,21 @@ impl State {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .clamp(1, 256);
 
-        let ty = opts.kv_type.ggml_type();
-        let row_bytes = ty
-            .row_size(c.head_dim)
-            .ok_or(bad("head size for this KV cache type", c.head_dim))?;
-        let kv_bytes = [c.n_layer, c.n_head_kv, n_ctx, row_bytes]
-            .into_iter()
-            .try_fold(1usize, |a, b| a.checked_mul(b))
-            .filter(|&b| b <= isize::MAX as usize / 2)
-            .ok_or(bad("context length", n_ctx))?;
-
+        let kv = KvCache::new(
+            opts.kv_type.ggml_type(),
+            c.n_layer,
+            c.n_head_kv,
+            c.head_dim,
+            n_ctx,
+        )?;
         let pool = Pool::new(n_threads).map_err(ModelError::Threads)?;
         let n_expert = c.moe.as_ref().map_or(0, |m| m.n_expert);
         let n_used = c.moe.as_ref().map_or(0, |m| m.n_expert_used);
         let state = State {
             n_past: 0,
             n_batch,
-            kv: KvCache {
-                ty,
-                n_ctx,
-                row_bytes,
-                index: KvIndex {
-                    n_ctx,
-                    n_head_kv: c.n_head_kv,
-                    head_dim: c.head_dim,
-                    row_bytes,
-                    elem_bytes: ty.type_size(),
-                    v_transposed: ty.block_size() == 1,
-                },
-                k: AlignedBuf::zeroed(kv_bytes),
-                v: AlignedBuf::zeroed(kv_bytes),
-            },
+            v_conv: AlignedBuf::zeroed(n_batch * c.n_head_kv * kv.row_bytes),
+            kv,
             x: vec![0.0; n_batch * c.dim],
             xb: vec![0.0; n_batch * c.dim],
             q: vec![0.0; n_batch * c.q_dim()],
@@ -254,7 +273,6 @@ impl State {
             att_out: vec![0.0; n_batch * c.q_dim()],
             hb: vec![0.0; n_batch * layout.max_ff],
             rope_cs: vec![0.0; n_batch * c.head_dim],
-            v_conv: AlignedBuf::zeroed(n_batch * c.n_head_kv * row_bytes),
             router: vec![0.0; n_batch * n_expert],
             routes: Vec::with_capacity(n_batch * n_used),
             expert_tokens: Vec::with_capacity(n_batch),

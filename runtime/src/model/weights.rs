@@ -35,6 +35,19 @@ impl Weight {
         }
     }
 
+    /// A `rows × cols` matrix of `ty` at the start of a buffer of its own
+    /// (benchmarks, tests).
+    pub fn at_start(ty: GgmlType, rows: usize, cols: usize) -> Option<Weight> {
+        Some(Weight {
+            ty,
+            rows,
+            cols,
+            row_bytes: ty.row_size(cols)?,
+            act_row_bytes: ty.vec_dot_type().row_size(cols)?,
+            offset: 0,
+        })
+    }
+
     /// Rows `start..start + n` as a matrix of their own (one expert of a
     /// stacked expert tensor).
     pub fn slice_rows(&self, start: usize, n: usize) -> Weight {
