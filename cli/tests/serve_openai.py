@@ -144,6 +144,9 @@ def real():
     check_error(*raw("POST", "/v1/chat/completions", b"[1, 2]"), 400)
     check_error(*raw("POST", "/v1/chat/completions", json.dumps({"messages": "hi"}).encode()), 400)
     check_error(*raw("GET", "/v1/nothing-here"), 404)
+    with urllib.request.urlopen(BASE + "/", timeout=60) as page:
+        assert page.status == 200 and page.headers["Content-Type"].startswith("text/html")
+        assert b"/v1/chat/completions" in page.read()
     check_error(*raw("POST", "/v1/chat/completions", b"x" * (5 << 20)), 413)
     health_ok()
 

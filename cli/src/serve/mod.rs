@@ -8,7 +8,9 @@
 //! whose KV cache shares the longest prefix with its prompt, so a
 //! conversation that goes on reuses what the cache holds. A streaming
 //! client that goes away ends its generation at the next token (the write
-//! fails and the stream is dropped).
+//! fails and the stream is dropped). `GET /` is a web chat page
+//! (`chat.html`, bundled): streamed answers, a stop button, the model and
+//! tokens/s.
 
 mod openai;
 mod pool;
@@ -74,6 +76,10 @@ struct Ctx {
     fake_output: Option<String>,
     created: u64,
 }
+
+/// The web chat page served at `/`: one self-contained file, no requests
+/// beyond this server's API.
+const CHAT_PAGE: &str = include_str!("chat.html");
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -179,6 +185,12 @@ fn handle(ctx: &Ctx, mut request: Request) {
     let path = request.url().split('?').next().unwrap_or("").to_string();
     let method = request.method().clone();
     let result = match (&method, path.as_str()) {
+        (Method::Get, "/" | "/index.html") => {
+            let page = Response::from_data(CHAT_PAGE.as_bytes().to_vec())
+                .with_header(header("Content-Type", "text/html; charset=utf-8"));
+            let _ = request.respond(page);
+            return;
+        }
         (Method::Get, "/health") => Ok(json!({
             "status": "ok",
             "sessions": ctx.pool.size(),
@@ -574,5 +586,31 @@ fn generate(ctx: &Ctx, request: Request, body: &Map<String, Value>, chat: bool) 
         };
         let v = base(json!({"choices": [choice], "usage": usage}));
         let _ = r.respond(json_response(200, &v));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CHAT_PAGE;
+
+    /// The page works offline: nothing loaded from elsewhere.
+    #[test]
+    fn chat_page_makes_no_external_requests() {
+        for needle in [
+            "http://", "https://", "//cdn", "<link", "src=", "@import", "url(",
+        ] {
+            assert!(
+                !CHAT_PAGE.contains(needle),
+                "the chat page contains {needle:?}"
+            );
+        }
+        for api in [
+            "/v1/models",
+            "/v1/chat/completions",
+            "AbortController",
+            "tokens/s",
+        ] {
+            assert!(CHAT_PAGE.contains(api), "{api}");
+        }
     }
 }
