@@ -1,8 +1,9 @@
 //! Causal softmax attention of a batch of queries over the KV cache, in the
-//! manner of flash attention: for each query head and block of up to
-//! [`QUERY_BLOCK`] positions, the visible keys are visited in chunks of
-//! [`KEY_CHUNK`] positions with an online softmax (a running maximum and
-//! sum per query), so scratch stays small at any context length.
+//! manner of flash attention: for each work item — query heads that share a
+//! KV head (GQA) times a block of up to [`QUERY_BLOCK`] positions — the
+//! visible keys are visited in chunks of [`KEY_CHUNK`] positions with an
+//! online softmax (a running maximum and sum per query row), so scratch
+//! stays small at any context length.
 //!
 //! Both products run through [`Kernels::gemm`] on the cache's own element
 //! type: scores `S = Q Kᵀ` with the chunk's key rows read in place (the
@@ -13,10 +14,18 @@
 //! `head_dim` row slices; a blocked type (Q8_0) stores values by position
 //! and is transposed per chunk through f32.
 //!
-//! Work items (query head, query block) are taken from a shared counter by
-//! the pool's threads, the most expensive (latest) blocks first. The
-//! blocking depends only on the batch, so every thread count gives the
-//! same bits.
+//! A batch (prompt) puts all query heads of a KV head into one item, so each
+//! chunk of keys and values is read and converted once for all of them and
+//! the products have enough rows (up to [`MAX_ROWS`]) for the kernels'
+//! register blocking. A single position (generation) makes one item per
+//! query head, so the threads share the heads; with so few rows the values
+//! are dotted in place, without copying the chunk of `Vᵀ`.
+//!
+//! Items are taken from a shared counter by the pool's threads, the most
+//! expensive (latest) blocks first. The blocking depends only on the batch,
+//! so every thread count gives the same bits.
+
+use std::ops::Range;
 
 use spinel_quant::{GgmlType, Kernels};
 
@@ -26,15 +35,20 @@ use super::state::KvCache;
 
 /// Query positions per work item.
 pub(crate) const QUERY_BLOCK: usize = 32;
+/// Most query rows (heads × positions) per work item.
+pub(crate) const MAX_ROWS: usize = 128;
 /// Key positions per chunk of the online softmax.
 pub(crate) const KEY_CHUNK: usize = 256;
+/// Below this many rows the float kernels dot pair by pair anyway, so
+/// values are read in place instead of through a copied chunk of `Vᵀ`.
+const FEW_ROWS: usize = 8;
 
 /// One thread's scratch, in bytes: converted queries, scores,
 /// converted probabilities, a chunk of `Vᵀ`, a chunk of values in f32 (for
 /// blocked caches), the output accumulator and the `P V` product, plus the
-/// running max, sum and correction per query.
+/// running max, sum and correction per query row.
 pub(crate) fn scratch_bytes(head_dim: usize) -> usize {
-    let (q, k, d) = (QUERY_BLOCK, KEY_CHUNK, head_dim);
+    let (q, k, d) = (MAX_ROWS, KEY_CHUNK, head_dim);
     let f = 4;
     (q * d + q * k + q * k + d * k + k * d + q * d + q * d + 3 * q) * f + 10 * 64
 }
@@ -67,8 +81,17 @@ impl Attention<'_> {
         scratch: &mut AlignedBuf,
         out: &mut [f32],
     ) -> Result<(), JobPanicked> {
-        let n_blocks = self.n.div_ceil(QUERY_BLOCK);
-        let n_items = self.n_head * n_blocks;
+        let group = self.n_head / self.n_head_kv;
+        // Positions and heads per item.
+        let (qb, hpi) = if self.n >= FEW_ROWS {
+            let qb = QUERY_BLOCK.min(self.n);
+            (qb, (MAX_ROWS / qb).clamp(1, group))
+        } else {
+            (self.n, 1)
+        };
+        let n_blocks = self.n.div_ceil(qb);
+        let chunks = group.div_ceil(hpi);
+        let per_block = self.n_head_kv * chunks;
         let per_thread = scratch_bytes(self.head_dim);
         let scratch = SharedMut::new(scratch.bytes_mut());
         assert!(out.len() >= self.n * self.n_head * self.head_dim);
@@ -79,11 +102,15 @@ impl Attention<'_> {
             let mine = unsafe { scratch.slice(thread * per_thread..(thread + 1) * per_thread) };
             let mut s = Scratch::new(mine, self.head_dim);
             // Latest (most keys) blocks first.
-            let block = n_blocks - 1 - item / self.n_head;
-            let head = item % self.n_head;
-            self.item(kv, head, block, &out, &mut s);
+            let block = n_blocks - 1 - item / per_block;
+            let (kvh, c) = (item % per_block / chunks, item % chunks);
+            let h0 = kvh * group + c * hpi;
+            let heads = h0..(h0 + hpi).min((kvh + 1) * group);
+            let t0 = block * qb;
+            let positions = t0..(t0 + qb).min(self.n);
+            self.item(kv, kvh, heads, positions, &out, &mut s);
         };
-        pool.run(n_items, &item)
+        pool.run(n_blocks * per_block, &item)
     }
 
     /// First key position visible from position `p`.
@@ -91,31 +118,36 @@ impl Attention<'_> {
         self.chunk.map_or(0, |c| p / c * c)
     }
 
-    /// Attention of query head `head` at the positions of query block `block`.
+    /// Attention of query heads `heads` (all of KV head `kvh`) at the
+    /// batch positions `positions`. Query rows are ordered head by head,
+    /// position by position within a head.
     fn item(
         &self,
         kv: &KvCache,
-        head: usize,
-        block: usize,
+        kvh: usize,
+        heads: Range<usize>,
+        positions: Range<usize>,
         out: &SharedMut<'_, f32>,
         s: &mut Scratch<'_>,
     ) {
         let k = Kernels::get();
         let hd = self.head_dim;
         let q_dim = self.n_head * hd;
-        let kvh = head / (self.n_head / self.n_head_kv);
-        let t0 = block * QUERY_BLOCK;
-        let t1 = (t0 + QUERY_BLOCK).min(self.n);
-        let m = t1 - t0;
+        let nt = positions.len();
+        let m = heads.len() * nt;
+        let (t0, t1) = (positions.start, positions.end);
+        // Row `r`: head and batch position.
+        let row = |r: usize| (heads.start + r / nt, t0 + r % nt);
         let scale = 1.0 / (hd as f32).sqrt();
 
         // The queries, in the type the keys are dotted with.
         let qt = kv.ty.vec_dot_type();
         let q_rb = qt.row_size(hd).expect("head of whole blocks");
         let to_q = k.of(qt).from_float;
-        for (i, t) in (t0..t1).enumerate() {
-            let src = &self.q[t * q_dim + head * hd..t * q_dim + (head + 1) * hd];
-            to_q(src, &mut s.q[i * q_rb..(i + 1) * q_rb]);
+        for r in 0..m {
+            let (h, t) = row(r);
+            let src = &self.q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+            to_q(src, &mut s.q[r * q_rb..(r + 1) * q_rb]);
         }
 
         s.max[..m].fill(f32::NEG_INFINITY);
@@ -136,26 +168,25 @@ impl Attention<'_> {
 
             // Online softmax: probabilities relative to the running max.
             let mut any = false;
-            for i in 0..m {
-                let p = self.pos0 + t0 + i;
+            for (r, scores) in sc.chunks_exact_mut(nk).enumerate() {
+                let p = self.pos0 + row(r).1;
                 let (vlo, vhi) = (self.window_start(p).max(c0), (p + 1).min(c1));
-                let row = &mut sc[i * nk..(i + 1) * nk];
                 if vlo >= vhi {
-                    row.fill(0.0);
-                    s.corr[i] = 1.0;
+                    scores.fill(0.0);
+                    s.corr[r] = 1.0;
                     continue;
                 }
                 any = true;
                 let (a, b) = (vlo - c0, vhi - c0);
-                row[..a].fill(0.0);
-                row[b..].fill(0.0);
-                let valid = &mut row[a..b];
-                let new_max = s.max[i].max(max(valid) * scale);
-                let corr = exp(s.max[i] - new_max);
+                scores[..a].fill(0.0);
+                scores[b..].fill(0.0);
+                let valid = &mut scores[a..b];
+                let new_max = s.max[r].max(max(valid) * scale);
+                let corr = exp(s.max[r] - new_max);
                 let sum = exp_scaled_sum(valid, scale, new_max);
-                s.sum[i] = s.sum[i] * corr + sum;
-                s.max[i] = new_max;
-                s.corr[i] = corr;
+                s.sum[r] = s.sum[r] * corr + sum;
+                s.max[r] = new_max;
+                s.corr[r] = corr;
             }
             if any {
                 self.accumulate_values(kv, kvh, c0, c1, m, s);
@@ -163,12 +194,12 @@ impl Attention<'_> {
             c0 = c1;
         }
 
-        for i in 0..m {
-            let t = t0 + i;
-            // SAFETY: this item alone writes head `head` of position `t`.
-            let o = unsafe { out.slice(t * q_dim + head * hd..t * q_dim + (head + 1) * hd) };
-            let inv = if s.sum[i] > 0.0 { 1.0 / s.sum[i] } else { 0.0 };
-            for (o, &a) in o.iter_mut().zip(&s.acc[i * hd..(i + 1) * hd]) {
+        for r in 0..m {
+            let (h, t) = row(r);
+            // SAFETY: this item alone writes head `h` of position `t`.
+            let o = unsafe { out.slice(t * q_dim + h * hd..t * q_dim + (h + 1) * hd) };
+            let inv = if s.sum[r] > 0.0 { 1.0 / s.sum[r] } else { 0.0 };
+            for (o, &a) in o.iter_mut().zip(&s.acc[r * hd..(r + 1) * hd]) {
                 *o = a * inv;
             }
         }
@@ -194,41 +225,54 @@ impl Attention<'_> {
             GgmlType::F32
         };
         let es = vt_ty.type_size();
-        let vt = &mut s.vt[..hd * nk * es];
-        if kv.v_transposed() {
-            for d in 0..hd {
-                let src = kv.vt_offset(self.layer, kvh, d, c0);
-                vt[d * nk * es..(d + 1) * nk * es]
-                    .copy_from_slice(&kv.v.bytes()[src..src + nk * es]);
-            }
-        } else {
-            let rows =
-                &kv.v.bytes()[kv.offset(self.layer, kvh, c0)..kv.offset(self.layer, kvh, c1)];
-            let vf = &mut s.vf[..nk * hd];
-            (k.of(kv.ty).to_float)(rows, vf);
-            let vt: &mut [f32] = bytemuck::cast_slice_mut(vt);
-            for (j, row) in vf.chunks_exact(hd).enumerate() {
-                for (d, &v) in row.iter().enumerate() {
-                    vt[d * nk + j] = v;
-                }
-            }
-        }
         let pt = vt_ty.vec_dot_type();
         let p_rb = pt.row_size(nk).expect("one element per block");
         let to_p = k.of(pt).from_float;
-        for i in 0..m {
+        for r in 0..m {
             to_p(
-                &s.scores[i * nk..(i + 1) * nk],
-                &mut s.p[i * p_rb..(i + 1) * p_rb],
+                &s.scores[r * nk..(r + 1) * nk],
+                &mut s.p[r * p_rb..(r + 1) * p_rb],
             );
         }
         let pv = &mut s.pv[..m * hd];
-        k.gemm(vt_ty, nk, &s.vt[..hd * nk * es], &s.p[..m * p_rb], pv, hd);
-        for i in 0..m {
-            let corr = s.corr[i];
-            for (a, &v) in s.acc[i * hd..(i + 1) * hd]
+        if kv.v_transposed() && m < FEW_ROWS {
+            // Few rows: dot the cache's Vᵀ rows in place.
+            let dot = k.of(vt_ty).vec_dot;
+            let v = kv.v.bytes();
+            for d in 0..hd {
+                let src = kv.vt_offset(self.layer, kvh, d, c0);
+                let vrow = &v[src..src + nk * es];
+                for r in 0..m {
+                    pv[r * hd + d] = dot(vrow, &s.p[r * p_rb..(r + 1) * p_rb]);
+                }
+            }
+        } else {
+            let vt = &mut s.vt[..hd * nk * es];
+            if kv.v_transposed() {
+                for d in 0..hd {
+                    let src = kv.vt_offset(self.layer, kvh, d, c0);
+                    vt[d * nk * es..(d + 1) * nk * es]
+                        .copy_from_slice(&kv.v.bytes()[src..src + nk * es]);
+                }
+            } else {
+                let rows =
+                    &kv.v.bytes()[kv.offset(self.layer, kvh, c0)..kv.offset(self.layer, kvh, c1)];
+                let vf = &mut s.vf[..nk * hd];
+                (k.of(kv.ty).to_float)(rows, vf);
+                let vt: &mut [f32] = bytemuck::cast_slice_mut(vt);
+                for (j, row) in vf.chunks_exact(hd).enumerate() {
+                    for (d, &v) in row.iter().enumerate() {
+                        vt[d * nk + j] = v;
+                    }
+                }
+            }
+            k.gemm(vt_ty, nk, &s.vt[..hd * nk * es], &s.p[..m * p_rb], pv, hd);
+        }
+        for r in 0..m {
+            let corr = s.corr[r];
+            for (a, &v) in s.acc[r * hd..(r + 1) * hd]
                 .iter_mut()
-                .zip(&pv[i * hd..(i + 1) * hd])
+                .zip(&pv[r * hd..(r + 1) * hd])
             {
                 *a = *a * corr + v;
             }
@@ -252,7 +296,7 @@ struct Scratch<'a> {
 
 impl<'a> Scratch<'a> {
     fn new(bytes: &'a mut [u8], hd: usize) -> Scratch<'a> {
-        let (q, k) = (QUERY_BLOCK, KEY_CHUNK);
+        let (q, k) = (MAX_ROWS, KEY_CHUNK);
         let mut rest = bytes;
         let mut take = |len: usize| -> &'a mut [u8] {
             // 64-byte aligned parts (the whole buffer is 8-byte aligned).
