@@ -150,7 +150,7 @@ fn exp2_nonpositive(x: f32) -> f32 {
     let p = p * f + 9.618_437e-3;
     let p = p * f + 5.550_332_5e-2;
     let p = p * f + 0.240_226_48;
-    let p = p * f + 0.693_147_2;
+    let p = p * f + std::f32::consts::LN_2;
     let y = p * f + 1.0;
     let y = y * f32::from_bits(((ni + 127) as u32) << 23);
     if x < -126.0 { 0.0 } else { y }
