@@ -134,13 +134,14 @@ pub(crate) fn exp(x: f32) -> f32 {
     if x < -87.33 { 0.0 } else { y }
 }
 
-/// `2^x` for `x ≤ 0` within 2 ulp, 0 below −126 (Cephes' `exp2f`
-/// polynomial on `[-½, ½]`). Softmax numerators are all of this form, and
-/// it is a few operations shorter than [`exp`].
+/// `2^x` within 2 ulp for `x` in `[-126, 126]` (Cephes' `exp2f`
+/// polynomial on `[-½, ½]`), with `x` clamped to that range. A few
+/// operations shorter than [`exp`]; softmax numerators and SiLU's sigmoid
+/// use it.
 #[inline(always)]
-fn exp2_nonpositive(x: f32) -> f32 {
+fn exp2_clamped(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0;
-    let xc = if x < -126.0 { -126.0 } else { x };
+    let xc = x.clamp(-126.0, 126.0);
     let t = xc + ROUND;
     let n = t - ROUND;
     let ni = t.to_bits() as i32 - ROUND.to_bits() as i32;
@@ -152,7 +153,13 @@ fn exp2_nonpositive(x: f32) -> f32 {
     let p = p * f + 0.240_226_48;
     let p = p * f + std::f32::consts::LN_2;
     let y = p * f + 1.0;
-    let y = y * f32::from_bits(((ni + 127) as u32) << 23);
+    y * f32::from_bits(((ni + 127) as u32) << 23)
+}
+
+/// `2^x` for `x ≤ 0`, 0 below −126.
+#[inline(always)]
+fn exp2_nonpositive(x: f32) -> f32 {
+    let y = exp2_clamped(x);
     if x < -126.0 { 0.0 } else { y }
 }
 
@@ -200,10 +207,11 @@ pub(crate) fn max(x: &[f32]) -> f32 {
     lanes.iter().fold(tail, |m, &v| if v > m { v } else { m })
 }
 
-/// `x · sigmoid(x)`.
+/// `x · sigmoid(x)`. Beyond ±87 the sigmoid's exponential is clamped,
+/// which moves no f32 result.
 #[inline(always)]
 pub(crate) fn silu(x: f32) -> f32 {
-    x / (1.0 + exp(-x))
+    x / (1.0 + exp2_clamped(-x * std::f32::consts::LOG2_E))
 }
 
 /// `x += y`, elementwise.
@@ -299,5 +307,13 @@ mod tests {
         assert_eq!(exp(0.0), 1.0);
         assert_eq!(exp(1000.0), f32::INFINITY);
         assert!((silu(-200.0)).abs() < 1e-30 && silu(200.0) == 200.0);
+        for i in -2000..2000 {
+            let x = i as f32 * 0.011;
+            let want = x as f64 / (1.0 + (-x as f64).exp());
+            let got = silu(x) as f64;
+            // Two ulp, plus the rounding of the f32 argument of 2^x.
+            let tol = (4e-7 + x.abs() as f64 * 2.5e-7) * want.abs() + 1e-30;
+            assert!((got - want).abs() <= tol, "silu({x})");
+        }
     }
 }
