@@ -15,3 +15,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build -p spinel-quant --no-default-features
 cargo test --workspace
+# spinel-ffi's foreign bindings, generated from the library just built:
+# Python and Kotlin (JVM, with the Android wrapper) against the real model,
+# Swift generated (no Swift toolchain here). Needs kotlinc (fetched from npm)
+# and JNA (Debian libjna-java); fails if either is missing.
+ffi/tests/run-bindings-tests.sh

@@ -1,0 +1,100 @@
+// The idiomatic Kotlin API over the generated bindings (package dev.spinel.ffi):
+// suspend functions for the blocking calls, a Flow<String> of tokens whose
+// cancellation cancels the generation. Pure Kotlin + kotlinx-coroutines, so
+// the JVM tests in ffi/tests compile and run it too.
+package dev.spinel
+
+import dev.spinel.ffi.ChatMessage
+import dev.spinel.ffi.ChatSession
+import dev.spinel.ffi.GenerationListener
+import dev.spinel.ffi.GenerationParams
+import dev.spinel.ffi.GenerationStats
+import dev.spinel.ffi.LoadOptions
+import dev.spinel.ffi.LoadProgressListener
+import dev.spinel.ffi.Model
+import dev.spinel.ffi.ModelInfo
+import dev.spinel.ffi.SpinelException
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.channels.awaitClose
+import kotlinx.coroutines.channels.trySendBlocking
+import kotlinx.coroutines.flow.Flow
+import kotlinx.coroutines.flow.callbackFlow
+import kotlinx.coroutines.withContext
+
+/** A loaded model. Thread-safe; [close] it to free the memory map. */
+class SpinelModel private constructor(val ffi: Model) : AutoCloseable {
+    companion object {
+        /**
+         * Loads the GGUF file at [path] on [Dispatchers.IO].
+         * Throws [SpinelException] (e.g. [SpinelException.Io] for a missing file).
+         */
+        suspend fun load(
+            path: String,
+            options: LoadOptions = LoadOptions(),
+            onProgress: ((fraction: Float, stage: String) -> Unit)? = null,
+        ): SpinelModel = withContext(Dispatchers.IO) {
+            val listener = onProgress?.let { report ->
+                object : LoadProgressListener {
+                    override fun onProgress(fraction: Float, stage: String) = report(fraction, stage)
+                }
+            }
+            SpinelModel(Model.load(path, options, listener))
+        }
+    }
+
+    val info: ModelInfo get() = ffi.info()
+
+    /** A new conversation with its own KV cache. */
+    fun newChat(systemPrompt: String? = null): SpinelChat = SpinelChat(ffi.chatSession(systemPrompt))
+
+    suspend fun tokenize(text: String, addSpecial: Boolean = false): List<UInt> =
+        withContext(Dispatchers.Default) { ffi.tokenize(text, addSpecial) }
+
+    suspend fun detokenize(tokens: List<UInt>): String =
+        withContext(Dispatchers.Default) { ffi.detokenize(tokens) }
+
+    override fun close() = ffi.close()
+}
+
+/** One conversation. Turns run one at a time; the history keeps every answer. */
+class SpinelChat(val ffi: ChatSession) : AutoCloseable {
+    /** The stats of the last answer that ended (null before the first). */
+    @Volatile
+    var lastStats: GenerationStats? = null
+        private set
+
+    val history: List<ChatMessage> get() = ffi.history()
+
+    fun setSystemPrompt(prompt: String) = ffi.setSystemPrompt(prompt)
+
+    /**
+     * Sends [message] and streams the answer's text. Generation starts when
+     * the flow is collected; cancelling the collector (or the scope) cancels
+     * the generation. The flow fails with [SpinelException] on error; after it
+     * completes, [lastStats] holds the answer's stats.
+     */
+    fun send(
+        message: String,
+        params: GenerationParams = GenerationParams(),
+    ): Flow<String> = callbackFlow {
+        val handle = ffi.send(message, params, object : GenerationListener {
+            override fun onToken(text: String) {
+                // Blocks Spinel's generation thread while the buffer is full
+                // (backpressure); fails at once after cancellation.
+                trySendBlocking(text)
+            }
+
+            override fun onComplete(stats: GenerationStats) {
+                lastStats = stats
+                channel.close()
+            }
+
+            override fun onError(error: SpinelException) {
+                channel.close(error)
+            }
+        })
+        awaitClose { handle.cancel() }
+    }
+
+    override fun close() = ffi.close()
+}

@@ -1,0 +1,83 @@
+//! The one error type of the foreign API, and the one place runtime errors
+//! become it.
+
+use std::fmt;
+
+use spinel_runtime::engine::EngineError;
+use spinel_runtime::gguf::GgufError;
+use spinel_runtime::model::ModelError;
+
+/// What went wrong, in the few kinds an app can act on; `reason` says the
+/// rest. Kotlin and Swift see one exception / error type with a case each.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Error)]
+pub enum SpinelError {
+    /// The model file could not be opened or read (missing, unreadable).
+    Io { reason: String },
+    /// The file is not a model Spinel can run (not GGUF, unsupported
+    /// architecture or tensor type, inconsistent hyperparameters).
+    InvalidModel { reason: String },
+    /// An argument is out of range: a sampling parameter, an empty stop
+    /// string, an empty prompt, a memory budget too small for one position.
+    InvalidArgument { reason: String },
+    /// The conversation does not fit in the session's context.
+    ContextFull { reason: String },
+    /// The model's chat template is missing, does not compile or failed to
+    /// render the conversation.
+    ChatTemplate { reason: String },
+    /// Encoding or decoding tokens failed (an id outside the vocabulary …).
+    Tokenizer { reason: String },
+    /// A bug: a panic inside Spinel or a listener, caught at the boundary.
+    Internal { reason: String },
+}
+
+impl fmt::Display for SpinelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (kind, reason) = match self {
+            SpinelError::Io { reason } => ("i/o", reason),
+            SpinelError::InvalidModel { reason } => ("invalid model", reason),
+            SpinelError::InvalidArgument { reason } => ("invalid argument", reason),
+            SpinelError::ContextFull { reason } => ("context full", reason),
+            SpinelError::ChatTemplate { reason } => ("chat template", reason),
+            SpinelError::Tokenizer { reason } => ("tokenizer", reason),
+            SpinelError::Internal { reason } => ("internal error", reason),
+        };
+        write!(f, "{kind}: {reason}")
+    }
+}
+
+impl std::error::Error for SpinelError {}
+
+impl From<EngineError> for SpinelError {
+    fn from(e: EngineError) -> Self {
+        let reason = e.to_string();
+        match e {
+            EngineError::Model(ModelError::Gguf(GgufError::Io { .. })) => {
+                SpinelError::Io { reason }
+            }
+            EngineError::Model(ModelError::ContextFull { .. })
+            | EngineError::PromptTooLong { .. } => SpinelError::ContextFull { reason },
+            EngineError::Model(_) => SpinelError::InvalidModel { reason },
+            EngineError::Tokenizer(_) => SpinelError::Tokenizer { reason },
+            EngineError::ChatTemplate(_) | EngineError::NoChatTemplate { .. } => {
+                SpinelError::ChatTemplate { reason }
+            }
+            EngineError::Sampling(_)
+            | EngineError::EmptyStopString
+            | EngineError::EmptyPrompt
+            | EngineError::KvBudget { .. } => SpinelError::InvalidArgument { reason },
+            _ => SpinelError::Internal { reason },
+        }
+    }
+}
+
+impl From<ModelError> for SpinelError {
+    fn from(e: ModelError) -> Self {
+        EngineError::Model(e).into()
+    }
+}
+
+impl From<spinel_runtime::tokenizer::TokenizerError> for SpinelError {
+    fn from(e: spinel_runtime::tokenizer::TokenizerError) -> Self {
+        EngineError::Tokenizer(e).into()
+    }
+}

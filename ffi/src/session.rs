@@ -1,0 +1,395 @@
+//! Chat sessions and streaming generation: [`ChatSession`] holds the
+//! runtime's `Session` behind an `Arc<Mutex<…>>`; [`ChatSession::send`] runs
+//! one turn on its own thread, streaming to a foreign [`GenerationListener`],
+//! and returns a [`GenerationHandle`] to cancel it.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+use spinel_runtime::chat::Message;
+use spinel_runtime::engine::{
+    self, CancelHandle, GenerateOptions, Session, Stats, StopReason as RuntimeStopReason,
+};
+use spinel_runtime::sampling::SamplingParams;
+
+use crate::{SpinelError, call_foreign, panic_message};
+
+/// One message of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    pub content: String,
+}
+
+/// How one answer is generated. The defaults are llama.cpp's sampling
+/// defaults, no token limit and no stop strings.
+#[derive(Clone, Debug, PartialEq, uniffi::Record)]
+pub struct GenerationParams {
+    /// Softmax temperature; `≤ 0`: greedy (always the most likely token).
+    #[uniffi(default = 0.8)]
+    pub temperature: f32,
+    /// Keep the `top_k` most likely tokens; 0 turns it off.
+    #[uniffi(default = 40)]
+    pub top_k: u32,
+    /// Nucleus threshold in [0, 1]; 1 turns it off.
+    #[uniffi(default = 0.95)]
+    pub top_p: f32,
+    /// Relative probability floor in [0, 1]; 0 turns it off.
+    #[uniffi(default = 0.05)]
+    pub min_p: f32,
+    /// Repetition penalty (> 0); 1 turns it off.
+    #[uniffi(default = 1.0)]
+    pub repeat_penalty: f32,
+    /// The same seed, model and conversation give the same answer.
+    #[uniffi(default = 24301)]
+    pub seed: u64,
+    /// Most tokens to generate; `null`: until the model ends its answer or
+    /// the context is full.
+    #[uniffi(default = None)]
+    pub max_tokens: Option<u32>,
+    /// The answer ends where one of these appears (the stop string is left
+    /// out of it).
+    #[uniffi(default = [])]
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerationParams {
+    fn default() -> Self {
+        let s = SamplingParams::default();
+        GenerationParams {
+            temperature: s.temperature,
+            top_k: u32::try_from(s.top_k).unwrap_or(u32::MAX),
+            top_p: s.top_p,
+            min_p: s.min_p,
+            repeat_penalty: s.repeat_penalty,
+            seed: s.seed,
+            max_tokens: None,
+            stop: Vec::new(),
+        }
+    }
+}
+
+impl GenerationParams {
+    fn options(&self) -> GenerateOptions {
+        GenerateOptions {
+            sampling: SamplingParams {
+                temperature: self.temperature,
+                top_k: self.top_k as usize,
+                top_p: self.top_p,
+                min_p: self.min_p,
+                repeat_penalty: self.repeat_penalty,
+                seed: self.seed,
+                ..SamplingParams::default()
+            },
+            max_tokens: self.max_tokens.map(|n| n as usize),
+            stop: self.stop.clone(),
+            ..GenerateOptions::default()
+        }
+    }
+}
+
+/// Why an answer ended.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum StopReason {
+    /// The model ended its answer.
+    EndOfGeneration,
+    /// This stop string appeared.
+    StopString { stop: String },
+    /// `max_tokens` were generated.
+    MaxTokens,
+    /// The context is full.
+    ContextFull,
+    /// [`GenerationHandle::cancel`] stopped it.
+    Cancelled,
+}
+
+impl From<RuntimeStopReason> for StopReason {
+    fn from(r: RuntimeStopReason) -> Self {
+        match r {
+            RuntimeStopReason::EndOfGeneration(_) => StopReason::EndOfGeneration,
+            RuntimeStopReason::StopString(stop) => StopReason::StopString { stop },
+            RuntimeStopReason::MaxTokens => StopReason::MaxTokens,
+            RuntimeStopReason::ContextFull => StopReason::ContextFull,
+            RuntimeStopReason::Cancelled => StopReason::Cancelled,
+        }
+    }
+}
+
+/// Counts and timings of one answer.
+#[derive(Clone, Debug, PartialEq, uniffi::Record)]
+pub struct GenerationStats {
+    /// Tokens of the whole conversation the model saw.
+    pub prompt_tokens: u32,
+    /// Of those, tokens already in the KV cache from earlier turns.
+    pub cached_tokens: u32,
+    /// Tokens generated.
+    pub generated_tokens: u32,
+    /// Generation speed (decode steps per second).
+    pub tokens_per_second: f64,
+    /// Prompt processing speed.
+    pub prompt_tokens_per_second: f64,
+    /// Seconds from `send` starting to run to the first token (`null` if
+    /// none came).
+    pub time_to_first_token_seconds: Option<f64>,
+    pub total_seconds: f64,
+    pub stop_reason: StopReason,
+}
+
+impl GenerationStats {
+    fn new(stats: &Stats, stop: RuntimeStopReason) -> Self {
+        let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        GenerationStats {
+            prompt_tokens: n(stats.prompt_tokens),
+            cached_tokens: n(stats.cached_tokens),
+            generated_tokens: n(stats.generated_tokens),
+            tokens_per_second: stats.generation_tokens_per_sec(),
+            prompt_tokens_per_second: stats.prompt_tokens_per_sec(),
+            time_to_first_token_seconds: stats.time_to_first_token_secs,
+            total_seconds: stats.total_secs,
+            stop_reason: stop.into(),
+        }
+    }
+}
+
+/// Receives one answer as it is generated, on Spinel's generation thread
+/// (post to the UI thread yourself). Exactly one of `on_complete` and
+/// `on_error` ends every generation. An exception thrown here is caught: it
+/// cancels the generation, which then ends with `on_error(Internal)`.
+#[uniffi::export(with_foreign)]
+pub trait GenerationListener: Send + Sync {
+    /// The next piece of the answer: whole characters, never part of a stop
+    /// string.
+    fn on_token(&self, text: String);
+    fn on_complete(&self, stats: GenerationStats);
+    fn on_error(&self, error: SpinelError);
+}
+
+/// A conversation over a [`Model`](crate::Model): the messages so far, the
+/// model's chat template and a KV cache that keeps earlier turns, so each
+/// turn only processes the new message. Thread-safe: calls from several
+/// threads take turns (a call waits for a running generation to end).
+#[derive(Debug, uniffi::Object)]
+pub struct ChatSession {
+    inner: Arc<Mutex<Session>>,
+}
+
+impl ChatSession {
+    pub(crate) fn new(mut session: Session, system_prompt: Option<String>) -> Self {
+        if let Some(system) = system_prompt {
+            session.set_system(system);
+        }
+        ChatSession {
+            inner: Arc::new(Mutex::new(session)),
+        }
+    }
+}
+
+/// Locks a session; after a panic during a generation (caught on its
+/// thread) the session is reset, so its cache and history are consistent.
+fn lock(inner: &Mutex<Session>) -> MutexGuard<'_, Session> {
+    inner.lock().unwrap_or_else(|poisoned: PoisonError<_>| {
+        let mut session = poisoned.into_inner();
+        session.reset();
+        inner.clear_poison();
+        session
+    })
+}
+
+#[uniffi::export]
+impl ChatSession {
+    /// Sets the system prompt (replacing the current one).
+    pub fn set_system_prompt(&self, prompt: String) {
+        lock(&self.inner).set_system(prompt);
+    }
+
+    /// The conversation so far, system prompt first.
+    pub fn history(&self) -> Vec<ChatMessage> {
+        lock(&self.inner)
+            .messages()
+            .iter()
+            .map(|m| ChatMessage {
+                role: m.role.clone(),
+                content: m.content.clone(),
+            })
+            .collect()
+    }
+
+    /// Appends a message (to restore a saved conversation).
+    pub fn add_message(&self, message: ChatMessage) {
+        lock(&self.inner).push_message(Message::new(message.role, message.content));
+    }
+
+    /// Forgets the conversation, system prompt included.
+    pub fn clear_history(&self) {
+        lock(&self.inner).clear_history();
+    }
+
+    /// The context length: the most tokens the conversation may take.
+    pub fn context_length(&self) -> u32 {
+        u32::try_from(lock(&self.inner).n_ctx()).unwrap_or(u32::MAX)
+    }
+
+    /// The conversation rendered with the model's chat template, ready for
+    /// the assistant's answer: what the model sees on the next turn before
+    /// the new message.
+    pub fn render_prompt(&self) -> Result<String, SpinelError> {
+        let session = lock(&self.inner);
+        let messages: Vec<Message> = session.messages().to_vec();
+        Ok(session.engine().render_chat(&messages, true)?)
+    }
+
+    /// Sends `message` as the user and generates the answer on a new
+    /// thread, streaming it to `listener`; returns at once. The message and
+    /// the answer (as far as it got) join the history. Turns sent while one
+    /// runs wait for it.
+    pub fn send(
+        &self,
+        message: String,
+        params: GenerationParams,
+        listener: Arc<dyn GenerationListener>,
+    ) -> Result<Arc<GenerationHandle>, SpinelError> {
+        let handle = Arc::new(GenerationHandle::default());
+        let inner = Arc::clone(&self.inner);
+        let job = Arc::clone(&handle);
+        let options = params.options();
+        std::thread::Builder::new()
+            .name("spinel-generate".into())
+            .spawn(move || {
+                let outcome = catch_unwind(AssertUnwindSafe(|| {
+                    run_turn(&inner, &message, &options, &job, &*listener)
+                }))
+                .unwrap_or_else(|p| {
+                    Err(SpinelError::Internal {
+                        reason: panic_message(&*p),
+                    })
+                });
+                let _ = call_foreign(|| match outcome {
+                    Ok(stats) => listener.on_complete(stats),
+                    Err(e) => listener.on_error(e),
+                });
+                // Release the foreign listener (a call into the foreign
+                // runtime) before waiters learn the end: a foreign runtime
+                // shutting down after `wait_for_completion` must not find
+                // this thread still calling into it.
+                let _ = call_foreign(move || drop(listener));
+                job.finish();
+            })
+            .map_err(|e| SpinelError::Internal {
+                reason: format!("cannot start the generation thread: {e}"),
+            })?;
+        Ok(handle)
+    }
+}
+
+fn run_turn(
+    inner: &Mutex<Session>,
+    message: &str,
+    options: &GenerateOptions,
+    job: &GenerationHandle,
+    listener: &dyn GenerationListener,
+) -> Result<GenerationStats, SpinelError> {
+    let mut session = lock(inner);
+    if job.cancelled.load(Ordering::Acquire) {
+        return Ok(GenerationStats::new(
+            &Stats::default(),
+            RuntimeStopReason::Cancelled,
+        ));
+    }
+    let cancel = session.cancel_handle();
+    *job.running.lock().unwrap_or_else(PoisonError::into_inner) = Some(cancel.clone());
+    let mut listener_failed = None;
+    let result = session.chat(message, options, |piece| {
+        // A cancel that came before the runtime cleared its flag at the
+        // start of this turn is passed on here.
+        if job.cancelled.load(Ordering::Acquire) {
+            cancel.cancel();
+        }
+        if piece.text.is_empty() || listener_failed.is_some() {
+            return;
+        }
+        if let Err(e) = call_foreign(|| listener.on_token(piece.text.clone())) {
+            listener_failed = Some(e);
+            cancel.cancel();
+        }
+    });
+    *job.running.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    let generation: engine::Generation = result?;
+    if let Some(e) = listener_failed {
+        return Err(SpinelError::Internal {
+            reason: format!("the listener failed: {e}"),
+        });
+    }
+    Ok(GenerationStats::new(&generation.stats, generation.stop))
+}
+
+/// One answer being generated.
+#[derive(Debug, Default, uniffi::Object)]
+pub struct GenerationHandle {
+    cancelled: AtomicBool,
+    /// The session's cancel handle while this turn runs.
+    running: Mutex<Option<CancelHandle>>,
+    finished: Mutex<bool>,
+    finished_cv: Condvar,
+}
+
+impl GenerationHandle {
+    fn finish(&self) {
+        *self.finished.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.finished_cv.notify_all();
+    }
+}
+
+#[uniffi::export]
+impl GenerationHandle {
+    /// Stops the answer at its next token, from any thread; the listener
+    /// then gets `on_complete` with `StopReason.Cancelled`. Cancelling a
+    /// finished answer does nothing.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        if let Some(c) = &*self.running.lock().unwrap_or_else(PoisonError::into_inner) {
+            c.cancel();
+        }
+    }
+
+    /// Whether the listener has been told the end (`on_complete` or
+    /// `on_error` returned).
+    pub fn is_finished(&self) -> bool {
+        *self.finished.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Blocks until the generation has ended, the listener was told and
+    /// released.
+    pub fn wait_for_completion(&self) {
+        let mut done = self.finished.lock().unwrap_or_else(PoisonError::into_inner);
+        while !*done {
+            done = self
+                .finished_cv
+                .wait(done)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `#[uniffi(default = …)]` literals foreign code gets are the
+    /// runtime's sampling defaults.
+    #[test]
+    fn foreign_defaults_are_the_runtime_defaults() {
+        let literals = GenerationParams {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            seed: 24301,
+            max_tokens: None,
+            stop: Vec::new(),
+        };
+        assert_eq!(GenerationParams::default(), literals);
+    }
+}

@@ -1,0 +1,184 @@
+//! spinel-ffi's API from Rust, against the real demo model: what the foreign
+//! bindings call, minus the foreign side (ffi/tests/run-bindings-tests.sh
+//! runs Python and Kotlin over the generated bindings).
+
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use spinel_ffi::{
+    GenerationListener, GenerationParams, GenerationStats, LoadOptions, Model, SpinelError,
+    StopReason,
+};
+
+fn model() -> Arc<Model> {
+    let path = spinel_runtime::cache::test_model();
+    let options = LoadOptions {
+        threads: Some(2),
+        context_length: Some(512),
+        ..LoadOptions::default()
+    };
+    Model::load(path.to_str().unwrap().to_string(), options, None).unwrap()
+}
+
+/// Collects the tokens; sends the end (stats or error) down a channel.
+struct Collector {
+    tokens: Mutex<Vec<String>>,
+    end: Mutex<mpsc::Sender<Result<GenerationStats, SpinelError>>>,
+    /// Panics in `on_token` (a foreign listener that throws).
+    throw: bool,
+}
+
+impl Collector {
+    fn new(
+        throw: bool,
+    ) -> (
+        Arc<Self>,
+        mpsc::Receiver<Result<GenerationStats, SpinelError>>,
+    ) {
+        let (tx, rx) = mpsc::channel();
+        let c = Collector {
+            tokens: Mutex::new(Vec::new()),
+            end: Mutex::new(tx),
+            throw,
+        };
+        (Arc::new(c), rx)
+    }
+
+    fn text(&self) -> String {
+        self.tokens.lock().unwrap().concat()
+    }
+}
+
+impl GenerationListener for Collector {
+    fn on_token(&self, text: String) {
+        assert!(!self.throw, "listener bug");
+        self.tokens.lock().unwrap().push(text);
+    }
+    fn on_complete(&self, stats: GenerationStats) {
+        self.end.lock().unwrap().send(Ok(stats)).unwrap();
+    }
+    fn on_error(&self, error: SpinelError) {
+        self.end.lock().unwrap().send(Err(error)).unwrap();
+    }
+}
+
+fn greedy(max_tokens: u32) -> GenerationParams {
+    GenerationParams {
+        temperature: 0.0,
+        max_tokens: Some(max_tokens),
+        ..GenerationParams::default()
+    }
+}
+
+#[test]
+fn chat_streams_and_reports_stats() {
+    let model = model();
+    let info = model.info();
+    assert_eq!(info.architecture, "llama");
+    assert_eq!(info.quantization, "Q4_1");
+    assert_eq!(info.context_length, 512);
+    assert!(info.chat_template.unwrap().contains("<|im_start|>"));
+
+    let chat = model
+        .chat_session(Some("You are a helpful assistant.".into()))
+        .unwrap();
+    let (listener, end) = Collector::new(false);
+    let handle = chat
+        .send(
+            "What is the capital of France?".into(),
+            greedy(24),
+            listener.clone(),
+        )
+        .unwrap();
+    let stats = end.recv_timeout(Duration::from_secs(120)).unwrap().unwrap();
+    handle.wait_for_completion();
+    assert!(handle.is_finished());
+    assert!(listener.text().contains("Paris"), "{}", listener.text());
+    assert!((1..=24).contains(&stats.generated_tokens));
+    assert!(stats.tokens_per_second > 0.0);
+    assert!(stats.time_to_first_token_seconds.unwrap() <= stats.total_seconds);
+    let history = chat.history();
+    assert_eq!(history.len(), 3);
+    assert_eq!(history[2].content, listener.text());
+}
+
+#[test]
+fn cancel_stops_the_answer() {
+    let model = model();
+    let chat = model.chat_session(None).unwrap();
+    let (listener, end) = Collector::new(false);
+    let handle = chat
+        .send(
+            "Write a long story about a dragon.".into(),
+            greedy(400),
+            listener.clone(),
+        )
+        .unwrap();
+    while listener.tokens.lock().unwrap().is_empty() && !handle.is_finished() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let canceller = Arc::clone(&handle);
+    std::thread::spawn(move || canceller.cancel())
+        .join()
+        .unwrap();
+    let stats = end.recv_timeout(Duration::from_secs(120)).unwrap().unwrap();
+    assert_eq!(stats.stop_reason, StopReason::Cancelled);
+    assert!(stats.generated_tokens < 400);
+}
+
+#[test]
+fn a_panicking_listener_is_an_error_not_a_crash() {
+    let model = model();
+    let chat = model.chat_session(None).unwrap();
+    let (listener, end) = Collector::new(true);
+    chat.send("Hi".into(), greedy(8), listener).unwrap();
+    let result = end.recv_timeout(Duration::from_secs(120)).unwrap();
+    assert!(
+        matches!(result, Err(SpinelError::Internal { .. })),
+        "{result:?}"
+    );
+    // The session is still usable.
+    let (listener, end) = Collector::new(false);
+    chat.send("Hi".into(), greedy(4), listener).unwrap();
+    end.recv_timeout(Duration::from_secs(120)).unwrap().unwrap();
+}
+
+#[test]
+fn errors_are_typed() {
+    let err = Model::load(
+        "/nonexistent/model.gguf".into(),
+        LoadOptions::default(),
+        None,
+    )
+    .unwrap_err();
+    assert!(matches!(err, SpinelError::Io { .. }), "{err:?}");
+    let not_a_model = env!("CARGO_MANIFEST_DIR").to_string() + "/Cargo.toml";
+    let err = Model::load(not_a_model, LoadOptions::default(), None).unwrap_err();
+    assert!(matches!(err, SpinelError::InvalidModel { .. }), "{err:?}");
+
+    let model = model();
+    let chat = model.chat_session(None).unwrap();
+    let (listener, end) = Collector::new(false);
+    let params = GenerationParams {
+        stop: vec![String::new()],
+        ..greedy(4)
+    };
+    chat.send("Hi".into(), params, listener).unwrap();
+    let result = end.recv_timeout(Duration::from_secs(120)).unwrap();
+    assert!(
+        matches!(result, Err(SpinelError::InvalidArgument { .. })),
+        "{result:?}"
+    );
+    assert!(matches!(
+        model.detokenize(vec![u32::MAX]),
+        Err(SpinelError::Tokenizer { .. })
+    ));
+}
+
+#[test]
+fn tokenize_round_trips() {
+    let model = model();
+    let ids = model.tokenize("Hello, world!".into(), false).unwrap();
+    assert!(ids.len() > 1);
+    assert_eq!(model.detokenize(ids).unwrap(), "Hello, world!");
+}

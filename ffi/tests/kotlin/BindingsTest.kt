@@ -1,0 +1,158 @@
+// The Kotlin bindings of spinel-ffi and the Android wrapper (android/spinel,
+// pure Kotlin) on the JVM, against the real model. Compiled and run by
+// ffi/tests/run-bindings-tests.sh; the model path is SPINEL_TEST_MODEL.
+// Prints "N passed, 0 failed" and exits 0 only if every check passed.
+
+import dev.spinel.SpinelModel
+import dev.spinel.ffi.GenerationListener
+import dev.spinel.ffi.GenerationParams
+import dev.spinel.ffi.GenerationStats
+import dev.spinel.ffi.LoadOptions
+import dev.spinel.ffi.Model
+import dev.spinel.ffi.SpinelException
+import dev.spinel.ffi.StopReason
+import java.util.concurrent.CountDownLatch
+import java.util.concurrent.TimeUnit
+import kotlin.system.exitProcess
+import kotlinx.coroutines.flow.take
+import kotlinx.coroutines.flow.toList
+import kotlinx.coroutines.runBlocking
+
+val modelPath: String = System.getenv("SPINEL_TEST_MODEL") ?: error("SPINEL_TEST_MODEL is not set")
+val options = LoadOptions(threads = 2u, contextLength = 1024u)
+
+class Collector(val onFirst: (() -> Unit)? = null) : GenerationListener {
+    val tokens = java.util.Collections.synchronizedList(mutableListOf<String>())
+    @Volatile var stats: GenerationStats? = null
+    @Volatile var error: SpinelException? = null
+    val done = CountDownLatch(1)
+
+    override fun onToken(text: String) {
+        tokens.add(text)
+        if (tokens.size == 1) onFirst?.invoke()
+    }
+    override fun onComplete(stats: GenerationStats) { this.stats = stats; done.countDown() }
+    override fun onError(error: SpinelException) { this.error = error; done.countDown() }
+
+    fun await(): GenerationStats {
+        check(done.await(120, TimeUnit.SECONDS)) { "no answer within 120 s" }
+        error?.let { throw it }
+        return stats!!
+    }
+    val text get() = synchronized(tokens) { tokens.joinToString("") }
+}
+
+fun check(cond: Boolean, msg: () -> String) { if (!cond) throw AssertionError(msg()) }
+
+fun main() {
+    val model = Model.load(modelPath, options, null)
+    val tests = linkedMapOf<String, () -> Unit>()
+
+    tests["info"] = {
+        val info = model.info()
+        check(info.architecture == "llama") { "architecture ${info.architecture}" }
+        check(info.parameters in 130_000_000uL..140_000_000uL) { "parameters ${info.parameters}" }
+        check(info.quantization == "Q4_1") { "quantization ${info.quantization}" }
+        check(info.contextLength == 1024u) { "context ${info.contextLength}" }
+        check(info.chatTemplate?.contains("<|im_start|>") == true) { "template" }
+    }
+    tests["tokenize round trip"] = {
+        val ids = model.tokenize("Hello, world!", false)
+        check(ids.size > 1) { "ids $ids" }
+        check(model.detokenize(ids) == "Hello, world!") { "detokenize" }
+    }
+    tests["chat streams tokens and stats"] = {
+        val chat = model.chatSession("You are a helpful assistant.")
+        val c = Collector()
+        val handle = chat.send("What is the capital of France?",
+            GenerationParams(temperature = 0f, maxTokens = 24u), c)
+        val stats = c.await()
+        handle.waitForCompletion()
+        check("Paris" in c.text) { "answer: ${c.text}" }
+        check(c.tokens.size > 1) { "tokens ${c.tokens}" }
+        check(stats.generatedTokens in 1u..24u) { "generated ${stats.generatedTokens}" }
+        check(stats.tokensPerSecond > 0.0) { "tok/s ${stats.tokensPerSecond}" }
+        val ttft = stats.timeToFirstTokenSeconds
+        check(ttft != null && ttft < stats.totalSeconds) { "ttft $ttft" }
+        check(chat.history().map { it.role } == listOf("system", "user", "assistant")) { "history" }
+    }
+    tests["stop string"] = {
+        val chat = model.chatSession(null)
+        val c = Collector()
+        chat.send("Count from 1 to 10, separated by commas.",
+            GenerationParams(temperature = 0f, maxTokens = 48u, stop = listOf("5")), c)
+        val stats = c.await()
+        check(stats.stopReason == StopReason.StopString("5")) { "stop ${stats.stopReason}" }
+        check("5" !in c.text) { "text ${c.text}" }
+    }
+    tests["cancel from another thread"] = {
+        val chat = model.chatSession(null)
+        val ready = CountDownLatch(1)
+        var handle: dev.spinel.ffi.GenerationHandle? = null
+        val c = Collector(onFirst = { Thread { ready.await(); handle!!.cancel() }.start() })
+        handle = chat.send("Write a long story about a dragon.",
+            GenerationParams(temperature = 0f, maxTokens = 400u), c)
+        ready.countDown()
+        val stats = c.await()
+        check(stats.stopReason == StopReason.Cancelled) { "stop ${stats.stopReason}" }
+        check(stats.generatedTokens < 400u) { "generated ${stats.generatedTokens}" }
+    }
+    tests["two sessions on two threads"] = {
+        val answers = java.util.concurrent.ConcurrentHashMap<String, GenerationStats>()
+        val threads = listOf("What is 2+2?", "Name a color.").map { q ->
+            Thread {
+                val c = Collector()
+                model.chatSession(null).send(q, GenerationParams(temperature = 0f, maxTokens = 16u), c)
+                answers[q] = c.await()
+            }.apply { start() }
+        }
+        threads.forEach { it.join() }
+        check(answers.size == 2 && answers.values.all { it.generatedTokens > 0u }) { "answers $answers" }
+    }
+    tests["missing file is SpinelException.Io"] = {
+        try {
+            Model.load("/nonexistent/model.gguf", LoadOptions(), null)
+            throw AssertionError("loaded a missing file")
+        } catch (e: SpinelException.Io) {
+            check("nonexistent" in e.message.orEmpty()) { "message ${e.message}" }
+        }
+    }
+    tests["wrapper: Flow of tokens, cancel by cancelling the flow"] = {
+        runBlocking {
+            val m = SpinelModel.load(modelPath, options)
+            val chat = m.newChat("You are a helpful assistant.")
+            val all = chat.send("What is the capital of France?",
+                GenerationParams(temperature = 0f, maxTokens = 24u)).toList()
+            check("Paris" in all.joinToString("")) { "answer $all" }
+            check(chat.lastStats?.generatedTokens ?: 0u > 0u) { "stats ${chat.lastStats}" }
+            // take(3) cancels the flow after three pieces: the generation stops.
+            val three = chat.send("Write a long story about a dragon.",
+                GenerationParams(temperature = 0f, maxTokens = 400u)).take(3).toList()
+            check(three.size == 3) { "pieces $three" }
+            // The next turn waits for the cancelled one to end, so it proves it did.
+            chat.send("Thanks!", GenerationParams(temperature = 0f, maxTokens = 4u)).toList()
+            val last = chat.history
+            check(last.size == 7) { "history ${last.map { it.role }}" }
+            check(last[4].content.length < 400) { "cancelled answer ${last[4].content}" }
+            try {
+                SpinelModel.load("/nonexistent/model.gguf")
+                throw AssertionError("loaded a missing file")
+            } catch (e: SpinelException.Io) {
+            }
+            m.close()
+        }
+    }
+
+    var failed = 0
+    for ((name, test) in tests) {
+        try {
+            test()
+            println("ok   $name")
+        } catch (e: Throwable) {
+            failed++
+            println("FAIL $name: $e")
+        }
+    }
+    println("${tests.size - failed} passed, $failed failed")
+    exitProcess(if (failed == 0) 0 else 1)
+}

@@ -1,0 +1,205 @@
+"""The Python bindings of spinel-ffi against the real model.
+
+Run by ffi/tests/run-bindings-tests.sh, which generates the bindings from the
+library just built and puts them on PYTHONPATH. The model path comes from
+SPINEL_TEST_MODEL (scripts/fetch-model.sh prints it).
+"""
+
+import os
+import threading
+import unittest
+
+import spinel_ffi as spinel
+
+MODEL = os.environ["SPINEL_TEST_MODEL"]
+OPTIONS = spinel.LoadOptions(threads=2, context_length=1024)
+GREEDY = spinel.GenerationParams(temperature=0.0)
+
+
+class Collector(spinel.GenerationListener):
+    """Gathers one answer; `done` is set by on_complete or on_error."""
+
+    def __init__(self, on_first_token=None):
+        self.tokens = []
+        self.stats = None
+        self.error = None
+        self.done = threading.Event()
+        self.on_first_token = on_first_token
+
+    def on_token(self, text):
+        self.tokens.append(text)
+        if len(self.tokens) == 1 and self.on_first_token:
+            self.on_first_token()
+
+    def on_complete(self, stats):
+        self.stats = stats
+        self.done.set()
+
+    def on_error(self, error):
+        self.error = error
+        self.done.set()
+
+    def wait(self, handle):
+        handle.wait_for_completion()
+        assert self.done.is_set(), "the handle finished before the listener was told"
+        if self.error is not None:
+            raise self.error
+        return self.stats
+
+
+class Progress(spinel.LoadProgressListener):
+    def __init__(self):
+        self.steps = []
+
+    def on_progress(self, fraction, stage):
+        self.steps.append((fraction, stage))
+
+
+class PythonBindings(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.progress = Progress()
+        cls.model = spinel.Model.load(MODEL, OPTIONS, cls.progress)
+
+    def test_version(self):
+        self.assertRegex(spinel.version(), r"^\d+\.\d+\.\d+")
+
+    def test_load_progress(self):
+        fractions = [f for f, _ in self.progress.steps]
+        self.assertEqual(fractions[0], 0.0)
+        self.assertEqual(fractions[-1], 1.0)
+        self.assertEqual(fractions, sorted(fractions))
+
+    def test_info(self):
+        info = self.model.info()
+        self.assertEqual(info.architecture, "llama")
+        self.assertTrue(130e6 < info.parameters < 140e6, info.parameters)
+        self.assertEqual(info.quantization, "Q4_1")
+        self.assertEqual(info.context_length, 1024)
+        self.assertEqual(info.training_context_length, 8192)
+        self.assertEqual(info.vocabulary_size, 49152)
+        self.assertEqual(info.layers, 30)
+        self.assertIn("<|im_start|>", info.chat_template)
+
+    def test_tokenize_round_trip(self):
+        ids = self.model.tokenize("Hello, world!", False)
+        self.assertGreater(len(ids), 1)
+        self.assertEqual(self.model.detokenize(ids), "Hello, world!")
+        with self.assertRaises(spinel.SpinelError.Tokenizer):
+            self.model.detokenize([10**9])
+
+    def test_chat_streams_tokens_and_stats(self):
+        chat = self.model.chat_session("You are a helpful assistant.")
+        listener = Collector()
+        handle = chat.send("What is the capital of France?",
+                           spinel.GenerationParams(temperature=0.0, max_tokens=24), listener)
+        stats = listener.wait(handle)
+        self.assertTrue(handle.is_finished())
+        answer = "".join(listener.tokens)
+        self.assertIn("Paris", answer)
+        self.assertGreater(len(listener.tokens), 1)
+        self.assertGreater(stats.generated_tokens, 0)
+        self.assertLessEqual(stats.generated_tokens, 24)
+        self.assertGreater(stats.prompt_tokens, 10)
+        self.assertGreater(stats.tokens_per_second, 0.0)
+        self.assertIsNotNone(stats.time_to_first_token_seconds)
+        self.assertLess(stats.time_to_first_token_seconds, stats.total_seconds)
+        history = chat.history()
+        self.assertEqual([m.role for m in history], ["system", "user", "assistant"])
+        self.assertEqual(history[2].content, answer)
+        self.assertIn("<|im_start|>assistant", chat.render_prompt())
+
+        # The second turn reuses the first turn's cache.
+        second = Collector()
+        stats = second.wait(chat.send("And of Italy?", spinel.GenerationParams(
+            temperature=0.0, max_tokens=16), second))
+        self.assertGreater(stats.cached_tokens, 10)
+
+    def test_stop_string(self):
+        chat = self.model.chat_session(None)
+        listener = Collector()
+        stats = listener.wait(chat.send(
+            "Count from 1 to 10, separated by commas.",
+            spinel.GenerationParams(temperature=0.0, max_tokens=48, stop=["5"]), listener))
+        self.assertEqual(stats.stop_reason, spinel.StopReason.STOP_STRING(stop="5"))
+        self.assertNotIn("5", "".join(listener.tokens))
+
+    def test_cancel_from_another_thread(self):
+        chat = self.model.chat_session(None)
+        holder = {"ready": threading.Event()}
+
+        def cancel_soon():
+            holder["ready"].wait()
+            holder["handle"].cancel()
+
+        # Cancelled from a separate thread as soon as the first token arrives.
+        listener = Collector(on_first_token=lambda: threading.Thread(target=cancel_soon).start())
+        handle = chat.send("Write a long story about a dragon.",
+                           spinel.GenerationParams(temperature=0.0, max_tokens=400), listener)
+        holder["handle"] = handle
+        holder["ready"].set()
+        stats = listener.wait(handle)
+        self.assertTrue(stats.stop_reason.is_CANCELLED(), stats.stop_reason)
+        self.assertLess(stats.generated_tokens, 400)
+        # The cancelled turn's partial answer stays in the history.
+        self.assertEqual(chat.history()[-1].content, "".join(listener.tokens))
+
+    def test_cancel_before_start(self):
+        chat = self.model.chat_session(None)
+        listener = Collector()
+        handle = chat.send("Hi", GREEDY, listener)
+        handle.cancel()
+        stats = listener.wait(handle)
+        self.assertTrue(stats.stop_reason.is_CANCELLED() or stats.generated_tokens > 0)
+
+    def test_two_sessions_on_two_threads(self):
+        results = {}
+
+        def turn(name, question):
+            chat = self.model.chat_session(None)
+            listener = Collector()
+            results[name] = (listener.wait(chat.send(
+                question, spinel.GenerationParams(temperature=0.0, max_tokens=16), listener)),
+                "".join(listener.tokens))
+
+        threads = [threading.Thread(target=turn, args=(n, q)) for n, q in
+                   [("a", "What is 2+2?"), ("b", "Name a color.")]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(sorted(results), ["a", "b"])
+        for stats, text in results.values():
+            self.assertGreater(stats.generated_tokens, 0)
+            self.assertTrue(text)
+
+    def test_listener_exception_is_reported(self):
+        class Throwing(Collector):
+            def on_token(self, text):
+                raise RuntimeError("listener bug")
+
+        chat = self.model.chat_session(None)
+        listener = Throwing()
+        handle = chat.send("Hi", GREEDY, listener)
+        handle.wait_for_completion()
+        self.assertIsInstance(listener.error, spinel.SpinelError.Internal)
+
+    def test_invalid_argument(self):
+        chat = self.model.chat_session(None)
+        listener = Collector()
+        handle = chat.send("Hi", spinel.GenerationParams(stop=[""]), listener)
+        handle.wait_for_completion()
+        self.assertIsInstance(listener.error, spinel.SpinelError.InvalidArgument)
+
+    def test_missing_file_is_an_error(self):
+        with self.assertRaises(spinel.SpinelError.Io) as caught:
+            spinel.Model.load("/nonexistent/model.gguf", spinel.LoadOptions(), None)
+        self.assertIn("nonexistent", str(caught.exception))
+
+    def test_not_a_model_is_an_error(self):
+        with self.assertRaises(spinel.SpinelError.InvalidModel):
+            spinel.Model.load(__file__, spinel.LoadOptions(), None)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
