@@ -224,6 +224,9 @@ impl Model<'_> {
             SharedMut::new(s.kv.v.bytes_mut()),
         );
         let rope_cs = &s.rope_cs;
+        // A batch's values go into a transposed cache a column at a time
+        // (below); a few positions are scattered here.
+        let columns = kv.v_transposed && n >= 16;
         let rows = |range: std::ops::Range<usize>| {
             for t in range {
                 let p = pos0 + t;
@@ -253,7 +256,9 @@ impl Model<'_> {
                     let off = kv.offset(il, h, p);
                     // SAFETY: as above.
                     from_float(kh, unsafe { kc.slice(off..off + rb) });
-                    if kv.v_transposed {
+                    if columns {
+                        // Stored by `columns` below.
+                    } else if kv.v_transposed {
                         let conv = (t * c.n_head_kv + h) * rb;
                         // SAFETY: as above (row `t` of the conversion buffer).
                         let conv = unsafe { v_conv.slice(conv..conv + rb) };
@@ -274,6 +279,36 @@ impl Model<'_> {
         s.pool.run(n.div_ceil(POSITIONS_PER_TASK), &|_, c| {
             rows(chunk(n, POSITIONS_PER_TASK, c))
         })?;
+        if columns {
+            // Vᵀ row `d` of head `h` at positions `pos0..pos0 + n`: gather
+            // the batch's column, 64 positions at a time, and convert it
+            // into the contiguous cache row.
+            const DIMS_PER_TASK: usize = 16;
+            let v = &s.v;
+            let column = |_: usize, task: usize| {
+                let per_head = hd.div_ceil(DIMS_PER_TASK);
+                let h = task / per_head;
+                for d in chunk(hd, DIMS_PER_TASK, task % per_head) {
+                    let mut t0 = 0;
+                    while t0 < n {
+                        let t1 = (t0 + 64).min(n);
+                        let mut col = [0.0f32; 64];
+                        for (c, t) in col.iter_mut().zip(t0..t1) {
+                            *c = v[t * kv_dim + h * hd + d];
+                        }
+                        let off = kv.vt_offset(il, h, d, pos0 + t0);
+                        // SAFETY: each task writes the rows of its own
+                        // (head, dimension) pairs.
+                        from_float(&col[..t1 - t0], unsafe {
+                            vc.slice(off..off + (t1 - t0) * es)
+                        });
+                        t0 = t1;
+                    }
+                }
+            };
+            s.pool
+                .run(c.n_head_kv * hd.div_ceil(DIMS_PER_TASK), &column)?;
+        }
         Ok(())
     }
 
