@@ -199,9 +199,7 @@ impl Attention<'_> {
             // SAFETY: this item alone writes head `h` of position `t`.
             let o = unsafe { out.slice(t * q_dim + h * hd..t * q_dim + (h + 1) * hd) };
             let inv = if s.sum[r] > 0.0 { 1.0 / s.sum[r] } else { 0.0 };
-            for (o, &a) in o.iter_mut().zip(&s.acc[r * hd..(r + 1) * hd]) {
-                *o = a * inv;
-            }
+            scaled(o, &s.acc[r * hd..(r + 1) * hd], inv);
         }
     }
 
@@ -269,14 +267,41 @@ impl Attention<'_> {
             k.gemm(vt_ty, nk, &s.vt[..hd * nk * es], &s.p[..m * p_rb], pv, hd);
         }
         for r in 0..m {
-            let corr = s.corr[r];
-            for (a, &v) in s.acc[r * hd..(r + 1) * hd]
-                .iter_mut()
-                .zip(&pv[r * hd..(r + 1) * hd])
-            {
-                *a = *a * corr + v;
-            }
+            scale_add(
+                &mut s.acc[r * hd..(r + 1) * hd],
+                s.corr[r],
+                &pv[r * hd..(r + 1) * hd],
+            );
         }
+    }
+}
+
+/// `out = x · c` (a function of its own, so that the slices are known not
+/// to overlap and the loop vectorizes).
+fn scaled(out: &mut [f32], x: &[f32], c: f32) {
+    let mut o8 = out.chunks_exact_mut(8);
+    let mut x8 = x.chunks_exact(8);
+    for (o, x) in (&mut o8).zip(&mut x8) {
+        for i in 0..8 {
+            o[i] = x[i] * c;
+        }
+    }
+    for (o, &x) in o8.into_remainder().iter_mut().zip(x8.remainder()) {
+        *o = x * c;
+    }
+}
+
+/// `acc = acc · c + x`.
+fn scale_add(acc: &mut [f32], c: f32, x: &[f32]) {
+    let mut a8 = acc.chunks_exact_mut(8);
+    let mut x8 = x.chunks_exact(8);
+    for (a, x) in (&mut a8).zip(&mut x8) {
+        for i in 0..8 {
+            a[i] = a[i] * c + x[i];
+        }
+    }
+    for (a, &x) in a8.into_remainder().iter_mut().zip(x8.remainder()) {
+        *a = *a * c + x;
     }
 }
 
