@@ -13,6 +13,8 @@
 //!   pair and head).
 //! * `elementwise/*`: RMSNorm, RoPE, SwiGLU, softmax rows, in GB/s of f32
 //!   input.
+//! * `pool/step/t<threads>`: one step of 16 empty tasks on the worker pool
+//!   (the fixed cost of each parallel step; a generated token takes ~150).
 //!
 //! This machine's limits for orientation (from the performance issue):
 //! ~50 GB/s from cache and ~25 GB/s from DRAM; ~600 GOP/s int8 with
@@ -25,7 +27,7 @@ use std::hint::black_box;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use spinel_quant::GgmlType;
 use spinel_runtime::model::KvType;
-use spinel_runtime::model::bench::{self, AttentionBench, MatmulBench};
+use spinel_runtime::model::bench::{self, AttentionBench, MatmulBench, PoolBench};
 
 const TYPES: [GgmlType; 6] = [
     GgmlType::Q4_0,
@@ -132,12 +134,23 @@ fn elementwise(c: &mut Criterion) {
     g.finish();
 }
 
+fn pool(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pool/step");
+    for t in [1, 2] {
+        let mut p = PoolBench::new(t, 16).unwrap();
+        g.bench_function(BenchmarkId::from_parameter(format!("t{t}")), |b| {
+            b.iter(|| p.step())
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(std::time::Duration::from_millis(300))
         .measurement_time(std::time::Duration::from_secs(1))
         .sample_size(20);
-    targets = gemv, gemm, attention, elementwise
+    targets = gemv, gemm, attention, elementwise, pool
 }
 criterion_main!(benches);

@@ -170,6 +170,30 @@ impl AttentionBench {
     }
 }
 
+/// The worker pool alone: steps of `tasks` empty tasks on `threads`
+/// threads, the per-step cost of handing work to the pool and waiting for it.
+pub struct PoolBench {
+    pool: Pool,
+    tasks: usize,
+}
+
+impl PoolBench {
+    pub fn new(threads: usize, tasks: usize) -> Option<Self> {
+        Some(PoolBench {
+            pool: Pool::new(threads).ok()?,
+            tasks,
+        })
+    }
+
+    pub fn step(&mut self) {
+        self.pool
+            .run(self.tasks, &|_, t| {
+                std::hint::black_box(t);
+            })
+            .expect("no panic");
+    }
+}
+
 /// Synthetic rows for the elementwise benchmarks.
 pub fn rows(n: usize, seed: u64) -> Vec<f32> {
     data(n, seed)
