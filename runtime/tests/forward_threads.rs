@@ -1,7 +1,11 @@
 //! The forward pass on 1, 2 and 3 threads gives bit-identical logits for the
 //! real SmolLM2 model: matrix products and attention are cut into tiles that
 //! depend on the batch, never on the thread count, and every sum is taken
-//! in the same order whichever thread computes it.
+//! in the same order whichever thread computes it. So does any split of a
+//! prompt into batches of at least 8 positions (the register-blocked
+//! kernels compute each element the same way at any batch size from there;
+//! single positions go through the one-row kernels, whose sums are ordered
+//! differently).
 
 use std::path::PathBuf;
 
@@ -31,13 +35,13 @@ fn smollm2() -> PathBuf {
     path
 }
 
-/// Logits after a 75-token prompt (in batches of 32, so the last batch is
-/// partial) and after each of 6 single tokens.
-fn run(model: &Model<'_>, kv_type: KvType, n_threads: usize) -> Vec<Vec<f32>> {
+/// Logits after a 75-token prompt (in batches of `n_batch`) and after each
+/// of 6 single tokens.
+fn run(model: &Model<'_>, kv_type: KvType, n_threads: usize, n_batch: usize) -> Vec<Vec<f32>> {
     let opts = StateOptions {
         n_ctx: Some(128),
         kv_type,
-        n_batch: 32,
+        n_batch,
         n_threads: Some(n_threads),
     };
     let mut state = model.new_state_with(&opts).unwrap();
@@ -54,13 +58,31 @@ fn run(model: &Model<'_>, kv_type: KvType, n_threads: usize) -> Vec<Vec<f32>> {
 fn thread_counts_give_identical_logits() {
     let model = Model::load(smollm2()).unwrap();
     for kv in [KvType::F16, KvType::F32, KvType::Q8_0] {
-        let one = run(&model, kv, 1);
+        // Batches of 32, 32 and 11 positions.
+        let one = run(&model, kv, 1, 32);
         for t in [2, 3] {
-            let many = run(&model, kv, t);
+            let many = run(&model, kv, t, 32);
             for (step, (a, b)) in one.iter().zip(&many).enumerate() {
                 let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
                 assert!(same, "{kv:?}: {t} threads differ from 1 at step {step}");
             }
+        }
+    }
+}
+
+#[test]
+fn batch_splits_of_at_least_8_give_identical_logits() {
+    let model = Model::load(smollm2()).unwrap();
+    let whole = run(&model, KvType::F16, 2, 75);
+    // 25 + 25 + 25, 16 × 4 + 11, 8 × 9 + 3 would not do (a batch of 3).
+    for n_batch in [25, 16] {
+        let split = run(&model, KvType::F16, 2, n_batch);
+        for (step, (a, b)) in whole.iter().zip(&split).enumerate() {
+            let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(
+                same,
+                "batches of {n_batch} differ from one batch at step {step}"
+            );
         }
     }
 }
