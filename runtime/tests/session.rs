@@ -160,14 +160,20 @@ fn same_seed_same_output() {
     let a = session(128).complete(&prompt, &opts(7), |_| {}).unwrap();
     assert_eq!(a.generated_ids.len(), 12);
 
-    // A fresh session, and the same session again (the whole prompt is in
-    // its cache but one token, so only that one is processed).
+    // A fresh session computes exactly what the first one did.
     let mut s = session(128);
     let b = s.complete(&prompt, &opts(7), |_| {}).unwrap();
-    let c = s.complete(&prompt, &opts(7), |_| {}).unwrap();
     assert_eq!(a.generated_ids, b.generated_ids);
-    assert_eq!(a.generated_ids, c.generated_ids);
-    assert_eq!(a.text, c.text);
+    assert_eq!(a.text, b.text);
+    // The same session again: the whole prompt is in its cache but one
+    // token, so only that one is processed. That is a one-row product where
+    // the fresh prompt was a batched one (other summation order), so at T = 1
+    // a draw near a boundary may go the other way; repeating the cached run
+    // must give the same tokens again.
+    let c = s.complete(&prompt, &opts(7), |_| {}).unwrap();
+    let d = s.complete(&prompt, &opts(7), |_| {}).unwrap();
+    assert_eq!(c.generated_ids, d.generated_ids);
+    assert_eq!(c.text, d.text);
     assert_eq!(c.stats.cached_tokens, prompt.len() - 1);
     assert_eq!(c.stats.processed_prompt_tokens(), 1);
 
