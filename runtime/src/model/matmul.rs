@@ -16,11 +16,14 @@
 //! the matrix and the batch size, never on the thread count, so every thread
 //! count computes bit-identical results.
 
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use spinel_quant::{GgmlType, Kernels};
 
 use super::ops::{AlignedBuf, rmsnorm, silu};
 use super::pool::{JobPanicked, Pool, SharedMut, chunk};
-use super::weights::{Lin, Mat};
+use super::weights::{Lin, Mat, Weight};
 
 /// Floats in one half of a thread's product tile (SwiGLU uses both halves):
 /// 64 weight rows for a whole 512-row batch.
@@ -173,12 +176,48 @@ impl Matmul {
         let work: usize = tasks.iter().map(|t| t.rows * t.w.w.cols).sum::<usize>() * n;
         let n_tiles: usize = tasks.iter().map(|t| t.n_tiles).sum();
         let tiles = SharedMut::new(&mut self.tiles);
+        // SAFETY (both closures): each thread uses its own part of the tile
+        // buffer, and runs one range of rows at a time.
+        let scratch = |thread: usize| unsafe {
+            tiles
+                .slice(thread * 2 * TILE_FLOATS..(thread + 1) * 2 * TILE_FLOATS)
+                .split_at_mut(TILE_FLOATS)
+        };
+        if work < MIN_PARALLEL_WORK || pool.n_threads() == 1 {
+            let (s1, s2) = scratch(0);
+            for task in &tasks {
+                for t in 0..task.n_tiles {
+                    task.rows_range(task.tile(t), n, s1, s2);
+                }
+            }
+            return Ok(());
+        }
+        if n == 1 {
+            // One row: each output is one `vec_dot`, whatever the split, so
+            // threads claim shrinking runs of rows (long runs first, for the
+            // memory prefetchers; short ones last, for balance).
+            let next = AtomicUsize::new(0);
+            let total: usize = tasks.iter().map(|t| t.rows).sum();
+            let n_threads = pool.n_threads();
+            let claim = |thread: usize, _: usize| {
+                let (s1, s2) = scratch(thread);
+                while let Some(range) = claim_rows(&next, total, n_threads) {
+                    // `range` counts the rows of all products in turn.
+                    let mut base = 0;
+                    for task in &tasks {
+                        let lo = range.start.max(base);
+                        let hi = range.end.min(base + task.rows);
+                        if lo < hi {
+                            task.rows_range(lo - base..hi - base, n, s1, s2);
+                        }
+                        base += task.rows;
+                    }
+                }
+            };
+            return pool.run(n_threads, &claim);
+        }
         let tile = |thread: usize, mut t: usize| {
-            // SAFETY: each thread uses its own part of the tile buffer (and
-            // runs one tile at a time).
-            let scratch =
-                unsafe { tiles.slice(thread * 2 * TILE_FLOATS..(thread + 1) * 2 * TILE_FLOATS) };
-            let (s1, s2) = scratch.split_at_mut(TILE_FLOATS);
+            let (s1, s2) = scratch(thread);
             let task = tasks
                 .iter()
                 .find(|task| {
@@ -189,13 +228,31 @@ impl Matmul {
                     here
                 })
                 .expect("tile in range");
-            task.tile(t, n, s1, s2);
+            task.rows_range(task.tile(t), n, s1, s2);
         };
-        if work < MIN_PARALLEL_WORK || pool.n_threads() == 1 {
-            (0..n_tiles).for_each(|t| tile(0, t));
-            Ok(())
-        } else {
-            pool.run(n_tiles, &tile)
+        pool.run(n_tiles, &tile)
+    }
+}
+
+/// Rows a thread takes at least per claim of single-row products.
+const MIN_CLAIM: usize = 32;
+
+/// Claims the next run of `total` rows: a share of what is left (half of
+/// it split between the threads), at least [`MIN_CLAIM`], at most what one
+/// tile of scratch holds. `None` when all are taken.
+fn claim_rows(next: &AtomicUsize, total: usize, n_threads: usize) -> Option<Range<usize>> {
+    let mut start = next.load(Ordering::Relaxed);
+    loop {
+        if start >= total {
+            return None;
+        }
+        let left = total - start;
+        let len = (left / (2 * n_threads))
+            .clamp(MIN_CLAIM, TILE_FLOATS)
+            .min(left);
+        match next.compare_exchange_weak(start, start + len, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return Some(start..start + len),
+            Err(now) => start = now,
         }
     }
 }
@@ -204,16 +261,14 @@ impl Matmul {
 struct Task<'a> {
     w: Mat<'a>,
     bias: Option<&'a [f32]>,
-    /// SwiGLU's up projection.
-    up: Option<Lin<'a>>,
+    /// SwiGLU's up projection, and its input.
+    up: Option<(Lin<'a>, &'a Converted)>,
     add: bool,
     out: SharedMut<'a, f32>,
     a: &'a Converted,
     rows: usize,
     tile_rows: usize,
     n_tiles: usize,
-    /// Activation rows per kernel call.
-    block: usize,
 }
 
 impl<'a> Task<'a> {
@@ -224,18 +279,22 @@ impl<'a> Task<'a> {
             Product::SwiGlu(g, u, o) => (g, Some(u), false, o),
         };
         let w = lin.w.w;
-        let vt = w.ty.vec_dot_type();
-        let a = input
-            .iter()
-            .find(|c| c.ty == Some(vt))
-            .expect("input prepared for this weight type");
-        assert!(
-            a.n >= n && a.cols == w.cols,
-            "input does not fit the weight"
-        );
-        if let Some(u) = &up {
-            assert!(u.w.w.ty == w.ty && u.w.w.rows == w.rows && u.w.w.cols == w.cols);
-        }
+        let input_for = |w: &Weight| {
+            let a = input
+                .iter()
+                .find(|c| c.ty == Some(w.ty.vec_dot_type()))
+                .expect("input prepared for this weight type");
+            assert!(
+                a.n >= n && a.cols == w.cols,
+                "input does not fit the weight"
+            );
+            a
+        };
+        let a = input_for(&w);
+        let up = up.map(|u| {
+            assert!(u.w.w.rows == w.rows, "gate and up of different sizes");
+            (u, input_for(&u.w.w))
+        });
         assert!(out.len() >= n * w.rows, "output too small");
         let tile_rows = if n >= 4 {
             GEMM_TILE_ROWS
@@ -243,7 +302,6 @@ impl<'a> Task<'a> {
             w.rows.div_ceil(GEMV_TILES).next_multiple_of(16)
         }
         .min(w.rows);
-        let block = (TILE_FLOATS / tile_rows).max(1);
         Task {
             w: lin.w,
             bias: lin.bias,
@@ -254,31 +312,40 @@ impl<'a> Task<'a> {
             rows: w.rows,
             tile_rows,
             n_tiles: w.rows.div_ceil(tile_rows),
-            block,
         }
     }
 
-    /// Computes tile `t` (weight rows `t · tile_rows ..`) for all `n`
+    /// Weight rows of tile `t`.
+    fn tile(&self, t: usize) -> Range<usize> {
+        let j0 = t * self.tile_rows;
+        j0..(j0 + self.tile_rows).min(self.rows)
+    }
+
+    /// Computes weight rows `rows` (at most a tile's scratch) for all `n`
     /// activation rows, using `s1` and `s2` as scratch.
-    fn tile(&self, t: usize, n: usize, s1: &mut [f32], s2: &mut [f32]) {
+    fn rows_range(&self, rows: Range<usize>, n: usize, s1: &mut [f32], s2: &mut [f32]) {
         let k = Kernels::get();
         let (ty, cols, rb) = (self.w.w.ty, self.w.w.cols, self.w.w.row_bytes);
-        let j0 = t * self.tile_rows;
-        let j1 = (j0 + self.tile_rows).min(self.rows);
+        let (j0, j1) = (rows.start, rows.end);
         let tn = j1 - j0;
         let w = &self.w.data[j0 * rb..j1 * rb];
-        let up = self.up.map(|u| (&u.w.data[j0 * rb..j1 * rb], u.bias));
+        let up = self.up.map(|(u, ua)| {
+            let urb = u.w.w.row_bytes;
+            (u.w.w.ty, &u.w.data[j0 * urb..j1 * urb], u.bias, ua)
+        });
         let arb = self.a.row_bytes;
+        let block = (TILE_FLOATS / tn).max(1);
         let bias = self.bias.map(|b| &b[j0..j1]);
         let mut i0 = 0;
         while i0 < n {
-            let i1 = (i0 + self.block).min(n);
+            let i1 = (i0 + block).min(n);
             let a = &self.a.buf.bytes()[i0 * arb..i1 * arb];
             let g = &mut s1[..(i1 - i0) * tn];
             k.gemm(ty, cols, w, a, g, tn);
-            if let Some((uw, ub)) = up {
+            if let Some((uty, uw, ub, ua)) = up {
+                let ua = &ua.buf.bytes()[i0 * ua.row_bytes..i1 * ua.row_bytes];
                 let u = &mut s2[..(i1 - i0) * tn];
-                k.gemm(ty, cols, uw, a, u, tn);
+                k.gemm(uty, cols, uw, ua, u, tn);
                 for i in i0..i1 {
                     // SAFETY: this tile's columns of row `i` belong to no
                     // other tile, and each tile is taken by one thread.
@@ -396,6 +463,70 @@ mod tests {
             }
             // Same tiles whatever the thread count: identical bits.
             assert!(results.windows(2).all(|w| w[0] == w[1]), "n {n}");
+        }
+    }
+
+    #[test]
+    fn swiglu_of_weights_of_two_types() {
+        use spinel_quant::Kernels;
+        let (rows, cols) = (300, 64);
+        let g: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0)
+            .collect();
+        let u: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 5 % 17) as f32 - 8.0) / 16.0)
+            .collect();
+        let (gw, gbytes) = f32_matrix(&g, rows, cols);
+        // Up in Q8_0, which reads Q8_0 activations (gate reads f32).
+        let uw = Weight::at_start(GgmlType::Q8_0, rows, cols).unwrap();
+        let mut ubytes = vec![0u8; rows * uw.row_bytes];
+        let from_float = Kernels::get().of(GgmlType::Q8_0).from_float;
+        for (r, row) in ubytes.chunks_exact_mut(uw.row_bytes).enumerate() {
+            from_float(&u[r * cols..(r + 1) * cols], row);
+        }
+        for n in [1usize, 5] {
+            let x: Vec<f32> = (0..n * cols)
+                .map(|i| ((i * 3 % 7) as f32 - 3.0) / 4.0)
+                .collect();
+            for threads in [1, 2] {
+                let mut pool = Pool::new(threads).unwrap();
+                let mut mm = Matmul::new(threads, n, cols * 4);
+                mm.prepare(
+                    &mut pool,
+                    &x,
+                    n,
+                    cols,
+                    None,
+                    &[GgmlType::F32, GgmlType::Q8_0],
+                )
+                .unwrap();
+                let mut out = vec![0.0; n * rows];
+                let gate = Lin {
+                    w: gw.view(gbytes.bytes()),
+                    bias: None,
+                };
+                let up = Lin {
+                    w: uw.view(&ubytes),
+                    bias: None,
+                };
+                mm.run(&mut pool, n, [Product::SwiGlu(gate, up, &mut out)])
+                    .unwrap();
+                for t in 0..n {
+                    for r in 0..rows {
+                        let dot = |m: &[f32]| -> f32 {
+                            (0..cols).map(|c| m[r * cols + c] * x[t * cols + c]).sum()
+                        };
+                        let (gv, uv) = (dot(&g), dot(&u));
+                        let want = gv / (1.0 + (-gv).exp()) * uv;
+                        let got = out[t * rows + r];
+                        // Q8_0 weights and activations: ~1% of the terms.
+                        assert!(
+                            (got - want).abs() < 0.05 * gv.abs().max(1.0) * uv.abs().max(1.0),
+                            "n {n} t {t} r {r}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
         }
     }
 
