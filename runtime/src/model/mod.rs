@@ -11,9 +11,17 @@
 //!
 //! Matrix products follow ggml: an activation row is converted once to the
 //! weight type's `vec_dot_type` (Q8 blocks for quantized weights), then
-//! dotted with each weight row by the kernels of `spinel-quant`. With F32
-//! weights and an F32 KV cache everything is f32, which is what matching
-//! the Hugging Face reference to 1e-4 takes.
+//! multiplied with the weight rows by the kernels of `spinel-quant`
+//! (`Kernels::gemm`: register-blocked for batches, one `vec_dot` per row
+//! for a single token). With F32 weights and an F32 KV cache everything is
+//! f32, which is what matching the Hugging Face reference to 1e-4 takes.
+//!
+//! Each state owns a worker pool (`pool`) of its thread count, started
+//! once: matrix products (`matmul`) split their weight rows across it,
+//! attention (`attention`) its heads and query blocks, row-wise steps their
+//! rows. The split never changes what is summed in which order, so the
+//! logits do not depend on the thread count; nothing is allocated per
+//! token.
 //!
 //! ```no_run
 //! use spinel_runtime::model::{KvType, Model};
