@@ -336,6 +336,13 @@ impl<'a> Task<'a> {
         let arb = self.a.row_bytes;
         let block = (TILE_FLOATS / tn).max(1);
         let bias = self.bias.map(|b| &b[j0..j1]);
+        if n == 1 && up.is_none() && !self.add && bias.is_none() {
+            // One row stored as it is: straight into the output.
+            // SAFETY: these columns of row 0 belong to this range alone.
+            let o = unsafe { self.out.slice(j0..j1) };
+            k.gemm(ty, cols, w, &self.a.buf.bytes()[..arb], o, tn);
+            return;
+        }
         let mut i0 = 0;
         while i0 < n {
             let i1 = (i0 + block).min(n);
