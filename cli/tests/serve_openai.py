@@ -158,7 +158,7 @@ def real():
     # A client that goes away mid-stream: the server stops generating (the
     # session is free again quickly) and keeps serving.
     body = json.dumps(
-        {"model": MODEL, "stream": True, "max_tokens": 400, "temperature": 1.0, "seed": 7,
+        {"model": MODEL, "stream": True, "max_tokens": 900, "ignore_eos": True, "temperature": 1.0, "seed": 7,
          "messages": [{"role": "user", "content": "Write a long story about a dragon."}]}
     ).encode()
     host, port = BASE.removeprefix("http://").split(":")
@@ -171,7 +171,7 @@ def real():
     while got.count(b"data: ") < 3:
         got += sock.recv(4096)
     sock.close()
-    deadline = time.time() + 30
+    deadline = time.time() + 5
     while True:
         status, h = raw("GET", "/health")
         if h["busy"] == 0:
@@ -180,6 +180,58 @@ def real():
         time.sleep(0.05)
     r3 = ask(max_tokens=4, temperature=0)
     assert r3.choices[0].message.content
+
+    # A non-streaming client that goes away: the server notices (its
+    # whitespace heartbeat fails) and stops long before the 900 tokens.
+    body = json.dumps(
+        {"model": MODEL, "max_tokens": 900, "ignore_eos": True, "temperature": 1.0, "seed": 3,
+         "messages": [{"role": "user", "content": "Write a long story about a dragon."}]}
+    ).encode()
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
+    deadline = time.time() + 30
+    while raw("GET", "/health")[1]["busy"] == 0:
+        assert time.time() < deadline, "the request never started"
+        time.sleep(0.05)
+    time.sleep(0.8)
+    sock.close()
+    closed = time.time()
+    while raw("GET", "/health")[1]["busy"] != 0:
+        assert time.time() < closed + 5, "a non-streamed generation went on after the client left"
+        time.sleep(0.05)
+    # A slow answer (longer than a heartbeat) to a client that stays: the
+    # body is the JSON after some whitespace, which the client parses.
+    long = ask(max_tokens=120, temperature=0, extra_body={"ignore_eos": True})
+    assert long.usage.completion_tokens == 120, long.usage
+    assert long.choices[0].finish_reason == "length"
+
+    # Two clients streaming at once share decode steps (continuous batching).
+    import threading
+    before = raw("GET", "/health")[1]
+    outs = {}
+
+    def stream_one(i):
+        s = client.chat.completions.create(
+            model=MODEL, stream=True, max_tokens=24, temperature=0,
+            extra_body={"ignore_eos": True},
+            messages=[{"role": "user", "content": ["Count to ten.", "Name the planets."][i]}],
+        )
+        outs[i] = "".join(c.choices[0].delta.content or "" for c in s if c.choices)
+
+    threads = [threading.Thread(target=stream_one, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(outs.get(i) for i in range(2)), outs
+    after = raw("GET", "/health")[1]
+    steps = after["batched_steps"] - before["batched_steps"]
+    rows = after["batched_rows"] - before["batched_rows"]
+    assert rows == 2 * 23, (rows, steps)
+    assert steps < rows, f"{rows} rows in {steps} steps: the two streams never shared a step"
 
 
 WEATHER_TOOL = {

@@ -6,7 +6,10 @@
 //! tokenizes its prompt, then waits its turn for one of `--parallel`
 //! sessions ([`pool`]), first come first served, and gets the free session
 //! whose KV cache shares the longest prefix with its prompt, so a
-//! conversation that goes on reuses what the cache holds. A streaming
+//! conversation that goes on reuses what the cache holds. The sessions'
+//! decode steps are batched (continuous batching: one forward pass per step
+//! for all generating sessions, see `spinel_runtime::engine::Batcher`;
+//! `--no-batching` runs them side by side instead). A streaming
 //! client that goes away ends its generation at the next token (the write
 //! fails and the stream is dropped). `GET /` is a web chat page
 //! (`chat.html`, bundled): streamed answers, a stop button, the model and
@@ -19,7 +22,7 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 use spinel_runtime::chat::ChatTemplate;
@@ -46,6 +49,11 @@ pub struct Args {
     /// Sessions generating at the same time; further requests wait.
     #[arg(long, default_value_t = 1)]
     parallel: usize,
+    /// Run each session's decode steps alone, each session on its share of
+    /// the cores, instead of batching the steps of all generating sessions
+    /// into one forward pass on all cores (continuous batching).
+    #[arg(long)]
+    no_batching: bool,
     /// The model name the API shows and accepts (default: the file name
     /// without `.gguf`).
     #[arg(long)]
@@ -116,7 +124,10 @@ pub fn run(args: &Args) -> Result<(), String> {
             .set_chat_template(template);
     }
     let mut opts = args.session.options()?;
-    if opts.n_threads.is_none() {
+    opts.batched = !args.no_batching;
+    if opts.n_threads.is_none() && !opts.batched {
+        // Sessions running side by side share the cores; batched ones take
+        // turns, each step on all of them.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         opts.n_threads = Some((cores / args.parallel).max(1));
     }
@@ -191,12 +202,17 @@ fn handle(ctx: &Ctx, mut request: Request) {
             let _ = request.respond(page);
             return;
         }
-        (Method::Get, "/health") => Ok(json!({
-            "status": "ok",
-            "sessions": ctx.pool.size(),
-            "busy": ctx.pool.busy(),
-            "waiting": ctx.pool.waiting(),
-        })),
+        (Method::Get, "/health") => {
+            let batch = ctx.engine.batcher().stats();
+            Ok(json!({
+                "status": "ok",
+                "sessions": ctx.pool.size(),
+                "busy": ctx.pool.busy(),
+                "waiting": ctx.pool.waiting(),
+                "batched_steps": batch.steps,
+                "batched_rows": batch.rows,
+            }))
+        }
         (Method::Get, "/v1/models") => Ok(json!({
             "object": "list",
             "data": [model_json(ctx)],
@@ -376,6 +392,7 @@ fn prepare(ctx: &Ctx, body: &Map<String, Value>, chat: bool) -> Result<Job, ApiE
         sampling,
         max_tokens: settings.max_tokens,
         stop: settings.stop.clone(),
+        ignore_eog: settings.ignore_eos,
         ..GenerateOptions::default()
     };
     Ok(Job {
@@ -419,6 +436,66 @@ impl Sse {
     }
 }
 
+/// A non-streamed response whose client is watched while it generates:
+/// after [`Watched::BEAT`] the 200 header goes out with a chunked body, and
+/// a newline (whitespace before the JSON, which parsers skip) every beat
+/// after it; a write that fails means the client went away. A quick answer
+/// is an ordinary response.
+struct Watched {
+    request: Option<Request>,
+    out: Option<Box<dyn Write + Send>>,
+    last: Instant,
+}
+
+impl Watched {
+    const BEAT: Duration = Duration::from_millis(500);
+
+    fn new(request: Request) -> Watched {
+        Watched {
+            request: Some(request),
+            out: None,
+            last: Instant::now(),
+        }
+    }
+
+    /// Beats if one is due; `Err` when the client is gone.
+    fn beat(&mut self) -> std::io::Result<()> {
+        if self.last.elapsed() < Self::BEAT {
+            return Ok(());
+        }
+        self.last = Instant::now();
+        if self.out.is_none() {
+            if let Some(r) = self.request.take() {
+                let mut out = r.into_writer();
+                out.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                      Transfer-Encoding: chunked\r\n\r\n",
+                )?;
+                self.out = Some(out);
+            }
+        }
+        let out = self.out.as_mut().expect("started");
+        out.write_all(b"1\r\n\n\r\n")?;
+        out.flush()
+    }
+
+    /// The final body: an ordinary response, or the rest of the chunked one
+    /// (whose status is already 200, so an error is only its body).
+    fn respond(self, status: u16, v: &Value) {
+        match (self.request, self.out) {
+            (Some(r), _) => {
+                let _ = r.respond(json_response(status, v));
+            }
+            (None, Some(mut out)) => {
+                let body = v.to_string();
+                let _ = write!(out, "{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
+                let _ = out.flush();
+            }
+            (None, None) => {}
+        }
+    }
+}
+
 fn generate(ctx: &Ctx, request: Request, body: &Map<String, Value>, chat: bool) {
     let job = match prepare(ctx, body, chat) {
         Ok(job) => job,
@@ -449,13 +526,13 @@ fn generate(ctx: &Ctx, request: Request, body: &Map<String, Value>, chat: bool) 
         }
         v
     };
-    let (mut sse, mut request) = if job.settings.stream {
+    let (mut sse, mut watched) = if job.settings.stream {
         match Sse::start(request) {
             Ok(s) => (Some(s), None),
             Err(_) => return,
         }
     } else {
-        (None, Some(request))
+        (None, Some(Watched::new(request)))
     };
 
     if let Some(sse) = sse.as_mut() {
@@ -481,6 +558,7 @@ fn generate(ctx: &Ctx, request: Request, body: &Map<String, Value>, chat: bool) 
         text = fake.clone();
         Ok(("stop".into(), job.prompt.len(), 0, 1))
     } else {
+        let cancel = lease.cancel_handle();
         match lease.stream(&job.prompt, &job.opts) {
             Err(e) => Err(e.to_string()),
             Ok(mut stream) => {
@@ -490,6 +568,14 @@ fn generate(ctx: &Ctx, request: Request, body: &Map<String, Value>, chat: bool) 
                         Err(_) => break,
                     };
                     text.push_str(&piece.text);
+                    if let Some(w) = watched.as_mut() {
+                        if w.beat().is_err() {
+                            // Gone: end the generation.
+                            cancel.cancel();
+                            disconnected = true;
+                            break;
+                        }
+                    }
                     if let Some(sse) = sse.as_mut() {
                         if hold(&text) || piece.text.is_empty() {
                             continue;
@@ -501,8 +587,8 @@ fn generate(ctx: &Ctx, request: Request, body: &Map<String, Value>, chat: bool) 
                             json!({"choices": [{"index": 0, "text": delta, "logprobs": null, "finish_reason": null}]})
                         };
                         if sse.send(&base(chunk)).is_err() {
-                            // The client went away: dropping the stream
-                            // ends the generation.
+                            // The client went away: end the generation.
+                            cancel.cancel();
                             disconnected = true;
                             break;
                         }
@@ -529,12 +615,12 @@ fn generate(ctx: &Ctx, request: Request, body: &Map<String, Value>, chat: bool) 
         Ok(o) => o,
         Err(e) => {
             let e = ApiError::server(e);
-            match (sse, request.take()) {
+            match (sse, watched.take()) {
                 (Some(mut sse), _) => {
                     let _ = sse.send(&e.body());
                     let _ = sse.done();
                 }
-                (None, Some(r)) => respond_error(r, &e),
+                (None, Some(w)) => w.respond(e.status, &e.body()),
                 _ => {}
             }
             return;
@@ -574,7 +660,7 @@ fn generate(ctx: &Ctx, request: Request, body: &Map<String, Value>, chat: bool) 
             let _ = sse.send(&base(json!({"choices": [], "usage": usage})));
         }
         let _ = sse.done();
-    } else if let Some(r) = request.take() {
+    } else if let Some(w) = watched.take() {
         let choice = if chat {
             let (msg, is_call) = openai::assistant_message(&text, job.tools_offered, &id);
             if is_call {
@@ -585,7 +671,7 @@ fn generate(ctx: &Ctx, request: Request, body: &Map<String, Value>, chat: bool) 
             json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
         };
         let v = base(json!({"choices": [choice], "usage": usage}));
-        let _ = r.respond(json_response(200, &v));
+        w.respond(200, &v);
     }
 }
 

@@ -69,6 +69,9 @@ pub struct Settings {
     pub seed: Option<u64>,
     pub stream: bool,
     pub include_usage: bool,
+    /// llama.cpp's server extension: generate past end-of-generation
+    /// tokens (benchmarks, load tests).
+    pub ignore_eos: bool,
 }
 
 fn number(body: &Map<String, Value>, key: &str, lo: f64, hi: f64) -> Result<Option<f64>, ApiError> {
@@ -197,6 +200,7 @@ pub fn settings(body: &Map<String, Value>) -> Result<Settings, ApiError> {
         }
     };
     let stream = boolean(body, "stream")?;
+    let ignore_eos = boolean(body, "ignore_eos")?;
     let include_usage = match body.get("stream_options") {
         None | Some(Value::Null) => false,
         Some(Value::Object(o)) => boolean(o, "include_usage")?,
@@ -220,6 +224,7 @@ pub fn settings(body: &Map<String, Value>) -> Result<Settings, ApiError> {
         seed,
         stream,
         include_usage,
+        ignore_eos,
     })
 }
 

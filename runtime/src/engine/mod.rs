@@ -40,6 +40,7 @@
 //! # Ok::<(), spinel_runtime::engine::EngineError>(())
 //! ```
 
+mod batch;
 mod error;
 mod session;
 
@@ -52,6 +53,7 @@ use crate::model::{KvType, Model};
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
 
+pub use batch::{BatchStats, Batcher};
 pub use error::EngineError;
 pub use session::{Generation, Piece, Session, Stats, StopReason, Stream};
 
@@ -74,6 +76,11 @@ pub struct SessionOptions {
     pub n_batch: usize,
     /// Threads for the forward pass; `None`: all cores.
     pub n_threads: Option<usize>,
+    /// Continuous batching: this session's decode steps run together with
+    /// those of the engine's other batched sessions generating at the same
+    /// time, and its prompts take turns with them ([`Batcher`]). For
+    /// servers; a lone session gains nothing from it.
+    pub batched: bool,
 }
 
 impl Default for SessionOptions {
@@ -84,6 +91,7 @@ impl Default for SessionOptions {
             kv_type: KvType::default(),
             n_batch: 512,
             n_threads: None,
+            batched: false,
         }
     }
 }
@@ -144,6 +152,7 @@ pub struct Engine {
     model: Model<'static>,
     tokenizer: Tokenizer,
     template: Result<ChatTemplate, String>,
+    batcher: Batcher,
 }
 
 impl std::fmt::Debug for Engine {
@@ -175,6 +184,7 @@ impl Engine {
             model,
             tokenizer,
             template,
+            batcher: Batcher::new(),
         })
     }
 
@@ -189,6 +199,11 @@ impl Engine {
 
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+
+    /// The batcher of the [`batched`](SessionOptions::batched) sessions.
+    pub fn batcher(&self) -> &Batcher {
+        &self.batcher
     }
 
     /// The chat template, or why the file's could not be used.

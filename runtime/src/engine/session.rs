@@ -127,6 +127,8 @@ struct Core {
     messages: Vec<Message>,
     cancel: CancelHandle,
     n_batch: usize,
+    /// Through the engine's [`Batcher`](super::Batcher).
+    batched: bool,
 }
 
 /// One sequence over an [`Engine`]: a KV cache, the tokens in it and, for
@@ -169,6 +171,7 @@ impl Session {
                 messages: Vec::new(),
                 cancel: CancelHandle::new(),
                 n_batch,
+                batched: opts.batched,
             },
         })
     }
@@ -383,6 +386,7 @@ impl Session {
             chat,
             recorded: false,
             start: Instant::now(),
+            generating: None,
         }
     }
 }
@@ -429,6 +433,8 @@ pub struct Stream<'s> {
     recorded: bool,
     stats: Stats,
     start: Instant,
+    /// While a batched session generates: counted by the batcher.
+    generating: Option<super::batch::Generating<'s>>,
 }
 
 impl std::fmt::Debug for Stream<'_> {
@@ -513,7 +519,14 @@ impl Stream<'_> {
                     cancelled = true;
                     break;
                 }
-                model.forward(&mut self.core.state, chunk)?;
+                if self.core.batched {
+                    let state = &mut self.core.state;
+                    self.engine
+                        .batcher()
+                        .exclusive(|| model.forward(state, chunk))?;
+                } else {
+                    model.forward(&mut self.core.state, chunk)?;
+                }
                 self.core.cached.extend_from_slice(chunk);
             }
             self.stats.prompt_secs = t0.elapsed().as_secs_f64();
@@ -521,6 +534,9 @@ impl Stream<'_> {
                 return Ok(self.end(StopReason::Cancelled));
             }
             self.prompt_done = true;
+            if self.core.batched {
+                self.generating = Some(self.engine.batcher().generating());
+            }
             if self.max_tokens == Some(0) {
                 return Ok(self.end(StopReason::MaxTokens));
             }
@@ -534,7 +550,13 @@ impl Stream<'_> {
             let Some(last) = self.last else {
                 unreachable!("a decode step follows a sampled token")
             };
-            model.forward(&mut self.core.state, &[last])?;
+            if self.core.batched {
+                self.engine
+                    .batcher()
+                    .decode(model, &mut self.core.state, last)?;
+            } else {
+                model.forward(&mut self.core.state, &[last])?;
+            }
             self.core.cached.push(last);
         }
 
@@ -600,6 +622,7 @@ impl Stream<'_> {
             }
         }
         self.detok = None;
+        self.generating = None;
         self.text.push_str(&tail);
         self.stop = Some(reason);
         self.stats.total_secs = self.start.elapsed().as_secs_f64();

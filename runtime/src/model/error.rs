@@ -55,8 +55,13 @@ pub enum ModelError {
     BadStateSize { what: &'static str, value: usize },
     /// A state created by a model of another shape.
     StateMismatch,
+    /// A multi-sequence step given a number of tokens other than one per
+    /// sequence, or more sequences than the state's batch holds.
+    BatchMismatch { tokens: usize, sequences: usize },
     /// The state's worker threads could not be started.
     Threads(std::io::Error),
+    /// A batched decode step (run by another session's thread) failed.
+    BatchFailed { message: String },
     /// A step of the forward pass panicked on one of the state's threads
     /// (a bug); the state's cache may hold a partial batch.
     WorkerPanicked { message: String },
@@ -111,7 +116,15 @@ impl fmt::Display for ModelError {
             ModelError::StateMismatch => {
                 write!(f, "the state was created for a model of another shape")
             }
+            ModelError::BatchMismatch { tokens, sequences } => write!(
+                f,
+                "a multi-sequence step needs one token per sequence (at most the batch size): \
+                 {tokens} tokens for {sequences}"
+            ),
             ModelError::Threads(e) => write!(f, "starting worker threads: {e}"),
+            ModelError::BatchFailed { message } => {
+                write!(f, "the batched decode step failed: {message}")
+            }
             ModelError::WorkerPanicked { message } => {
                 write!(f, "the forward pass panicked on a worker thread: {message}")
             }

@@ -63,6 +63,54 @@ impl Model<'_> {
         Ok(())
     }
 
+    /// One decode step for several sequences at once (continuous
+    /// batching): `tokens[0]` continues `state`, `tokens[i]` (`i ≥ 1`)
+    /// continues `others[i - 1]`, each at its own position and over its own
+    /// KV cache. The matrix products run once for all the rows, on
+    /// `state`'s threads and buffers; attention runs per sequence. Each
+    /// state's [`logits`](State::logits) are set as [`forward`](Self::forward)
+    /// would set them, and `logits` (scratch, resized once) holds all rows.
+    ///
+    /// A row's result is the same as its own one-row [`forward`](Self::forward)
+    /// up to the summation order of the batched products.
+    pub fn forward_multi(
+        &self,
+        state: &mut State,
+        others: &mut [&mut State],
+        tokens: &[u32],
+        logits: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
+        if tokens.len() != others.len() + 1 {
+            return Err(ModelError::BatchMismatch {
+                tokens: tokens.len(),
+                sequences: others.len() + 1,
+            });
+        }
+        if tokens.len() > state.n_batch {
+            return Err(ModelError::BatchMismatch {
+                tokens: tokens.len(),
+                sequences: state.n_batch,
+            });
+        }
+        self.check_input(state, &tokens[..1])?;
+        for (o, t) in others.iter().zip(&tokens[1..]) {
+            self.check_input(o, std::slice::from_ref(t))?;
+            if o.kv.ty != state.kv.ty {
+                return Err(ModelError::StateMismatch);
+            }
+        }
+        self.forward_rows(state, others, tokens)?;
+        let n_vocab = self.config.n_vocab;
+        let n = tokens.len();
+        logits.resize(n * n_vocab, 0.0);
+        self.logits_rows(state, n, logits)?;
+        state.logits.copy_from_slice(&logits[..n_vocab]);
+        for (o, l) in others.iter_mut().zip(logits.chunks_exact(n_vocab).skip(1)) {
+            o.logits.copy_from_slice(l);
+        }
+        Ok(())
+    }
+
     fn check_input(&self, state: &State, tokens: &[u32]) -> Result<(), ModelError> {
         if state.layout != self.layout {
             return Err(ModelError::StateMismatch);
@@ -110,9 +158,45 @@ impl Model<'_> {
         Ok(())
     }
 
+    /// `logits = output · norm(x[t])` for rows `0..n` of the last batch.
+    fn logits_rows(&self, s: &mut State, n: usize, logits: &mut [f32]) -> Result<(), ModelError> {
+        let (dim, w) = (self.config.dim, &self.weights);
+        let norm = Norm {
+            weight: &w.output_norm,
+            eps: self.config.rms_eps,
+            out: &mut s.xb,
+        };
+        s.mm.prepare(
+            &mut s.pool,
+            &s.x[..n * dim],
+            n,
+            dim,
+            Some(norm),
+            &[w.output.ty],
+        )?;
+        let output = Lin {
+            w: w.output.view(self.bytes()),
+            bias: None,
+        };
+        s.mm.run(&mut s.pool, n, [Product::Set(output, logits)])?;
+        Ok(())
+    }
+
     /// Pushes `tokens` (at most `n_batch`, checked) through every layer at
     /// positions `n_past..n_past + tokens.len()`.
     fn forward_batch(&self, s: &mut State, tokens: &[u32]) -> Result<(), ModelError> {
+        self.forward_rows(s, &mut [], tokens)
+    }
+
+    /// The layers for `tokens`: with no `others`, a batch of one sequence
+    /// (`s`, positions `n_past..`); otherwise one row per sequence, row 0
+    /// `s` and row `i` `others[i - 1]`, each at its own `n_past`.
+    fn forward_rows(
+        &self,
+        s: &mut State,
+        others: &mut [&mut State],
+        tokens: &[u32],
+    ) -> Result<(), ModelError> {
         let c = &self.config;
         let w = &self.weights;
         let bytes = self.bytes();
@@ -128,8 +212,13 @@ impl Model<'_> {
             embd_to_float(embd.row(tok as usize), x);
         }
         // RoPE angles of the batch's positions.
+        let pos = |t: usize| match t {
+            0 => pos0,
+            _ if others.is_empty() => pos0 + t,
+            _ => others[t - 1].n_past,
+        };
         for (t, cs) in s.rope_cs.chunks_exact_mut(hd).take(n).enumerate() {
-            rope_angles(cs, (pos0 + t) as f32, &self.rope_inv_freq);
+            rope_angles(cs, pos(t) as f32, &self.rope_inv_freq);
         }
 
         for (il, layer) in w.layers.iter().enumerate() {
@@ -156,18 +245,18 @@ impl Model<'_> {
                     Product::Set(wv, &mut s.v),
                 ],
             )?;
-            self.position_and_store(s, il, pos0, n)?;
-            Attention {
-                n_head: c.n_head,
-                n_head_kv: c.n_head_kv,
-                head_dim: hd,
-                layer: il,
-                pos0,
-                n,
-                chunk: c.layer_chunk(il),
-                q: &s.q[..n * q_dim],
+            if others.is_empty() {
+                self.attend(s, il, pos0, 0..n)?;
+            } else {
+                // Row `t` over its own sequence's cache, lent to `s`.
+                self.attend(s, il, pos0, 0..1)?;
+                for (t, o) in others.iter_mut().enumerate().map(|(i, o)| (i + 1, o)) {
+                    std::mem::swap(&mut s.kv, &mut o.kv);
+                    let r = self.attend(s, il, o.n_past, t..t + 1);
+                    std::mem::swap(&mut s.kv, &mut o.kv);
+                    r?;
+                }
             }
-            .run(&mut s.pool, &s.kv, &mut s.attn, &mut s.att_out)?;
             s.mm.prepare(&mut s.pool, &s.att_out, n, q_dim, None, &[wo.w.w.ty])?;
             s.mm.run(&mut s.pool, n, [Product::Add(wo, &mut s.x)])?;
 
@@ -193,20 +282,57 @@ impl Model<'_> {
                 }
             }
         }
-        s.n_past += n;
+        if others.is_empty() {
+            s.n_past += n;
+        } else {
+            s.n_past += 1;
+            others.iter_mut().for_each(|o| o.n_past += 1);
+        }
         Ok(())
     }
 
-    /// Rotates the batch's queries and keys (RoPE, then Llama 4's q/k norm;
-    /// or the NoPE layers' query temperature) and writes its keys and
-    /// values into the cache at their positions.
+    /// Positions, stores and attends rows `rows` of the batch, which sit at
+    /// positions `pos0..` of the cache in `s.kv`.
+    fn attend(
+        &self,
+        s: &mut State,
+        il: usize,
+        pos0: usize,
+        rows: std::ops::Range<usize>,
+    ) -> Result<(), ModelError> {
+        let c = &self.config;
+        let q_dim = c.q_dim();
+        self.position_and_store(s, il, pos0, rows.clone())?;
+        Attention {
+            n_head: c.n_head,
+            n_head_kv: c.n_head_kv,
+            head_dim: c.head_dim,
+            layer: il,
+            pos0,
+            n: rows.len(),
+            chunk: c.layer_chunk(il),
+            q: &s.q[rows.start * q_dim..rows.end * q_dim],
+        }
+        .run(
+            &mut s.pool,
+            &s.kv,
+            &mut s.attn,
+            &mut s.att_out[rows.start * q_dim..],
+        )?;
+        Ok(())
+    }
+
+    /// Rotates the queries and keys of the batch's rows `rows` (RoPE, then
+    /// Llama 4's q/k norm; or the NoPE layers' query temperature) and writes
+    /// their keys and values into the cache at positions `pos0..`.
     fn position_and_store(
         &self,
         s: &mut State,
         il: usize,
         pos0: usize,
-        n: usize,
+        rows: std::ops::Range<usize>,
     ) -> Result<(), ModelError> {
+        let (r0, n) = (rows.start, rows.len());
         let c = &self.config;
         let (hd, q_dim, kv_dim, eps) = (c.head_dim, c.q_dim(), c.kv_dim(), c.rms_eps);
         let uses_rope = c.layer_uses_rope(il);
@@ -226,10 +352,11 @@ impl Model<'_> {
         let rope_cs = &s.rope_cs;
         // A batch's values go into a transposed cache a column at a time
         // (below); a few positions are scattered here.
-        let columns = kv.v_transposed && n >= 16;
+        let columns = kv.v_transposed && n >= 16 && r0 == 0;
         let rows = |range: std::ops::Range<usize>| {
             for t in range {
                 let p = pos0 + t;
+                let t = r0 + t;
                 // SAFETY: each thread handles its own positions `t`, and
                 // cache entries of distinct positions do not overlap.
                 let (qt, kt, vt) = unsafe {

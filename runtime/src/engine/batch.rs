@@ -1,0 +1,245 @@
+//! Continuous batching: the decode steps of sessions generating at the same
+//! time run as one multi-sequence forward pass
+//! ([`Model::forward_multi`]), so N streams cost little more per step than
+//! one (the weights are read once per step instead of N times).
+//!
+//! It is a combining lock. A session that wants a decode step queues its
+//! state and token and waits. The first waiter finding no step running
+//! leads: it waits (at most [`Batcher::GATHER`]) until every session that is
+//! generating has queued, takes the whole queue, runs it on its own
+//! threads, and hands each session its result. Prompt processing takes the
+//! same lock ([`Batcher::exclusive`]), so prompts and decode steps
+//! alternate and the cores are never split between them.
+//!
+//! Only sessions opened with [`SessionOptions::batched`](super::SessionOptions)
+//! take part; the others run alone, as before.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::model::{Model, ModelError, State};
+
+/// A queued decode step: a state lent by a waiting session.
+struct Pending {
+    ticket: u64,
+    state: StatePtr,
+    token: u32,
+}
+
+/// A state owned by a session blocked in [`Batcher::decode`].
+struct StatePtr(*mut State);
+
+// SAFETY: the pointer is only dereferenced by the one leader that took it
+// from the queue, while its owner is blocked waiting for the result; the
+// mutex orders the owner's last use before the leader's and the leader's
+// before the owner's next.
+unsafe impl Send for StatePtr {}
+
+#[derive(Default)]
+struct Inner {
+    queue: Vec<Pending>,
+    /// A step (decode or exclusive) is running or being gathered.
+    busy: bool,
+    /// Sessions between their prompt and their end: the decode steps a
+    /// leader waits for.
+    generating: usize,
+    next_ticket: u64,
+    /// Results of finished steps, by ticket, for their waiting owners.
+    done: Vec<(u64, Result<(), String>)>,
+    /// All rows' logits of a step (scratch, kept between steps).
+    logits: Vec<f32>,
+}
+
+/// Batches the decode steps of the sessions of one engine (see the
+/// [module docs](self)).
+#[derive(Default)]
+pub struct Batcher {
+    inner: Mutex<Inner>,
+    changed: Condvar,
+    steps: AtomicU64,
+    rows: AtomicU64,
+}
+
+impl std::fmt::Debug for Batcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher")
+            .field("steps", &self.steps.load(Ordering::Relaxed))
+            .field("rows", &self.rows.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts of the batched decode steps so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Forward passes run.
+    pub steps: u64,
+    /// Sequence rows in them (`rows / steps` is the mean batch size).
+    pub rows: u64,
+}
+
+/// A session counted among the generating ones while this lives.
+#[derive(Debug)]
+pub(crate) struct Generating<'b>(&'b Batcher);
+
+impl Drop for Generating<'_> {
+    fn drop(&mut self) {
+        let mut g = self.0.lock();
+        g.generating -= 1;
+        drop(g);
+        // A leader may have been waiting for this session.
+        self.0.changed.notify_all();
+    }
+}
+
+impl Batcher {
+    /// Longest a leader waits for the other generating sessions to queue
+    /// their steps (they normally do within microseconds: sampling and
+    /// handing out one token). A session held up longer (a slow client)
+    /// joins the next step instead.
+    pub const GATHER: Duration = Duration::from_millis(2);
+
+    pub fn new() -> Batcher {
+        Batcher::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The steps run so far.
+    pub fn stats(&self) -> BatchStats {
+        BatchStats {
+            steps: self.steps.load(Ordering::Relaxed),
+            rows: self.rows.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Marks a session as generating until the guard drops.
+    pub(crate) fn generating(&self) -> Generating<'_> {
+        self.lock().generating += 1;
+        Generating(self)
+    }
+
+    /// Runs `f` (prompt processing) with no step running beside it.
+    pub(crate) fn exclusive<R>(&self, f: impl FnOnce() -> R) -> R {
+        let mut g = self.lock();
+        while g.busy {
+            g = self.wait(g);
+        }
+        g.busy = true;
+        drop(g);
+        let out = catch_unwind(AssertUnwindSafe(f));
+        self.lock().busy = false;
+        self.changed.notify_all();
+        out.unwrap_or_else(|p| std::panic::resume_unwind(p))
+    }
+
+    fn wait<'g>(&self, g: MutexGuard<'g, Inner>) -> MutexGuard<'g, Inner> {
+        self.changed.wait(g).unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One decode step of `token` on `state`, batched with the steps other
+    /// sessions queue meanwhile; `state`'s logits are set as
+    /// [`Model::forward`] sets them.
+    pub(crate) fn decode(
+        &self,
+        model: &Model<'_>,
+        state: &mut State,
+        token: u32,
+    ) -> Result<(), ModelError> {
+        let mut g = self.lock();
+        let ticket = g.next_ticket;
+        g.next_ticket += 1;
+        g.queue.push(Pending {
+            ticket,
+            state: StatePtr(state as *mut State),
+            token,
+        });
+        self.changed.notify_all();
+        loop {
+            if let Some(i) = g.done.iter().position(|d| d.0 == ticket) {
+                let (_, result) = g.done.swap_remove(i);
+                return result.map_err(|message| ModelError::BatchFailed { message });
+            }
+            let queued = g.queue.iter().any(|p| p.ticket == ticket);
+            if queued && !g.busy {
+                return self.lead(g, model, state, ticket);
+            }
+            g = self.wait(g);
+        }
+    }
+
+    /// Gathers the queue, runs it with `state`'s row first, and posts the
+    /// results of the others.
+    fn lead(
+        &self,
+        mut g: MutexGuard<'_, Inner>,
+        model: &Model<'_>,
+        state: &mut State,
+        ticket: u64,
+    ) -> Result<(), ModelError> {
+        g.busy = true;
+        let deadline = Instant::now() + Self::GATHER;
+        while g.queue.len() < g.generating {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            g = self
+                .changed
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let cap = state.n_batch.max(1);
+        let mine = g
+            .queue
+            .iter()
+            .position(|p| p.ticket == ticket)
+            .expect("the leader's step is queued");
+        let own = g.queue.remove(mine);
+        let take = g.queue.len().min(cap - 1);
+        let rows: Vec<Pending> = g.queue.drain(..take).collect();
+        let mut logits = std::mem::take(&mut g.logits);
+        drop(g);
+
+        let mut tokens = Vec::with_capacity(rows.len() + 1);
+        tokens.push(own.token);
+        tokens.extend(rows.iter().map(|p| p.token));
+        // SAFETY: each pointer comes from a session blocked in `decode`
+        // until its ticket is in `done` (see `StatePtr`); the states are
+        // distinct (one per session, each queued once) and none is `state`.
+        let mut others: Vec<&mut State> = rows.iter().map(|p| unsafe { &mut *p.state.0 }).collect();
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            model.forward_multi(state, &mut others, &tokens, &mut logits)
+        }))
+        .unwrap_or_else(|p| {
+            Err(ModelError::BatchFailed {
+                message: panic_message(&p),
+            })
+        });
+        drop(others);
+        self.steps.fetch_add(1, Ordering::Relaxed);
+        self.rows.fetch_add(tokens.len() as u64, Ordering::Relaxed);
+
+        let mut g = self.lock();
+        let shared = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
+        g.done
+            .extend(rows.iter().map(|p| (p.ticket, shared.clone())));
+        g.logits = logits;
+        g.busy = false;
+        drop(g);
+        self.changed.notify_all();
+        result
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_owned())
+}
