@@ -13,9 +13,14 @@
 //! fallback) on the same ISA. Throughput is GB/s of weight data per call; the
 //! line printed before each group converts it to integer GOP/s (2·m·n·k per
 //! call).
+//!
+//! The `fwht` groups time the fast Walsh–Hadamard transform (`Hadamard`) of
+//! the sizes rotations use: SmolLM2's 64 (head), 576 (= 36·16, residual) and
+//! 1536 (= 12·128, SwiGLU output), Llama 3's 4096 and 14336 (= 28·512).
+//! Throughput is GB/s of f32 data transformed (read once, written once).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use spinel_quant::{GgmlType, Kernels};
+use spinel_quant::{GgmlType, Hadamard, Isa, Kernels};
 use std::hint::black_box;
 
 const N: usize = 4096;
@@ -140,12 +145,29 @@ fn gemm(c: &mut Criterion) {
     }
 }
 
+fn fwht(c: &mut Criterion) {
+    for n in [64usize, 576, 1536, 4096, 14336] {
+        let mut x = data(n, 5);
+        let mut g = c.benchmark_group(format!("fwht/{n}"));
+        g.throughput(Throughput::Bytes((n * 4) as u64));
+        for isa in Isa::supported() {
+            let Some(h) = Hadamard::with_isa(n, isa) else {
+                continue;
+            };
+            g.bench_function(BenchmarkId::from_parameter(isa), |b| {
+                b.iter(|| h.apply(black_box(&mut x)))
+            });
+        }
+        g.finish();
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(std::time::Duration::from_millis(300))
         .measurement_time(std::time::Duration::from_secs(1))
         .sample_size(20);
-    targets = vec_dot, quantize_activations, gemm
+    targets = vec_dot, quantize_activations, gemm, fwht
 }
 criterion_main!(benches);

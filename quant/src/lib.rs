@@ -27,9 +27,11 @@ extern crate std;
 
 pub mod blocks;
 pub mod formats;
+pub mod hadamard;
 pub mod kernels;
 pub mod types;
 
+pub use hadamard::Hadamard;
 pub use half::{bf16, f16};
 pub use kernels::{Isa, IsaError, Kernels, TypeKernels};
 pub use types::{GgmlType, QK_K};
