@@ -149,6 +149,13 @@ def real():
     check_error(*raw("POST", "/v1/chat/completions", b"[1, 2]"), 400)
     check_error(*raw("POST", "/v1/chat/completions", json.dumps({"messages": "hi"}).encode()), 400)
     check_error(*raw("GET", "/v1/nothing-here"), 404)
+    # llama.cpp's /tokenize and /detokenize.
+    status, t = raw("POST", "/tokenize", json.dumps({"content": "Hello world"}).encode())
+    assert status == 200 and len(t["tokens"]) == 2, t
+    status, d = raw("POST", "/detokenize", json.dumps({"tokens": t["tokens"]}).encode())
+    assert status == 200 and d["content"] == "Hello world", d
+    check_error(*raw("POST", "/detokenize", json.dumps({"tokens": ["x"]}).encode()), 400)
+    check_error(*raw("POST", "/tokenize", json.dumps({"content": 5}).encode()), 400)
     with urllib.request.urlopen(BASE + "/", timeout=60) as page:
         assert page.status == 200 and page.headers["Content-Type"].startswith("text/html")
         assert b"/v1/chat/completions" in page.read()

@@ -1,7 +1,8 @@
 //! `spinel serve`: an OpenAI-compatible HTTP server.
 //!
 //! `POST /v1/chat/completions`, `POST /v1/completions` (streamed as
-//! server-sent events or not), `GET /v1/models`, `GET /health`. The HTTP
+//! server-sent events or not), `GET /v1/models`, `GET /health`, and
+//! llama.cpp's `POST /tokenize` and `POST /detokenize`. The HTTP
 //! layer is `tiny_http`, a thread per request: a request renders and
 //! tokenizes its prompt, then waits its turn for one of `--parallel`
 //! sessions ([`pool`]), first come first served, and gets the free session
@@ -224,6 +225,12 @@ fn handle(ctx: &Ctx, mut request: Request) {
             format!("The model '{}' does not exist", &p["/v1/models/".len()..]),
             "model_not_found",
         )),
+        (Method::Post, "/tokenize") => {
+            read_json(ctx, &mut request).and_then(|body| tokenize(ctx, &body))
+        }
+        (Method::Post, "/detokenize") => {
+            read_json(ctx, &mut request).and_then(|body| detokenize(ctx, &body))
+        }
         (Method::Post, "/v1/chat/completions") | (Method::Post, "/v1/completions") => {
             let chat = path == "/v1/chat/completions";
             match read_json(ctx, &mut request) {
@@ -231,15 +238,21 @@ fn handle(ctx: &Ctx, mut request: Request) {
                 Err(e) => Err(e),
             }
         }
-        (_, "/health" | "/v1/models" | "/v1/chat/completions" | "/v1/completions") => {
-            Err(ApiError {
-                status: 405,
-                message: format!("{method} is not allowed on {path}"),
-                kind: "invalid_request_error",
-                param: None,
-                code: Some("method_not_allowed"),
-            })
-        }
+        (
+            _,
+            "/health"
+            | "/v1/models"
+            | "/v1/chat/completions"
+            | "/v1/completions"
+            | "/tokenize"
+            | "/detokenize",
+        ) => Err(ApiError {
+            status: 405,
+            message: format!("{method} is not allowed on {path}"),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("method_not_allowed"),
+        }),
         _ => Err(ApiError::not_found(
             format!("Unknown route: {method} {path}"),
             "unknown_url",
@@ -251,6 +264,59 @@ fn handle(ctx: &Ctx, mut request: Request) {
         }
         Err(e) => respond_error(request, &e),
     }
+}
+
+/// llama.cpp's `POST /tokenize`: `{"content": TEXT, "add_special": BOOL}`
+/// → `{"tokens": [ids]}` (special tokens written in the text recognised).
+fn tokenize(ctx: &Ctx, body: &Map<String, Value>) -> Result<Value, ApiError> {
+    let content = match body.get("content") {
+        Some(Value::String(s)) => s,
+        Some(v) => {
+            return Err(ApiError::invalid(
+                format!("'content' must be a string, not {}", openai::kind(v)),
+                Some("content"),
+            ));
+        }
+        None => return Err(ApiError::invalid("'content' is required", Some("content"))),
+    };
+    let add_special = match body.get("add_special") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => {
+            return Err(ApiError::invalid(
+                format!("'add_special' must be a boolean, not {}", openai::kind(v)),
+                Some("add_special"),
+            ));
+        }
+    };
+    let ids = ctx
+        .engine
+        .tokenizer()
+        .encode(content, add_special, true)
+        .map_err(|e| ApiError::invalid(e.to_string(), Some("content")))?;
+    Ok(json!({ "tokens": ids }))
+}
+
+/// llama.cpp's `POST /detokenize`: `{"tokens": [ids]}` → `{"content": TEXT}`.
+fn detokenize(ctx: &Ctx, body: &Map<String, Value>) -> Result<Value, ApiError> {
+    let bad = || ApiError::invalid("'tokens' must be an array of token ids", Some("tokens"));
+    let ids = body
+        .get("tokens")
+        .and_then(Value::as_array)
+        .ok_or_else(bad)?
+        .iter()
+        .map(|v| {
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(bad)
+        })
+        .collect::<Result<Vec<u32>, _>>()?;
+    let text = ctx
+        .engine
+        .tokenizer()
+        .decode(&ids, true)
+        .map_err(|e| ApiError::invalid(e.to_string(), Some("tokens")))?;
+    Ok(json!({ "content": text }))
 }
 
 fn model_json(ctx: &Ctx) -> Value {
@@ -551,6 +617,7 @@ fn generate(ctx: &Ctx, request: Request, body: &Map<String, Value>, chat: bool) 
     let hold = |text: &str| chat && job.tools_offered && text.trim_start().starts_with(['{', '<']);
     let mut text = String::new();
     let mut sent = 0;
+    let mut ids: Vec<u32> = Vec::new();
     let mut disconnected = false;
     let outcome: Result<(String, usize, usize, usize), String> = if let Some(fake) =
         &ctx.fake_output
@@ -568,6 +635,7 @@ fn generate(ctx: &Ctx, request: Request, body: &Map<String, Value>, chat: bool) 
                         Err(_) => break,
                     };
                     text.push_str(&piece.text);
+                    ids.extend(piece.token);
                     if let Some(w) = watched.as_mut() {
                         if w.beat().is_err() {
                             // Gone: end the generation.
@@ -653,6 +721,9 @@ fn generate(ctx: &Ctx, request: Request, body: &Map<String, Value>, chat: bool) 
             // Not OpenAI's, but harmless; clients ignore unknown fields.
             last["usage"] = usage.clone();
         }
+        if job.settings.return_tokens {
+            last["tokens"] = json!(ids);
+        }
         if sse.send(&base(last)).is_err() {
             return;
         }
@@ -670,7 +741,10 @@ fn generate(ctx: &Ctx, request: Request, body: &Map<String, Value>, chat: bool) 
         } else {
             json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
         };
-        let v = base(json!({"choices": [choice], "usage": usage}));
+        let mut v = base(json!({"choices": [choice], "usage": usage}));
+        if job.settings.return_tokens {
+            v["tokens"] = json!(ids);
+        }
         w.respond(200, &v);
     }
 }

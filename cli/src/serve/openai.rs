@@ -72,6 +72,9 @@ pub struct Settings {
     /// llama.cpp's server extension: generate past end-of-generation
     /// tokens (benchmarks, load tests).
     pub ignore_eos: bool,
+    /// llama.cpp's server extension: the generated token ids go in the
+    /// response (`"tokens"`, in the last chunk when streaming).
+    pub return_tokens: bool,
 }
 
 fn number(body: &Map<String, Value>, key: &str, lo: f64, hi: f64) -> Result<Option<f64>, ApiError> {
@@ -201,6 +204,7 @@ pub fn settings(body: &Map<String, Value>) -> Result<Settings, ApiError> {
     };
     let stream = boolean(body, "stream")?;
     let ignore_eos = boolean(body, "ignore_eos")?;
+    let return_tokens = boolean(body, "return_tokens")?;
     let include_usage = match body.get("stream_options") {
         None | Some(Value::Null) => false,
         Some(Value::Object(o)) => boolean(o, "include_usage")?,
@@ -225,6 +229,7 @@ pub fn settings(body: &Map<String, Value>) -> Result<Settings, ApiError> {
         stream,
         include_usage,
         ignore_eos,
+        return_tokens,
     })
 }
 

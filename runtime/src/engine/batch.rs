@@ -8,8 +8,9 @@
 //! leads: it waits (at most [`Batcher::GATHER`]) until every session that is
 //! generating has queued, takes the whole queue, runs it on its own
 //! threads, and hands each session its result. Prompt processing takes the
-//! same lock ([`Batcher::exclusive`]), so prompts and decode steps
-//! alternate and the cores are never split between them.
+//! same lock ([`Batcher::exclusive`]), ahead of the next decode step, so a
+//! new request waits for one step at most and the cores are never split
+//! between prompts and steps.
 //!
 //! Only sessions opened with [`SessionOptions::batched`](super::SessionOptions)
 //! take part; the others run alone, as before.
@@ -45,6 +46,9 @@ struct Inner {
     /// Sessions between their prompt and their end: the decode steps a
     /// leader waits for.
     generating: usize,
+    /// Prompts waiting for their turn: they go before the next decode step,
+    /// so a new request's first token waits for one step at most.
+    prompts_waiting: usize,
     next_ticket: u64,
     /// Results of finished steps, by ticket, for their waiting owners.
     done: Vec<(u64, Result<(), String>)>,
@@ -126,9 +130,11 @@ impl Batcher {
     /// Runs `f` (prompt processing) with no step running beside it.
     pub(crate) fn exclusive<R>(&self, f: impl FnOnce() -> R) -> R {
         let mut g = self.lock();
+        g.prompts_waiting += 1;
         while g.busy {
             g = self.wait(g);
         }
+        g.prompts_waiting -= 1;
         g.busy = true;
         drop(g);
         let out = catch_unwind(AssertUnwindSafe(f));
@@ -165,7 +171,7 @@ impl Batcher {
                 return result.map_err(|message| ModelError::BatchFailed { message });
             }
             let queued = g.queue.iter().any(|p| p.ticket == ticket);
-            if queued && !g.busy {
+            if queued && !g.busy && g.prompts_waiting == 0 {
                 return self.lead(g, model, state, ticket);
             }
             g = self.wait(g);
