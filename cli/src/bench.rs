@@ -54,6 +54,8 @@ pub struct Args {
     /// Print a JSON array (llama-bench's `-o json` fields) instead of the table.
     #[arg(long)]
     pub json: bool,
+    #[arg(long, help = crate::memory::BUDGET_HELP)]
+    pub memory_budget: Option<String>,
 }
 
 /// One line of results.
@@ -67,6 +69,8 @@ struct Record {
     n_gen: usize,
     test_time: String,
     samples_ns: Vec<u64>,
+    /// Memory over the timed runs ([`crate::memory::stats_json`]).
+    memory: serde_json::Value,
 }
 
 impl Record {
@@ -120,7 +124,10 @@ pub fn run(args: &Args) -> Result<(), String> {
     let mut records = Vec::new();
     let mut printed_header = false;
     for path in &args.models {
-        let model = Model::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let opts = crate::memory::load_options(args.memory_budget.as_deref())?;
+        let model =
+            Model::load_with(path, &opts).map_err(|e| format!("{}: {e}", path.display()))?;
+        crate::memory::report_load(&model, false);
         let (model_size, model_n_params) = size_and_params(&model);
         let model_type = model_type(&model, model_n_params);
         for &t in &threads {
@@ -137,7 +144,7 @@ pub fn run(args: &Args) -> Result<(), String> {
                     n_batch: args.n_batch,
                     n_threads: Some(t),
                 };
-                let samples_ns = measure(&model, &opts, p, n, args.repetitions)
+                let (samples_ns, memory) = measure(&model, &opts, p, n, args.repetitions)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
                 let rec = Record {
                     model_filename: path.display().to_string(),
@@ -149,6 +156,7 @@ pub fn run(args: &Args) -> Result<(), String> {
                     n_gen: n,
                     test_time: utc_now(),
                     samples_ns,
+                    memory,
                 };
                 if !args.json {
                     if !printed_header {
@@ -193,6 +201,7 @@ pub fn run(args: &Args) -> Result<(), String> {
                     "stddev_ts": stddev_ts,
                     "samples_ns": r.samples_ns,
                     "samples_ts": ts,
+                    "memory": r.memory,
                 })
             })
             .collect();
@@ -204,14 +213,15 @@ pub fn run(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs one test: a warm-up, then `reps` timed runs; nanoseconds per run.
+/// Runs one test: a warm-up, then `reps` timed runs; nanoseconds per run,
+/// and the memory stats of the timed runs.
 fn measure(
     model: &Model<'_>,
     opts: &StateOptions,
     n_prompt: usize,
     n_gen: usize,
     reps: usize,
-) -> Result<Vec<u64>, String> {
+) -> Result<(Vec<u64>, serde_json::Value), String> {
     let mut state = model.new_state_with(opts).map_err(|e| e.to_string())?;
     let n_vocab = model.config().n_vocab as u64;
     let mut rng = 0x2545_f491_4f6c_dd1d_u64;
@@ -240,7 +250,12 @@ fn measure(
         Ok(start.elapsed().as_nanos() as u64)
     };
     once(&mut state)?;
-    (0..reps).map(|_| once(&mut state)).collect()
+    let before = spinel_runtime::memory::ProcessMemory::now();
+    let samples = (0..reps)
+        .map(|_| once(&mut state))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tokens = reps * (n_prompt + n_gen);
+    Ok((samples, crate::memory::stats_json(model, &before, tokens)))
 }
 
 /// Bytes and element count of every tensor in the file (llama.cpp's model
@@ -298,26 +313,40 @@ fn ftype_name(t: u64) -> String {
 
 fn print_header() {
     println!(
-        "| {:<30} | {:>10} | {:>10} | {:<10} | {:>7} | {:>15} | {:>20} |",
-        "model", "size", "params", "backend", "threads", "test", "t/s"
+        "| {:<30} | {:>10} | {:>10} | {:<10} | {:>7} | {:>15} | {:>20} | {:>10} | {:>12} | {:>12} |",
+        "model",
+        "size",
+        "params",
+        "backend",
+        "threads",
+        "test",
+        "t/s",
+        "rss",
+        "majflt/tok",
+        "read/tok"
     );
     let (l, r) = (|w: usize| "-".repeat(w), |w: usize| "-".repeat(w - 1) + ":");
     println!(
-        "| {} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         l(30),
         r(10),
         r(10),
         l(10),
         r(7),
         r(15),
-        r(20)
+        r(20),
+        r(10),
+        r(12),
+        r(12)
     );
 }
 
 fn print_row(r: &Record) {
     let (avg, sd) = mean_sd(&r.samples_ts());
+    let mem = |k: &str| r.memory.get(k).and_then(|v| v.as_f64());
+    let mib = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.0} MiB", v / 1048576.0));
     println!(
-        "| {:<30} | {:>10} | {:>10} | {:<10} | {:>7} | {:>15} | {:>20} |",
+        "| {:<30} | {:>10} | {:>10} | {:<10} | {:>7} | {:>15} | {:>20} | {:>10} | {:>12} | {:>12} |",
         r.model_type,
         format!("{:.2} MiB", r.model_size as f64 / (1024.0 * 1024.0)),
         format!("{:.2} M", r.model_n_params as f64 / 1e6),
@@ -325,6 +354,9 @@ fn print_row(r: &Record) {
         r.n_threads,
         r.test_name(),
         format!("{avg:.2} ± {sd:.2}"),
+        mib(mem("peak_rss_bytes")),
+        mem("major_faults_per_token").map_or("-".into(), |v| format!("{v:.1}")),
+        mib(mem("read_bytes_per_token")),
     );
 }
 

@@ -10,6 +10,7 @@ mod convert;
 mod fetch;
 mod inspect;
 mod logits;
+mod memory;
 mod perplexity;
 mod quantize;
 mod run;
@@ -57,6 +58,9 @@ enum Command {
     Quantize(quantize::Args),
     /// Measure perplexity on a text the way llama-perplexity does.
     Perplexity(perplexity::Args),
+    /// Write a synthetic ~2 GiB checkpoint (for tests of streaming).
+    #[command(hide = true)]
+    Synth(memory::SynthArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::Quantize(args) => quantize::run(&args),
         Command::Perplexity(args) => perplexity::run(&args),
+        Command::Synth(args) => memory::synth(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -86,6 +86,11 @@ pub struct SessionArgs {
     /// KV cache type: f16, f32 or q8_0.
     #[arg(long, default_value = "f16")]
     pub kv_type: String,
+    #[arg(long, help = crate::memory::BUDGET_HELP)]
+    pub memory_budget: Option<String>,
+    /// Print the memory plan at load even when nothing is streamed.
+    #[arg(long)]
+    pub verbose: bool,
 }
 
 impl SessionArgs {
@@ -145,11 +150,15 @@ pub struct Args {
     session: SessionArgs,
 }
 
-/// Loads the engine, saying what failed with the path.
-pub fn load_engine(path: &Path) -> Result<Arc<Engine>, String> {
-    Engine::load(path)
+/// Loads the engine under the `--memory-budget`, saying what failed with
+/// the path; reports the memory plan when weights are streamed.
+pub fn load_engine(path: &Path, session: &SessionArgs) -> Result<Arc<Engine>, String> {
+    let opts = crate::memory::load_options(session.memory_budget.as_deref())?;
+    let engine = Engine::load_with(path, &opts)
         .map(Arc::new)
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::memory::report_load(engine.model(), session.verbose);
+    Ok(engine)
 }
 
 /// `-n`: a negative count is no limit.
@@ -158,7 +167,7 @@ pub fn max_tokens(n: i64) -> Option<usize> {
 }
 
 pub fn run(args: &Args) -> Result<(), String> {
-    let engine = load_engine(&args.model)?;
+    let engine = load_engine(&args.model, &args.session)?;
     let prompt = match (&args.prompt, &args.prompt_ids) {
         (_, Some(ids)) => ids.clone(),
         (Some(text), None) => engine.tokenize_prompt(text).map_err(|e| e.to_string())?,
@@ -177,6 +186,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         special: args.special,
     };
 
+    let memory_before = spinel_runtime::memory::ProcessMemory::now();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut write_error = None;
@@ -210,12 +220,22 @@ pub fn run(args: &Args) -> Result<(), String> {
             "seed": seed,
             "n_ctx": session.n_ctx(),
             "stats": stats_json(&g, session.n_threads()),
+            "memory": crate::memory::stats_json(
+                engine.model(),
+                &memory_before,
+                g.stats.generated_tokens,
+            ),
         });
         writeln!(out, "{doc}").map_err(|e| e.to_string())?;
     } else {
         writeln!(out).map_err(|e| e.to_string())?;
         drop(out);
         eprintln!("{}", stats_line(&g));
+        let m = engine.model();
+        eprintln!(
+            "{}",
+            crate::memory::stats_line(m, &memory_before, g.stats.generated_tokens)
+        );
     }
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use spinel_runtime::engine::{DEFAULT_KV_BUDGET, Engine, SessionOptions};
-use spinel_runtime::model::{KvType, Model as RuntimeModel};
+use spinel_runtime::model::{KvType, LoadOptions as RuntimeLoadOptions, Model as RuntimeModel};
 
 use crate::session::ChatSession;
 use crate::{SpinelError, call_foreign};
@@ -40,11 +40,14 @@ pub struct LoadOptions {
     #[uniffi(default = None)]
     pub threads: Option<u32>,
     /// Context length of each session in tokens; `null`: the model's
-    /// training context, capped so the KV cache fits in `memory_budget`.
+    /// training context, capped so the KV cache takes at most a sixteenth
+    /// of `memory_budget` (and at most 1 GiB).
     #[uniffi(default = None)]
     pub context_length: Option<u32>,
-    /// Bytes one session's KV cache may take when `context_length` is
-    /// `null`; `null`: 1 GiB.
+    /// Bytes the model may keep in memory: weights, KV cache and buffers.
+    /// Weights beyond it are streamed from the file as they are used
+    /// (slower, but a model larger than memory runs). `null`: 75% of the
+    /// memory available to the process.
     #[uniffi(default = None)]
     pub memory_budget: Option<u64>,
     /// The KV cache element type; `null`: F16.
@@ -56,9 +59,8 @@ impl LoadOptions {
     fn session_options(&self) -> SessionOptions {
         SessionOptions {
             n_ctx: self.context_length.map(|n| n as usize),
-            kv_budget: self.memory_budget.map_or(DEFAULT_KV_BUDGET, |b| {
-                usize::try_from(b).unwrap_or(usize::MAX)
-            }),
+            // The engine keeps it within the model's memory budget.
+            kv_budget: DEFAULT_KV_BUDGET,
             kv_type: self.kv_cache_type.unwrap_or_default().into(),
             n_threads: self.threads.map(|n| n as usize),
             ..SessionOptions::default()
@@ -124,7 +126,12 @@ impl Model {
             }
         };
         report(0.0, "mapping");
-        let model = RuntimeModel::load(&path)?;
+        let budget = RuntimeLoadOptions {
+            memory_budget: options
+                .memory_budget
+                .or_else(spinel_runtime::memory::default_budget),
+        };
+        let model = RuntimeModel::load_with(&path, &budget)?;
         report(0.7, "tokenizer");
         let engine = Arc::new(Engine::from_model(model)?);
         // Fail here, not at the first message, when the options cannot size

@@ -9,8 +9,11 @@ pub mod chat;
 pub mod convert;
 pub mod engine;
 pub mod gguf;
+pub mod memory;
 pub mod model;
 pub mod perplexity;
 pub mod quantize;
 pub mod sampling;
+#[doc(hidden)]
+pub mod synthetic;
 pub mod tokenizer;

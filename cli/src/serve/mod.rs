@@ -109,7 +109,7 @@ pub fn run(args: &Args) -> Result<(), String> {
     if args.parallel == 0 {
         return Err("--parallel must be at least 1".into());
     }
-    let mut engine = load_engine(&args.model)?;
+    let mut engine = load_engine(&args.model, &args.session)?;
     if let Some(path) = &args.chat_template_file {
         let source = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;

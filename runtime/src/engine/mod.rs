@@ -49,7 +49,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::chat::{ChatTemplate, Message};
-use crate::model::{KvType, Model};
+use crate::model::{KvType, LoadOptions, Model};
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
 
@@ -176,6 +176,14 @@ impl Engine {
         Engine::from_model(Model::load(path)?)
     }
 
+    /// Like [`load`](Self::load), with a memory budget for the model
+    /// ([`LoadOptions`]): weights beyond it are streamed from the file, and
+    /// sessions sized by `kv_budget` keep their KV cache within the part of
+    /// the budget the model leaves for it.
+    pub fn load_with(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Engine, EngineError> {
+        Engine::from_model(Model::load_with(path, opts)?)
+    }
+
     /// An engine over a loaded model.
     pub fn from_model(model: Model<'static>) -> Result<Engine, EngineError> {
         let tokenizer = Tokenizer::from_gguf(model.gguf())?;
@@ -265,10 +273,16 @@ impl Engine {
             return Ok(n);
         }
         let per_position = self.kv_bytes_per_position(opts.kv_type).max(1);
-        let fits = opts.kv_budget / per_position;
+        let r = self.model.residency();
+        let kv_budget = match r.budget {
+            // The KV cache shares the model's reserve with the buffers.
+            Some(_) => opts.kv_budget.min((r.reserve / 2) as usize),
+            None => opts.kv_budget,
+        };
+        let fits = kv_budget / per_position;
         if fits == 0 {
             return Err(EngineError::KvBudget {
-                budget: opts.kv_budget,
+                budget: kv_budget,
                 per_position,
             });
         }

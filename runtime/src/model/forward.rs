@@ -154,7 +154,9 @@ impl Model<'_> {
             w: w.output.view(self.bytes()),
             bias: None,
         };
+        self.enter_stage(w.layers.len());
         s.mm.run(&mut s.pool, 1, [Product::Set(output, &mut s.logits)])?;
+        self.leave_stage(w.layers.len());
         Ok(())
     }
 
@@ -222,6 +224,7 @@ impl Model<'_> {
         }
 
         for (il, layer) in w.layers.iter().enumerate() {
+            self.enter_stage(il);
             // ---- Attention: x += Wo · attention(q, k, v) ----
             let (wq, wk, wv, wo) = (
                 layer.wq.view(bytes),
@@ -278,9 +281,10 @@ impl Model<'_> {
                 }
                 Ffn::Moe(m) => {
                     s.mm.prepare(&mut s.pool, &s.x, n, dim, Some(norm), &[m.router.ty])?;
-                    self.moe(s, m, n)?;
+                    self.moe(s, m, il, n)?;
                 }
             }
+            self.leave_stage(il);
         }
         if others.is_empty() {
             s.n_past += n;
@@ -444,7 +448,7 @@ impl Model<'_> {
     /// router logit), each fed the token's input scaled by the sigmoid of
     /// its router logit. `s.mm` holds the normalized input (also in `s.xb`)
     /// prepared for the router.
-    fn moe(&self, s: &mut State, m: &MoeFfn, n: usize) -> Result<(), ModelError> {
+    fn moe(&self, s: &mut State, m: &MoeFfn, il: usize, n: usize) -> Result<(), ModelError> {
         let MoeFfn {
             moe,
             router,
@@ -484,6 +488,8 @@ impl Model<'_> {
                 }
             }
         }
+
+        self.residency.use_experts(self.mapped(), il, &s.routes);
 
         // The shared expert sees every token.
         let (sg, su, sd) = (

@@ -41,6 +41,7 @@ mod forward;
 mod matmul;
 mod ops;
 mod pool;
+mod residency;
 mod state;
 mod weights;
 
@@ -50,8 +51,10 @@ use crate::gguf::{GgufFile, MappedGguf};
 
 pub use config::{Arch, AttnTemperature, Config, MoeConfig};
 pub use error::ModelError;
+pub use residency::{LoadOptions, ResidencyReport};
 pub use state::{DEFAULT_MAX_CTX, KvType, State, StateOptions};
 
+use residency::Residency;
 use state::Layout;
 use weights::Weights;
 
@@ -74,6 +77,8 @@ pub struct Model<'a> {
     /// `(head_dim / 2)`: RoPE inverse frequencies, `rope_freqs` divided in.
     rope_inv_freq: Vec<f32>,
     layout: Layout,
+    /// What stays in memory and what is streamed ([`LoadOptions`]).
+    residency: Residency,
 }
 
 impl std::fmt::Debug for Model<'_> {
@@ -92,18 +97,38 @@ impl Model<'static> {
     /// truncating a file while a model is loaded from it is not supported
     /// (its bytes would change under the model, or reads would fault).
     pub fn load(path: impl AsRef<Path>) -> Result<Model<'static>, ModelError> {
+        Model::load_with(path, &LoadOptions::default())
+    }
+
+    /// Like [`load`](Self::load), with a memory budget: weights that do not
+    /// fit are streamed from the file (see [`LoadOptions`] and
+    /// [`Model::residency`]).
+    pub fn load_with(
+        path: impl AsRef<Path>,
+        opts: &LoadOptions,
+    ) -> Result<Model<'static>, ModelError> {
         // SAFETY: `MappedGguf::open` needs the file not to be modified or
         // truncated while mapped. Model files are read-only inputs that
         // nothing writes to while they are used, the contract documented on
         // this function (the same one llama.cpp's mmap loading relies on).
         let mapped = unsafe { MappedGguf::open(path) }?;
-        Model::from_mapped(mapped)
+        Model::from_mapped_with(mapped, opts)
     }
 
     /// Loads a model from a file the caller mapped.
     pub fn from_mapped(mapped: MappedGguf) -> Result<Model<'static>, ModelError> {
+        Model::from_mapped_with(mapped, &LoadOptions::default())
+    }
+
+    /// Loads a model from a file the caller mapped, with a memory budget.
+    pub fn from_mapped_with(
+        mapped: MappedGguf,
+        opts: &LoadOptions,
+    ) -> Result<Model<'static>, ModelError> {
         let (config, weights) = read(mapped.file())?;
-        Ok(Model::assemble(Source::Mapped(mapped), config, weights))
+        let mut model = Model::assemble(Source::Mapped(mapped), config, weights);
+        model.residency = Residency::plan(&model.config, &model.weights, opts.memory_budget);
+        Ok(model)
     }
 }
 
@@ -121,12 +146,14 @@ impl<'a> Model<'a> {
     fn assemble(source: Source<'a>, config: Config, weights: Weights) -> Model<'a> {
         let rope_inv_freq = rope_inv_freq(&config, weights.rope_freqs.as_deref());
         let layout = layout(&config, &weights);
+        let residency = Residency::plan(&config, &weights, None);
         Model {
             source,
             config,
             weights,
             rope_inv_freq,
             layout,
+            residency,
         }
     }
 
@@ -166,6 +193,45 @@ impl<'a> Model<'a> {
 
     fn bytes(&self) -> &[u8] {
         self.gguf().bytes()
+    }
+
+    /// The residency plan and the expert cache's hits so far.
+    pub fn residency(&self) -> ResidencyReport {
+        self.residency.report()
+    }
+
+    /// Reads up to `max_bytes` of the first streamed weights with plain
+    /// reads and returns the speed in bytes per second (then drops them
+    /// from the page cache again); `None` when nothing is streamed. With the
+    /// plan's bytes per token this gives the tokens per second the disk
+    /// allows.
+    pub fn measure_stream_speed(&self, max_bytes: usize) -> Option<f64> {
+        let Source::Mapped(m) = &self.source else {
+            return None;
+        };
+        let r = self.residency.first_streamed()?;
+        m.measure_read_speed(r.start..r.end.min(r.start + max_bytes))
+    }
+
+    fn mapped(&self) -> Option<&MappedGguf> {
+        match &self.source {
+            Source::Mapped(m) => Some(m),
+            Source::Borrowed(_) => None,
+        }
+    }
+
+    /// Residency hooks of the forward pass: stage `stage` (a layer, or
+    /// `n_layer` for the output) starts / ends.
+    fn enter_stage(&self, stage: usize) {
+        if let Some(m) = self.mapped() {
+            self.residency.enter(m, stage);
+        }
+    }
+
+    fn leave_stage(&self, stage: usize) {
+        if let Some(m) = self.mapped() {
+            self.residency.leave(m, stage);
+        }
     }
 }
 

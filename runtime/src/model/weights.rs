@@ -48,6 +48,11 @@ impl Weight {
         })
     }
 
+    /// Where the matrix's bytes are in the file.
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.rows * self.row_bytes
+    }
+
     /// Rows `start..start + n` as a matrix of their own (one expert of a
     /// stacked expert tensor).
     pub fn slice_rows(&self, start: usize, n: usize) -> Weight {
