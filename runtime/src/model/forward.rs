@@ -180,7 +180,9 @@ impl Model<'_> {
             w: w.output.view(self.bytes()),
             bias: None,
         };
+        self.enter_stage(w.layers.len());
         s.mm.run(&mut s.pool, n, [Product::Set(output, logits)])?;
+        self.leave_stage(w.layers.len());
         Ok(())
     }
 
