@@ -7,7 +7,9 @@
 //! read is one user turn, its answer printed on its own line(s), until EOF.
 //!
 //! The session keeps the conversation and its KV cache, so each turn only
-//! runs the tokens the cache does not hold yet.
+//! runs the tokens the cache does not hold yet. With `--session FILE` both
+//! are saved to FILE after every turn and restored from it at the start, so
+//! reopening a long chat costs nothing to reprocess.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -41,10 +43,14 @@ pub struct Args {
     /// Print each answer's token counts and speeds on stderr.
     #[arg(long)]
     stats: bool,
+    /// Save the conversation and its KV cache to this file after every turn,
+    /// and go on from it if it exists (same model and KV cache type).
+    #[arg(long)]
+    session: Option<PathBuf>,
     #[command(flatten)]
     sampling: SamplingArgs,
     #[command(flatten)]
-    session: SessionArgs,
+    session_args: SessionArgs,
 }
 
 /// What the Ctrl-C handler needs: whether an answer is being generated,
@@ -68,11 +74,32 @@ pub fn run(args: &Args) -> Result<(), String> {
         .chat_template()
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let mut session = engine
-        .session(&args.session.options()?)
+        .session(&args.session_args.options()?)
         .map_err(|e| e.to_string())?;
-    if let Some(system) = &args.system {
+    let restored = match &args.session {
+        Some(file) if file.exists() => {
+            session.restore(file).map_err(|e| e.to_string())?;
+            if interactive {
+                eprintln!(
+                    "spinel: restored {} messages ({} tokens) from {}",
+                    session.messages().len(),
+                    session.cached_tokens().len(),
+                    file.display()
+                );
+            }
+            true
+        }
+        _ => false,
+    };
+    if let (Some(system), false) = (&args.system, restored) {
         session.set_system(system.clone());
     }
+    let save = |session: &spinel_runtime::engine::Session| -> Result<(), String> {
+        match &args.session {
+            Some(file) => session.save(file).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    };
     let opts = GenerateOptions {
         sampling: args.sampling.params(),
         max_tokens: max_tokens(args.n_predict),
@@ -139,6 +166,7 @@ pub fn run(args: &Args) -> Result<(), String> {
                 if let Some(system) = &args.system {
                     session.set_system(system.clone());
                 }
+                save(&session)?;
                 if interactive {
                     eprintln!("spinel: new conversation");
                 }
@@ -161,6 +189,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         interrupt.generating.store(false, Ordering::Release);
         let _ = writeln!(out).and_then(|()| out.flush());
         drop(out);
+        save(&session)?;
         if broken {
             // Nobody reads the answers any more.
             return Ok(());

@@ -347,3 +347,66 @@ fn chat_without_model_uses_the_cached_demo_model() {
     std::fs::remove_dir_all(&empty).unwrap();
     std::fs::remove_dir_all(&no_path).unwrap();
 }
+
+/// `chat --session FILE`: a second process goes on from the saved
+/// conversation and cache, processing only the new turn, and answers as one
+/// process holding both turns does; a file that is not a session is refused.
+#[test]
+fn chat_session_file_saves_and_restores_the_conversation() {
+    let model = model_path();
+    let model = model.to_str().unwrap();
+    let dir = temp_dir("chat-session");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("talk.session");
+    let file_arg = file.to_str().unwrap();
+    let args = [
+        "-m",
+        model,
+        "--temp",
+        "0",
+        "-n",
+        "12",
+        "-c",
+        "512",
+        "-t",
+        "2",
+        "--stats",
+        "--session",
+        file_arg,
+    ];
+    let (first, _) = ok(&chat(
+        &args,
+        "What is the tallest mountain in the world?\n",
+        &[],
+    ));
+    assert!(file.is_file());
+    let out = chat(&args, "How high is it?\n", &[]);
+    let (second, stderr) = ok(&out);
+    let stats = stderr
+        .lines()
+        .find(|l| l.starts_with("[prompt:"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let cached: usize = stats
+        .split(" cached)")
+        .next()
+        .and_then(|s| s.rsplit('(').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no cached count in {stats}"));
+    assert!(cached > 20, "{stats}");
+
+    let (both, _) = ok(&chat(
+        &[
+            "-m", model, "--temp", "0", "-n", "12", "-c", "512", "-t", "2",
+        ],
+        "What is the tallest mountain in the world?\nHow high is it?\n",
+        &[],
+    ));
+    assert_eq!(both, format!("{first}{second}"));
+
+    std::fs::write(&file, b"not a session").unwrap();
+    let out = chat(&args, "Hi\n", &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not a Spinel session file"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -32,6 +32,9 @@ pub enum EngineError {
     /// The memory budget leaves no room for even one position of the KV
     /// cache.
     KvBudget { budget: usize, per_position: usize },
+    /// A saved session could not be written or read back: `reason` says
+    /// why (unreadable, not a session file, another model, truncated …).
+    SessionFile { path: String, reason: String },
 }
 
 impl fmt::Display for EngineError {
@@ -45,6 +48,7 @@ impl fmt::Display for EngineError {
             }
             EngineError::Sampling(e) => write!(f, "{e}"),
             EngineError::EmptyStopString => write!(f, "a stop string is empty"),
+            EngineError::SessionFile { path, reason } => write!(f, "session file {path}: {reason}"),
             EngineError::EmptyPrompt => write!(f, "the prompt has no tokens"),
             EngineError::PromptTooLong {
                 prompt_tokens,

@@ -42,6 +42,7 @@
 
 mod batch;
 mod error;
+mod saved;
 mod session;
 
 use std::path::Path;

@@ -119,12 +119,12 @@ pub struct Generation {
 /// A session's mutable parts, apart from the engine so that a [`Stream`]
 /// can borrow both.
 #[derive(Debug)]
-struct Core {
-    state: State,
+pub(super) struct Core {
+    pub(super) state: State,
     /// The tokens whose keys and values are in the cache (`state.n_past()`
     /// of them), in order.
-    cached: Vec<u32>,
-    messages: Vec<Message>,
+    pub(super) cached: Vec<u32>,
+    pub(super) messages: Vec<Message>,
     cancel: CancelHandle,
     n_batch: usize,
     /// Through the engine's [`Batcher`](super::Batcher).
@@ -140,8 +140,8 @@ struct Core {
 /// beginning, and a chat turn only processes what the last turn did not.
 #[derive(Debug)]
 pub struct Session {
-    engine: Arc<Engine>,
-    core: Core,
+    pub(super) engine: Arc<Engine>,
+    pub(super) core: Core,
 }
 
 /// What a generation needs, checked before it starts.

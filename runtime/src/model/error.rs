@@ -62,6 +62,8 @@ pub enum ModelError {
     Threads(std::io::Error),
     /// A batched decode step (run by another session's thread) failed.
     BatchFailed { message: String },
+    /// Reading a saved cache failed (a short or unreadable file).
+    Io(std::io::Error),
     /// A step of the forward pass panicked on one of the state's threads
     /// (a bug); the state's cache may hold a partial batch.
     WorkerPanicked { message: String },
@@ -122,6 +124,7 @@ impl fmt::Display for ModelError {
                  {tokens} tokens for {sequences}"
             ),
             ModelError::Threads(e) => write!(f, "starting worker threads: {e}"),
+            ModelError::Io(e) => write!(f, "reading the saved KV cache: {e}"),
             ModelError::BatchFailed { message } => {
                 write!(f, "the batched decode step failed: {message}")
             }

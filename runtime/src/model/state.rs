@@ -322,4 +322,65 @@ impl State {
     pub fn truncate(&mut self, n: usize) {
         self.n_past = self.n_past.min(n);
     }
+
+    /// The byte ranges of the cache that hold positions `0..n`, keys then
+    /// values, each `(false, range)` in `kv.k` or `(true, range)` in `kv.v`,
+    /// in a fixed order (layer, head[, dimension]). Their concatenation is
+    /// the cache's saved form ([`write_cache`](Self::write_cache)).
+    fn cache_ranges(&self, n: usize) -> Vec<(bool, std::ops::Range<usize>)> {
+        let c = &self.layout.config;
+        let kv = &self.kv;
+        let es = kv.ty.type_size();
+        let mut out = Vec::new();
+        for il in 0..c.n_layer {
+            for h in 0..c.n_head_kv {
+                let k = kv.offset(il, h, 0);
+                out.push((false, k..k + n * kv.row_bytes));
+            }
+        }
+        for il in 0..c.n_layer {
+            for h in 0..c.n_head_kv {
+                if kv.v_transposed() {
+                    for d in 0..c.head_dim {
+                        let v = kv.vt_offset(il, h, d, 0);
+                        out.push((true, v..v + n * es));
+                    }
+                } else {
+                    let v = kv.offset(il, h, 0);
+                    out.push((true, v..v + n * kv.row_bytes));
+                }
+            }
+        }
+        out
+    }
+
+    /// Writes the cache's positions `0..n_past` (see [`read_cache`](Self::read_cache)).
+    pub fn write_cache(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        for (is_v, r) in self.cache_ranges(self.n_past) {
+            let buf = if is_v { &self.kv.v } else { &self.kv.k };
+            w.write_all(&buf.bytes()[r])?;
+        }
+        Ok(())
+    }
+
+    /// Reads `n` positions written by [`write_cache`](Self::write_cache) of a
+    /// state of the same model and KV type, and continues after them. On
+    /// an error the state is empty.
+    pub fn read_cache(&mut self, n: usize, r: &mut dyn std::io::Read) -> Result<(), ModelError> {
+        self.n_past = 0;
+        if n > self.kv.n_ctx {
+            return Err(ModelError::ContextFull {
+                n_past: 0,
+                n_new: n,
+                n_ctx: self.kv.n_ctx,
+            });
+        }
+        for (is_v, range) in self.cache_ranges(n) {
+            let buf = if is_v { &mut self.kv.v } else { &mut self.kv.k };
+            r.read_exact(&mut buf.bytes_mut()[range])
+                .map_err(ModelError::Io)?;
+        }
+        self.n_past = n;
+        Ok(())
+    }
 }
