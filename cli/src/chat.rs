@@ -69,7 +69,7 @@ pub fn run(args: &Args) -> Result<(), String> {
     if interactive {
         eprintln!("spinel: loading {}", path.display());
     }
-    let engine = load_engine(&path, &args.session)?;
+    let engine = load_engine(&path, &args.session_args)?;
     engine
         .chat_template()
         .map_err(|e| format!("{}: {e}", path.display()))?;
