@@ -55,6 +55,11 @@ pub struct Args {
     /// into one forward pass on all cores (continuous batching).
     #[arg(long)]
     no_batching: bool,
+    /// Generate past end-of-generation tokens (until max_tokens, a stop
+    /// string, the context's end or the client's disconnect), as
+    /// llama.cpp's server option; requests can ask for it with "ignore_eos".
+    #[arg(long)]
+    ignore_eos: bool,
     /// The model name the API shows and accepts (default: the file name
     /// without `.gguf`).
     #[arg(long)]
@@ -83,6 +88,8 @@ struct Ctx {
     /// Whether `tool` messages become `ipython` ones (Llama 3 templates).
     ipython: bool,
     fake_output: Option<String>,
+    /// `--ignore-eos`: every request generates past end-of-generation tokens.
+    ignore_eos: bool,
     created: u64,
 }
 
@@ -165,6 +172,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         max_body: args.max_body,
         ipython,
         fake_output: args.fake_output.clone(),
+        ignore_eos: args.ignore_eos,
         created: now_secs(),
     });
     for request in server.incoming_requests() {
@@ -458,7 +466,7 @@ fn prepare(ctx: &Ctx, body: &Map<String, Value>, chat: bool) -> Result<Job, ApiE
         sampling,
         max_tokens: settings.max_tokens,
         stop: settings.stop.clone(),
-        ignore_eog: settings.ignore_eos,
+        ignore_eog: settings.ignore_eos || ctx.ignore_eos,
         ..GenerateOptions::default()
     };
     Ok(Job {

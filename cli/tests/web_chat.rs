@@ -1,0 +1,98 @@
+//! The web chat page at `/` end to end in headless Chromium: Debian's
+//! `chromium` (`.ci/run` installs it) driven by npm's `playwright-core`
+//! (installed into the cache on first use), against `spinel serve` with the
+//! real model: type a question, see the answer stream in with tokens/s,
+//! press Stop, see it stop (and the server free the session), ask again; no
+//! request leaves the server. See `cli/tests/web/chat_page.cjs`.
+//!
+//! A missing `chromium`, `node` or `npm` fails the test (never a skip).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const PLAYWRIGHT_CORE: &str = "1.65.1";
+
+fn playwright_core() -> PathBuf {
+    let prefix = spinel_runtime::cache::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("npm")
+        .join(format!("playwright-core-{PLAYWRIGHT_CORE}"));
+    let dir = prefix.join("node_modules/playwright-core");
+    if !dir.join("package.json").is_file() {
+        let status = Command::new("npm")
+            .args(["install", "--silent", "--prefix"])
+            .arg(&prefix)
+            .arg(format!("playwright-core@{PLAYWRIGHT_CORE}"))
+            .status()
+            .expect("npm is needed for the web page test (apt-get install npm)");
+        assert!(status.success(), "npm install playwright-core failed");
+    }
+    dir
+}
+
+#[test]
+fn chat_page_streams_and_stops_in_headless_chromium() {
+    let chromium = std::env::var_os("CHROMIUM")
+        .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+    assert!(
+        chromium.is_file(),
+        "no Chromium at {} (apt-get install chromium, or set CHROMIUM)",
+        chromium.display()
+    );
+    let pw = playwright_core();
+    let model = spinel_runtime::cache::test_model();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_spinel"))
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--host",
+            "127.0.0.1",
+            "-c",
+            "2048",
+            "-t",
+            "2",
+        ])
+        .arg("--ignore-eos")
+        .arg("-m")
+        .arg(&model)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn spinel serve");
+    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
+    let mut base = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(i) = line.find("listening on ") {
+            base = Some(line[i + "listening on ".len()..].trim().to_string());
+            break;
+        }
+    }
+    std::thread::spawn(move || {
+        lines
+            .map_while(Result::ok)
+            .for_each(|l| eprintln!("server: {l}"))
+    });
+    let base = base.expect("the server printed its address");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/web/chat_page.cjs");
+    let out = Command::new("node")
+        .arg(script)
+        .arg(&base)
+        .arg(&pw)
+        .env("CHROMIUM", &chromium)
+        .output()
+        .expect("node is needed for the web page test (apt-get install nodejs)");
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("ok web chat page"),
+        "the web page test failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    eprintln!("{stdout}");
+}
