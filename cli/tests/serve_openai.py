@@ -215,6 +215,48 @@ def real():
     assert long.usage.completion_tokens == 120, long.usage
     assert long.choices[0].finish_reason == "length"
 
+    # More malformed requests, each a 400 with OpenAI's error shape.
+    check_error(*raw("POST", "/v1/chat/completions", b'{"messages": "\xff\xfe"}'), 400)
+    check_error(*raw("POST", "/v1/chat/completions", b"\xff\xfe\xfd"), 400)
+    for bad in [{"messages": [{"role": 5, "content": "x"}]}, {"messages": [{"content": "x"}]},
+                {"messages": [{"role": "user", "content": "x"}], "max_tokens": -3},
+                {"messages": [{"role": "user", "content": "x"}], "stop": [1]},
+                {"messages": [{"role": "user", "content": "x"}], "top_p": 7}]:
+        check_error(*raw("POST", "/v1/chat/completions", json.dumps(bad).encode()), 400)
+    check_error(*raw("POST", "/v1/completions", json.dumps({"prompt": 5}).encode()), 400)
+
+    # Slow clients hold only their own connection: one that sends half its
+    # headers, one that promises a body and sends part of it, and one that
+    # streams an answer but never reads it. Meanwhile others are served, and
+    # once they go away the server frees the session.
+    half = socket.create_connection((host, int(port)))
+    half.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Le")
+    slow_body = socket.create_connection((host, int(port)))
+    slow_body.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"mess")
+    mute = socket.socket()
+    mute.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    mute.connect((host, int(port)))
+    body = json.dumps(
+        {"model": MODEL, "stream": True, "max_tokens": 900, "ignore_eos": True,
+         "messages": [{"role": "user", "content": "Write a long story about a dragon."}]}
+    ).encode()
+    mute.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
+    time.sleep(1.0)
+    t0 = time.time()
+    r4 = ask(max_tokens=8, temperature=0)
+    assert r4.choices[0].message.content, r4
+    assert time.time() - t0 < 30, "a request waited on the slow clients"
+    health_ok()
+    for s in (half, slow_body, mute):
+        s.close()
+    deadline = time.time() + 10
+    while raw("GET", "/health")[1]["busy"] != 0:
+        assert time.time() < deadline, "the session of a client that never read stayed busy"
+        time.sleep(0.05)
+
     # Two clients streaming at once share decode steps (continuous batching).
     import threading
     before = raw("GET", "/health")[1]
