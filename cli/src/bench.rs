@@ -18,6 +18,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 use spinel_runtime::model::{KvType, Model, StateOptions};
 
+use crate::run::KvArgs;
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// GGUF model files (comma-separated or repeated).
@@ -48,9 +50,9 @@ pub struct Args {
     /// Most prompt tokens per forward batch.
     #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
     pub n_batch: usize,
-    /// KV cache type: f32, f16 (llama-bench's default) or q8_0.
-    #[arg(long = "kv", default_value = "f16")]
-    pub kv: String,
+    /// KV cache types (f16 by default, as llama-bench's).
+    #[command(flatten)]
+    pub kv: KvArgs,
     /// Print a JSON array (llama-bench's `-o json` fields) instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -108,8 +110,8 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
 }
 
 pub fn run(args: &Args) -> Result<(), String> {
-    let kv_type =
-        KvType::from_name(&args.kv).ok_or_else(|| format!("unknown KV type {:?}", args.kv))?;
+    let (kv_type, kv_type_v) = args.kv.types(KvType::F16)?;
+    let kv_names = [kv_type, kv_type_v].map(|t| t.ggml_type().name().to_ascii_lowercase());
     if args.repetitions == 0 {
         return Err("-r must be at least 1".into());
     }
@@ -141,6 +143,7 @@ pub fn run(args: &Args) -> Result<(), String> {
                 let opts = StateOptions {
                     n_ctx: Some(p + n),
                     kv_type,
+                    kv_type_v: Some(kv_type_v),
                     n_batch: args.n_batch,
                     n_threads: Some(t),
                 };
@@ -160,17 +163,16 @@ pub fn run(args: &Args) -> Result<(), String> {
                 };
                 if !args.json {
                     if !printed_header {
-                        print_header();
+                        print_header(&kv_names);
                         printed_header = true;
                     }
-                    print_row(&rec);
+                    print_row(&rec, &kv_names);
                 }
                 records.push(rec);
             }
         }
     }
     if args.json {
-        let kv = args.kv.to_ascii_lowercase();
         let arr: Vec<_> = records
             .iter()
             .map(|r| {
@@ -189,8 +191,8 @@ pub fn run(args: &Args) -> Result<(), String> {
                     "n_batch": args.n_batch,
                     "n_ubatch": args.n_batch,
                     "n_threads": r.n_threads,
-                    "type_k": kv,
-                    "type_v": kv,
+                    "type_k": kv_names[0],
+                    "type_v": kv_names[1],
                     "n_prompt": r.n_prompt,
                     "n_gen": r.n_gen,
                     "n_depth": 0,
@@ -311,14 +313,29 @@ fn ftype_name(t: u64) -> String {
     .to_string()
 }
 
-fn print_header() {
+/// The KV cache columns llama-bench adds when a type is not its default
+/// f16: `(name, value)` pairs.
+fn kv_columns(kv_names: &[String; 2]) -> Vec<(&'static str, &str)> {
+    ["type_k", "type_v"]
+        .into_iter()
+        .zip(kv_names)
+        .filter(|(_, t)| t.as_str() != "f16")
+        .map(|(c, t)| (c, t.as_str()))
+        .collect()
+}
+
+fn print_header(kv_names: &[String; 2]) {
+    let kv = kv_columns(kv_names);
     println!(
-        "| {:<30} | {:>10} | {:>10} | {:<10} | {:>7} | {:>15} | {:>20} | {:>10} | {:>12} | {:>12} |",
+        "| {:<30} | {:>10} | {:>10} | {:<10} | {:>7} | {}{:>15} | {:>20} | {:>10} | {:>12} | {:>12} |",
         "model",
         "size",
         "params",
         "backend",
         "threads",
+        kv.iter()
+            .map(|(c, _)| format!("{c:>6} | "))
+            .collect::<String>(),
         "test",
         "t/s",
         "rss",
@@ -327,12 +344,15 @@ fn print_header() {
     );
     let (l, r) = (|w: usize| "-".repeat(w), |w: usize| "-".repeat(w - 1) + ":");
     println!(
-        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {} | {} | {} | {}{} | {} | {} | {} | {} |",
         l(30),
         r(10),
         r(10),
         l(10),
         r(7),
+        kv.iter()
+            .map(|_| format!("{} | ", r(6)))
+            .collect::<String>(),
         r(15),
         r(20),
         r(10),
@@ -341,17 +361,21 @@ fn print_header() {
     );
 }
 
-fn print_row(r: &Record) {
+fn print_row(r: &Record, kv_names: &[String; 2]) {
     let (avg, sd) = mean_sd(&r.samples_ts());
     let mem = |k: &str| r.memory.get(k).and_then(|v| v.as_f64());
     let mib = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.0} MiB", v / 1048576.0));
     println!(
-        "| {:<30} | {:>10} | {:>10} | {:<10} | {:>7} | {:>15} | {:>20} | {:>10} | {:>12} | {:>12} |",
+        "| {:<30} | {:>10} | {:>10} | {:<10} | {:>7} | {}{:>15} | {:>20} | {:>10} | {:>12} | {:>12} |",
         r.model_type,
         format!("{:.2} MiB", r.model_size as f64 / (1024.0 * 1024.0)),
         format!("{:.2} M", r.model_n_params as f64 / 1e6),
         "CPU",
         r.n_threads,
+        kv_columns(kv_names)
+            .iter()
+            .map(|(_, t)| format!("{t:>6} | "))
+            .collect::<String>(),
         r.test_name(),
         format!("{avg:.2} ± {sd:.2}"),
         mib(mem("peak_rss_bytes")),

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use spinel_runtime::model::{KvType, Model, StateOptions};
 
+use crate::run::KvArgs;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// The GGUF model file.
@@ -16,9 +18,9 @@ pub struct Args {
     /// Context length (default: the prompt's length).
     #[arg(short = 'c', long)]
     ctx: Option<usize>,
-    /// KV cache type: f32 (exact), f16 or q8_0.
-    #[arg(long, default_value = "f32")]
-    kv_type: String,
+    /// KV cache types (f32, exact, by default).
+    #[command(flatten)]
+    kv: KvArgs,
     /// Threads (default: all cores).
     #[arg(short = 't', long)]
     threads: Option<usize>,
@@ -31,13 +33,13 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<(), String> {
-    let kv_type = KvType::from_name(&args.kv_type)
-        .ok_or_else(|| format!("unknown KV cache type {:?} (f32, f16, q8_0)", args.kv_type))?;
+    let (kv_type, kv_type_v) = args.kv.types(KvType::F32)?;
     let model = Model::load(&args.model).map_err(|e| format!("{}: {e}", args.model.display()))?;
     let mut state = model
         .new_state_with(&StateOptions {
             n_ctx: Some(args.ctx.unwrap_or(args.prompt_ids.len())),
             kv_type,
+            kv_type_v: Some(kv_type_v),
             n_threads: args.threads,
             ..StateOptions::default()
         })

@@ -64,7 +64,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(std::env::args_os().map(run::llama_cpp_flag));
     let result: Result<(), String> = match cli.command {
         Command::Isa => {
             let k = spinel_quant::Kernels::get();

@@ -9,6 +9,8 @@ use std::time::Instant;
 use clap::Args as ClapArgs;
 use spinel_runtime::gguf::MappedGguf;
 use spinel_runtime::model::{KvType, Model};
+
+use crate::run::KvArgs;
 use spinel_runtime::perplexity::{Base, Options, evaluate, prepare_text};
 use spinel_runtime::tokenizer::Tokenizer;
 
@@ -30,11 +32,9 @@ pub struct Args {
     /// Threads (default: all cores).
     #[arg(short = 't', long)]
     threads: Option<usize>,
-    /// KV cache type: f32, f16 or q8_0. f32 by default: it lands closer to
-    /// llama.cpp's numbers (with its default f16 cache) than Spinel's f16
-    /// cache does.
-    #[arg(long, default_value = "f32")]
-    kv_type: String,
+    /// KV cache types (f32 by default).
+    #[command(flatten)]
+    kv: KvArgs,
     /// Save this model's log-probabilities to FILE as the reference for
     /// `--kl-divergence`.
     #[arg(long, value_name = "FILE")]
@@ -48,8 +48,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<(), String> {
-    let kv_type = KvType::from_name(&args.kv_type)
-        .ok_or_else(|| format!("unknown KV cache type {:?} (f32, f16, q8_0)", args.kv_type))?;
+    let (kv_type, kv_type_v) = args.kv.types(KvType::F32)?;
     let text =
         std::fs::read_to_string(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
     // SAFETY: model files are read-only while mapped (Spinel's contract).
@@ -66,6 +65,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         n_chunks: args.chunks,
         n_threads: args.threads,
         kv_type,
+        kv_type_v: Some(kv_type_v),
     };
     let t0 = Instant::now();
     let mut reader = None;

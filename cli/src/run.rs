@@ -73,6 +73,48 @@ fn random_seed() -> u64 {
     h.finish()
 }
 
+/// KV cache type flags: `--kv-type` sets both, `--cache-type-k`/`-ctk`
+/// and `--cache-type-v`/`-ctv` one each (as in llama.cpp).
+#[derive(clap::Args, Debug, Clone)]
+pub struct KvArgs {
+    /// KV cache type of both keys and values: f32, f16, q8_0 or q4_0
+    /// (default: f16; f32 for perplexity and logits).
+    #[arg(long, alias = "kv", value_name = "TYPE")]
+    pub kv_type: Option<String>,
+    /// K cache type (default: --kv-type); also -ctk.
+    #[arg(long = "cache-type-k", visible_alias = "ctk", value_name = "TYPE")]
+    pub cache_type_k: Option<String>,
+    /// V cache type (default: --kv-type); also -ctv.
+    #[arg(long = "cache-type-v", visible_alias = "ctv", value_name = "TYPE")]
+    pub cache_type_v: Option<String>,
+}
+
+impl KvArgs {
+    /// The K and V cache types, `default` for those not given.
+    pub fn types(&self, default: KvType) -> Result<(KvType, KvType), String> {
+        let parse = |flag: &str, name: &Option<String>, default: KvType| match name {
+            None => Ok(default),
+            Some(n) => KvType::from_name(n)
+                .ok_or_else(|| format!("{flag}: unknown KV cache type {n:?} ({})", KvType::NAMES)),
+        };
+        let both = parse("--kv-type", &self.kv_type, default)?;
+        Ok((
+            parse("--cache-type-k", &self.cache_type_k, both)?,
+            parse("--cache-type-v", &self.cache_type_v, both)?,
+        ))
+    }
+}
+
+/// llama.cpp's single-dash spellings of the KV cache flags (`-ctk f16`),
+/// rewritten to the long flags clap knows.
+pub fn llama_cpp_flag(arg: std::ffi::OsString) -> std::ffi::OsString {
+    match arg.to_str() {
+        Some("-ctk") => "--cache-type-k".into(),
+        Some("-ctv") => "--cache-type-v".into(),
+        _ => arg,
+    }
+}
+
 /// Context and thread flags shared by `run` and `chat`.
 #[derive(clap::Args, Debug)]
 pub struct SessionArgs {
@@ -83,9 +125,8 @@ pub struct SessionArgs {
     /// cache takes at most 1 GiB).
     #[arg(short = 'c', long)]
     pub ctx: Option<usize>,
-    /// KV cache type: f16, f32 or q8_0.
-    #[arg(long, default_value = "f16")]
-    pub kv_type: String,
+    #[command(flatten)]
+    pub kv: KvArgs,
     #[arg(long, help = crate::memory::BUDGET_HELP)]
     pub memory_budget: Option<String>,
     /// Print the memory plan at load even when nothing is streamed.
@@ -95,14 +136,14 @@ pub struct SessionArgs {
 
 impl SessionArgs {
     pub fn options(&self) -> Result<SessionOptions, String> {
-        let kv_type = KvType::from_name(&self.kv_type)
-            .ok_or_else(|| format!("unknown KV cache type {:?} (f32, f16, q8_0)", self.kv_type))?;
+        let (kv_type, kv_type_v) = self.kv.types(KvType::F16)?;
         if self.ctx == Some(0) {
             return Err("the context length must be at least 1".into());
         }
         Ok(SessionOptions {
             n_ctx: self.ctx,
             kv_type,
+            kv_type_v: Some(kv_type_v),
             n_threads: self.threads,
             ..SessionOptions::default()
         })

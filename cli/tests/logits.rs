@@ -150,8 +150,84 @@ fn text_output_lists_the_largest_and_errors_are_named() {
         "--prompt-ids".as_ref(),
         "1".as_ref(),
         "--kv-type".as_ref(),
+        "q4_1".as_ref(),
+    ]);
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("unknown KV cache type \"q4_1\" (f32, f16, q8_0, q4_0)"),
+        "{stderr}"
+    );
+    // This model's heads (16) are not whole Q4_0 blocks.
+    let run = spinel(&[
+        "logits".as_ref(),
+        "-m".as_ref(),
+        gguf.as_os_str(),
+        "--prompt-ids".as_ref(),
+        "1".as_ref(),
+        "-ctv".as_ref(),
         "q4_0".as_ref(),
     ]);
     assert!(!run.status.success());
-    assert!(String::from_utf8_lossy(&run.stderr).contains("KV cache type"));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("Q4_0 V cache needs a head size that is a multiple of 32")
+            && stderr.contains("is 16"),
+        "{stderr}"
+    );
+}
+
+/// `--kv-type` sets both cache types, `--cache-type-k`/`-ctk` and
+/// `--cache-type-v`/`-ctv` one each, and they reach the forward pass.
+#[test]
+fn kv_cache_type_flags_choose_the_cache() {
+    // Heads of 64: every cache type fits.
+    let gguf = converted("d_llama3_1");
+    let ids = "1,17,33,60,2,99,150,7,8,300,41,5,77";
+    let logits = |flags: &[&str]| -> Vec<f32> {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "logits".as_ref(),
+            "-m".as_ref(),
+            gguf.as_os_str(),
+            "--prompt-ids".as_ref(),
+            ids.as_ref(),
+            "--json".as_ref(),
+        ];
+        args.extend(flags.iter().map(std::ffi::OsStr::new));
+        let run = spinel(&args);
+        assert!(
+            run.status.success(),
+            "{flags:?}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let out: Json = serde_json::from_slice(&run.stdout).expect("one JSON object");
+        let v = out["logits"].as_array().expect("logits array");
+        v.iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    };
+    let f32_cache = logits(&[]);
+    let mixed = logits(&["-ctk", "q4_0", "-ctv", "q8_0"]);
+    assert_ne!(mixed, f32_cache);
+    assert_eq!(
+        mixed,
+        logits(&["--cache-type-k", "q4_0", "--cache-type-v", "q8_0"])
+    );
+    assert_eq!(
+        mixed,
+        logits(&["--kv-type", "q8_0", "--cache-type-k", "q4_0"])
+    );
+    let q4 = logits(&["--kv-type", "q4_0"]);
+    assert_eq!(q4, logits(&["-ctk", "q4_0", "-ctv", "q4_0"]));
+    assert_ne!(q4, mixed);
+    // Only the keys: values stay f32 (logits' default).
+    let k_only = logits(&["-ctk", "q4_0"]);
+    assert_eq!(k_only, logits(&["-ctk", "q4_0", "-ctv", "f32"]));
+    assert_ne!(k_only, mixed);
+    // Lossy, but close: the largest logit moves by less than the q4_0 cache
+    // error the runtime tests bound.
+    let diff = k_only
+        .iter()
+        .zip(&f32_cache)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(diff > 0.0 && diff < 2.5, "{diff}");
 }

@@ -21,6 +21,10 @@ pub enum KvCacheType {
     /// Half the memory of F16 (needs a head size that is a multiple of 32).
     #[allow(non_camel_case_types)]
     Q8_0,
+    /// A quarter of the memory of F16, and the least exact (needs a head
+    /// size that is a multiple of 32).
+    #[allow(non_camel_case_types)]
+    Q4_0,
 }
 
 impl From<KvCacheType> for KvType {
@@ -29,6 +33,7 @@ impl From<KvCacheType> for KvType {
             KvCacheType::F32 => KvType::F32,
             KvCacheType::F16 => KvType::F16,
             KvCacheType::Q8_0 => KvType::Q8_0,
+            KvCacheType::Q4_0 => KvType::Q4_0,
         }
     }
 }
@@ -50,9 +55,14 @@ pub struct LoadOptions {
     /// memory available to the process.
     #[uniffi(default = None)]
     pub memory_budget: Option<u64>,
-    /// The KV cache element type; `null`: F16.
+    /// The KV cache element type (of keys, and of values unless
+    /// `kv_cache_type_v` is set); `null`: F16.
     #[uniffi(default = None)]
     pub kv_cache_type: Option<KvCacheType>,
+    /// The element type of the values in the KV cache when it differs from
+    /// the keys'; `null`: `kv_cache_type`.
+    #[uniffi(default = None)]
+    pub kv_cache_type_v: Option<KvCacheType>,
 }
 
 impl LoadOptions {
@@ -62,6 +72,7 @@ impl LoadOptions {
             // The engine keeps it within the model's memory budget.
             kv_budget: DEFAULT_KV_BUDGET,
             kv_type: self.kv_cache_type.unwrap_or_default().into(),
+            kv_type_v: self.kv_cache_type_v.map(Into::into),
             n_threads: self.threads.map(|n| n as usize),
             ..SessionOptions::default()
         }

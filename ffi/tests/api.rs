@@ -184,3 +184,48 @@ fn tokenize_round_trips() {
     assert!(ids.len() > 1);
     assert_eq!(model.detokenize(ids).unwrap(), "Hello, world!");
 }
+
+#[test]
+fn kv_cache_types_size_the_context_and_chat() {
+    use spinel_ffi::KvCacheType;
+    let path = spinel_runtime::cache::test_model();
+    // SmolLM2: 30 layers × 3 KV heads of 64; a position takes 68 bytes per
+    // head as Q8_0 keys, 36 as Q4_0 values, 128 as f16. The sessions'
+    // context is what fits in the KV cache's share of the memory budget
+    // (the same bytes whatever the types: below the 8192 tokens the model
+    // was trained for with a 256 MiB budget).
+    let load = |k: Option<KvCacheType>, v: Option<KvCacheType>| {
+        let options = LoadOptions {
+            threads: Some(2),
+            memory_budget: Some(256 << 20),
+            kv_cache_type: k,
+            kv_cache_type_v: v,
+            ..LoadOptions::default()
+        };
+        Model::load(path.to_str().unwrap().to_string(), options, None).unwrap()
+    };
+    let mixed = load(Some(KvCacheType::Q8_0), Some(KvCacheType::Q4_0));
+    let sized = |m: &Model, per_head: u64| {
+        let n = u64::from(m.info().context_length);
+        assert!(n < 8192, "{n}");
+        (n, n * 30 * 3 * per_head)
+    };
+    let (n_mixed, bytes) = sized(&mixed, 68 + 36);
+    let (n_f16, bytes_f16) = sized(&load(None, None), 128 + 128);
+    let (n_q4, bytes_q4) = sized(&load(Some(KvCacheType::Q4_0), None), 36 + 36);
+    assert!(
+        n_f16 < n_mixed && n_mixed < n_q4,
+        "{n_f16} {n_mixed} {n_q4}"
+    );
+    // Each fills the same bytes, to within one position.
+    for b in [bytes_f16, bytes_q4] {
+        assert!(b.abs_diff(bytes) < 30 * 3 * 256, "{b} vs {bytes}");
+    }
+
+    let chat = mixed.chat_session(None).unwrap();
+    let (listener, end) = Collector::new(false);
+    chat.send("Hi".into(), greedy(8), listener.clone()).unwrap();
+    let stats = end.recv_timeout(Duration::from_secs(120)).unwrap().unwrap();
+    assert!(stats.generated_tokens >= 1);
+    assert!(!listener.text().is_empty());
+}

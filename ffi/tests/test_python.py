@@ -81,6 +81,25 @@ class PythonBindings(unittest.TestCase):
         self.assertEqual(info.layers, 30)
         self.assertIn("<|im_start|>", info.chat_template)
 
+    def test_kv_cache_types(self):
+        # Q8_0 keys, Q4_0 values: 30 layers x 3 KV heads x (68 + 36) bytes a
+        # position, against 256 for f16; the KV cache's share of a 256 MiB
+        # budget holds ~2.5x the positions.
+        def load(k, v):
+            options = spinel.LoadOptions(threads=2, memory_budget=256 << 20,
+                                         kv_cache_type=k, kv_cache_type_v=v)
+            return spinel.Model.load(MODEL, options, None)
+        model = load(spinel.KvCacheType.Q8_0, spinel.KvCacheType.Q4_0)
+        n_f16 = load(None, None).info().context_length
+        n = model.info().context_length
+        self.assertLess(n, 8192)
+        self.assertLess(abs(n * 104 - n_f16 * 256), 256)
+        chat = model.chat_session(None)
+        collector = Collector()
+        params = spinel.GenerationParams(temperature=0.0, max_tokens=4)
+        stats = collector.wait(chat.send("Hi", params, collector))
+        self.assertGreaterEqual(stats.generated_tokens, 1)
+
     def test_tokenize_round_trip(self):
         ids = self.model.tokenize("Hello, world!", False)
         self.assertGreater(len(ids), 1)

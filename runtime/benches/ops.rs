@@ -87,11 +87,11 @@ fn gemm(c: &mut Criterion) {
 }
 
 fn attention(c: &mut Criterion) {
-    for kv in [KvType::F16, KvType::F32] {
+    for kv in [KvType::F16, KvType::F32, KvType::Q8_0, KvType::Q4_0] {
         let mut g = c.benchmark_group(format!("attention/{kv:?}"));
         for (name, pos0, n) in [("pp512", 0, 512), ("tg@256", 256, 1)] {
             for t in [1, 2] {
-                let mut b = AttentionBench::new(kv, 9, 3, 64, pos0, n, t).unwrap();
+                let mut b = AttentionBench::new(kv, kv, 9, 3, 64, pos0, n, t).unwrap();
                 g.throughput(Throughput::Elements(b.flops() as u64));
                 g.bench_function(BenchmarkId::from_parameter(format!("{name}/t{t}")), |bch| {
                     bch.iter(|| b.run())

@@ -272,6 +272,8 @@ fn check_model(name: &str) {
     // Q8_0 needs heads of whole 32-blocks (only d_llama3_1 has them).
     let q8_kv = (model.config().head_dim % 32 == 0)
         .then(|| last_logit_error(&model, &reference, KvType::Q8_0));
+    let q4_kv = (model.config().head_dim % 32 == 0)
+        .then(|| last_logit_error(&model, &reference, KvType::Q4_0));
     let weights_error = |t: OutType| {
         last_logit_error(
             &Model::load(gguf_path(name, t)).unwrap(),
@@ -285,15 +287,20 @@ fn check_model(name: &str) {
         weights_error(OutType::Q8_0),
     );
     let q8_kv_s = q8_kv.map_or("n/a".to_string(), |e| format!("{e:.2e}"));
+    let q4_kv_s = q4_kv.map_or("n/a".to_string(), |e| format!("{e:.2e}"));
     println!(
         "{name}: max |Δlogit| f32 {worst_last:.2e} (16 steps {worst_step:.2e}); \
-         f16 KV {f16_kv:.2e}; q8_0 KV {q8_kv_s}; weights f16 {f16_w:.2e}, \
+         f16 KV {f16_kv:.2e}; q8_0 KV {q8_kv_s}; q4_0 KV {q4_kv_s}; weights f16 {f16_w:.2e}, \
          bf16 {bf16_w:.2e}, q8_0 {q8_w:.2e}"
     );
     assert!(f16_kv < 2e-2, "{name}: f16 KV cache error {f16_kv}");
     assert!(
         q8_kv.is_none_or(|e| e < 0.2),
         "{name}: q8_0 KV cache error {q8_kv:?}"
+    );
+    assert!(
+        q4_kv.is_none_or(|e| e < 2.5),
+        "{name}: q4_0 KV cache error {q4_kv:?}"
     );
     assert!(f16_w < 2e-2, "{name}: f16 weights error {f16_w}");
     assert!(bf16_w < 0.15, "{name}: bf16 weights error {bf16_w}");
@@ -406,14 +413,38 @@ fn bad_input_gives_named_errors() {
         Err(ModelError::BadStateSize { .. }) => {}
         other => panic!("zero context: {other:?}"),
     }
-    // Q8_0 needs heads that are whole blocks of 32 (this model has 16).
-    match model.new_state(Some(8), KvType::Q8_0) {
-        Err(ModelError::BadStateSize { .. }) => {}
-        other => panic!("q8_0 KV with head size 16: {other:?}"),
+    // Q8_0 and Q4_0 need heads that are whole blocks of 32 (this model has
+    // 16), for keys and for values; the error names which and why.
+    for (k, v, which) in [
+        (KvType::Q8_0, KvType::Q8_0, "K"),
+        (KvType::Q4_0, KvType::Q4_0, "K"),
+        (KvType::F16, KvType::Q4_0, "V"),
+        (KvType::Q8_0, KvType::F32, "K"),
+    ] {
+        let opts = StateOptions {
+            n_ctx: Some(8),
+            kv_type: k,
+            kv_type_v: Some(v),
+            ..StateOptions::default()
+        };
+        match model.new_state_with(&opts) {
+            Err(e @ ModelError::KvCacheHeadSize { head_dim: 16, .. }) => {
+                let msg = e.to_string();
+                let ty = if which == "K" { k } else { v };
+                let name = ty.ggml_type().name();
+                assert!(
+                    msg.contains(&format!("{name} {which} cache"))
+                        && msg.contains("multiple of 32"),
+                    "{msg}"
+                );
+            }
+            other => panic!("{k:?}/{v:?} KV with head size 16: {other:?}"),
+        }
     }
     assert_eq!(KvType::from_name("F16"), Some(KvType::F16));
     assert_eq!(KvType::from_name("q8_0"), Some(KvType::Q8_0));
-    assert_eq!(KvType::from_name("q4_0"), None);
+    assert_eq!(KvType::from_name("Q4_0"), Some(KvType::Q4_0));
+    assert_eq!(KvType::from_name("q4_1"), None);
 }
 
 #[test]

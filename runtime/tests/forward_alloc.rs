@@ -59,10 +59,24 @@ fn generating_a_token_allocates_nothing() {
         path.display()
     );
     let model = Model::load(&path).unwrap();
-    for threads in [1, 2] {
+    // Every cache type (and keys and values of different types): the
+    // blocked ones (Q8_0, Q4_0) convert values through scratch too.
+    let kv_types = [
+        (KvType::F16, KvType::F16),
+        (KvType::F32, KvType::F32),
+        (KvType::Q8_0, KvType::Q8_0),
+        (KvType::Q4_0, KvType::Q4_0),
+        (KvType::Q8_0, KvType::F16),
+        (KvType::F16, KvType::Q4_0),
+    ];
+    for (threads, (k, v)) in [1, 2]
+        .into_iter()
+        .flat_map(|t| kv_types.into_iter().map(move |kv| (t, kv)))
+    {
         let opts = StateOptions {
             n_ctx: Some(256),
-            kv_type: KvType::F16,
+            kv_type: k,
+            kv_type_v: Some(v),
             n_threads: Some(threads),
             ..StateOptions::default()
         };
@@ -85,7 +99,7 @@ fn generating_a_token_allocates_nothing() {
         assert_eq!(
             after - before,
             0,
-            "{threads} threads: allocations while generating"
+            "{threads} threads, K {k:?} V {v:?}: allocations while generating"
         );
     }
 }

@@ -37,10 +37,11 @@ fn smollm2() -> PathBuf {
 
 /// Logits after a 75-token prompt (in batches of `n_batch`) and after each
 /// of 6 single tokens.
-fn run(model: &Model<'_>, kv_type: KvType, n_threads: usize, n_batch: usize) -> Vec<Vec<f32>> {
+fn run(model: &Model<'_>, kv: (KvType, KvType), n_threads: usize, n_batch: usize) -> Vec<Vec<f32>> {
     let opts = StateOptions {
         n_ctx: Some(128),
-        kv_type,
+        kv_type: kv.0,
+        kv_type_v: Some(kv.1),
         n_batch,
         n_threads: Some(n_threads),
     };
@@ -57,7 +58,13 @@ fn run(model: &Model<'_>, kv_type: KvType, n_threads: usize, n_batch: usize) -> 
 #[test]
 fn thread_counts_give_identical_logits() {
     let model = Model::load(smollm2()).unwrap();
-    for kv in [KvType::F16, KvType::F32, KvType::Q8_0] {
+    for kv in [
+        (KvType::F16, KvType::F16),
+        (KvType::F32, KvType::F32),
+        (KvType::Q8_0, KvType::Q8_0),
+        (KvType::Q4_0, KvType::Q4_0),
+        (KvType::Q8_0, KvType::Q4_0),
+    ] {
         // Batches of 32, 32 and 11 positions.
         let one = run(&model, kv, 1, 32);
         for t in [2, 3] {
@@ -73,10 +80,10 @@ fn thread_counts_give_identical_logits() {
 #[test]
 fn batch_splits_of_at_least_8_give_identical_logits() {
     let model = Model::load(smollm2()).unwrap();
-    let whole = run(&model, KvType::F16, 2, 75);
+    let whole = run(&model, (KvType::F16, KvType::F16), 2, 75);
     // 25 + 25 + 25, 16 × 4 + 11, 8 × 9 + 3 would not do (a batch of 3).
     for n_batch in [25, 16] {
-        let split = run(&model, KvType::F16, 2, n_batch);
+        let split = run(&model, (KvType::F16, KvType::F16), 2, n_batch);
         for (step, (a, b)) in whole.iter().zip(&split).enumerate() {
             let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
             assert!(

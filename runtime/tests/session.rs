@@ -474,7 +474,7 @@ fn default_context_is_the_files_capped_by_the_budget() {
     let train = engine.model().config().n_ctx_train;
     let opts = SessionOptions::default();
     assert_eq!(engine.context_length(&opts).unwrap(), train.min(8192));
-    let per = engine.kv_bytes_per_position(opts.kv_type);
+    let per = engine.kv_bytes_per_position(&opts);
     let small = SessionOptions {
         kv_budget: per * 300 + 5,
         ..SessionOptions::default()

@@ -31,11 +31,16 @@ fn engine() -> Arc<Engine> {
 }
 
 fn session(n_ctx: usize, kv_type: KvType) -> Session {
+    session_kv(n_ctx, kv_type, kv_type)
+}
+
+fn session_kv(n_ctx: usize, kv_type: KvType, kv_type_v: KvType) -> Session {
     engine()
         .session(&SessionOptions {
             n_ctx: Some(n_ctx),
             n_threads: Some(2),
             kv_type,
+            kv_type_v: Some(kv_type_v),
             ..SessionOptions::default()
         })
         .unwrap()
@@ -64,14 +69,22 @@ fn file_error(e: EngineError) -> String {
 
 #[test]
 fn a_restored_session_goes_on_where_it_stopped() {
-    let mut a = session(256, KvType::F16);
+    // A transposed f16 V cache, and Q8_0 keys with Q4_0 values (rows of
+    // other sizes, values by position).
+    for (k, v) in [(KvType::F16, KvType::F16), (KvType::Q8_0, KvType::Q4_0)] {
+        restored_session_goes_on(k, v);
+    }
+}
+
+fn restored_session_goes_on(k: KvType, v: KvType) {
+    let mut a = session_kv(256, k, v);
     a.set_system("You are a helpful assistant.");
     a.chat("What is the capital of France?", &greedy(8), |_| {})
         .unwrap();
     let path = scratch("chat.session");
     a.save(&path).unwrap();
 
-    let mut b = session(256, KvType::F16);
+    let mut b = session_kv(256, k, v);
     b.restore(&path).unwrap();
     assert_eq!(b.messages(), a.messages());
     assert_eq!(b.cached_tokens(), a.cached_tokens());
@@ -127,7 +140,19 @@ fn bad_session_files_are_refused() {
     assert!(e.contains("trailing"), "{e}");
 
     let e = file_error(session(64, KvType::F32).restore(&good).unwrap_err());
-    assert!(e.contains("KV cache type"), "{e}");
+    assert!(
+        e.contains("K cache type (F16) is not this session's (F32)"),
+        "{e}"
+    );
+    let e = file_error(
+        session_kv(64, KvType::F16, KvType::Q8_0)
+            .restore(&good)
+            .unwrap_err(),
+    );
+    assert!(
+        e.contains("V cache type (F16) is not this session's (Q8_0)"),
+        "{e}"
+    );
     let e = file_error(session(4, KvType::F16).restore(&good).unwrap_err());
     assert!(e.contains("context"), "{e}");
     let e = file_error(s.restore(&scratch("missing.session")).unwrap_err());

@@ -71,8 +71,11 @@ pub struct SessionOptions {
     pub n_ctx: Option<usize>,
     /// Bytes the KV cache may take when `n_ctx` is `None`.
     pub kv_budget: usize,
-    /// The KV cache element type.
+    /// The K cache element type, and the V cache's unless `kv_type_v` is
+    /// set.
     pub kv_type: KvType,
+    /// The V cache element type when it differs from the K cache's.
+    pub kv_type_v: Option<KvType>,
     /// Most prompt tokens pushed through the model together.
     pub n_batch: usize,
     /// Threads for the forward pass; `None`: all cores.
@@ -90,6 +93,7 @@ impl Default for SessionOptions {
             n_ctx: None,
             kv_budget: DEFAULT_KV_BUDGET,
             kv_type: KvType::default(),
+            kv_type_v: None,
             n_batch: 512,
             n_threads: None,
             batched: false,
@@ -260,11 +264,13 @@ impl Engine {
             .render(messages, add_generation_prompt)?)
     }
 
-    /// Bytes of KV cache one position takes with `kv_type`.
-    pub fn kv_bytes_per_position(&self, kv_type: KvType) -> usize {
+    /// Bytes of KV cache one position takes with the K and V cache types
+    /// of `opts`.
+    pub fn kv_bytes_per_position(&self, opts: &SessionOptions) -> usize {
         let c = self.model.config();
-        let row = kv_type.ggml_type().row_size(c.head_dim).unwrap_or(0);
-        2 * c.n_layer * c.n_head_kv * row
+        let row = |t: KvType| t.ggml_type().row_size(c.head_dim).unwrap_or(0);
+        let v = opts.kv_type_v.unwrap_or(opts.kv_type);
+        c.n_layer * c.n_head_kv * (row(opts.kv_type) + row(v))
     }
 
     /// The context length a session opened with `opts` gets: `opts.n_ctx`,
@@ -273,7 +279,7 @@ impl Engine {
         if let Some(n) = opts.n_ctx {
             return Ok(n);
         }
-        let per_position = self.kv_bytes_per_position(opts.kv_type).max(1);
+        let per_position = self.kv_bytes_per_position(opts).max(1);
         let r = self.model.residency();
         let kv_budget = match r.budget {
             // The KV cache shares the model's reserve with the buffers.

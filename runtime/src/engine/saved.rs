@@ -6,9 +6,9 @@
 //!
 //! | field | |
 //! |---|---|
-//! | magic `SPNLSESS`, version `u32` (1) | |
+//! | magic `SPNLSESS`, version `u32` (2) | |
 //! | model fingerprint `u64` | FNV-1a of the GGUF file's header (metadata and tensor index) and its length |
-//! | KV type `u32` (ggml id), positions `n` `u64` | |
+//! | K and V cache types `u32`, `u32` (ggml ids), positions `n` `u64` | |
 //! | `n` token ids `u32` | what the cache holds |
 //! | messages: length `u64`, JSON `[{"role", "content"}]` | the conversation |
 //! | the cache's positions `0..n` | [`State::write_cache`](crate::model::State::write_cache) |
@@ -26,7 +26,7 @@ use crate::chat::Message;
 use super::{EngineError, Session};
 
 const MAGIC: &[u8; 8] = b"SPNLSESS";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// Largest conversation JSON read back (a corrupted length must not make
 /// us allocate gigabytes).
 const MAX_MESSAGES_BYTES: u64 = 1 << 30;
@@ -111,6 +111,7 @@ impl Session {
             w.write_all(&VERSION.to_le_bytes())?;
             w.write_all(&self.model_fingerprint().to_le_bytes())?;
             w.write_all(&state.kv_type().id().to_le_bytes())?;
+            w.write_all(&state.kv_type_v().id().to_le_bytes())?;
             w.write_all(&(self.core.cached.len() as u64).to_le_bytes())?;
             for t in &self.core.cached {
                 w.write_all(&t.to_le_bytes())?;
@@ -176,16 +177,20 @@ impl Session {
         if u64::from_le_bytes(u64b) != self.model_fingerprint() {
             return Err(err(path, "it was saved with another model file"));
         }
-        let kv = read_u32(&mut r)?;
-        let ours = self.core.state.kv_type();
-        if kv != ours.id() {
-            return Err(err(
-                path,
-                format!(
-                    "its KV cache type (ggml id {kv}) is not this session's ({})",
-                    ours.name()
-                ),
-            ));
+        let state = &self.core.state;
+        for (which, ours) in [("K", state.kv_type()), ("V", state.kv_type_v())] {
+            let kv = read_u32(&mut r)?;
+            if kv != ours.id() {
+                let theirs = spinel_quant::GgmlType::from_id(kv)
+                    .map_or(format!("ggml id {kv}"), |t| t.name().to_string());
+                return Err(err(
+                    path,
+                    format!(
+                        "its {which} cache type ({theirs}) is not this session's ({})",
+                        ours.name()
+                    ),
+                ));
+            }
         }
         r.read_exact(&mut u64b).map_err(short)?;
         let n = u64::from_le_bytes(u64b);

@@ -159,6 +159,7 @@ impl Session {
         let state = engine.model().new_state_with(&StateOptions {
             n_ctx: Some(n_ctx),
             kv_type: opts.kv_type,
+            kv_type_v: opts.kv_type_v,
             n_batch: opts.n_batch,
             n_threads: opts.n_threads,
         })?;

@@ -11,8 +11,9 @@
 //! the chunk of `Vᵀ` as the "weights" and the probabilities converted the
 //! same way. The cache stores `Vᵀ` (`(head_dim, n_ctx)` per layer and head)
 //! when its type has one element per block (f32, f16), so a chunk is
-//! `head_dim` row slices; a blocked type (Q8_0) stores values by position
-//! and is transposed per chunk through f32.
+//! `head_dim` row slices; a blocked type (Q8_0, Q4_0) stores values by position
+//! and is transposed per chunk through f32. Keys and values may be of
+//! different types (llama.cpp's `-ctk`/`-ctv`).
 //!
 //! A batch (prompt) puts all query heads of a KV head into one item, so each
 //! chunk of keys and values is read and converted once for all of them and
@@ -141,7 +142,7 @@ impl Attention<'_> {
         let scale = 1.0 / (hd as f32).sqrt();
 
         // The queries, in the type the keys are dotted with.
-        let qt = kv.ty.vec_dot_type();
+        let qt = kv.k_ty.vec_dot_type();
         let q_rb = qt.row_size(hd).expect("head of whole blocks");
         let to_q = k.of(qt).from_float;
         for r in 0..m {
@@ -162,9 +163,9 @@ impl Attention<'_> {
             let nk = c1 - c0;
             // Scores of the chunk: (m, nk).
             let keys =
-                &kv.k.bytes()[kv.offset(self.layer, kvh, c0)..kv.offset(self.layer, kvh, c1)];
+                &kv.k.bytes()[kv.k_offset(self.layer, kvh, c0)..kv.k_offset(self.layer, kvh, c1)];
             let sc = &mut s.scores[..m * nk];
-            k.gemm(kv.ty, hd, keys, &s.q[..m * q_rb], sc, nk);
+            k.gemm(kv.k_ty, hd, keys, &s.q[..m * q_rb], sc, nk);
 
             // Online softmax: probabilities relative to the running max.
             let mut any = false;
@@ -217,8 +218,8 @@ impl Attention<'_> {
         let hd = self.head_dim;
         let nk = c1 - c0;
         // Vᵀ of the chunk, (hd, nk), in `vt_ty`.
-        let vt_ty = if kv.ty.block_size() == 1 {
-            kv.ty
+        let vt_ty = if kv.v_transposed() {
+            kv.v_ty
         } else {
             GgmlType::F32
         };
@@ -253,10 +254,10 @@ impl Attention<'_> {
                         .copy_from_slice(&kv.v.bytes()[src..src + nk * es]);
                 }
             } else {
-                let rows =
-                    &kv.v.bytes()[kv.offset(self.layer, kvh, c0)..kv.offset(self.layer, kvh, c1)];
+                let rows = &kv.v.bytes()
+                    [kv.v_offset(self.layer, kvh, c0)..kv.v_offset(self.layer, kvh, c1)];
                 let vf = &mut s.vf[..nk * hd];
-                (k.of(kv.ty).to_float)(rows, vf);
+                (k.of(kv.v_ty).to_float)(rows, vf);
                 let vt: &mut [f32] = bytemuck::cast_slice_mut(vt);
                 for (j, row) in vf.chunks_exact(hd).enumerate() {
                     for (d, &v) in row.iter().enumerate() {

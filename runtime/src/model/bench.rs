@@ -103,6 +103,7 @@ impl AttentionBench {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         kv_type: KvType,
+        kv_type_v: KvType,
         n_head: usize,
         n_head_kv: usize,
         head_dim: usize,
@@ -111,25 +112,28 @@ impl AttentionBench {
         threads: usize,
     ) -> Option<Self> {
         let n_ctx = pos0 + n;
-        let mut kv = KvCache::new(kv_type.ggml_type(), 1, n_head_kv, head_dim, n_ctx).ok()?;
-        let from_float = Kernels::get().of(kv.ty).from_float;
-        let (rb, es) = (kv.row_bytes, kv.ty.type_size());
-        let mut conv = vec![0u8; rb];
+        let (k_ty, v_ty) = (kv_type.ggml_type(), kv_type_v.ggml_type());
+        let mut kv = KvCache::new(k_ty, v_ty, 1, n_head_kv, head_dim, n_ctx).ok()?;
+        let k_from_float = Kernels::get().of(k_ty).from_float;
+        let v_from_float = Kernels::get().of(v_ty).from_float;
+        let (k_rb, v_rb, es) = (kv.index.k_row_bytes, kv.index.v_row_bytes, v_ty.type_size());
+        let mut conv = vec![0u8; v_rb];
         for h in 0..n_head_kv {
             for p in 0..n_ctx {
-                let off = kv.offset(0, h, p);
-                from_float(
+                let off = kv.k_offset(0, h, p);
+                k_from_float(
                     &data(head_dim, (h * n_ctx + p) as u64),
-                    &mut kv.k.bytes_mut()[off..off + rb],
+                    &mut kv.k.bytes_mut()[off..off + k_rb],
                 );
-                from_float(&data(head_dim, (h * n_ctx + p) as u64 | 1 << 32), &mut conv);
+                v_from_float(&data(head_dim, (h * n_ctx + p) as u64 | 1 << 32), &mut conv);
                 if kv.v_transposed() {
                     for (d, e) in conv.chunks_exact(es).enumerate() {
                         let o = kv.vt_offset(0, h, d, p);
                         kv.v.bytes_mut()[o..o + es].copy_from_slice(e);
                     }
                 } else {
-                    kv.v.bytes_mut()[off..off + rb].copy_from_slice(&conv);
+                    let off = kv.v_offset(0, h, p);
+                    kv.v.bytes_mut()[off..off + v_rb].copy_from_slice(&conv);
                 }
             }
         }
@@ -222,4 +226,81 @@ pub fn swiglu(out: &mut [f32], g: &[f32], u: &[f32]) {
 pub fn softmax_row(x: &mut [f32]) -> f32 {
     let m = ops::max(x);
     ops::exp_scaled_sum(x, 0.125, m * 0.125)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attention over every K/V cache type combination against an f64
+    /// reference on the exact inputs: the batched path (40 queries) and the
+    /// single-query path, over more than one chunk of keys. The error is
+    /// what the cache types' rounding allows and no more.
+    #[test]
+    fn attention_over_each_cache_type_is_as_exact_as_the_type() {
+        let (n_head, n_head_kv, hd) = (6, 2, 64);
+        let group = n_head / n_head_kv;
+        // Relative error bound (‖out − ref‖ / ‖ref‖) per type; the worse of
+        // K and V decides.
+        let bound = |t: KvType| match t {
+            KvType::F32 => 1e-5,
+            KvType::F16 => 1e-3,
+            KvType::Q8_0 => 1.5e-2,
+            KvType::Q4_0 => 0.15,
+        };
+        for (pos0, n) in [(300, 40), (290, 1)] {
+            let n_ctx = pos0 + n;
+            let key = |h: usize, p: usize| data(hd, (h * n_ctx + p) as u64);
+            let value = |h: usize, p: usize| data(hd, (h * n_ctx + p) as u64 | 1 << 32);
+            for k in KvType::ALL {
+                for v in KvType::ALL {
+                    let mut b =
+                        AttentionBench::new(k, v, n_head, n_head_kv, hd, pos0, n, 2).unwrap();
+                    // Sharper attention than uniform inputs give.
+                    b.q.iter_mut().for_each(|x| *x *= 12.0);
+                    b.run();
+                    let (mut err, mut norm) = (0f64, 0f64);
+                    for t in 0..n {
+                        for h in 0..n_head {
+                            let q = &b.q[(t * n_head + h) * hd..][..hd];
+                            let visible = pos0 + t + 1;
+                            let scores: Vec<f64> = (0..visible)
+                                .map(|p| {
+                                    let kp = key(h / group, p);
+                                    let dot: f64 =
+                                        q.iter().zip(&kp).map(|(&a, &b)| a as f64 * b as f64).sum();
+                                    dot / (hd as f64).sqrt()
+                                })
+                                .collect();
+                            let m = scores.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+                            let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                            let sum: f64 = w.iter().sum();
+                            let mut want = vec![0f64; hd];
+                            for (p, &wp) in w.iter().enumerate() {
+                                for (o, &x) in want.iter_mut().zip(&value(h / group, p)) {
+                                    *o += wp / sum * x as f64;
+                                }
+                            }
+                            let got = &b.out[(t * n_head + h) * hd..][..hd];
+                            for (&g, &w) in got.iter().zip(&want) {
+                                err += (g as f64 - w).powi(2);
+                                norm += w * w;
+                            }
+                        }
+                    }
+                    let rel = (err / norm).sqrt();
+                    let max = f64::max(bound(k), bound(v));
+                    assert!(
+                        rel <= max,
+                        "K {k:?} V {v:?}, {n} queries at {pos0}: relative error {rel:.2e} > {max:.0e}"
+                    );
+                    // The lossy types are really in use.
+                    if (k, v) != (KvType::F32, KvType::F32) {
+                        assert!(rel > 1e-6, "K {k:?} V {v:?}: exact ({rel:.2e})");
+                    }
+                    eprintln!("K {k:?} V {v:?}, {n} queries: relative error {rel:.2e}");
+                }
+            }
+        }
+    }
 }

@@ -53,6 +53,14 @@ pub enum ModelError {
     },
     /// A context length or batch size that is zero or too large to allocate.
     BadStateSize { what: &'static str, value: usize },
+    /// A KV cache type whose blocks do not divide the model's head size
+    /// (Q8_0 and Q4_0 need a multiple of 32).
+    KvCacheHeadSize {
+        /// `"K"` or `"V"`.
+        which: &'static str,
+        ty: GgmlType,
+        head_dim: usize,
+    },
     /// A state created by a model of another shape.
     StateMismatch,
     /// A multi-sequence step given a number of tokens other than one per
@@ -115,6 +123,17 @@ impl fmt::Display for ModelError {
             ModelError::BadStateSize { what, value } => {
                 write!(f, "{what} of {value} is zero or too large")
             }
+            ModelError::KvCacheHeadSize {
+                which,
+                ty,
+                head_dim,
+            } => write!(
+                f,
+                "a {} {which} cache needs a head size that is a multiple of {}, and this \
+                 model's is {head_dim} (use f16 or f32)",
+                ty.name(),
+                ty.block_size()
+            ),
             ModelError::StateMismatch => {
                 write!(f, "the state was created for a model of another shape")
             }

@@ -95,7 +95,7 @@ impl Model<'_> {
         self.check_input(state, &tokens[..1])?;
         for (o, t) in others.iter().zip(&tokens[1..]) {
             self.check_input(o, std::slice::from_ref(t))?;
-            if o.kv.ty != state.kv.ty {
+            if (o.kv.k_ty, o.kv.v_ty) != (state.kv.k_ty, state.kv.v_ty) {
                 return Err(ModelError::StateMismatch);
             }
         }
@@ -342,9 +342,10 @@ impl Model<'_> {
         let c = &self.config;
         let (hd, q_dim, kv_dim, eps) = (c.head_dim, c.q_dim(), c.kv_dim(), c.rms_eps);
         let uses_rope = c.layer_uses_rope(il);
-        let from_float = Kernels::get().of(s.kv.ty).from_float;
-        let (rb, es) = (s.kv.row_bytes, s.kv.ty.type_size());
+        let k_from_float = Kernels::get().of(s.kv.k_ty).from_float;
+        let v_from_float = Kernels::get().of(s.kv.v_ty).from_float;
         let kv = s.kv.index;
+        let (k_rb, v_rb, es) = (kv.k_row_bytes, kv.v_row_bytes, s.kv.v_ty.type_size());
         let (q, k, v) = (
             SharedMut::new(&mut s.q),
             SharedMut::new(&mut s.k),
@@ -386,24 +387,25 @@ impl Model<'_> {
                 }
                 for h in 0..c.n_head_kv {
                     let (kh, vh) = (&kt[h * hd..(h + 1) * hd], &vt[h * hd..(h + 1) * hd]);
-                    let off = kv.offset(il, h, p);
+                    let off = kv.k_offset(il, h, p);
                     // SAFETY: as above.
-                    from_float(kh, unsafe { kc.slice(off..off + rb) });
+                    k_from_float(kh, unsafe { kc.slice(off..off + k_rb) });
                     if columns {
                         // Stored by `columns` below.
                     } else if kv.v_transposed {
-                        let conv = (t * c.n_head_kv + h) * rb;
+                        let conv = (t * c.n_head_kv + h) * v_rb;
                         // SAFETY: as above (row `t` of the conversion buffer).
-                        let conv = unsafe { v_conv.slice(conv..conv + rb) };
-                        from_float(vh, conv);
+                        let conv = unsafe { v_conv.slice(conv..conv + v_rb) };
+                        v_from_float(vh, conv);
                         for (d, e) in conv.chunks_exact(es).enumerate() {
                             let off = kv.vt_offset(il, h, d, p);
                             // SAFETY: as above.
                             unsafe { vc.slice(off..off + es) }.copy_from_slice(e);
                         }
                     } else {
+                        let off = kv.v_offset(il, h, p);
                         // SAFETY: as above.
-                        from_float(vh, unsafe { vc.slice(off..off + rb) });
+                        v_from_float(vh, unsafe { vc.slice(off..off + v_rb) });
                     }
                 }
             }
@@ -432,7 +434,7 @@ impl Model<'_> {
                         let off = kv.vt_offset(il, h, d, pos0 + t0);
                         // SAFETY: each task writes the rows of its own
                         // (head, dimension) pairs.
-                        from_float(&col[..t1 - t0], unsafe {
+                        v_from_float(&col[..t1 - t0], unsafe {
                             vc.slice(off..off + (t1 - t0) * es)
                         });
                         t0 = t1;

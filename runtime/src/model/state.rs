@@ -10,7 +10,7 @@ use super::matmul::Matmul;
 use super::ops::AlignedBuf;
 use super::pool::Pool;
 
-/// The element type of the KV cache.
+/// The element type of the K or V cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KvType {
     /// Exact; what reference-accuracy tests need.
@@ -18,22 +18,32 @@ pub enum KvType {
     /// Half the memory of F32 (llama.cpp's default); costs ~1e-3 in logits.
     #[default]
     F16,
-    /// Q8_0 blocks (needs a head size that is a multiple of 32).
+    /// Q8_0 blocks, 8.5 bits a value (needs a head size that is a multiple
+    /// of 32).
     Q8_0,
+    /// Q4_0 blocks, 4.5 bits a value (needs a head size that is a multiple
+    /// of 32).
+    Q4_0,
 }
 
 impl KvType {
+    /// Every type, in the order [`KvType::NAMES`] lists them.
+    pub const ALL: [KvType; 4] = [KvType::F32, KvType::F16, KvType::Q8_0, KvType::Q4_0];
+    /// The names [`from_name`](KvType::from_name) takes, for messages.
+    pub const NAMES: &'static str = "f32, f16, q8_0, q4_0";
+
     pub fn ggml_type(self) -> GgmlType {
         match self {
             KvType::F32 => GgmlType::F32,
             KvType::F16 => GgmlType::F16,
             KvType::Q8_0 => GgmlType::Q8_0,
+            KvType::Q4_0 => GgmlType::Q4_0,
         }
     }
 
-    /// Parses `f32`, `f16` or `q8_0` (any case).
+    /// Parses `f32`, `f16`, `q8_0` or `q4_0` (any case).
     pub fn from_name(name: &str) -> Option<KvType> {
-        [KvType::F32, KvType::F16, KvType::Q8_0]
+        KvType::ALL
             .into_iter()
             .find(|t| t.ggml_type().name().eq_ignore_ascii_case(name))
     }
@@ -45,12 +55,23 @@ pub struct StateOptions {
     /// Context length; `None`: the model's training context, capped at
     /// [`DEFAULT_MAX_CTX`].
     pub n_ctx: Option<usize>,
+    /// The K cache type, and the V cache type unless `kv_type_v` is set.
     pub kv_type: KvType,
+    /// The V cache type when it differs from the K cache's
+    /// (llama.cpp's `-ctk`/`-ctv`).
+    pub kv_type_v: Option<KvType>,
     /// Most prompt tokens pushed through the layers together (512 by
     /// default, like llama.cpp's micro-batch).
     pub n_batch: usize,
     /// Threads for matrix products and attention; `None`: all cores.
     pub n_threads: Option<usize>,
+}
+
+impl StateOptions {
+    /// The K and V cache types.
+    pub fn kv_types(&self) -> (KvType, KvType) {
+        (self.kv_type, self.kv_type_v.unwrap_or(self.kv_type))
+    }
 }
 
 /// The context length used when none is asked for and the model was trained
@@ -62,6 +83,7 @@ impl Default for StateOptions {
         StateOptions {
             n_ctx: None,
             kv_type: KvType::default(),
+            kv_type_v: None,
             n_batch: 512,
             n_threads: None,
         }
@@ -82,16 +104,17 @@ pub(crate) struct Layout {
 /// Keys and values of every layer for positions `0..n_ctx`, allocated once.
 #[derive(Debug)]
 pub(crate) struct KvCache {
-    pub ty: GgmlType,
+    /// The key type.
+    pub k_ty: GgmlType,
+    /// The value type.
+    pub v_ty: GgmlType,
     pub n_ctx: usize,
-    /// Bytes of one head's key (or value) at one position.
-    pub row_bytes: usize,
     pub index: KvIndex,
-    /// `(layer, kv_head, position, head_dim)` in `ty`.
+    /// `(layer, kv_head, position, head_dim)` in `k_ty`.
     pub k: AlignedBuf,
-    /// `(layer, kv_head, head_dim, position)` in `ty` (transposed, so that
-    /// attention reads `Vᵀ` rows) when `ty` has one element per block;
-    /// `(layer, kv_head, position, head_dim)` otherwise (Q8_0).
+    /// `(layer, kv_head, head_dim, position)` in `v_ty` (transposed, so
+    /// that attention reads `Vᵀ` rows) when `v_ty` has one element per
+    /// block; `(layer, kv_head, position, head_dim)` otherwise (Q8_0, Q4_0).
     pub v: AlignedBuf,
 }
 
@@ -102,63 +125,90 @@ pub(crate) struct KvIndex {
     n_ctx: usize,
     n_head_kv: usize,
     head_dim: usize,
-    row_bytes: usize,
-    elem_bytes: usize,
+    /// Bytes of one head's key at one position.
+    pub k_row_bytes: usize,
+    /// Bytes of one head's value at one position.
+    pub v_row_bytes: usize,
+    /// Bytes of one element of a transposed `v`.
+    v_elem_bytes: usize,
     /// Whether `v` holds `Vᵀ`.
     pub v_transposed: bool,
 }
 
 impl KvIndex {
-    /// Byte offset of the key row of `(layer, head, pos)` (and of the value
-    /// row where values are not transposed).
-    pub fn offset(&self, layer: usize, head: usize, pos: usize) -> usize {
-        ((layer * self.n_head_kv + head) * self.n_ctx + pos) * self.row_bytes
+    /// Byte offset of the key row of `(layer, head, pos)`.
+    pub fn k_offset(&self, layer: usize, head: usize, pos: usize) -> usize {
+        ((layer * self.n_head_kv + head) * self.n_ctx + pos) * self.k_row_bytes
+    }
+
+    /// Byte offset of the value row of `(layer, head, pos)` where values
+    /// are not transposed.
+    pub fn v_offset(&self, layer: usize, head: usize, pos: usize) -> usize {
+        ((layer * self.n_head_kv + head) * self.n_ctx + pos) * self.v_row_bytes
     }
 
     /// Byte offset of element `(layer, head, d, pos)` of a transposed `v`.
     pub fn vt_offset(&self, layer: usize, head: usize, d: usize, pos: usize) -> usize {
-        (((layer * self.n_head_kv + head) * self.head_dim + d) * self.n_ctx + pos) * self.elem_bytes
+        (((layer * self.n_head_kv + head) * self.head_dim + d) * self.n_ctx + pos)
+            * self.v_elem_bytes
     }
 }
 
 impl KvCache {
-    /// A zeroed cache of `ty` for `n_layer` layers of `n_head_kv` heads of
-    /// `head_dim`, positions `0..n_ctx`.
+    /// A zeroed cache with keys of `k_ty` and values of `v_ty` for
+    /// `n_layer` layers of `n_head_kv` heads of `head_dim`, positions
+    /// `0..n_ctx`.
     pub fn new(
-        ty: GgmlType,
+        k_ty: GgmlType,
+        v_ty: GgmlType,
         n_layer: usize,
         n_head_kv: usize,
         head_dim: usize,
         n_ctx: usize,
     ) -> Result<KvCache, ModelError> {
         let bad = |what, value| ModelError::BadStateSize { what, value };
-        let row_bytes = ty
-            .row_size(head_dim)
-            .ok_or(bad("head size for this KV cache type", head_dim))?;
-        let kv_bytes = [n_layer, n_head_kv, n_ctx, row_bytes]
-            .into_iter()
-            .try_fold(1usize, |a, b| a.checked_mul(b))
-            .filter(|&b| b <= isize::MAX as usize / 2)
-            .ok_or(bad("context length", n_ctx))?;
+        let row = |which, ty: GgmlType| {
+            ty.row_size(head_dim)
+                .filter(|_| head_dim > 0)
+                .ok_or(ModelError::KvCacheHeadSize {
+                    which,
+                    ty,
+                    head_dim,
+                })
+        };
+        let (k_row_bytes, v_row_bytes) = (row("K", k_ty)?, row("V", v_ty)?);
+        let bytes = |row_bytes: usize| {
+            [n_layer, n_head_kv, n_ctx, row_bytes]
+                .into_iter()
+                .try_fold(1usize, |a, b| a.checked_mul(b))
+                .filter(|&b| b <= isize::MAX as usize / 2)
+                .ok_or(bad("context length", n_ctx))
+        };
+        let (k_bytes, v_bytes) = (bytes(k_row_bytes)?, bytes(v_row_bytes)?);
         Ok(KvCache {
-            ty,
+            k_ty,
+            v_ty,
             n_ctx,
-            row_bytes,
             index: KvIndex {
                 n_ctx,
                 n_head_kv,
                 head_dim,
-                row_bytes,
-                elem_bytes: ty.type_size(),
-                v_transposed: ty.block_size() == 1,
+                k_row_bytes,
+                v_row_bytes,
+                v_elem_bytes: v_ty.type_size(),
+                v_transposed: v_ty.block_size() == 1,
             },
-            k: AlignedBuf::zeroed(kv_bytes),
-            v: AlignedBuf::zeroed(kv_bytes),
+            k: AlignedBuf::zeroed(k_bytes),
+            v: AlignedBuf::zeroed(v_bytes),
         })
     }
 
-    pub fn offset(&self, layer: usize, head: usize, pos: usize) -> usize {
-        self.index.offset(layer, head, pos)
+    pub fn k_offset(&self, layer: usize, head: usize, pos: usize) -> usize {
+        self.index.k_offset(layer, head, pos)
+    }
+
+    pub fn v_offset(&self, layer: usize, head: usize, pos: usize) -> usize {
+        self.index.v_offset(layer, head, pos)
     }
 
     pub fn v_transposed(&self) -> bool {
@@ -250,8 +300,10 @@ impl State {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .clamp(1, 256);
 
+        let (k_type, v_type) = opts.kv_types();
         let kv = KvCache::new(
-            opts.kv_type.ggml_type(),
+            k_type.ggml_type(),
+            v_type.ggml_type(),
             c.n_layer,
             c.n_head_kv,
             c.head_dim,
@@ -263,7 +315,7 @@ impl State {
         let state = State {
             n_past: 0,
             n_batch,
-            v_conv: AlignedBuf::zeroed(n_batch * c.n_head_kv * kv.row_bytes),
+            v_conv: AlignedBuf::zeroed(n_batch * c.n_head_kv * kv.index.v_row_bytes),
             kv,
             x: vec![0.0; n_batch * c.dim],
             xb: vec![0.0; n_batch * c.dim],
@@ -302,9 +354,14 @@ impl State {
         self.pool.n_threads()
     }
 
-    /// The KV cache element type.
+    /// The K cache element type.
     pub fn kv_type(&self) -> GgmlType {
-        self.kv.ty
+        self.kv.k_ty
+    }
+
+    /// The V cache element type.
+    pub fn kv_type_v(&self) -> GgmlType {
+        self.kv.v_ty
     }
 
     /// The logits of the last position of the last [`forward`](super::Model::forward).
@@ -330,12 +387,12 @@ impl State {
     fn cache_ranges(&self, n: usize) -> Vec<(bool, std::ops::Range<usize>)> {
         let c = &self.layout.config;
         let kv = &self.kv;
-        let es = kv.ty.type_size();
+        let es = kv.v_ty.type_size();
         let mut out = Vec::new();
         for il in 0..c.n_layer {
             for h in 0..c.n_head_kv {
-                let k = kv.offset(il, h, 0);
-                out.push((false, k..k + n * kv.row_bytes));
+                let k = kv.k_offset(il, h, 0);
+                out.push((false, k..k + n * kv.index.k_row_bytes));
             }
         }
         for il in 0..c.n_layer {
@@ -346,8 +403,8 @@ impl State {
                         out.push((true, v..v + n * es));
                     }
                 } else {
-                    let v = kv.offset(il, h, 0);
-                    out.push((true, v..v + n * kv.row_bytes));
+                    let v = kv.v_offset(il, h, 0);
+                    out.push((true, v..v + n * kv.index.v_row_bytes));
                 }
             }
         }
@@ -364,7 +421,7 @@ impl State {
     }
 
     /// Reads `n` positions written by [`write_cache`](Self::write_cache) of a
-    /// state of the same model and KV type, and continues after them. On
+    /// state of the same model and K and V types, and continues after them. On
     /// an error the state is empty.
     pub fn read_cache(&mut self, n: usize, r: &mut dyn std::io::Read) -> Result<(), ModelError> {
         self.n_past = 0;

@@ -40,7 +40,10 @@ pub struct Options {
     /// At most this many chunks (`--chunks`); `None`: all.
     pub n_chunks: Option<usize>,
     pub n_threads: Option<usize>,
+    /// The K cache type, and the V cache's unless `kv_type_v` is set.
     pub kv_type: KvType,
+    /// The V cache type when it differs from the K cache's.
+    pub kv_type_v: Option<KvType>,
 }
 
 impl Default for Options {
@@ -50,6 +53,7 @@ impl Default for Options {
             n_chunks: None,
             n_threads: None,
             kv_type: KvType::F32,
+            kv_type_v: None,
         }
     }
 }
@@ -227,6 +231,7 @@ pub fn evaluate(
     let mut state = model.new_state_with(&StateOptions {
         n_ctx: Some(n_ctx),
         kv_type: opts.kv_type,
+        kv_type_v: opts.kv_type_v,
         n_batch: n_ctx.min(512),
         n_threads: opts.n_threads,
     })?;
