@@ -4,7 +4,8 @@
 //! sessions, then one client alone for a third of that. Every answer is
 //! checked token for token against the server's own detokenization of the
 //! ids it reports (nothing lost, repeated or interleaved between streams),
-//! there are no errors, and the server's resident memory stays flat. The
+//! there are no errors, and the server's resident memory stays flat over the
+//! second half (see the script). The
 //! throughput and time-to-first-token figures are printed, not asserted
 //! (speed lives in benchmarks; this build is the test profile's).
 
