@@ -252,7 +252,7 @@ fn measure(
         Ok(start.elapsed().as_nanos() as u64)
     };
     once(&mut state)?;
-    let before = spinel_runtime::memory::ProcessMemory::now();
+    let before = crate::memory::Snapshot::now(model);
     let samples = (0..reps)
         .map(|_| once(&mut state))
         .collect::<Result<Vec<_>, _>>()?;

@@ -59,13 +59,40 @@ pub fn report_load(model: &Model<'_>, verbose: bool) {
     }
 }
 
+/// The process's counters and the expert cache's, at one moment.
+pub struct Snapshot {
+    process: ProcessMemory,
+    hits: u64,
+    misses: u64,
+}
+
+impl Snapshot {
+    pub fn now(model: &Model<'_>) -> Snapshot {
+        let r = model.residency();
+        Snapshot {
+            process: ProcessMemory::now(),
+            hits: r.expert_hits,
+            misses: r.expert_misses,
+        }
+    }
+
+    /// Expert-cache hits and misses since this snapshot.
+    fn experts_since(&self, model: &Model<'_>) -> (u64, u64, Option<f64>) {
+        let r = model.residency();
+        let (h, m) = (r.expert_hits - self.hits, r.expert_misses - self.misses);
+        (h, m, (h + m > 0).then(|| h as f64 / (h + m) as f64))
+    }
+}
+
 /// Memory stats of a run: resident memory now and at peak, and the major
-/// faults and bytes read from disk since `before`, also per token.
-pub fn stats_json(model: &Model<'_>, before: &ProcessMemory, tokens: usize) -> serde_json::Value {
+/// faults, bytes read from disk and expert-cache hits since `before`, also
+/// per token.
+pub fn stats_json(model: &Model<'_>, before: &Snapshot, tokens: usize) -> serde_json::Value {
     let now = ProcessMemory::now();
-    let (faults, read) = now.since(before);
+    let (faults, read) = now.since(&before.process);
     let per = |v: Option<u64>| v.map(|v| v as f64 / tokens.max(1) as f64);
     let r = model.residency();
+    let (hits, misses, hit_rate) = before.experts_since(model);
     json!({
         "rss_bytes": now.rss,
         "rss_file_bytes": now.rss_file,
@@ -76,16 +103,16 @@ pub fn stats_json(model: &Model<'_>, before: &ProcessMemory, tokens: usize) -> s
         "read_bytes_per_token": per(read),
         "memory_budget": r.budget,
         "streamed_layers": r.streamed_layers,
-        "expert_hits": r.expert_hits,
-        "expert_misses": r.expert_misses,
-        "expert_hit_rate": r.expert_hit_rate(),
+        "expert_hits": hits,
+        "expert_misses": misses,
+        "expert_hit_rate": hit_rate,
     })
 }
 
 /// One line of the same.
-pub fn stats_line(model: &Model<'_>, before: &ProcessMemory, tokens: usize) -> String {
+pub fn stats_line(model: &Model<'_>, before: &Snapshot, tokens: usize) -> String {
     let now = ProcessMemory::now();
-    let (faults, read) = now.since(before);
+    let (faults, read) = now.since(&before.process);
     let mib = |v: Option<u64>| v.map_or("-".into(), |v| format!("{:.0} MiB", v as f64 / 1048576.0));
     let per = |v: Option<u64>| {
         v.map_or("-".into(), |v| {
@@ -99,7 +126,7 @@ pub fn stats_line(model: &Model<'_>, before: &ProcessMemory, tokens: usize) -> S
         per(faults),
         mib(read.map(|r| r / tokens.max(1) as u64)),
     );
-    if let Some(h) = model.residency().expert_hit_rate() {
+    if let (_, _, Some(h)) = before.experts_since(model) {
         s += &format!(" | expert hits {:.1}%", h * 100.0);
     }
     s + "]"

@@ -227,7 +227,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         special: args.special,
     };
 
-    let memory_before = spinel_runtime::memory::ProcessMemory::now();
+    let memory_before = crate::memory::Snapshot::now(engine.model());
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut write_error = None;

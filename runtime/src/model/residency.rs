@@ -339,10 +339,20 @@ impl Residency {
         }
     }
 
-    /// The first streamed stage's bytes (to measure the disk's speed on).
+    /// Bytes that are streamed (to measure the disk's speed on): the
+    /// largest tensor of the first streamed stage, else the first MoE
+    /// layer's stacked expert gates.
     pub fn first_streamed(&self) -> Option<Range<usize>> {
-        let s = self.stages.iter().find(|s| !s.1)?;
-        s.0.iter().max_by_key(|r| r.len()).cloned()
+        if !self.streaming {
+            return None;
+        }
+        match self.stages.iter().find(|s| !s.1) {
+            Some(s) => s.0.iter().max_by_key(|r| r.len()).cloned(),
+            None => {
+                // All experts' gate matrices, one after another.
+                Some(self.experts.iter().flatten().next()?.gate.range())
+            }
+        }
     }
 
     /// Before stage `stage` (layer, or `n_layer` for the output) runs:
