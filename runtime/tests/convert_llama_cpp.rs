@@ -30,21 +30,6 @@ struct LlamaCpp {
     bin: PathBuf,
 }
 
-fn run_script(script: &Path) -> String {
-    let out = Command::new("bash")
-        .arg(script)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{} failed ({}); these tests need llama.cpp and its converter's Python packages:\n{}",
-        script.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn llama_cpp() -> &'static LlamaCpp {
     static L: OnceLock<LlamaCpp> = OnceLock::new();
     L.get_or_init(|| {

@@ -16,33 +16,16 @@
 //! both scripts run on first use and cache under `~/.cache/spinel-peers`.
 //! Without them the test fails, saying why.
 
+#[path = "convert/common.rs"]
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::{run_script, testdata};
+
 use serde_json::Value as Json;
 use spinel_runtime::model::{KvType, Model, StateOptions};
-
-fn testdata() -> PathBuf {
-    match std::env::var_os("SPINEL_TESTDATA") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata"),
-    }
-}
-
-fn run_script(script: &Path) -> String {
-    let out = Command::new("bash")
-        .arg(script)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{} failed ({}); this test needs llama.cpp's converter and its Python packages:\n{}",
-        script.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// Converts every `(hf_dir, out)` with llama.cpp's converter at f32.
 fn llama_cpp_convert(jobs: &[(PathBuf, PathBuf)]) {

@@ -11,9 +11,30 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{Value as Json, json};
 
-/// `../shared/testdata` (beside the repository).
+/// `$SPINEL_TESTDATA`, else `../shared/testdata` (beside the repository).
 pub fn testdata() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata")
+    match std::env::var_os("SPINEL_TESTDATA") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata"),
+    }
+}
+
+/// Runs a set-up script (llama.cpp's build, its converter's Python
+/// environment) and returns what it prints; a failure fails the test,
+/// saying what it needs.
+pub fn run_script(script: &Path) -> String {
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed ({}); this test needs llama.cpp and its converter's Python packages:\n{}",
+        script.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// The tiny HF models of the shared test data.
