@@ -7,6 +7,7 @@ use clap::Args as ClapArgs;
 use indicatif::{ProgressBar, ProgressStyle};
 use spinel_runtime::convert::{Conversion, ConvertOptions, OutType};
 use spinel_runtime::gguf::MappedGguf;
+use spinel_runtime::quantize::rotate::{RotateOptions, rotate_file};
 use spinel_runtime::quantize::{FileType, quantize_file};
 
 /// Quantize a GGUF file (or a Hugging Face checkpoint folder) with
@@ -24,6 +25,32 @@ pub struct Args {
     /// Threads (default: all cores).
     #[arg(short = 't', long)]
     threads: Option<usize>,
+    /// Rotate the weights before quantizing (SpinQuant's offline R1/R2, no
+    /// run-time cost): RMSNorm gains fused into the next linear layers,
+    /// tied embeddings untied, the residual stream rotated by a randomized
+    /// Hadamard (or random orthogonal) R1 and each layer's value heads by
+    /// R2. Exact in f32; spreads outliers so 4-bit types lose less. The
+    /// file still runs in llama.cpp. Dense llama models only.
+    #[arg(long)]
+    rotate: bool,
+    /// --rotate plus the online rotations Spinel applies at run time: R4
+    /// (an FWHT of the SwiGLU output, with down_proj pre-rotated) and R3
+    /// (an FWHT of q and k heads after RoPE, for a quantized K cache).
+    /// Recorded in the file's `spinel.rotation.*` metadata; such a file is
+    /// for Spinel only (llama.cpp would ignore the online parts).
+    #[arg(long)]
+    rotate_online: bool,
+    /// Seed of the random signs / matrices of the rotations.
+    #[arg(long, default_value_t = 0x5eed)]
+    rotation_seed: u64,
+    /// Leave up to N residual channels out of R1: those carrying a large
+    /// share of the normalized residual on every token (massive
+    /// activations, found by running the f32 model on pseudo-random
+    /// tokens); their norm gains stay in the norms. Rotating them spreads
+    /// their energy into the quantization noise of every weight. 0 rotates
+    /// every channel (plain SpinQuant).
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    rotate_keep_outliers: usize,
 }
 
 fn parse_type(s: &str) -> Result<FileType, String> {
@@ -56,11 +83,64 @@ pub fn run(args: &Args) -> Result<(), String> {
     } else {
         &args.input
     };
-    let result = quantize(args, input, threads, t0);
+    let result = if args.rotate || args.rotate_online {
+        let mut name = args.out.file_name().unwrap_or_default().to_os_string();
+        name.push(".rotated.tmp");
+        let rotated = args.out.with_file_name(name);
+        let r = rotate(args, input, &rotated, threads)
+            .and_then(|()| quantize(args, &rotated, threads, t0));
+        let _ = std::fs::remove_file(&rotated);
+        r
+    } else {
+        quantize(args, input, threads, t0)
+    };
     if let Some(p) = tmp {
         let _ = std::fs::remove_file(p);
     }
     result
+}
+
+/// Writes the rotated f32 model to `out`.
+fn rotate(args: &Args, input: &Path, out: &Path, threads: usize) -> Result<(), String> {
+    let t0 = Instant::now();
+    // SAFETY: as in `quantize`.
+    let m = unsafe { MappedGguf::open(input) }.map_err(|e| e.to_string())?;
+    let opts = RotateOptions {
+        online: args.rotate_online,
+        seed: args.rotation_seed,
+        keep_outliers: args.rotate_keep_outliers,
+    };
+    eprintln!(
+        "rotating {} (seed {}{})",
+        input.display(),
+        opts.seed,
+        if opts.online {
+            ", with online R3/R4"
+        } else {
+            ""
+        }
+    );
+    let s = rotate_file(m.file(), out, &opts, threads).map_err(|e| e.to_string())?;
+    if !s.kept.is_empty() {
+        let kept: Vec<String> = s
+            .kept
+            .iter()
+            .map(|(i, share)| format!("{i} ({:.1}%)", share * 100.0))
+            .collect();
+        eprintln!(
+            "channels left out of R1 (mean share of the normalized residual): {}",
+            kept.join(", ")
+        );
+    }
+    eprintln!(
+        "rotated: R1 {}, R2 {}{}{} in {:.1} s",
+        s.r1,
+        s.r2,
+        if s.untied { ", embeddings untied" } else { "" },
+        if opts.online { ", R3 + R4 online" } else { "" },
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn quantize(args: &Args, input: &Path, threads: usize, t0: Instant) -> Result<(), String> {

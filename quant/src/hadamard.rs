@@ -253,7 +253,7 @@ impl Hadamard {
             p,
             signs,
             signs_t,
-            scale: 1.0 / (n as f32).sqrt(),
+            scale: inv_sqrt(n),
             kernel: kernel_for(isa),
             isa,
         })
@@ -312,6 +312,20 @@ impl Hadamard {
             (self.kernel)(row, self.p, self.m, self.signs, self.scale);
         }
     }
+}
+
+/// `1/√n` in f32 without `std` (Newton's iteration in f64).
+fn inv_sqrt(n: usize) -> f32 {
+    let x = n as f64;
+    let mut s = if x > 1.0 { x / 2.0 } else { 1.0 };
+    for _ in 0..100 {
+        let next = 0.5 * (s + x / s);
+        if next == s {
+            break;
+        }
+        s = next;
+    }
+    (1.0 / s) as f32
 }
 
 fn kernel_for(isa: Isa) -> KernelFn {
@@ -648,6 +662,13 @@ mod tests {
                     assert_eq!(t[i * m + j], s[j * m + i]);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn inverse_square_roots() {
+        for n in [1usize, 2, 12, 64, 576, 1536, 14336, 1 << 20] {
+            assert_eq!(inv_sqrt(n), (1.0 / (n as f64).sqrt()) as f32, "n={n}");
         }
     }
 

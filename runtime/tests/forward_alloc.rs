@@ -58,7 +58,39 @@ fn generating_a_token_allocates_nothing() {
         "the SmolLM2 test model is missing at {}",
         path.display()
     );
-    let model = Model::load(&path).unwrap();
+    check(&path);
+    // With the online rotations too (an FWHT of the q/k heads and of the
+    // SwiGLU output on every token). In the same test: the counter counts
+    // every thread, so nothing else may run while a check measures.
+    online_rotations(&path);
+}
+
+fn online_rotations(path: &std::path::Path) {
+    use spinel_runtime::gguf::MappedGguf;
+    use spinel_runtime::quantize::rotate::{RotateOptions, rotate_file};
+    use spinel_runtime::quantize::{FileType, quantize_file};
+    let dir = std::env::temp_dir().join(format!("spinel-alloc-rot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (base, rotated) = (dir.join("base.gguf"), dir.join("rot.gguf"));
+    // SAFETY: read-only files nothing else writes.
+    let m = unsafe { MappedGguf::open(path) }.unwrap();
+    quantize_file(m.file(), &base, FileType::F32, 2, &mut |_| {}).unwrap();
+    // SAFETY: as above.
+    let m = unsafe { MappedGguf::open(&base) }.unwrap();
+    let opts = RotateOptions {
+        online: true,
+        keep_outliers: 0,
+        ..RotateOptions::default()
+    };
+    rotate_file(m.file(), &rotated, &opts, 2).unwrap();
+    let r = Model::load(&rotated).unwrap().config().rotation;
+    assert!(r.r3 && r.r4, "{r:?}");
+    check(&rotated);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn check(path: &std::path::Path) {
+    let model = Model::load(path).unwrap();
     // Every cache type (and keys and values of different types): the
     // blocked ones (Q8_0, Q4_0) convert values through scratch too.
     let kv_types = [

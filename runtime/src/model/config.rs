@@ -96,6 +96,18 @@ pub struct Config {
     /// Llama 4 weightless RMS norm of q and k after RoPE (RoPE layers only).
     pub qk_norm: bool,
     pub attn_temperature: Option<AttnTemperature>,
+    /// The online rotations of a `spinel quantize --rotate-online` file.
+    pub rotation: OnlineRotation,
+}
+
+/// Online rotations the forward pass applies (`spinel.rotation.*` keys;
+/// see `quantize::rotate`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OnlineRotation {
+    /// An FWHT of each query and key head after RoPE.
+    pub r3: bool,
+    /// An FWHT of the SwiGLU output before the down product.
+    pub r4: bool,
 }
 
 impl Config {
@@ -222,7 +234,9 @@ impl Config {
             attn_chunk_size: None,
             qk_norm: false,
             attn_temperature: None,
+            rotation: OnlineRotation::default(),
         };
+        config.rotation = online_rotation(md, n_expert, n_ff, head_dim)?;
 
         match arch {
             Arch::Llama => {
@@ -319,6 +333,46 @@ impl Config {
             _ => 1.0,
         }
     }
+}
+
+/// Reads the `spinel.rotation.*` keys; refuses a file asking for an online
+/// rotation this runtime cannot apply (or one it does not know).
+fn online_rotation(
+    md: &Metadata<'_>,
+    n_expert: usize,
+    n_ff: usize,
+    head_dim: usize,
+) -> Result<OnlineRotation> {
+    use crate::quantize::rotate::keys;
+    use spinel_quant::Hadamard;
+    if let Some(k) = md
+        .keys()
+        .find(|k| k.starts_with(keys::PREFIX) && !keys::ALL.contains(k))
+    {
+        return Err(ModelError::Unsupported {
+            what: format!("rotation key {k:?} (written by a newer Spinel?)"),
+        });
+    }
+    let r = OnlineRotation {
+        r3: opt_bool(md, keys::R3)?.unwrap_or(false),
+        r4: opt_bool(md, keys::R4)?.unwrap_or(false),
+    };
+    if r.r4 && n_expert > 0 {
+        return Err(ModelError::Unsupported {
+            what: "online rotation R4 on a mixture-of-experts model".into(),
+        });
+    }
+    if r.r4 && !Hadamard::supports(n_ff) {
+        return Err(ModelError::Unsupported {
+            what: format!("online rotation R4: no Hadamard transform of width {n_ff}"),
+        });
+    }
+    if r.r3 && !Hadamard::supports(head_dim) {
+        return Err(ModelError::Unsupported {
+            what: format!("online rotation R3: no Hadamard transform of width {head_dim}"),
+        });
+    }
+    Ok(r)
 }
 
 fn bad(key: &str, reason: String) -> ModelError {

@@ -10,7 +10,7 @@
 //! read it, SwiGLU into the gate/up product, residual adds into the
 //! product that ends each block.
 
-use spinel_quant::Kernels;
+use spinel_quant::{Hadamard, Kernels};
 
 use super::Model;
 use super::attention::Attention;
@@ -278,6 +278,9 @@ impl Model<'_> {
                     let types = [gate.w.w.ty, up.w.w.ty];
                     s.mm.prepare(&mut s.pool, &s.x, n, dim, Some(norm), &types)?;
                     s.mm.run(&mut s.pool, n, [Product::SwiGlu(gate, up, &mut s.hb)])?;
+                    if c.rotation.r4 {
+                        hadamard_rows(s, n, ff)?;
+                    }
                     s.mm.prepare(&mut s.pool, &s.hb, n, ff, None, &[down.w.w.ty])?;
                     s.mm.run(&mut s.pool, n, [Product::Add(down, &mut s.x)])?;
                 }
@@ -357,6 +360,12 @@ impl Model<'_> {
             SharedMut::new(s.kv.v.bytes_mut()),
         );
         let rope_cs = &s.rope_cs;
+        // Online R3: checked when the config was read.
+        let r3 = if c.rotation.r3 {
+            Hadamard::new(hd)
+        } else {
+            None
+        };
         // A batch's values go into a transposed cache a column at a time
         // (below); a few positions are scattered here.
         let columns = kv.v_transposed && n >= 16 && r0 == 0;
@@ -384,6 +393,10 @@ impl Model<'_> {
                 } else if c.attn_temperature.is_some() {
                     let scale = c.attn_temperature_at(il, p);
                     qt.iter_mut().for_each(|v| *v *= scale);
+                }
+                if let Some(h3) = &r3 {
+                    h3.apply_rows(qt);
+                    h3.apply_rows(kt);
                 }
                 for h in 0..c.n_head_kv {
                     let (kh, vh) = (&kt[h * hd..(h + 1) * hd], &vt[h * hd..(h + 1) * hd]);
@@ -548,4 +561,21 @@ impl Model<'_> {
         }
         Ok(())
     }
+}
+
+/// Online R4: the FWHT of each of the `n` SwiGLU output rows (`ff` wide) in
+/// `s.hb`, before the down product (whose weights were rotated to match).
+fn hadamard_rows(s: &mut State, n: usize, ff: usize) -> Result<(), ModelError> {
+    // `Config` checked that the width has a transform.
+    let Some(h) = Hadamard::new(ff) else {
+        return Err(ModelError::Unsupported {
+            what: format!("online rotation R4: no Hadamard transform of width {ff}"),
+        });
+    };
+    let hb = SharedMut::new(&mut s.hb[..n * ff]);
+    s.pool.run(n, &|_, t| {
+        // SAFETY: each task transforms its own row `t`.
+        h.apply(unsafe { hb.slice(t * ff..(t + 1) * ff) })
+    })?;
+    Ok(())
 }

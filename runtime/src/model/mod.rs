@@ -49,7 +49,7 @@ use std::path::Path;
 
 use crate::gguf::{GgufFile, MappedGguf};
 
-pub use config::{Arch, AttnTemperature, Config, MoeConfig};
+pub use config::{Arch, AttnTemperature, Config, MoeConfig, OnlineRotation};
 pub use error::ModelError;
 pub use residency::{LoadOptions, ResidencyReport};
 pub use state::{DEFAULT_MAX_CTX, KvType, State, StateOptions};

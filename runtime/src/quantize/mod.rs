@@ -8,6 +8,8 @@
 //! `llama-quantize` uses without an importance matrix); a tensor whose type
 //! does not change is copied as it is.
 
+pub mod rotate;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -453,6 +455,8 @@ pub enum QuantizeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// `--rotate` cannot rotate this model (the message says why).
+    Rotate(String),
 }
 
 impl fmt::Display for QuantizeError {
@@ -460,6 +464,7 @@ impl fmt::Display for QuantizeError {
         match self {
             QuantizeError::Gguf(e) => e.fmt(f),
             QuantizeError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            QuantizeError::Rotate(m) => write!(f, "cannot rotate: {m}"),
         }
     }
 }
