@@ -47,6 +47,7 @@ mod writer;
 
 pub use error::GgufError;
 pub use mmap::MappedGguf;
+pub(crate) use mmap::page_size;
 pub use reader::{GgufFile, Metadata, TensorInfo};
 pub use value::{Array, Scalar, Value, ValueType};
 pub use writer::GgufWriter;

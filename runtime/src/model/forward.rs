@@ -215,6 +215,7 @@ impl Model<'_> {
         for (x, &tok) in s.x.chunks_exact_mut(dim).zip(tokens) {
             embd_to_float(embd.row(tok as usize), x);
         }
+        self.gathered_embeddings(tokens);
         // RoPE angles of the batch's positions.
         let pos = |t: usize| match t {
             0 => pos0,

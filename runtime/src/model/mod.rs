@@ -228,6 +228,13 @@ impl<'a> Model<'a> {
         }
     }
 
+    /// The embedding rows of `tokens` were read (dropped when streaming).
+    fn gathered_embeddings(&self, tokens: &[u32]) {
+        if let Some(m) = self.mapped() {
+            self.residency.gathered(m, self.weights.token_embd, tokens);
+        }
+    }
+
     fn leave_stage(&self, stage: usize) {
         if let Some(m) = self.mapped() {
             self.residency.leave(m, stage);

@@ -35,7 +35,7 @@ use std::ops::Range;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::gguf::MappedGguf;
+use crate::gguf::{MappedGguf, page_size};
 use crate::memory::format_size;
 
 use super::config::Config;
@@ -367,6 +367,26 @@ impl Residency {
             for r in ranges {
                 map.prefetch(r.clone());
             }
+        }
+    }
+
+    /// The embedding rows of `tokens` were gathered: when streaming, drop
+    /// the pages they are on, so a long generation does not accumulate the
+    /// embedding matrix (unless it is the resident output matrix too).
+    pub fn gathered(&self, map: &MappedGguf, embd: Weight, tokens: &[u32]) {
+        let tied_resident = self
+            .stages
+            .last()
+            .is_some_and(|(r, keep)| *keep && r.first().is_some_and(|o| *o == embd.range()));
+        if !self.streaming || tied_resident {
+            return;
+        }
+        let page = page_size();
+        for &t in tokens {
+            let row = embd.slice_rows(t as usize, 1).range();
+            // The whole pages the row touches (its neighbours are read again
+            // if needed).
+            map.release(row.start / page * page..row.end.div_ceil(page) * page);
         }
     }
 
