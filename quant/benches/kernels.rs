@@ -14,6 +14,14 @@
 //! line printed before each group converts it to integer GOP/s (2·m·n·k per
 //! call).
 //!
+//! The `gemv` groups multiply one activation row by the weights of a
+//! SmolLM2-135M shape (k = 576: 1536 rows for the cache-resident case, and
+//! as many rows as make 96 MiB for the DRAM-bound one; the machine's limits
+//! are ~25 GB/s from DRAM and ~50 GB/s from cache on one core) through
+//! `Kernels::gemm` with m = 1 (the one-row `gemv` kernel where a table has
+//! one) beside the same rows as one `vec_dot` each. Throughput is GB/s of
+//! weight data.
+//!
 //! The `fwht` groups time the fast Walsh–Hadamard transform (`Hadamard`) of
 //! the sizes rotations use: SmolLM2's 64 (head), 576 (= 36·16, residual) and
 //! 1536 (= 12·128, SwiGLU output), Llama 3's 4096 and 14336 (= 28·512).
@@ -145,6 +153,64 @@ fn gemm(c: &mut Criterion) {
     }
 }
 
+/// `(type, k, n)`: the one-row shapes; `n = 0` means 96 MiB of rows.
+const GEMV_SHAPES: [(GgmlType, usize, usize); 12] = [
+    (GgmlType::Q4_0, 576, 1536),
+    (GgmlType::Q4_1, 576, 1536),
+    (GgmlType::Q5_0, 576, 1536),
+    (GgmlType::Q5_1, 576, 1536),
+    (GgmlType::Q8_0, 576, 1536),
+    (GgmlType::Q4K, 1536, 576),
+    (GgmlType::Q6K, 1536, 576),
+    (GgmlType::Q4_0, 576, 0),
+    (GgmlType::Q4_1, 576, 0),
+    (GgmlType::Q5_0, 576, 0),
+    (GgmlType::Q8_0, 576, 0),
+    (GgmlType::Q4K, 1536, 0),
+];
+
+fn gemv(c: &mut Criterion) {
+    let tables: Vec<&Kernels> = Kernels::all_supported().collect();
+    let scalar = tables[0];
+    for (ty, k, n) in GEMV_SHAPES {
+        let adt = ty.vec_dot_type();
+        let (wrow, arow) = (ty.row_size(k).unwrap(), adt.row_size(k).unwrap());
+        let n = if n == 0 { (96 << 20) / wrow } else { n };
+        let mut w = vec![0u8; wrow * n];
+        let proto: Vec<Vec<u8>> = (0..64)
+            .map(|r| {
+                let mut q = vec![0u8; wrow];
+                (scalar.of(ty).from_float)(&data(k, r as u64 + 7), &mut q);
+                q
+            })
+            .collect();
+        for (r, out) in w.chunks_exact_mut(wrow).enumerate() {
+            out.copy_from_slice(&proto[r % 64]);
+        }
+        let mut a = vec![0u8; arow];
+        (scalar.of(adt).from_float)(&data(k, 1000), &mut a);
+        let mut out = vec![0f32; n];
+        let mut g = c.benchmark_group(format!("gemv/{ty}/{n}x{k}"));
+        g.throughput(Throughput::Bytes(w.len() as u64));
+        // The best two ISAs (the others are slower versions of them).
+        for kern in tables.iter().rev().take(2) {
+            g.bench_function(BenchmarkId::from_parameter(kern.isa()), |b| {
+                b.iter(|| kern.gemm(ty, k, black_box(&w), black_box(&a), &mut out, n))
+            });
+            let dot = kern.of(ty).vec_dot;
+            let id = format!("{}/vec_dot-loop", kern.isa());
+            g.bench_function(BenchmarkId::from_parameter(id), |b| {
+                b.iter(|| {
+                    for (oj, wr) in out.iter_mut().zip(w.chunks_exact(wrow)) {
+                        *oj = dot(black_box(wr), black_box(&a));
+                    }
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
 fn fwht(c: &mut Criterion) {
     for n in [64usize, 576, 1536, 4096, 14336] {
         let mut x = data(n, 5);
@@ -168,6 +234,6 @@ criterion_group! {
         .warm_up_time(std::time::Duration::from_millis(300))
         .measurement_time(std::time::Duration::from_secs(1))
         .sample_size(20);
-    targets = vec_dot, quantize_activations, gemm, fwht
+    targets = vec_dot, quantize_activations, gemm, gemv, fwht
 }
 criterion_main!(benches);

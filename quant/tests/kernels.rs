@@ -404,3 +404,91 @@ proptest! {
         check_gemm(ty, k, m, n, &row);
     }
 }
+
+/// One-row products (`Kernels::gemm` with m = 1, which takes a table's
+/// one-row `gemv` kernel where it has one) against the scalar `vec_dot`
+/// within [`dot_tolerance`], for every ISA and type: row lengths with a
+/// partial last quad of blocks (1, 2, 3, 18 blocks), longer than one pass of
+/// the kernels' activation layout (4096 elements), row counts around the
+/// four rows a kernel runs side by side, and edge rows. Any split of the
+/// rows between calls (between threads, in the runtime) gives the same bits
+/// as one call over all of them.
+#[test]
+fn one_row_products_match_scalar_and_do_not_depend_on_the_split() {
+    let edge = edge_rows(3 * QK_K);
+    let gauss = &edge.iter().find(|(n, _)| *n == "gauss").unwrap().1;
+    // (k, whether the rows are the edge rows)
+    let cases = [
+        (32, false),
+        (64, false),
+        (96, false),
+        (576, false),
+        (QK_K, false),
+        (1536, false),
+        (4096 + 576, false),
+        // Edge rows as weights, and each as the activation (seed 1000 + i).
+        (3 * QK_K, true),
+    ];
+    for (k, edges) in cases {
+        let row = |seed: usize| -> Vec<f32> {
+            if edges {
+                return edge[seed % edge.len()].1.clone();
+            }
+            gauss
+                .iter()
+                .cycle()
+                .skip(seed * 37)
+                .take(k)
+                .map(|v| v * (1.0 + seed as f32 * 0.1))
+                .collect()
+        };
+        for ty in GgmlType::ALL {
+            if k % ty.block_size() != 0 {
+                continue;
+            }
+            let adt = ty.vec_dot_type();
+            let n = 11;
+            let (wrow, arow) = (ty.row_size(k).unwrap(), adt.row_size(k).unwrap());
+            let wf: Vec<Vec<f32>> = (0..n).map(row).collect();
+            let w: Vec<u8> = wf.iter().flat_map(|r| quantize(scalar(), ty, r)).collect();
+            let activations = if edges { edge.len() } else { 1 };
+            for ai in 0..activations {
+                let a = quantize(scalar(), adt, &row(1000 + ai));
+                let ad = dequantize(scalar(), adt, &a, k);
+                for kern in Kernels::all_supported() {
+                    let mut out = vec![f32::NAN; n];
+                    kern.gemm(ty, k, &w, &a, &mut out, n);
+                    for (j, &got) in out.iter().enumerate() {
+                        let wq = &w[j * wrow..(j + 1) * wrow];
+                        let want = (scalar().of(ty).vec_dot)(wq, &a);
+                        let wd = dequantize(scalar(), ty, wq, k);
+                        let tol = dot_tolerance(ty, &wd, &ad, want);
+                        assert!(
+                            got == want
+                                || (got - want).abs() <= tol
+                                || (got.is_nan() && want.is_nan())
+                                || (!want.is_finite() && !got.is_finite()),
+                            "{} {ty} one row k={k} act {ai} row {j}: {got} vs scalar {want} (tol {tol:e})",
+                            kern.isa()
+                        );
+                    }
+                    for (lo, hi) in [(0, 1), (1, 5), (3, 11), (5, 6), (2, 10), (4, 8)] {
+                        let mut part = vec![f32::NAN; hi - lo];
+                        let ws = &w[lo * wrow..hi * wrow];
+                        kern.gemm(ty, k, ws, &a[..arow], &mut part, hi - lo);
+                        let same = part
+                            .iter()
+                            .zip(&out[lo..hi])
+                            .all(|(p, o)| p.to_bits() == o.to_bits());
+                        assert!(
+                            same,
+                            "{} {ty} k={k}: rows {lo}..{hi} alone {part:?} vs in the whole {:?}",
+                            kern.isa(),
+                            &out[lo..hi]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

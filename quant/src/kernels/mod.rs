@@ -39,6 +39,14 @@ pub type VecDotFn = fn(&[u8], &[u8]) -> f32;
 /// several weight rows.
 pub type GemmFn = fn(k: usize, w: &[u8], a: &[u8], out: &mut [f32], ldo: usize);
 
+/// One activation row times `n` weight rows: `out[j] = dot(w_j, a)` for the
+/// `n = w.len() / row_size` rows of `w` (this type), `a` one row of its
+/// `vec_dot_type`, each of `k` elements. Kernels stream several weight rows
+/// per pass over `a` (laid out once per call); a row's result must not
+/// depend on which other rows share the call, so that any split of the rows
+/// (between threads) gives the same bits.
+pub type GemvFn = fn(k: usize, w: &[u8], a: &[u8], out: &mut [f32]);
+
 /// The kernels of one type.
 #[derive(Clone, Copy)]
 pub struct TypeKernels {
@@ -48,6 +56,9 @@ pub struct TypeKernels {
     /// A specialised [`GemmFn`]; `None` means [`Kernels::gemm`] loops over
     /// `vec_dot`.
     pub gemm: Option<GemmFn>,
+    /// A specialised [`GemvFn`] for one activation row; `None` means
+    /// [`Kernels::gemm`] with one row goes to `gemm` (or `vec_dot`).
+    pub gemv: Option<GemvFn>,
 }
 
 /// An instruction-set level a kernel table targets.
@@ -290,10 +301,16 @@ impl Kernels {
         self
     }
 
+    #[allow(dead_code)] // only ISAs with one-row kernels call it
+    pub(crate) const fn set_gemv(mut self, t: GgmlType, f: GemvFn) -> Kernels {
+        self.types[slot(t)].gemv = Some(f);
+        self
+    }
+
     /// `out[i * ldo + j] = dot(w_j, a_i)` for the `n` weight rows of type `t`
     /// in `w` and the `m` activation rows (of `t.vec_dot_type()`) in `a`, each
     /// of `k` elements. Uses the table's register-blocked kernel where there
-    /// is one, else one `vec_dot` per pair.
+    /// is one (its one-row kernel for `m = 1`), else one `vec_dot` per pair.
     ///
     /// # Panics
     /// If `k` is not a whole number of blocks, the slices are not whole rows,
@@ -314,6 +331,9 @@ impl Kernels {
             "gemm: output too small"
         );
         let tk = self.of(t);
+        if let (1, Some(g)) = (m, tk.gemv) {
+            return g(k, w, a, &mut out[..n]);
+        }
         if let Some(g) = tk.gemm {
             return g(k, w, a, out, ldo);
         }

@@ -12,6 +12,7 @@ macro_rules! entry {
             from_float: from_float!($b, $q),
             vec_dot: vec_dot!($b, $a, $dot),
             gemm: None,
+            gemv: None,
         }
     };
 }

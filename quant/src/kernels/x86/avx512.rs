@@ -43,6 +43,12 @@ mod prims {
 
 kernels_512!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq");
 
+/// The one-row kernels (`gemv.rs`).
+pub(super) mod gemv {
+    use super::prims;
+    gemv_512!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq", false);
+}
+
 /// The register-blocked GEMM kernels (`gemm.rs`).
 pub(super) mod gemm {
     use super::prims;

@@ -16,6 +16,11 @@
 //! (AVX2) activation rows at a time in registers. Q2_K and Q3_K use the
 //! `vec_dot` loop.
 //!
+//! The AVX-512 levels also have one-row `gemv` kernels (`gemv.rs`) for Q4_0
+//! Q4_1 Q5_0 Q5_1 Q8_0: the activation row laid out once per call in the
+//! order the weight bytes come in, four weight rows per pass, no horizontal
+//! sums but one per row; [`Kernels::gemm`] uses them for m = 1.
+//!
 //! The 256-bit kernels are written once (`v256.rs`, instantiated by
 //! `avx2.rs` and `avx_vnni.rs`) and so are the 512-bit ones (`v512.rs`, by
 //! `avx512.rs` and `avx512_vnni.rs`); each instantiation supplies its 8-bit
@@ -47,6 +52,8 @@ mod v256;
 mod v512;
 #[macro_use]
 mod gemm;
+#[macro_use]
+mod gemv;
 mod avx2;
 mod avx512;
 mod avx512_vnni;
@@ -109,6 +116,31 @@ macro_rules! gemms {
     };
 }
 
+/// Wraps a `#[target_feature]` gemv kernel (`unsafe fn(k, w, a, out)`) as a
+/// [`GemvFn`](super::GemvFn): only put into the table of an ISA that implies
+/// its features.
+macro_rules! gemv_fn {
+    ($f:path) => {{
+        fn wrapper(k: usize, w: &[u8], a: &[u8], out: &mut [f32]) {
+            // SAFETY: as for `gemm_fn!`: only in a detected ISA's table.
+            unsafe { $f(k, w, a, out) }
+        }
+        wrapper as super::GemvFn
+    }};
+}
+
+/// Sets the one-row kernels of module `$m::gemv`.
+macro_rules! gemvs {
+    ($table:expr, $m:ident) => {
+        $table
+            .set_gemv(T::Q4_0, gemv_fn!($m::gemv::gemv_q4_0))
+            .set_gemv(T::Q4_1, gemv_fn!($m::gemv::gemv_q4_1))
+            .set_gemv(T::Q5_0, gemv_fn!($m::gemv::gemv_q5_0))
+            .set_gemv(T::Q5_1, gemv_fn!($m::gemv::gemv_q5_1))
+            .set_gemv(T::Q8_0, gemv_fn!($m::gemv::gemv_q8_0))
+    };
+}
+
 /// Sets the integer dot products every x86 level specialises, taken from
 /// module `$m` (which all define the same names).
 macro_rules! int_dots {
@@ -160,20 +192,26 @@ const AVX_VNNI_TABLE: Kernels = gemms!(
     avx_vnni
 );
 
-const AVX512_TABLE: Kernels = gemms!(
-    int_dots!(
-        AVX2_TABLE
-            .derive(Isa::Avx512)
-            .set_vec_dot(T::F16, vec_dot!(unsafe f16, f16, avx512::vec_dot_f16))
-            .set_vec_dot(T::F32, vec_dot!(unsafe f32, f32, avx512::vec_dot_f32))
-            .set_vec_dot(T::BF16, vec_dot!(unsafe bf16, bf16, avx512::vec_dot_bf16)),
+const AVX512_TABLE: Kernels = gemvs!(
+    gemms!(
+        int_dots!(
+            AVX2_TABLE
+                .derive(Isa::Avx512)
+                .set_vec_dot(T::F16, vec_dot!(unsafe f16, f16, avx512::vec_dot_f16))
+                .set_vec_dot(T::F32, vec_dot!(unsafe f32, f32, avx512::vec_dot_f32))
+                .set_vec_dot(T::BF16, vec_dot!(unsafe bf16, bf16, avx512::vec_dot_bf16)),
+            avx512
+        ),
         avx512
     ),
     avx512
 );
 
-const AVX512_VNNI_TABLE: Kernels = gemms!(
-    int_dots!(AVX512_TABLE.derive(Isa::Avx512Vnni), avx512_vnni),
+const AVX512_VNNI_TABLE: Kernels = gemvs!(
+    gemms!(
+        int_dots!(AVX512_TABLE.derive(Isa::Avx512Vnni), avx512_vnni),
+        avx512_vnni
+    ),
     avx512_vnni
 );
 
