@@ -19,7 +19,8 @@ pub struct Args {
     /// The GGUF file to write.
     out: PathBuf,
     /// f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_m, q4_k_s,
-    /// q4_k_m, q5_k_m, q6_k.
+    /// q4_k_m, q5_k_m, q6_k; or w4a8 (Meta's quantized Llama 3.2 recipe:
+    /// Q4_0 for every linear layer, Q8_0 embeddings and output layer).
     #[arg(long = "type", value_parser = parse_type)]
     ty: FileType,
     /// Threads (default: all cores).

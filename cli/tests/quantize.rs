@@ -6,7 +6,10 @@
 //!   tensor gets the same type and the files the same size; for q4_0 and
 //!   q8_0 every tensor's bytes are equal (and so are the whole files:
 //!   metadata and tensor order follow llama-quantize too);
-//! * our q4_k_m and q4_0 files run in Spinel (finite logits) and in
+//! * `--type w4a8` is llama-quantize's Q4_0 with `--token-embedding-type
+//!   q8_0 --output-tensor-type q8_0`, tensor for tensor, and names its
+//!   preset in `spinel.quantize.preset`;
+//! * our q4_k_m, q4_0 and w4a8 files run in Spinel (finite logits) and in
 //!   llama.cpp (`llama-simple`).
 //!
 //! Needs the model (`$SPINEL_TEST_MODEL` or the Spinel cache) and llama.cpp
@@ -171,6 +174,7 @@ fn compare(ty: &str, bytes_too: bool) {
 fn quantize_like_llama_quantize() {
     q4_0_and_q8_0_bytes_equal_llama_quantize();
     k_mixes_choose_llama_quantize_types();
+    w4a8_is_q4_0_with_8_bit_embeddings();
     outputs_run_in_spinel_and_llama_cpp();
     let _ = std::fs::remove_dir_all(work_dir());
 }
@@ -186,8 +190,77 @@ fn k_mixes_choose_llama_quantize_types() {
     }
 }
 
+/// Meta's W4A8: every matrix Q4_0 but the embeddings (and an output
+/// layer, where there is one) in Q8_0 — what llama-quantize makes of Q4_0
+/// when told those two types.
+fn w4a8_is_q4_0_with_8_bit_embeddings() {
+    let a = ours("w4a8");
+    let b = work_dir().join("llama.w4a8.gguf");
+    ok(
+        "llama-quantize q4_0 with q8_0 embeddings and output",
+        Command::new(llama_cpp_bin().join("llama-quantize"))
+            .args([
+                "--token-embedding-type",
+                "q8_0",
+                "--output-tensor-type",
+                "q8_0",
+            ])
+            .arg(base())
+            .arg(&b)
+            .args(["q4_0", "2"])
+            .output()
+            .unwrap(),
+    );
+    let (ma, mb) = (open(&a), open(&b));
+    let (fa, fb) = (ma.file(), mb.file());
+    assert_eq!(fa.tensors().len(), fb.tensors().len());
+    let (mut q4, mut q8) = (0, 0);
+    for (x, y) in fa.tensors().iter().zip(fb.tensors()) {
+        assert_eq!(x.name(), y.name());
+        assert_eq!(x.ggml_type(), y.ggml_type(), "w4a8: {}", x.name());
+        assert!(x.data() == y.data(), "w4a8: {} bytes differ", x.name());
+        match x.ggml_type().name() {
+            "Q4_0" => q4 += 1,
+            "Q8_0" => {
+                assert_eq!(
+                    x.name(),
+                    "token_embd.weight",
+                    "w4a8: only the embeddings in 8 bits"
+                );
+                q8 += 1;
+            }
+            "F32" => assert_eq!(x.dims()[1..].iter().product::<u64>(), 1, "{}", x.name()),
+            other => panic!("w4a8: {} is {other}", x.name()),
+        }
+    }
+    // SmolLM2: 7 matrices in each of 30 layers; tied embeddings.
+    assert_eq!((q4, q8), (210, 1));
+    let md = fa.metadata();
+    assert_eq!(md.get_u32("general.file_type").unwrap(), 2, "mostly Q4_0");
+    assert_eq!(md.get_str("spinel.quantize.preset").unwrap(), "w4a8");
+    // A requantization names no preset it does not apply.
+    let again = work_dir().join("w4a8.requantized.q4_0.gguf");
+    ok(
+        "spinel quantize w4a8 -> q4_0",
+        Command::new(SPINEL)
+            .arg("quantize")
+            .arg(&a)
+            .arg(&again)
+            .args(["--type", "q4_0", "-t", "2"])
+            .output()
+            .unwrap(),
+    );
+    let m = open(&again);
+    assert!(
+        m.file()
+            .metadata()
+            .get_str("spinel.quantize.preset")
+            .is_err()
+    );
+}
+
 fn outputs_run_in_spinel_and_llama_cpp() {
-    for ty in ["q4_k_m", "q4_0"] {
+    for ty in ["q4_k_m", "q4_0", "w4a8"] {
         let path = ours(ty);
         let model = Model::load(&path).unwrap();
         let mut state = model

@@ -34,11 +34,17 @@ pub enum FileType {
     Q4KM,
     Q5KM,
     Q6K,
+    /// Meta's W4A8 recipe for its quantized Llama 3.2 (QAT/SpinQuant):
+    /// every linear layer in 4-bit groups of 32 with a symmetric scale
+    /// (Q4_0 blocks, dotted with Q8_0 per-block activations at run time),
+    /// the token embeddings and the output layer in 8 bits (Q8_0). Plain
+    /// Q4_0/Q8_0 tensors: llama.cpp runs the file as it is.
+    W4A8,
 }
 
 impl FileType {
     /// Every target.
-    pub const ALL: [FileType; 14] = [
+    pub const ALL: [FileType; 15] = [
         FileType::F32,
         FileType::F16,
         FileType::BF16,
@@ -53,6 +59,7 @@ impl FileType {
         FileType::Q4KM,
         FileType::Q5KM,
         FileType::Q6K,
+        FileType::W4A8,
     ];
 
     /// The name `--type` takes (llama-quantize's, lower case).
@@ -72,6 +79,7 @@ impl FileType {
             FileType::Q4KM => "q4_k_m",
             FileType::Q5KM => "q5_k_m",
             FileType::Q6K => "q6_k",
+            FileType::W4A8 => "w4a8",
         }
     }
 
@@ -87,7 +95,9 @@ impl FileType {
         match self {
             FileType::F32 => 0,
             FileType::F16 => 1,
-            FileType::Q4_0 => 2,
+            // llama.cpp has no W4A8 file type: the file is mostly Q4_0 (the
+            // preset is named in `spinel.quantize.preset`).
+            FileType::Q4_0 | FileType::W4A8 => 2,
             FileType::Q4_1 => 3,
             FileType::Q8_0 => 7,
             FileType::Q5_0 => 8,
@@ -110,7 +120,7 @@ impl FileType {
             FileType::F16 => GgmlType::F16,
             FileType::BF16 => GgmlType::BF16,
             FileType::Q8_0 => GgmlType::Q8_0,
-            FileType::Q4_0 => GgmlType::Q4_0,
+            FileType::Q4_0 | FileType::W4A8 => GgmlType::Q4_0,
             FileType::Q4_1 => GgmlType::Q4_1,
             FileType::Q5_0 => GgmlType::Q5_0,
             FileType::Q5_1 => GgmlType::Q5_1,
@@ -234,6 +244,14 @@ impl State {
         use FileType as F;
         use GgmlType as T;
         let hp = self.hp;
+        if ftype == F::W4A8 {
+            // No mixes: 8 bits for the embeddings and the output layer,
+            // 4 for every other matrix.
+            return match cat {
+                Category::Output | Category::TokenEmbd => T::Q8_0,
+                _ => new_type,
+            };
+        }
         if cat == Category::Output || (self.has_tied_embeddings && cat == Category::TokenEmbd) {
             if nx % blck(new_type) != 0 {
                 new_type = T::Q8_0;
@@ -519,6 +537,10 @@ pub fn convert_tensor(
     out
 }
 
+/// The Spinel preset a file was quantized with, where `general.file_type`
+/// cannot say it (`w4a8`).
+pub const PRESET_KEY: &str = "spinel.quantize.preset";
+
 /// The metadata keys llama-quantize drops.
 const DROPPED_KEYS: [&str; 3] = ["split.no", "split.count", "split.tensors.count"];
 
@@ -538,12 +560,15 @@ pub fn quantize_file(
     const QV: &str = "general.quantization_version";
     const FT: &str = "general.file_type";
     for (k, v) in input.metadata().iter() {
-        if !DROPPED_KEYS.contains(&k) && k != QV && k != FT {
+        if !DROPPED_KEYS.contains(&k) && k != QV && k != FT && k != PRESET_KEY {
             w.add_kv(k, v.clone())?;
         }
     }
     w.add_kv(QV, Value::U32(2))?;
     w.add_kv(FT, Value::U32(ftype.id()))?;
+    if ftype == FileType::W4A8 {
+        w.add_kv(PRESET_KEY, Value::String(ftype.name().into()))?;
+    }
 
     let order = llama_order(input);
     let tensors: Vec<_> = order.iter().map(|&i| input.tensors()[i].clone()).collect();
