@@ -13,20 +13,7 @@ use spinel_runtime::model::{KvType, Model, StateOptions};
 
 /// `$SPINEL_TEST_MODEL`, else where scripts/fetch-model.sh puts the model.
 fn smollm2() -> PathBuf {
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let path = env("SPINEL_TEST_MODEL").unwrap_or_else(|| {
-        let cache = env("SPINEL_CACHE").unwrap_or_else(|| {
-            env("XDG_CACHE_HOME")
-                .or_else(|| env("HOME").map(|h| h.join(".cache")))
-                .expect("HOME is not set")
-                .join("spinel")
-        });
-        cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
+    let path = spinel_runtime::cache::test_model();
     assert!(
         path.is_file(),
         "the SmolLM2 test model is missing at {}: run scripts/fetch-model.sh",
