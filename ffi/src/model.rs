@@ -45,8 +45,8 @@ pub struct LoadOptions {
     #[uniffi(default = None)]
     pub threads: Option<u32>,
     /// Context length of each session in tokens; `null`: the model's
-    /// training context, capped so the KV cache takes at most a sixteenth
-    /// of `memory_budget` (and at most 1 GiB).
+    /// training context, capped so the KV cache takes at most half of what
+    /// the weights leave of `memory_budget` (and at most 1 GiB).
     #[uniffi(default = None)]
     pub context_length: Option<u32>,
     /// Bytes the model may keep in memory: weights, KV cache and buffers.

@@ -68,7 +68,8 @@ pub fn format_size(bytes: u64) -> String {
 /// The memory this process may still take: the smaller of the system's
 /// `MemAvailable` and, when the process is in a memory-limited cgroup (v2
 /// `memory.max`, or v1 `memory.limit_in_bytes`), the limit minus what the
-/// cgroup uses. `None` where this cannot be read (not Linux).
+/// cgroup uses (less its inactive page cache, which is reclaimed first).
+/// `None` where this cannot be read (not Linux).
 pub fn available_memory() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let avail = meminfo_kib(&meminfo, "MemAvailable:")? * 1024;
@@ -120,7 +121,18 @@ fn cgroup_headroom() -> Option<u64> {
         if limit >= 1 << 60 {
             continue;
         }
-        let usage = read(&dir.join(usage)).unwrap_or(0);
+        // Inactive file pages are reclaimed before anything else: count
+        // them as free (the "working set" container tools report).
+        let stat = std::fs::read_to_string(dir.join("memory.stat")).unwrap_or_default();
+        let inactive = stat
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("total_inactive_file ")
+                    .or_else(|| l.strip_prefix("inactive_file "))
+            })
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let usage = read(&dir.join(usage)).unwrap_or(0).saturating_sub(inactive);
         return Some(limit.saturating_sub(usage));
     }
     None

@@ -126,3 +126,45 @@ fn budgets_plan_residency_and_never_change_the_logits() {
         std::fs::remove_file(&path).unwrap();
     }
 }
+
+#[test]
+fn a_budget_caps_the_default_context_by_what_the_weights_leave() {
+    use spinel_runtime::engine::{Engine, SessionOptions};
+    let path = spinel_runtime::cache::test_model();
+    let free = Engine::load(&path).unwrap();
+    let opts = SessionOptions::default();
+    let per_position = free.kv_bytes_per_position(&opts) as u64;
+    let weights = free.model().residency().weights_bytes;
+    let n_ctx_train = free.model().config().n_ctx_train;
+    assert_eq!(free.context_length(&opts).unwrap(), n_ctx_train);
+
+    // All weights fit: the KV cache gets half of what they leave.
+    let budget = 2 * weights;
+    let e = Engine::load_with(
+        &path,
+        &LoadOptions {
+            memory_budget: Some(budget),
+        },
+    )
+    .unwrap();
+    assert!(!e.model().residency().streaming);
+    let free_bytes = (budget - weights).max(budget / 8);
+    assert_eq!(
+        e.context_length(&opts).unwrap() as u64,
+        (free_bytes / 2 / per_position).min(n_ctx_train as u64)
+    );
+    // Streamed: half of the reserve.
+    let budget = weights / 2;
+    let e = Engine::load_with(
+        &path,
+        &LoadOptions {
+            memory_budget: Some(budget),
+        },
+    )
+    .unwrap();
+    assert!(e.model().residency().streaming);
+    assert_eq!(
+        e.context_length(&opts).unwrap() as u64,
+        (budget / 8 / 2 / per_position).min(n_ctx_train as u64)
+    );
+}

@@ -282,8 +282,16 @@ impl Engine {
         let per_position = self.kv_bytes_per_position(opts).max(1);
         let r = self.model.residency();
         let kv_budget = match r.budget {
-            // The KV cache shares the model's reserve with the buffers.
-            Some(_) => opts.kv_budget.min((r.reserve / 2) as usize),
+            // The KV cache takes at most half of what the weights leave of
+            // the budget (when they are streamed: of the plan's reserve).
+            Some(b) => {
+                let free = match r.streaming {
+                    true => r.reserve,
+                    false => b.saturating_sub(r.weights_bytes).max(r.reserve),
+                };
+                opts.kv_budget
+                    .min(usize::try_from(free / 2).unwrap_or(usize::MAX))
+            }
             None => opts.kv_budget,
         };
         let fits = kv_budget / per_position;

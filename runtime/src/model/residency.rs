@@ -10,8 +10,9 @@
 //! plans its residency once at load:
 //!
 //! * A reserve, an eighth of the budget, is left for the KV cache and the
-//!   activation buffers ([`crate::engine::Engine`] keeps the default KV
-//!   cache within half of it).
+//!   activation buffers ([`crate::engine::Engine`] keeps a session's default
+//!   KV cache within half of what the weights leave, or of the reserve
+//!   when they are streamed).
 //! * The tensors used every token — attention, dense feed-forward, Llama 4's
 //!   router and shared expert, the output matrix — are grouped into
 //!   *stages*: one per layer, then the output. If all weights fit, nothing
