@@ -37,6 +37,12 @@ mod prims {
 
 kernels_256!("avx2,fma,f16c");
 
+/// The one-row kernels (`gemv.rs`).
+pub(super) mod gemv {
+    use super::prims;
+    gemv_256!("avx2,fma,f16c", false);
+}
+
 /// The register-blocked GEMM kernels (`gemm.rs`).
 pub(super) mod gemm {
     use super::prims;

@@ -483,3 +483,265 @@ macro_rules! gemv_512 {
         });
     };
 }
+
+/// The 256-bit one-row kernels (AVX2, AVX-VNNI): the same scheme two blocks
+/// per register. A pair's `qs` (two 16-byte loads) gives the low nibbles of
+/// both blocks in one register and the high nibbles in another; the
+/// activation pair is laid out to match (`y[0]`: elements `0..16` of both
+/// blocks, `y[1]`: `16..32`), four i32 lanes per block. Q8_0 takes one block
+/// per register (eight lanes). Weights are read through block references
+/// (a last odd block pairs with a zero block), so no load can leave the row.
+macro_rules! gemv_256 {
+    ($feat:literal, $vnni:expr) => {
+        use super::super::util::*;
+        use crate::blocks::*;
+        use core::arch::x86_64::*;
+        use core::mem::MaybeUninit;
+        use half::f16;
+        use prims::dot_u8i8;
+
+        const VNNI: bool = $vnni;
+        /// Activation blocks laid out per pass (4096 elements).
+        const CB: usize = 128;
+        /// Pairs of blocks per pass.
+        const CP: usize = CB / 2;
+        /// Rows side by side.
+        const R: usize = 4;
+        /// Software prefetch distance (bytes ahead in each row).
+        const PFD: usize = 8192;
+
+        /// Two activation blocks, laid out for one weight format family.
+        #[repr(C, align(32))]
+        #[derive(Clone, Copy)]
+        struct Pair {
+            y: [__m256i; 2],
+            off: [__m256i; 2],
+            dy: [__m256; 2],
+            /// Q8_1's `s` in each block's first lane (min formats).
+            sy: __m256,
+        }
+
+        const Z0: BlockQ8_0 = BlockQ8_0 {
+            d: f16::ZERO,
+            qs: [0; 32],
+        };
+        const Z1: BlockQ8_1 = BlockQ8_1 {
+            d: f16::ZERO,
+            s: f16::ZERO,
+            qs: [0; 32],
+        };
+
+        /// `Σ x·y` in i32 lanes through the sign trick (see `v256.rs`).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn dot_i8i8(x: __m256i, y: __m256i) -> __m256i {
+            let ax = _mm256_sign_epi8(x, x);
+            let sy = _mm256_sign_epi8(y, x);
+            dot_u8i8(_mm256_setzero_si256(), ax, sy)
+        }
+
+        /// `[a ×4 | b ×4]` of two f16.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn spread2(a: f16, b: f16) -> __m256 {
+            let w = u32::from(a.to_bits()) | u32::from(b.to_bits()) << 16;
+            let s = _mm_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3);
+            _mm256_cvtph_ps(_mm_shuffle_epi8(_mm_cvtsi32_si128(w as i32), s))
+        }
+
+        /// `[a, 0, 0, 0 | b, 0, 0, 0]` of two f16.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn firsts(a: f16, b: f16) -> __m256 {
+            _mm256_setr_ps(f16_to_f32(a), 0.0, 0.0, 0.0, f16_to_f32(b), 0.0, 0.0, 0.0)
+        }
+
+        /// Element halves of two 32-byte activation quants.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn halves(a: &[i8; 32], b: &[i8; 32]) -> [__m256i; 2] {
+            let h = |q: &[i8; 32], k: usize| -> __m128i {
+                ld128(<&[i8; 16]>::try_from(&q[16 * k..16 * k + 16]).unwrap())
+            };
+            core::array::from_fn(|k| _mm256_set_m128i(h(b, k), h(a, k)))
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn pair_off<const SH: i32>(a: &[BlockQ8_0]) -> Pair {
+            let (b0, b1) = (&a[0], a.get(1).unwrap_or(&Z0));
+            let y = halves(&b0.qs, &b1.qs);
+            let ones = _mm256_set1_epi8(1);
+            let sums = dot_u8i8(dot_u8i8(_mm256_setzero_si256(), ones, y[0]), ones, y[1]);
+            let off = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<SH>(sums));
+            let dy = spread2(b0.d, b1.d);
+            Pair { y, off: [off, off], dy: [dy, dy], sy: _mm256_setzero_ps() }
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn pair_min(a: &[BlockQ8_1]) -> Pair {
+            let (b0, b1) = (&a[0], a.get(1).unwrap_or(&Z1));
+            let y = halves(&b0.qs, &b1.qs);
+            let dy = spread2(b0.d, b1.d);
+            let z = _mm256_setzero_si256();
+            Pair { y, off: [z, z], dy: [dy, dy], sy: firsts(b0.s, b1.s) }
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn pair_q8(a: &[BlockQ8_0]) -> Pair {
+            let (b0, b1) = (&a[0], a.get(1).unwrap_or(&Z0));
+            let y = [ld256(&b0.qs), ld256(&b1.qs)];
+            let off = if VNNI {
+                let m = _mm256_set1_epi8(-128);
+                y.map(|y| _mm256_sub_epi32(_mm256_setzero_si256(), dot_u8i8(_mm256_setzero_si256(), m, y)))
+            } else {
+                [_mm256_setzero_si256(); 2]
+            };
+            let dy = [_mm256_set1_ps(f16_to_f32(b0.d)), _mm256_set1_ps(f16_to_f32(b1.d))];
+            Pair { y, off, dy, sy: _mm256_setzero_ps() }
+        }
+
+        /// Nibbles of two 16-byte `qs`: `[lo a | lo b]`, `[hi a | hi b]`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn nib2(a: &[u8; 16], b: &[u8; 16]) -> [__m256i; 2] {
+            let v = _mm256_set_m128i(ld128(b), ld128(a));
+            let m4 = _mm256_set1_epi8(0x0f);
+            [_mm256_and_si256(v, m4), _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4)]
+        }
+
+        /// The 5th bits of two Q5 blocks for `nib2`'s halves.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn fifth2(a: [u8; 4], b: [u8; 4]) -> [__m256i; 2] {
+            let (a, b) = (u32::from_le_bytes(a), u32::from_le_bytes(b));
+            let b5 = _mm256_set1_epi8(0x10);
+            [
+                _mm256_and_si256(bytes_from_bits((a & 0xffff) | b << 16), b5),
+                _mm256_and_si256(bytes_from_bits(a >> 16 | (b & 0xffff_0000)), b5),
+            ]
+        }
+
+        macro_rules! gemv_fn {
+            ($name:ident, $w:ty, $a:ty, $prep:expr, |$x0:ident, $x1:ident, $q:ident, $acc:ident| $body:expr) => {
+                /// One activation row (`$a`) times the `n` weight rows in `w`.
+                ///
+                /// # Safety
+                /// The CPU must have the features this function enables.
+                #[target_feature(enable = $feat)]
+                pub(in super::super) unsafe fn $name(k: usize, w: &[u8], a: &[u8], out: &mut [f32]) {
+                    let nb = k / 32;
+                    let rb = nb * core::mem::size_of::<$w>();
+                    assert!(k % 32 == 0 && rb > 0 && w.len() % rb == 0, "gemv: partial rows");
+                    let n = w.len() / rb;
+                    let w: &[$w] = bytemuck::cast_slice(w);
+                    let a: &[$a] = bytemuck::cast_slice(a);
+                    assert!(a.len() == nb && out.len() >= n, "gemv: sizes");
+                    #[inline]
+                    #[target_feature(enable = $feat)]
+                    fn rows<const RR: usize>(rows: [&[$w]; RR], act: &[Pair]) -> [f32; RR] {
+                        let zw = <$w as bytemuck::Zeroable>::zeroed();
+                        let mut acc = [_mm256_setzero_ps(); RR];
+                        for (pn, $q) in act.iter().enumerate() {
+                            for r in 0..RR {
+                                let row = rows[r];
+                                let $x0 = &row[2 * pn];
+                                let $x1 = row.get(2 * pn + 1).unwrap_or(&zw);
+                                _mm_prefetch::<_MM_HINT_T0>(
+                                    (($x0 as *const $w).cast::<u8>()).wrapping_add(PFD).cast(),
+                                );
+                                let $acc = acc[r];
+                                acc[r] = $body;
+                            }
+                        }
+                        acc.map(|v| hsum_ps(v))
+                    }
+                    let mut act = [const { MaybeUninit::<Pair>::uninit() }; CP];
+                    let mut c0 = 0;
+                    while c0 < nb {
+                        let cb = (nb - c0).min(CB);
+                        let np = cb.div_ceil(2);
+                        for (pn, slot) in act[..np].iter_mut().enumerate() {
+                            let s = c0 + 2 * pn;
+                            slot.write($prep(&a[s..(s + 2).min(c0 + cb)]));
+                        }
+                        // SAFETY: the first `np` were just written.
+                        let act: &[Pair] = unsafe { core::slice::from_raw_parts(act.as_ptr().cast(), np) };
+                        let row = |j: usize| &w[j * nb + c0..j * nb + c0 + cb];
+                        let first = c0 == 0;
+                        let mut put = |j: usize, s: f32| {
+                            out[j] = if first { s } else { out[j] + s };
+                        };
+                        let mut j = 0;
+                        while j + R <= n {
+                            let s = rows::<R>(core::array::from_fn(|r| row(j + r)), act);
+                            for (r, s) in s.into_iter().enumerate() {
+                                put(j + r, s);
+                            }
+                            j += R;
+                        }
+                        while j < n {
+                            let [s] = rows::<1>([row(j)], act);
+                            put(j, s);
+                            j += 1;
+                        }
+                        c0 += cb;
+                    }
+                }
+            };
+        }
+
+        gemv_fn!(gemv_q4_0, BlockQ4_0, BlockQ8_0, pair_off::<3>, |x0, x1, q, acc| {
+            let [lo, hi] = nib2(&x0.qs, &x1.qs);
+            let s = dot_u8i8(dot_u8i8(q.off[0], lo, q.y[0]), hi, q.y[1]);
+            let d = _mm256_mul_ps(spread2(x0.d, x1.d), q.dy[0]);
+            _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc)
+        });
+
+        gemv_fn!(gemv_q4_1, BlockQ4_1, BlockQ8_1, pair_min, |x0, x1, q, acc| {
+            let [lo, hi] = nib2(&x0.qs, &x1.qs);
+            let s = dot_u8i8(dot_u8i8(q.off[0], lo, q.y[0]), hi, q.y[1]);
+            let d = _mm256_mul_ps(spread2(x0.d, x1.d), q.dy[0]);
+            let acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc);
+            _mm256_fmadd_ps(spread2(x0.m, x1.m), q.sy, acc)
+        });
+
+        gemv_fn!(gemv_q5_0, BlockQ5_0, BlockQ8_0, pair_off::<4>, |x0, x1, q, acc| {
+            let [lo, hi] = nib2(&x0.qs, &x1.qs);
+            let [h0, h1] = fifth2(x0.qh, x1.qh);
+            let (lo, hi) = (_mm256_or_si256(lo, h0), _mm256_or_si256(hi, h1));
+            let s = dot_u8i8(dot_u8i8(q.off[0], lo, q.y[0]), hi, q.y[1]);
+            let d = _mm256_mul_ps(spread2(x0.d, x1.d), q.dy[0]);
+            _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc)
+        });
+
+        gemv_fn!(gemv_q5_1, BlockQ5_1, BlockQ8_1, pair_min, |x0, x1, q, acc| {
+            let [lo, hi] = nib2(&x0.qs, &x1.qs);
+            let [h0, h1] = fifth2(x0.qh, x1.qh);
+            let (lo, hi) = (_mm256_or_si256(lo, h0), _mm256_or_si256(hi, h1));
+            let s = dot_u8i8(dot_u8i8(q.off[0], lo, q.y[0]), hi, q.y[1]);
+            let d = _mm256_mul_ps(spread2(x0.d, x1.d), q.dy[0]);
+            let acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc);
+            _mm256_fmadd_ps(spread2(x0.m, x1.m), q.sy, acc)
+        });
+
+        gemv_fn!(gemv_q8_0, BlockQ8_0, BlockQ8_0, pair_q8, |x0, x1, q, acc| {
+            let (w0, w1) = (ld256(&x0.qs), ld256(&x1.qs));
+            let s = if VNNI {
+                let m = _mm256_set1_epi8(-128);
+                [
+                    dot_u8i8(q.off[0], _mm256_xor_si256(w0, m), q.y[0]),
+                    dot_u8i8(q.off[1], _mm256_xor_si256(w1, m), q.y[1]),
+                ]
+            } else {
+                [dot_i8i8(w0, q.y[0]), dot_i8i8(w1, q.y[1])]
+            };
+            let d0 = _mm256_mul_ps(_mm256_set1_ps(f16_to_f32(x0.d)), q.dy[0]);
+            let d1 = _mm256_mul_ps(_mm256_set1_ps(f16_to_f32(x1.d)), q.dy[1]);
+            let acc = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(s[0]), acc);
+            _mm256_fmadd_ps(d1, _mm256_cvtepi32_ps(s[1]), acc)
+        });
+    };
+}

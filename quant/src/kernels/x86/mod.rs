@@ -16,7 +16,7 @@
 //! (AVX2) activation rows at a time in registers. Q2_K and Q3_K use the
 //! `vec_dot` loop.
 //!
-//! The AVX-512 levels also have one-row `gemv` kernels (`gemv.rs`) for Q4_0
+//! Every level also has one-row `gemv` kernels (`gemv.rs`) for Q4_0
 //! Q4_1 Q5_0 Q5_1 Q8_0: the activation row laid out once per call in the
 //! order the weight bytes come in, four weight rows per pass, no horizontal
 //! sums but one per row; [`Kernels::gemm`] uses them for m = 1.
@@ -159,36 +159,42 @@ macro_rules! int_dots {
     };
 }
 
-const AVX2_TABLE: Kernels = gemms!(
-    int_dots!(
-        scalar::TABLE
-            .derive(Isa::Avx2)
-            .set_vec_dot(T::F16, vec_dot!(unsafe f16, f16, avx2::vec_dot_f16))
-            .set_vec_dot(T::F32, vec_dot!(unsafe f32, f32, avx2::vec_dot_f32))
-            .set_vec_dot(T::BF16, vec_dot!(unsafe bf16, bf16, avx2::vec_dot_bf16))
-            .set_from_float(T::BF16, from_float!(unsafe bf16, avx2::quantize_row_bf16))
-            .set_to_float(T::BF16, to_float!(unsafe bf16, avx2::dequantize_row_bf16))
-            .set_from_float(T::F16, from_float!(unsafe f16, avx2::quantize_row_f16))
-            .set_to_float(T::F16, to_float!(unsafe f16, avx2::dequantize_row_f16))
-            .set_from_float(
-                T::Q8_0,
-                from_float!(unsafe BlockQ8_0, avx2::quantize_row_q8_0)
-            )
-            .set_from_float(
-                T::Q8_1,
-                from_float!(unsafe BlockQ8_1, avx2::quantize_row_q8_1)
-            )
-            .set_from_float(
-                T::Q8K,
-                from_float!(unsafe BlockQ8K, avx2::quantize_row_q8_k)
-            ),
+const AVX2_TABLE: Kernels = gemvs!(
+    gemms!(
+        int_dots!(
+            scalar::TABLE
+                .derive(Isa::Avx2)
+                .set_vec_dot(T::F16, vec_dot!(unsafe f16, f16, avx2::vec_dot_f16))
+                .set_vec_dot(T::F32, vec_dot!(unsafe f32, f32, avx2::vec_dot_f32))
+                .set_vec_dot(T::BF16, vec_dot!(unsafe bf16, bf16, avx2::vec_dot_bf16))
+                .set_from_float(T::BF16, from_float!(unsafe bf16, avx2::quantize_row_bf16))
+                .set_to_float(T::BF16, to_float!(unsafe bf16, avx2::dequantize_row_bf16))
+                .set_from_float(T::F16, from_float!(unsafe f16, avx2::quantize_row_f16))
+                .set_to_float(T::F16, to_float!(unsafe f16, avx2::dequantize_row_f16))
+                .set_from_float(
+                    T::Q8_0,
+                    from_float!(unsafe BlockQ8_0, avx2::quantize_row_q8_0)
+                )
+                .set_from_float(
+                    T::Q8_1,
+                    from_float!(unsafe BlockQ8_1, avx2::quantize_row_q8_1)
+                )
+                .set_from_float(
+                    T::Q8K,
+                    from_float!(unsafe BlockQ8K, avx2::quantize_row_q8_k)
+                ),
+            avx2
+        ),
         avx2
     ),
     avx2
 );
 
-const AVX_VNNI_TABLE: Kernels = gemms!(
-    int_dots!(AVX2_TABLE.derive(Isa::AvxVnni), avx_vnni),
+const AVX_VNNI_TABLE: Kernels = gemvs!(
+    gemms!(
+        int_dots!(AVX2_TABLE.derive(Isa::AvxVnni), avx_vnni),
+        avx_vnni
+    ),
     avx_vnni
 );
 
