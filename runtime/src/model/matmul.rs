@@ -186,6 +186,16 @@ impl Matmul {
         if work < MIN_PARALLEL_WORK || pool.n_threads() == 1 {
             let (s1, s2) = scratch(0);
             for task in &tasks {
+                if n == 1 {
+                    // One row: each output is the same whatever the split
+                    // (see below), so take as many rows per call as the
+                    // scratch holds (the one-row kernels lay the input out
+                    // once per call).
+                    for j0 in (0..task.rows).step_by(TILE_FLOATS) {
+                        task.rows_range(j0..(j0 + TILE_FLOATS).min(task.rows), n, s1, s2);
+                    }
+                    continue;
+                }
                 for t in 0..task.n_tiles {
                     task.rows_range(task.tile(t), n, s1, s2);
                 }
