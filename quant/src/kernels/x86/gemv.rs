@@ -319,7 +319,10 @@ macro_rules! gemv_512 {
                         for (qn, $q) in act[..full].iter().enumerate() {
                             for r in 0..RR {
                                 let $p = w.wrapping_add(r * rb + qn * 4 * BS);
-                                _mm_prefetch::<_MM_HINT_T0>($p.wrapping_add(PFD).cast());
+                                // One prefetch per cache line of the quad.
+                                for l in (0..4 * BS).step_by(64) {
+                                    _mm_prefetch::<_MM_HINT_T0>($p.wrapping_add(PFD + l).cast());
+                                }
                                 let $valid = 4 * BS;
                                 let $acc = acc[r];
                                 // A full quad inside row `r`.
