@@ -9,9 +9,12 @@
 //! throughput and time-to-first-token figures are printed, not asserted
 //! (speed lives in benchmarks; this build is the test profile's).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
+
+mod common;
+
+use common::start;
 
 fn run_load(base: &str, pid: u32, clients: usize, secs: u64) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/load_test.py");
@@ -40,35 +43,16 @@ fn thirty_two_streaming_clients() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
     let model = spinel_runtime::cache::test_model();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_spinel"))
-        .args(["serve", "--port", "0", "--host", "127.0.0.1", "-c", "512"])
-        .args(["--parallel", "32", "-m"])
-        .arg(&model)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn spinel serve");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut base = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(i) = line.find("listening on ") {
-            base = Some(line[i + "listening on ".len()..].trim().to_string());
-            break;
-        }
-    }
-    std::thread::spawn(move || {
-        lines
-            .map_while(Result::ok)
-            .for_each(|l| eprintln!("server: {l}"))
-    });
-    let base = base.expect("the server printed its address");
-    let pid = child.id();
-    let many = std::panic::catch_unwind(|| run_load(&base, pid, 32, secs));
-    let one = std::panic::catch_unwind(|| run_load(&base, pid, 1, secs.div_ceil(3)));
-    let _ = child.kill();
-    let _ = child.wait();
-    let (many, one) = (many.unwrap(), one.unwrap());
+    let server = start(&[
+        "-c",
+        "512",
+        "--parallel",
+        "32",
+        "-m",
+        model.to_str().unwrap(),
+    ]);
+    let (base, pid) = (server.base.as_str(), server.child.id());
+    let many = run_load(base, pid, 32, secs);
+    let one = run_load(base, pid, 1, secs.div_ceil(3));
     eprintln!("32 clients: {many}1 client: {one}");
 }

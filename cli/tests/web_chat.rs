@@ -7,9 +7,12 @@
 //!
 //! A missing `chromium`, `node` or `npm` fails the test (never a skip).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
+
+mod common;
+
+use common::start;
 
 const PLAYWRIGHT_CORE: &str = "1.65.1";
 
@@ -42,51 +45,24 @@ fn chat_page_streams_and_stops_in_headless_chromium() {
     );
     let pw = playwright_core();
     let model = spinel_runtime::cache::test_model();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_spinel"))
-        .args([
-            "serve",
-            "--port",
-            "0",
-            "--host",
-            "127.0.0.1",
-            "-c",
-            "2048",
-            "-t",
-            "2",
-        ])
-        .arg("--ignore-eos")
-        .arg("-m")
-        .arg(&model)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn spinel serve");
-    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
-    let mut base = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(i) = line.find("listening on ") {
-            base = Some(line[i + "listening on ".len()..].trim().to_string());
-            break;
-        }
-    }
-    std::thread::spawn(move || {
-        lines
-            .map_while(Result::ok)
-            .for_each(|l| eprintln!("server: {l}"))
-    });
-    let base = base.expect("the server printed its address");
+    let server = start(&[
+        "-c",
+        "2048",
+        "-t",
+        "2",
+        "--ignore-eos",
+        "-m",
+        model.to_str().unwrap(),
+    ]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/web/chat_page.cjs");
     let out = Command::new("node")
         .arg(script)
-        .arg(&base)
+        .arg(&server.base)
         .arg(&pw)
         .env("CHROMIUM", &chromium)
         .output()
         .expect("node is needed for the web page test (apt-get install nodejs)");
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
