@@ -9,39 +9,16 @@
 //! first use and cache what they fetch); without them the test fails saying
 //! why.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value as Json;
+
+mod common;
+use common::{ok, script};
 
 const SPINEL: &str = env!("CARGO_BIN_EXE_spinel");
 const N_CTX: &str = "128";
 const CHUNKS: &str = "6";
-
-fn script(rel: &str) -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
-    let out = Command::new("bash")
-        .arg(&script)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{} failed:\n{}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
-fn ok(what: &str, out: Output) -> (String, String) {
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{stderr}",
-        out.status
-    );
-    (String::from_utf8(out.stdout).unwrap(), stderr)
-}
 
 fn spinel_json(args: &[&std::ffi::OsStr]) -> Json {
     let (stdout, _) = ok(
@@ -60,8 +37,7 @@ fn perplexity_like_llama_perplexity() {
     let model = spinel_runtime::cache::test_model();
     let text = script("../scripts/fetch-eval-text.sh");
     let bin = script("../../shared/peers/llama-cpp.sh");
-    let dir = std::env::temp_dir().join(format!("spinel-ppl-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("ppl-test");
     // ~1500 tokens: enough for 6 chunks of 128.
     let full = std::fs::read(&text).unwrap();
     let short = dir.join("short.txt");
@@ -119,5 +95,4 @@ fn perplexity_like_llama_perplexity() {
         same["delta_ppl"].as_f64().unwrap().abs() < 1e-3 * ppl,
         "{same}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -18,50 +18,20 @@
 //! saying why.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
+
+mod common;
+use common::{llama_cpp_bin, ok};
 
 use spinel_runtime::gguf::MappedGguf;
 use spinel_runtime::model::{KvType, Model, StateOptions};
 
 const SPINEL: &str = env!("CARGO_BIN_EXE_spinel");
 
-fn llama_cpp_bin() -> &'static Path {
-    static B: OnceLock<PathBuf> = OnceLock::new();
-    B.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers/llama-cpp.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "{} failed; these tests need llama.cpp's tools:\n{}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
-}
-
-fn ok(what: &str, out: Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{stderr}",
-        out.status
-    );
-    stderr
-}
-
 fn work_dir() -> &'static Path {
     static D: OnceLock<PathBuf> = OnceLock::new();
-    D.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("spinel-quantize-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    })
+    D.get_or_init(|| common::scratch_dir("quantize-test"))
 }
 
 /// The f32 base, made once.
@@ -70,7 +40,7 @@ fn base() -> &'static Path {
     B.get_or_init(|| {
         let model = spinel_runtime::cache::test_model();
         let out = work_dir().join("base.f32.gguf");
-        let stderr = ok(
+        let (_, stderr) = ok(
             "spinel quantize --type f32",
             Command::new(SPINEL)
                 .arg("quantize")
@@ -91,7 +61,7 @@ fn base() -> &'static Path {
 fn ours(ty: &str) -> PathBuf {
     let out = work_dir().join(format!("ours.{ty}.gguf"));
     if !out.exists() {
-        let stderr = ok(
+        let (_, stderr) = ok(
             &format!("spinel quantize --type {ty}"),
             Command::new(SPINEL)
                 .arg("quantize")
@@ -168,15 +138,14 @@ fn compare(ty: &str, bytes_too: bool) {
     }
 }
 
-/// One test (the files are big: 0.5 GB of f32 base, 15 outputs), removing
-/// its folder at the end.
+/// One test (the files are big: 0.5 GB of f32 base, 15 outputs, in a
+/// scratch folder removed when the process exits).
 #[test]
 fn quantize_like_llama_quantize() {
     q4_0_and_q8_0_bytes_equal_llama_quantize();
     k_mixes_choose_llama_quantize_types();
     w4a8_is_q4_0_with_8_bit_embeddings();
     outputs_run_in_spinel_and_llama_cpp();
-    let _ = std::fs::remove_dir_all(work_dir());
 }
 
 fn q4_0_and_q8_0_bytes_equal_llama_quantize() {
@@ -279,7 +248,7 @@ fn outputs_run_in_spinel_and_llama_cpp() {
             logits.iter().all(|x| x.is_finite()),
             "{ty}: non-finite logits"
         );
-        let stderr = ok(
+        let (_, stderr) = ok(
             &format!("spinel run ({ty})"),
             Command::new(SPINEL)
                 .arg("run")
@@ -296,7 +265,7 @@ fn outputs_run_in_spinel_and_llama_cpp() {
             .args(["-n", "4", "The capital of France is"])
             .output()
             .expect("running llama-simple");
-        let stderr = ok(&format!("llama-simple ({ty})"), run);
+        let (_, stderr) = ok(&format!("llama-simple ({ty})"), run);
         assert!(
             stderr.contains("decoded 4 tokens"),
             "{ty}: llama-simple:\n{stderr}"

@@ -16,47 +16,20 @@
 //! `quantize.rs` does.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
+
+mod common;
+use common::{llama_cpp_bin, ok};
 
 use spinel_runtime::gguf::{GgufWriter, MappedGguf, Value};
 use spinel_runtime::model::{KvType, Model, StateOptions};
 
 const SPINEL: &str = env!("CARGO_BIN_EXE_spinel");
 
-fn llama_cpp_bin() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers/llama-cpp.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{} failed; this test needs llama.cpp's tools:\n{}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
-fn ok(what: &str, out: Output) -> (String, String) {
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{stderr}",
-        out.status
-    );
-    (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
-}
-
 fn work_dir() -> &'static Path {
     static D: OnceLock<PathBuf> = OnceLock::new();
-    D.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("spinel-rotate-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    })
+    D.get_or_init(|| common::scratch_dir("rotate-test"))
 }
 
 fn quantize(input: &Path, name: &str, args: &[&str]) -> PathBuf {
