@@ -20,7 +20,7 @@ use std::process::Command;
 
 mod common;
 
-use common::{Server, start};
+use common::{Server, get, start};
 
 fn run_client(server: &Server, model_id: &str, mode: &str) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serve_openai.py");
@@ -62,6 +62,37 @@ fn openai_client_against_the_real_model() {
         "1",
     ]);
     run_client(&server, &model_id(&model), "real");
+}
+
+/// Without `-c`, `--parallel` sessions split the memory budget's KV part
+/// between them (each its own cache), instead of each taking all of it.
+#[test]
+fn parallel_sessions_share_the_kv_budget() {
+    let model = model();
+    let n_ctx = |parallel: &str| {
+        let server = start(&[
+            "-m",
+            model.to_str().unwrap(),
+            "--memory-budget",
+            "160MiB",
+            "--parallel",
+            parallel,
+            "-t",
+            "1",
+        ]);
+        let (status, body) = get(&server, "/v1/models");
+        assert!(status.contains(" 200 "), "{status}\n{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let meta = &v["data"][0]["meta"];
+        assert_eq!(meta["parallel"].to_string(), parallel, "{v}");
+        meta["n_ctx"].as_u64().unwrap_or_else(|| panic!("{v}"))
+    };
+    let one = n_ctx("1");
+    let four = n_ctx("4");
+    // 160 MiB leaves SmolLM2 (~100 MiB at Q4_1) less KV room than its
+    // 8192-token training context needs, so the budget decides.
+    assert!(one < 8192, "{one}");
+    assert!(four <= one / 4 && four + 1 >= one / 4, "{one} vs {four}");
 }
 
 #[test]

@@ -153,6 +153,17 @@ fn a_budget_caps_the_default_context_by_what_the_weights_leave() {
         e.context_length(&opts).unwrap() as u64,
         (free_bytes / 2 / per_position).min(n_ctx_train as u64)
     );
+    // Four sessions side by side (a server's slots) share it.
+    let four = SessionOptions {
+        sessions: 4,
+        ..SessionOptions::default()
+    };
+    let each = e.context_length(&four).unwrap() as u64;
+    assert_eq!(
+        each,
+        (free_bytes / 2 / 4 / per_position).min(n_ctx_train as u64)
+    );
+    assert!(4 * each * per_position <= free_bytes / 2, "{each}");
     // Streamed: half of the reserve.
     let budget = weights / 2;
     let e = Engine::load_with(

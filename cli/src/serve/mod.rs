@@ -47,7 +47,9 @@ pub struct Args {
     /// Port to listen on (0: any free port; the address is printed).
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Sessions generating at the same time; further requests wait.
+    /// Sessions generating at the same time; further requests wait. Each
+    /// has its own KV cache: of `-c` tokens, or without it of an equal
+    /// share of the memory budget's KV part.
     #[arg(long, default_value_t = 1)]
     parallel: usize,
     /// Run each session's decode steps alone, each session on its share of
@@ -133,6 +135,8 @@ pub fn run(args: &Args) -> Result<(), String> {
     }
     let mut opts = args.session.options()?;
     opts.batched = !args.no_batching;
+    // Without -c, the sessions share the KV budget: each gets its part.
+    opts.sessions = args.parallel;
     if opts.n_threads.is_none() && !opts.batched {
         // Sessions running side by side share the cores; batched ones take
         // turns, each step on all of them.

@@ -148,3 +148,17 @@ pub fn start(args: &[&str]) -> Server {
     );
     server
 }
+
+/// `GET PATH` from a test server (HTTP/1.0, so the body is neither chunked
+/// nor kept alive); returns the status line and the body.
+pub fn get(server: &Server, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let addr = server.base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the test server");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    let status = head.lines().next().unwrap_or_default().to_string();
+    (status, body.to_string())
+}

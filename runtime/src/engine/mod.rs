@@ -85,6 +85,10 @@ pub struct SessionOptions {
     /// time, and its prompts take turns with them ([`Batcher`]). For
     /// servers; a lone session gains nothing from it.
     pub batched: bool,
+    /// Sessions opened with these options that live side by side (a
+    /// server's parallel slots): when `n_ctx` is `None` each gets this
+    /// share of the KV budget, so that together they stay within it.
+    pub sessions: usize,
 }
 
 impl Default for SessionOptions {
@@ -97,6 +101,7 @@ impl Default for SessionOptions {
             n_batch: 512,
             n_threads: None,
             batched: false,
+            sessions: 1,
         }
     }
 }
@@ -274,7 +279,9 @@ impl Engine {
     }
 
     /// The context length a session opened with `opts` gets: `opts.n_ctx`,
-    /// or the model's training context capped by `opts.kv_budget`.
+    /// or the model's training context capped by its share
+    /// (1/`opts.sessions`) of the KV budget: `opts.kv_budget`, and with a
+    /// memory budget at most half of what the weights leave of it.
     pub fn context_length(&self, opts: &SessionOptions) -> Result<usize, EngineError> {
         if let Some(n) = opts.n_ctx {
             return Ok(n);
@@ -293,7 +300,7 @@ impl Engine {
                     .min(usize::try_from(free / 2).unwrap_or(usize::MAX))
             }
             None => opts.kv_budget,
-        };
+        } / opts.sessions.max(1);
         let fits = kv_budget / per_position;
         if fits == 0 {
             return Err(EngineError::KvBudget {
