@@ -39,8 +39,14 @@ pub struct Args {
     /// (an FWHT of q and k heads after RoPE, for a quantized K cache).
     /// Recorded in the file's `spinel.rotation.*` metadata; such a file is
     /// for Spinel only (llama.cpp would ignore the online parts).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "rotate_r3")]
     rotate_online: bool,
+    /// --rotate plus only R3, the FWHT of q and k heads after RoPE: no
+    /// weight changes, a quantized K cache loses much less. R3 cancels in
+    /// q·k, so the file computes the same in llama.cpp (which ignores the
+    /// key) as --rotate alone.
+    #[arg(long)]
+    rotate_r3: bool,
     /// Seed of the random signs / matrices of the rotations.
     #[arg(long, default_value_t = 0x5eed)]
     rotation_seed: u64,
@@ -84,7 +90,7 @@ pub fn run(args: &Args) -> Result<(), String> {
     } else {
         &args.input
     };
-    let result = if args.rotate || args.rotate_online {
+    let result = if args.rotate || args.rotate_online || args.rotate_r3 {
         let mut name = args.out.file_name().unwrap_or_default().to_os_string();
         name.push(".rotated.tmp");
         let rotated = args.out.with_file_name(name);
@@ -101,13 +107,30 @@ pub fn run(args: &Args) -> Result<(), String> {
     result
 }
 
+/// `prefix` and the online rotations of `opts` ("R3", "R3 + R4"), or
+/// nothing.
+fn online(opts: &RotateOptions, prefix: &str) -> String {
+    match (opts.r3, opts.r4) {
+        (false, false) => String::new(),
+        (r3, r4) => {
+            let names: Vec<&str> = [(r3, "R3"), (r4, "R4")]
+                .iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, n)| *n)
+                .collect();
+            format!("{prefix}{}", names.join(" + "))
+        }
+    }
+}
+
 /// Writes the rotated f32 model to `out`.
 fn rotate(args: &Args, input: &Path, out: &Path, threads: usize) -> Result<(), String> {
     let t0 = Instant::now();
     // SAFETY: as in `quantize`.
     let m = unsafe { MappedGguf::open(input) }.map_err(|e| e.to_string())?;
     let opts = RotateOptions {
-        online: args.rotate_online,
+        r3: args.rotate_online || args.rotate_r3,
+        r4: args.rotate_online,
         seed: args.rotation_seed,
         keep_outliers: args.rotate_keep_outliers,
     };
@@ -115,11 +138,7 @@ fn rotate(args: &Args, input: &Path, out: &Path, threads: usize) -> Result<(), S
         "rotating {} (seed {}{})",
         input.display(),
         opts.seed,
-        if opts.online {
-            ", with online R3/R4"
-        } else {
-            ""
-        }
+        online(&opts, ", with online ")
     );
     let s = rotate_file(m.file(), out, &opts, threads).map_err(|e| e.to_string())?;
     if !s.kept.is_empty() {
@@ -138,7 +157,7 @@ fn rotate(args: &Args, input: &Path, out: &Path, threads: usize) -> Result<(), S
         s.r1,
         s.r2,
         if s.untied { ", embeddings untied" } else { "" },
-        if opts.online { ", R3 + R4 online" } else { "" },
+        online(&opts, ", online "),
         t0.elapsed().as_secs_f64()
     );
     Ok(())

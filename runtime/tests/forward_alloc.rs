@@ -71,7 +71,8 @@ fn online_rotations(path: &std::path::Path) {
     // SAFETY: as above.
     let m = unsafe { MappedGguf::open(&base) }.unwrap();
     let opts = RotateOptions {
-        online: true,
+        r3: true,
+        r4: true,
         keep_outliers: 0,
         ..RotateOptions::default()
     };
