@@ -178,7 +178,8 @@ fn text_output_lists_the_largest_and_errors_are_named() {
 }
 
 /// `--kv-type` sets both cache types, `--cache-type-k`/`-ctk` and
-/// `--cache-type-v`/`-ctv` one each, and they reach the forward pass.
+/// `--cache-type-v`/`-ctv` one each, and they reach the forward pass, as
+/// does `--rotate-qk`.
 #[test]
 fn kv_cache_type_flags_choose_the_cache() {
     // Heads of 64: every cache type fits.
@@ -230,4 +231,28 @@ fn kv_cache_type_flags_choose_the_cache() {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f32::max);
     assert!(diff > 0.0 && diff < 2.5, "{diff}");
+    // --rotate-qk: auto rotates queries and keys for a quantized K cache
+    // (off differs, on is auto), and only then.
+    assert_eq!(k_only, logits(&["-ctk", "q4_0", "--rotate-qk", "on"]));
+    assert_ne!(k_only, logits(&["-ctk", "q4_0", "--rotate-qk", "off"]));
+    assert_eq!(f32_cache, logits(&["--rotate-qk", "off"]));
+    let turned = logits(&["--rotate-qk", "on"]);
+    assert_ne!(turned, f32_cache);
+    let diff = turned
+        .iter()
+        .zip(&f32_cache)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    // It cancels in q·k: f32 rounding only (an f32 model here).
+    assert!(diff < 1e-3, "{diff}");
+    let run = spinel(&[
+        "logits".as_ref(),
+        "-m".as_ref(),
+        gguf.as_os_str(),
+        "--prompt-ids".as_ref(),
+        ids.as_ref(),
+        "--rotate-qk".as_ref(),
+        "sometimes".as_ref(),
+    ]);
+    assert!(!run.status.success());
 }

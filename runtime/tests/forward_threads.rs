@@ -31,6 +31,7 @@ fn run(model: &Model<'_>, kv: (KvType, KvType), n_threads: usize, n_batch: usize
         kv_type_v: Some(kv.1),
         n_batch,
         n_threads: Some(n_threads),
+        ..StateOptions::default()
     };
     let mut state = model.new_state_with(&opts).unwrap();
     assert_eq!(state.n_threads(), n_threads);

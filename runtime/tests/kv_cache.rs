@@ -32,16 +32,26 @@ in the village, he still woke before dawn and looked out towards the point, half
 expecting to see the beam, and feeling, for a moment, that he had left a job unfinished.";
 
 /// Per-position logits of the prompt (in batches of 64) and of 16 single
-/// decoding steps that follow it, all rows of one vector.
-fn logits(model: &Model<'_>, tokens: &[u32], k: KvType, v: KvType) -> Vec<f32> {
+/// decoding steps that follow it, all rows of one vector; queries and keys
+/// rotated (R3) as `rotate` says.
+fn logits_with(
+    model: &Model<'_>,
+    tokens: &[u32],
+    k: KvType,
+    v: KvType,
+    rotate: Option<bool>,
+) -> Vec<f32> {
     let opts = StateOptions {
         n_ctx: Some(512),
         kv_type: k,
         kv_type_v: Some(v),
         n_batch: 64,
         n_threads: Some(2),
+        rotate_qk: rotate,
     };
     let mut state = model.new_state_with(&opts).unwrap();
+    let auto = k != KvType::F32 && k != KvType::F16;
+    assert_eq!(state.rotates_qk(), rotate.unwrap_or(auto), "{k:?}");
     let (prompt, steps) = tokens.split_at(tokens.len() - 16);
     let mut all = Vec::new();
     model.forward_all(&mut state, prompt, &mut all).unwrap();
@@ -49,6 +59,11 @@ fn logits(model: &Model<'_>, tokens: &[u32], k: KvType, v: KvType) -> Vec<f32> {
         all.extend_from_slice(model.forward(&mut state, &[t]).unwrap());
     }
     all
+}
+
+/// The same, unrotated: what the cache types alone do.
+fn logits(model: &Model<'_>, tokens: &[u32], k: KvType, v: KvType) -> Vec<f32> {
+    logits_with(model, tokens, k, v, Some(false))
 }
 
 fn log_softmax(row: &[f32]) -> Vec<f64> {
@@ -160,5 +175,43 @@ fn kv_cache_types_track_the_f32_cache() {
         assert!(dppl <= max_dppl, "K {k:?} V {v:?}: PPL {ppl} vs {ppl_base}");
         // Not an exact copy of the f32 run: the cache really holds `k`/`v`.
         assert!(kld > 0.0, "K {k:?} V {v:?}: identical to the f32 cache");
+    }
+}
+
+/// R3 at run time: rotating queries and keys by a Hadamard transform
+/// cancels in attention (an f32 cache gives the same logits), and a
+/// quantized K cache, which gets it by default as in llama.cpp, loses much
+/// less with it.
+#[test]
+fn rotating_queries_and_keys_helps_a_quantized_k_cache() {
+    let model = Model::load(spinel_runtime::cache::test_model()).unwrap();
+    let tok = Tokenizer::from_gguf(model.gguf()).unwrap();
+    let tokens = tok.encode(TEXT, true, false).unwrap();
+    let n_vocab = model.config().n_vocab;
+    let base = logits(&model, &tokens, KvType::F32, KvType::F32);
+
+    // Exact in f32 but for rounding, which the 8-bit activation blocks of
+    // the Q4_1 products amplify (see above: a KLD floor of ~3.5e-3).
+    let turned = logits_with(&model, &tokens, KvType::F32, KvType::F32, Some(true));
+    let (kld, top1, _, _) = compare(&base, &turned, n_vocab, &tokens);
+    println!(
+        "f32 cache rotated: KLD {kld:.2e}, top-1 {:.2}%",
+        top1 * 100.0
+    );
+    assert!(kld < 0.015 && top1 >= 0.9, "KLD {kld}, top-1 {top1}");
+
+    for (k, v) in [(KvType::Q4_0, KvType::F32), (KvType::Q4_0, KvType::Q4_0)] {
+        let plain = logits(&model, &tokens, k, v);
+        let auto = logits_with(&model, &tokens, k, v, None);
+        let (kld_plain, ..) = compare(&base, &plain, n_vocab, &tokens);
+        let (kld_auto, top1, ..) = compare(&base, &auto, n_vocab, &tokens);
+        println!(
+            "K {k:?} V {v:?}: KLD {kld_plain:.3e} unrotated, {kld_auto:.3e} rotated (top-1 {:.2}%)",
+            top1 * 100.0
+        );
+        assert!(
+            kld_auto < 0.6 * kld_plain,
+            "K {k:?} V {v:?}: rotated {kld_auto} vs {kld_plain}"
+        );
     }
 }

@@ -5,7 +5,7 @@
 //!   next turn processes only the new tokens and answers exactly as the
 //!   original session's next turn (the cache bytes are the same);
 //! * files that are not session files, truncated, corrupted, of another KV
-//!   type or longer than the context are refused with a clear error, and the
+//!   type or key rotation, or longer than the context are refused with a clear error, and the
 //!   session stays usable (empty).
 
 use std::path::PathBuf;
@@ -151,6 +151,21 @@ fn bad_session_files_are_refused() {
     );
     assert!(
         e.contains("V cache type (F16) is not this session's (Q8_0)"),
+        "{e}"
+    );
+    // Same types, keys rotated (R3): the cache holds other bytes.
+    let mut rotated = engine()
+        .session(&SessionOptions {
+            n_ctx: Some(64),
+            n_threads: Some(2),
+            kv_type: KvType::F16,
+            rotate_qk: Some(true),
+            ..SessionOptions::default()
+        })
+        .unwrap();
+    let e = file_error(rotated.restore(&good).unwrap_err());
+    assert!(
+        e.contains("its keys are not rotated, this session's are rotated (R3)"),
         "{e}"
     );
     let e = file_error(session(4, KvType::F16).restore(&good).unwrap_err());

@@ -6,15 +6,17 @@
 //!
 //! | field | |
 //! |---|---|
-//! | magic `SPNLSESS`, version `u32` (2) | |
+//! | magic `SPNLSESS`, version `u32` (3) | |
 //! | model fingerprint `u64` | FNV-1a of the GGUF file's header (metadata and tensor index) and its length |
-//! | K and V cache types `u32`, `u32` (ggml ids), positions `n` `u64` | |
+//! | K and V cache types `u32`, `u32` (ggml ids) | |
+//! | flags `u32` | bit 0: keys rotated (R3, [`State::rotates_qk`](crate::model::State::rotates_qk)) |
+//! | positions `n` `u64` | |
 //! | `n` token ids `u32` | what the cache holds |
 //! | messages: length `u64`, JSON `[{"role", "content"}]` | the conversation |
 //! | the cache's positions `0..n` | [`State::write_cache`](crate::model::State::write_cache) |
 //! | checksum `u64` | FNV-1a of everything before it |
 //!
-//! A file of another model or KV type, a truncated or corrupted one, or one
+//! A file of another model, KV type or key rotation, a truncated or corrupted one, or one
 //! with more positions than the session's context is refused with a clear
 //! error, and the session is left empty.
 
@@ -26,7 +28,7 @@ use crate::chat::Message;
 use super::{EngineError, Session};
 
 const MAGIC: &[u8; 8] = b"SPNLSESS";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 /// Largest conversation JSON read back (a corrupted length must not make
 /// us allocate gigabytes).
 const MAX_MESSAGES_BYTES: u64 = 1 << 30;
@@ -112,6 +114,7 @@ impl Session {
             w.write_all(&self.model_fingerprint().to_le_bytes())?;
             w.write_all(&state.kv_type().id().to_le_bytes())?;
             w.write_all(&state.kv_type_v().id().to_le_bytes())?;
+            w.write_all(&u32::from(state.rotates_qk()).to_le_bytes())?;
             w.write_all(&(self.core.cached.len() as u64).to_le_bytes())?;
             for t in &self.core.cached {
                 w.write_all(&t.to_le_bytes())?;
@@ -191,6 +194,21 @@ impl Session {
                     ),
                 ));
             }
+        }
+        let flags = read_u32(&mut r)?;
+        if flags > 1 {
+            return Err(err(path, format!("unknown flags {flags:#x}")));
+        }
+        let rotated = |on: bool| if on { "rotated (R3)" } else { "not rotated" };
+        if (flags == 1) != state.rotates_qk() {
+            return Err(err(
+                path,
+                format!(
+                    "its keys are {}, this session's are {}",
+                    rotated(flags == 1),
+                    rotated(state.rotates_qk())
+                ),
+            ));
         }
         r.read_exact(&mut u64b).map_err(short)?;
         let n = u64::from_le_bytes(u64b);

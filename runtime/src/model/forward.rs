@@ -361,12 +361,8 @@ impl Model<'_> {
             SharedMut::new(s.kv.v.bytes_mut()),
         );
         let rope_cs = &s.rope_cs;
-        // Online R3: checked when the config was read.
-        let r3 = if c.rotation.r3 {
-            Hadamard::new(hd)
-        } else {
-            None
-        };
+        // R3: the state checked that the head size has a transform.
+        let r3 = if s.rotate_qk { Hadamard::new(hd) } else { None };
         // A batch's values go into a transposed cache a column at a time
         // (below); a few positions are scattered here.
         let columns = kv.v_transposed && n >= 16 && r0 == 0;
