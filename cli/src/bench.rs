@@ -144,7 +144,7 @@ pub fn run(args: &Args) -> Result<(), String> {
                     n_ctx: Some(p + n),
                     kv_type,
                     kv_type_v: Some(kv_type_v),
-                    rotate_qk: args.kv.rotate_qk(),
+                    kv_rotation: args.kv.kv_rotation(),
                     n_batch: args.n_batch,
                     n_threads: Some(t),
                 };

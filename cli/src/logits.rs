@@ -40,7 +40,7 @@ pub fn run(args: &Args) -> Result<(), String> {
             n_ctx: Some(args.ctx.unwrap_or(args.prompt_ids.len())),
             kv_type,
             kv_type_v: Some(kv_type_v),
-            rotate_qk: args.kv.rotate_qk(),
+            kv_rotation: args.kv.kv_rotation(),
             n_threads: args.threads,
             ..StateOptions::default()
         })

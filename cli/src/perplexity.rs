@@ -66,7 +66,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         n_threads: args.threads,
         kv_type,
         kv_type_v: Some(kv_type_v),
-        rotate_qk: args.kv.rotate_qk(),
+        kv_rotation: args.kv.kv_rotation(),
     };
     let t0 = Instant::now();
     let mut reader = None;

@@ -87,13 +87,14 @@ pub struct KvArgs {
     /// V cache type (default: --kv-type); also -ctv.
     #[arg(long = "cache-type-v", visible_alias = "ctv", value_name = "TYPE")]
     pub cache_type_v: Option<String>,
-    /// R3: rotate queries and keys by a Hadamard transform after RoPE. It
-    /// cancels in attention, but a quantized K cache loses much less
-    /// (q4_0 on SmolLM2: KLD 0.21 → 0.06). auto: when the K cache is
-    /// quantized or the file asks for it (as llama.cpp does; its
-    /// LLAMA_ATTN_ROT_DISABLE=1 is our off).
+    /// Hadamard rotations around the KV cache, which attention does not
+    /// see but a quantized cache loses less with: queries and keys after
+    /// RoPE (R3; q4_0 keys on SmolLM2: KLD 0.135 → 0.033), values before the
+    /// cache and the attention output back. auto: q/k when the K cache is
+    /// quantized (or the file asks for R3), v when the V cache is, as
+    /// llama.cpp does (its LLAMA_ATTN_ROT_DISABLE=1 is our off).
     #[arg(long, value_name = "auto|on|off", default_value = "auto", value_parser = ["auto", "on", "off"])]
-    pub rotate_qk: String,
+    pub kv_rotation: String,
 }
 
 impl KvArgs {
@@ -111,9 +112,9 @@ impl KvArgs {
         ))
     }
 
-    /// `--rotate-qk`: `None` for auto.
-    pub fn rotate_qk(&self) -> Option<bool> {
-        match self.rotate_qk.as_str() {
+    /// `--kv-rotation`: `None` for auto.
+    pub fn kv_rotation(&self) -> Option<bool> {
+        match self.kv_rotation.as_str() {
             "on" => Some(true),
             "off" => Some(false),
             _ => None,
@@ -160,7 +161,7 @@ impl SessionArgs {
             n_ctx: self.ctx,
             kv_type,
             kv_type_v: Some(kv_type_v),
-            rotate_qk: self.kv.rotate_qk(),
+            kv_rotation: self.kv.kv_rotation(),
             n_threads: self.threads,
             ..SessionOptions::default()
         })

@@ -179,7 +179,7 @@ fn text_output_lists_the_largest_and_errors_are_named() {
 
 /// `--kv-type` sets both cache types, `--cache-type-k`/`-ctk` and
 /// `--cache-type-v`/`-ctv` one each, and they reach the forward pass, as
-/// does `--rotate-qk`.
+/// does `--kv-rotation`.
 #[test]
 fn kv_cache_type_flags_choose_the_cache() {
     // Heads of 64: every cache type fits.
@@ -231,12 +231,14 @@ fn kv_cache_type_flags_choose_the_cache() {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f32::max);
     assert!(diff > 0.0 && diff < 2.5, "{diff}");
-    // --rotate-qk: auto rotates queries and keys for a quantized K cache
-    // (off differs, on is auto), and only then.
-    assert_eq!(k_only, logits(&["-ctk", "q4_0", "--rotate-qk", "on"]));
-    assert_ne!(k_only, logits(&["-ctk", "q4_0", "--rotate-qk", "off"]));
-    assert_eq!(f32_cache, logits(&["--rotate-qk", "off"]));
-    let turned = logits(&["--rotate-qk", "on"]);
+    // --kv-rotation: auto rotates q/k for a quantized K cache and v for a
+    // quantized V cache (on: both always; off: neither).
+    assert_eq!(q4, logits(&["--kv-type", "q4_0", "--kv-rotation", "on"]));
+    assert_ne!(q4, logits(&["--kv-type", "q4_0", "--kv-rotation", "off"]));
+    assert_ne!(k_only, logits(&["-ctk", "q4_0", "--kv-rotation", "off"]));
+    assert_ne!(k_only, logits(&["-ctk", "q4_0", "--kv-rotation", "on"]));
+    assert_eq!(f32_cache, logits(&["--kv-rotation", "off"]));
+    let turned = logits(&["--kv-rotation", "on"]);
     assert_ne!(turned, f32_cache);
     let diff = turned
         .iter()
@@ -251,7 +253,7 @@ fn kv_cache_type_flags_choose_the_cache() {
         gguf.as_os_str(),
         "--prompt-ids".as_ref(),
         ids.as_ref(),
-        "--rotate-qk".as_ref(),
+        "--kv-rotation".as_ref(),
         "sometimes".as_ref(),
     ]);
     assert!(!run.status.success());

@@ -159,13 +159,13 @@ fn bad_session_files_are_refused() {
             n_ctx: Some(64),
             n_threads: Some(2),
             kv_type: KvType::F16,
-            rotate_qk: Some(true),
+            kv_rotation: Some(true),
             ..SessionOptions::default()
         })
         .unwrap();
     let e = file_error(rotated.restore(&good).unwrap_err());
     assert!(
-        e.contains("its keys are not rotated, this session's are rotated (R3)"),
+        e.contains("its keys are not rotated, this session's are rotated (KV rotation)"),
         "{e}"
     );
     let e = file_error(session(4, KvType::F16).restore(&good).unwrap_err());

@@ -76,9 +76,9 @@ pub struct SessionOptions {
     pub kv_type: KvType,
     /// The V cache element type when it differs from the K cache's.
     pub kv_type_v: Option<KvType>,
-    /// R3 at run time (see [`crate::model::StateOptions::rotate_qk`]): `None` rotates
+    /// R3 at run time (see [`crate::model::StateOptions::kv_rotation`]): `None` rotates
     /// queries and keys when the K cache is quantized.
-    pub rotate_qk: Option<bool>,
+    pub kv_rotation: Option<bool>,
     /// Most prompt tokens pushed through the model together.
     pub n_batch: usize,
     /// Threads for the forward pass; `None`: all cores.
@@ -101,7 +101,7 @@ impl Default for SessionOptions {
             kv_budget: DEFAULT_KV_BUDGET,
             kv_type: KvType::default(),
             kv_type_v: None,
-            rotate_qk: None,
+            kv_rotation: None,
             n_batch: 512,
             n_threads: None,
             batched: false,

@@ -9,7 +9,7 @@
 //! | magic `SPNLSESS`, version `u32` (3) | |
 //! | model fingerprint `u64` | FNV-1a of the GGUF file's header (metadata and tensor index) and its length |
 //! | K and V cache types `u32`, `u32` (ggml ids) | |
-//! | flags `u32` | bit 0: keys rotated (R3, [`State::rotates_qk`](crate::model::State::rotates_qk)) |
+//! | flags `u32` | bit 0: keys rotated (R3, [`State::rotates_qk`](crate::model::State::rotates_qk)); bit 1: values rotated ([`State::rotates_v`](crate::model::State::rotates_v)) |
 //! | positions `n` `u64` | |
 //! | `n` token ids `u32` | what the cache holds |
 //! | messages: length `u64`, JSON `[{"role", "content"}]` | the conversation |
@@ -28,6 +28,11 @@ use crate::chat::Message;
 use super::{EngineError, Session};
 
 const MAGIC: &[u8; 8] = b"SPNLSESS";
+
+/// The file's rotation flags of a state (bit 0 keys, bit 1 values).
+fn rotation_flags(state: &crate::model::State) -> u32 {
+    u32::from(state.rotates_qk()) | u32::from(state.rotates_v()) << 1
+}
 const VERSION: u32 = 3;
 /// Largest conversation JSON read back (a corrupted length must not make
 /// us allocate gigabytes).
@@ -114,7 +119,7 @@ impl Session {
             w.write_all(&self.model_fingerprint().to_le_bytes())?;
             w.write_all(&state.kv_type().id().to_le_bytes())?;
             w.write_all(&state.kv_type_v().id().to_le_bytes())?;
-            w.write_all(&u32::from(state.rotates_qk()).to_le_bytes())?;
+            w.write_all(&rotation_flags(state).to_le_bytes())?;
             w.write_all(&(self.core.cached.len() as u64).to_le_bytes())?;
             for t in &self.core.cached {
                 w.write_all(&t.to_le_bytes())?;
@@ -196,19 +201,25 @@ impl Session {
             }
         }
         let flags = read_u32(&mut r)?;
-        if flags > 1 {
+        if flags > 3 {
             return Err(err(path, format!("unknown flags {flags:#x}")));
         }
-        let rotated = |on: bool| if on { "rotated (R3)" } else { "not rotated" };
-        if (flags == 1) != state.rotates_qk() {
-            return Err(err(
-                path,
-                format!(
-                    "its keys are {}, this session's are {}",
-                    rotated(flags == 1),
-                    rotated(state.rotates_qk())
-                ),
-            ));
+        let ours = rotation_flags(state);
+        for (bit, which) in [(1, "keys"), (2, "values")] {
+            let rotated = |f: u32| match f & bit {
+                0 => "not rotated",
+                _ => "rotated",
+            };
+            if flags & bit != ours & bit {
+                return Err(err(
+                    path,
+                    format!(
+                        "its {which} are {}, this session's are {} (KV rotation)",
+                        rotated(flags),
+                        rotated(ours)
+                    ),
+                ));
+            }
         }
         r.read_exact(&mut u64b).map_err(short)?;
         let n = u64::from_le_bytes(u64b);

@@ -162,7 +162,7 @@ impl Session {
             kv_type_v: opts.kv_type_v,
             n_batch: opts.n_batch,
             n_threads: opts.n_threads,
-            rotate_qk: opts.rotate_qk,
+            kv_rotation: opts.kv_rotation,
         })?;
         let n_batch = opts.n_batch.clamp(1, n_ctx);
         Ok(Session {

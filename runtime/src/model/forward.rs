@@ -95,7 +95,8 @@ impl Model<'_> {
         self.check_input(state, &tokens[..1])?;
         for (o, t) in others.iter().zip(&tokens[1..]) {
             self.check_input(o, std::slice::from_ref(t))?;
-            if (o.kv.k_ty, o.kv.v_ty) != (state.kv.k_ty, state.kv.v_ty) {
+            let cache = |s: &State| (s.kv.k_ty, s.kv.v_ty, s.rotate_qk, s.rotate_v);
+            if cache(o) != cache(state) {
                 return Err(ModelError::StateMismatch);
             }
         }
@@ -329,6 +330,21 @@ impl Model<'_> {
             &mut s.attn,
             &mut s.att_out[rows.start * q_dim..],
         )?;
+        if s.rotate_v {
+            // The values were stored rotated: turn each head's output back.
+            let hd = c.head_dim;
+            let Some(h) = Hadamard::new(hd) else {
+                return Err(ModelError::Unsupported {
+                    what: format!("KV rotation: no Hadamard transform of width {hd}"),
+                });
+            };
+            let out = SharedMut::new(&mut s.att_out[rows.start * q_dim..rows.end * q_dim]);
+            s.pool.run(rows.len(), &|_, t| {
+                // SAFETY: each task turns its own row `t`.
+                let row = unsafe { out.slice(t * q_dim..(t + 1) * q_dim) };
+                row.chunks_exact_mut(hd).for_each(|x| h.apply_transposed(x));
+            })?;
+        }
         Ok(())
     }
 
@@ -361,8 +377,10 @@ impl Model<'_> {
             SharedMut::new(s.kv.v.bytes_mut()),
         );
         let rope_cs = &s.rope_cs;
-        // R3: the state checked that the head size has a transform.
+        // R3 and the value rotation: the state checked that the head size
+        // has a transform.
         let r3 = if s.rotate_qk { Hadamard::new(hd) } else { None };
+        let rv = if s.rotate_v { Hadamard::new(hd) } else { None };
         // A batch's values go into a transposed cache a column at a time
         // (below); a few positions are scattered here.
         let columns = kv.v_transposed && n >= 16 && r0 == 0;
@@ -394,6 +412,9 @@ impl Model<'_> {
                 if let Some(h3) = &r3 {
                     h3.apply_rows(qt);
                     h3.apply_rows(kt);
+                }
+                if let Some(h) = &rv {
+                    h.apply_rows(vt);
                 }
                 for h in 0..c.n_head_kv {
                     let (kh, vh) = (&kt[h * hd..(h + 1) * hd], &vt[h * hd..(h + 1) * hd]);

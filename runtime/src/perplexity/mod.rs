@@ -44,8 +44,8 @@ pub struct Options {
     pub kv_type: KvType,
     /// The V cache type when it differs from the K cache's.
     pub kv_type_v: Option<KvType>,
-    /// R3 at run time (see [`StateOptions::rotate_qk`]).
-    pub rotate_qk: Option<bool>,
+    /// R3 at run time (see [`StateOptions::kv_rotation`]).
+    pub kv_rotation: Option<bool>,
 }
 
 impl Default for Options {
@@ -56,7 +56,7 @@ impl Default for Options {
             n_threads: None,
             kv_type: KvType::F32,
             kv_type_v: None,
-            rotate_qk: None,
+            kv_rotation: None,
         }
     }
 }
@@ -237,7 +237,7 @@ pub fn evaluate(
         kv_type_v: opts.kv_type_v,
         n_batch: n_ctx.min(512),
         n_threads: opts.n_threads,
-        rotate_qk: opts.rotate_qk,
+        kv_rotation: opts.kv_rotation,
     })?;
     let mut logits = Vec::new();
     let mut chunk = vec![0u32; n_ctx];
