@@ -39,14 +39,8 @@ pub struct Args {
     /// (an FWHT of q and k heads after RoPE, for a quantized K cache).
     /// Recorded in the file's `spinel.rotation.*` metadata; such a file is
     /// for Spinel only (llama.cpp would ignore the online parts).
-    #[arg(long, conflicts_with = "rotate_r3")]
-    rotate_online: bool,
-    /// --rotate plus only R3, the FWHT of q and k heads after RoPE: no
-    /// weight changes, a quantized K cache loses much less. R3 cancels in
-    /// q·k, so the file computes the same in llama.cpp (which ignores the
-    /// key) as --rotate alone.
     #[arg(long)]
-    rotate_r3: bool,
+    rotate_online: bool,
     /// Seed of the random signs / matrices of the rotations.
     #[arg(long, default_value_t = 0x5eed)]
     rotation_seed: u64,
@@ -90,7 +84,7 @@ pub fn run(args: &Args) -> Result<(), String> {
     } else {
         &args.input
     };
-    let result = if args.rotate || args.rotate_online || args.rotate_r3 {
+    let result = if args.rotate || args.rotate_online {
         let mut name = args.out.file_name().unwrap_or_default().to_os_string();
         name.push(".rotated.tmp");
         let rotated = args.out.with_file_name(name);
@@ -129,7 +123,7 @@ fn rotate(args: &Args, input: &Path, out: &Path, threads: usize) -> Result<(), S
     // SAFETY: as in `quantize`.
     let m = unsafe { MappedGguf::open(input) }.map_err(|e| e.to_string())?;
     let opts = RotateOptions {
-        r3: args.rotate_online || args.rotate_r3,
+        r3: args.rotate_online,
         r4: args.rotate_online,
         seed: args.rotation_seed,
         keep_outliers: args.rotate_keep_outliers,

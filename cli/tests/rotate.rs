@@ -4,13 +4,13 @@
 //! * rotated f32 models compute the original's logits within 1e-4 (max
 //!   absolute difference over every position of a prompt; the logits are up
 //!   to ~20 in size), for the offline rotations with outlier channels kept
-//!   out of R1 (dense orthogonal R1), for the plain Hadamard R1 with the
-//!   online R3/R4, and with R3 alone;
+//!   out of R1 (dense orthogonal R1) and for the plain Hadamard R1 with the
+//!   online R3/R4;
 //! * the runtime applies the online parts (without the keys the logits are
 //!   wrong) and refuses rotation keys it does not know;
 //! * an offline-rotated file runs in llama.cpp (`llama-simple`): the rotated
 //!   f32 one greedily generates the same text as Spinel, the q4_0 one
-//!   decodes; so does an R3-only one (`--rotate-r3`: R3 cancels in q·k).
+//!   decodes.
 //!
 //! Needs the model and llama.cpp (`../shared/peers/llama-cpp.sh`), as
 //! `quantize.rs` does.
@@ -82,11 +82,6 @@ fn rotated_online() -> &'static Path {
     })
 }
 
-fn rotated_r3() -> &'static Path {
-    static B: OnceLock<PathBuf> = OnceLock::new();
-    B.get_or_init(|| quantize(base(), "rot-r3.f32.gguf", &["--type", "f32", "--rotate-r3"]))
-}
-
 /// "The quick brown fox jumps over the lazy dog. In 1492, Columbus sailed
 /// the ocean blue, and" in SmolLM2's vocabulary.
 const PROMPT: [u32; 24] = [
@@ -153,16 +148,12 @@ fn with_metadata(
 fn rotated_f32_models_compute_the_same_logits() {
     let want = logits(base()).unwrap();
     assert!(want.iter().any(|v| v.abs() > 5.0), "implausible logits");
-    for (path, r3, r4) in [
-        (rotated(), false, false),
-        (rotated_online(), true, true),
-        (rotated_r3(), true, false),
-    ] {
+    for (path, online) in [(rotated(), false), (rotated_online(), true)] {
         let m = open(path);
         let md = m.file().metadata();
         assert!(md.contains_key("spinel.rotation.r1"), "{}", path.display());
-        assert_eq!(md.get_bool("spinel.rotation.r4").unwrap_or(false), r4);
-        assert_eq!(md.get_bool("spinel.rotation.r3").unwrap_or(false), r3);
+        assert_eq!(md.get_bool("spinel.rotation.r4").unwrap_or(false), online);
+        assert_eq!(md.get_bool("spinel.rotation.r3").unwrap_or(false), online);
         assert!(m.file().tensor("output.weight").is_some(), "not untied");
         let got = logits(path).unwrap();
         let d = max_abs_diff(&want, &got);
@@ -226,13 +217,7 @@ fn offline_rotated_files_run_in_llama_cpp() {
             .metadata()
             .contains_key("spinel.rotation.r1")
     );
-    // An R3-only file too: R3 cancels in q·k, so llama.cpp, ignoring it,
-    // computes the same.
-    for (path, compare) in [
-        (rotated(), true),
-        (rotated_r3(), true),
-        (q4.as_path(), false),
-    ] {
+    for (path, compare) in [(rotated(), true), (q4.as_path(), false)] {
         let (theirs, stderr) = ok(
             "llama-simple",
             Command::new(bin.join("llama-simple"))

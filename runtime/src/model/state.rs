@@ -73,7 +73,7 @@ pub struct StateOptions {
     ///   attention output back (`Σ pᵢ H vᵢ = H Σ pᵢ vᵢ`).
     ///
     /// `None`: as llama.cpp does, q/k when the K cache is quantized (or the
-    /// file asks for R3, `spinel quantize --rotate-r3`) and v when the V
+    /// file asks for R3, `spinel quantize --rotate-online`) and v when the V
     /// cache is, where the head size has a transform; `Some(false)`: none;
     /// `Some(true)`: both (an error without a transform).
     pub kv_rotation: Option<bool>,

@@ -24,12 +24,13 @@
 //! supports `n_embd`; else a seeded random orthogonal matrix (QR of a
 //! Gaussian). `R2` likewise for `head_dim`.
 //!
-//! The online rotations (`--rotate-online`: both; `--rotate-r3`: R3 only)
-//! need the runtime:
+//! The online rotations (`--rotate-online`) need the runtime:
 //! - **R4**: `W_down ← W_down H4ᵀ` offline; the forward pass applies the
 //!   FWHT `H4` to the SwiGLU output before the down product.
 //! - **R3**: the FWHT of each query and key head after RoPE; it cancels in
-//!   `q·k` and spreads the outliers of a quantized K cache.
+//!   `q·k` and spreads the outliers of a quantized K cache. (The runtime
+//!   applies it to any model whose K cache is quantized, see
+//!   `StateOptions::kv_rotation`; the key makes it apply to any cache.)
 //!
 //! Both are recorded in the metadata (see [`keys`]); Spinel refuses a file
 //! that asks for one it cannot apply. llama.cpp ignores the keys: it would
