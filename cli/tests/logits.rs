@@ -21,6 +21,14 @@ fn spinel(args: &[&std::ffi::OsStr]) -> Output {
         .expect("running spinel")
 }
 
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
 /// `model` converted to an F32 GGUF by the binary, in a fresh scratch folder.
 fn converted(model: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -225,11 +233,7 @@ fn kv_cache_type_flags_choose_the_cache() {
     assert_ne!(k_only, mixed);
     // Lossy, but close: the largest logit moves by less than the q4_0 cache
     // error the runtime tests bound.
-    let diff = k_only
-        .iter()
-        .zip(&f32_cache)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max);
+    let diff = max_abs_diff(&k_only, &f32_cache);
     assert!(diff > 0.0 && diff < 2.5, "{diff}");
     // --kv-rotation: auto rotates q/k for a quantized K cache and v for a
     // quantized V cache (on: both always; off: neither).
@@ -240,11 +244,7 @@ fn kv_cache_type_flags_choose_the_cache() {
     assert_eq!(f32_cache, logits(&["--kv-rotation", "off"]));
     let turned = logits(&["--kv-rotation", "on"]);
     assert_ne!(turned, f32_cache);
-    let diff = turned
-        .iter()
-        .zip(&f32_cache)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max);
+    let diff = max_abs_diff(&turned, &f32_cache);
     // It cancels in q·k: f32 rounding only (an f32 model here).
     assert!(diff < 1e-3, "{diff}");
     let run = spinel(&[
