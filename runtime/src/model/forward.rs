@@ -338,12 +338,18 @@ impl Model<'_> {
                     what: format!("KV rotation: no Hadamard transform of width {hd}"),
                 });
             };
-            let out = SharedMut::new(&mut s.att_out[rows.start * q_dim..rows.end * q_dim]);
-            s.pool.run(rows.len(), &|_, t| {
-                // SAFETY: each task turns its own row `t`.
-                let row = unsafe { out.slice(t * q_dim..(t + 1) * q_dim) };
-                row.chunks_exact_mut(hd).for_each(|x| h.apply_transposed(x));
-            })?;
+            let out = &mut s.att_out[rows.start * q_dim..rows.end * q_dim];
+            if rows.len() < 8 {
+                // A decode step: not worth waking the pool for.
+                out.chunks_exact_mut(hd).for_each(|x| h.apply_transposed(x));
+            } else {
+                let out = SharedMut::new(out);
+                s.pool.run(rows.len(), &|_, t| {
+                    // SAFETY: each task turns its own row `t`.
+                    let row = unsafe { out.slice(t * q_dim..(t + 1) * q_dim) };
+                    row.chunks_exact_mut(hd).for_each(|x| h.apply_transposed(x));
+                })?;
+            }
         }
         Ok(())
     }
