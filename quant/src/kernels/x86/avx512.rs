@@ -46,7 +46,7 @@ kernels_512!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq");
 /// The one-row kernels (`gemv.rs`).
 pub(super) mod gemv {
     use super::prims;
-    gemv_512!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq", false);
+    gemv_512!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq");
 }
 
 /// The register-blocked GEMM kernels (`gemm.rs`).
