@@ -124,6 +124,7 @@ fn budgets_plan_residency_and_never_change_the_logits() {
             assert!(r.expert_misses > 0 && r.expert_hit_rate().is_some());
         }
         std::fs::remove_file(&path).unwrap();
+        let _ = std::fs::remove_dir(path.parent().unwrap());
     }
 }
 

@@ -54,10 +54,27 @@ fn greedy(n: usize) -> GenerateOptions {
     }
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("spinel-session-file-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A scratch folder of one test, removed when dropped (pass or panic).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Scratch {
+        let dir =
+            std::env::temp_dir().join(format!("spinel-session-file-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn file_error(e: EngineError) -> String {
@@ -81,7 +98,8 @@ fn restored_session_goes_on(k: KvType, v: KvType) {
     a.set_system("You are a helpful assistant.");
     a.chat("What is the capital of France?", &greedy(8), |_| {})
         .unwrap();
-    let path = scratch("chat.session");
+    let dir = Scratch::new("goes-on");
+    let path = dir.file("chat.session");
     a.save(&path).unwrap();
 
     let mut b = session_kv(256, k, v);
@@ -109,13 +127,14 @@ fn restored_session_goes_on(k: KvType, v: KvType) {
 fn bad_session_files_are_refused() {
     let mut a = session(64, KvType::F16);
     a.chat("Hi!", &greedy(4), |_| {}).unwrap();
-    let good = scratch("good.session");
+    let dir = Scratch::new("refused");
+    let good = dir.file("good.session");
     a.save(&good).unwrap();
     let bytes = std::fs::read(&good).unwrap();
 
     let mut s = session(64, KvType::F16);
     let refused = |name: &str, data: &[u8], s: &mut Session| {
-        let p = scratch(name);
+        let p = dir.file(name);
         std::fs::write(&p, data).unwrap();
         let e = file_error(s.restore(&p).unwrap_err());
         assert!(s.cached_tokens().is_empty() && s.messages().is_empty());
@@ -170,7 +189,7 @@ fn bad_session_files_are_refused() {
     );
     let e = file_error(session(4, KvType::F16).restore(&good).unwrap_err());
     assert!(e.contains("context"), "{e}");
-    let e = file_error(s.restore(&scratch("missing.session")).unwrap_err());
+    let e = file_error(s.restore(&dir.file("missing.session")).unwrap_err());
     assert!(!e.is_empty());
 
     // Still usable, and the good file still restores.
