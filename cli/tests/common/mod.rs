@@ -63,13 +63,14 @@ unsafe extern "C" {
     fn atexit(f: extern "C" fn()) -> std::ffi::c_int;
 }
 
-/// A fresh scratch folder `$TMPDIR/spinel-NAME-PID` for this test process,
-/// removed when the process exits (the test harness exits through `exit`,
-/// pass or fail). The quantization tests write gigabytes there, so folders of
-/// the same NAME left by processes that are gone (a killed run) are removed
-/// first.
+/// A fresh scratch folder `spinel-NAME-PID` for this test process in cargo's
+/// scratch space for tests (`target/tmp`: the build's disk, not a possibly
+/// small `/tmp`), removed when the process exits (the test harness exits
+/// through `exit`, pass or fail). The quantization tests write gigabytes
+/// there, so folders of the same NAME left by processes that are gone (a
+/// killed run) are removed first.
 pub fn scratch_dir(name: &str) -> PathBuf {
-    let tmp = std::env::temp_dir();
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let prefix = format!("spinel-{name}-");
     let procfs = Path::new("/proc/self").exists();
     if let Ok(entries) = std::fs::read_dir(&tmp).map(|d| d.filter(|_| procfs)) {
