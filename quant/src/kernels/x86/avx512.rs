@@ -5,8 +5,8 @@ use half::f16;
 
 /// The 8-bit products without VNNI (see `avx2::prims`). AVX-512 has no
 /// `vpsignb`, so the sign trick of `dot_i8i8` is `vpabsb` plus a masked
-/// negation.
-mod prims {
+/// negation. (The 512-bit `gemv` kernels also use its `dot_i8i8` with VNNI.)
+pub(super) mod prims {
     use core::arch::x86_64::*;
 
     #[inline]
@@ -34,7 +34,7 @@ mod prims {
     /// −128 where the weight is negative (our quantizers never emit −128).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) fn dot_i8i8(x: __m512i, y: __m512i) -> __m512i {
+    pub(in super::super) fn dot_i8i8(x: __m512i, y: __m512i) -> __m512i {
         let neg = _mm512_movepi8_mask(x);
         let sy = _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y);
         dot_u8i8(_mm512_setzero_si512(), _mm512_abs_epi8(x), sy)

@@ -44,6 +44,9 @@ macro_rules! gemv_512 {
         use core::mem::MaybeUninit;
         use half::f16;
         use prims::dot_u8i8;
+        // The `vpmaddubsw` product (no VNNI), which the Q8_0 kernel uses in
+        // both 512-bit tables (see there).
+        use super::super::avx512::prims::dot_i8i8 as dot_i8i8_bw;
 
         /// Activation blocks laid out per pass (4096 elements).
         const CB: usize = 128;
@@ -165,17 +168,6 @@ macro_rules! gemv_512 {
             let sy = _mm512_maskz_permutexvar_ps(0x1111, i, _mm512_castps128_ps512(f16x4(b.map(|b| b.s))));
             let z = _mm512_setzero_si512();
             Quad { y, off: [z, z], dy: [dy, dy], sy }
-        }
-
-        /// Signed bytes `x` times signed bytes `y`, summed in groups of four
-        /// into i32 lanes, without VNNI: `|x| · (y with x's sign)`.
-        #[inline]
-        #[target_feature(enable = $feat)]
-        fn dot_i8i8_bw(x: __m512i, y: __m512i) -> __m512i {
-            let neg = _mm512_movepi8_mask(x);
-            let sy = _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y);
-            let p = _mm512_maddubs_epi16(_mm512_abs_epi8(x), sy);
-            _mm512_madd_epi16(p, _mm512_set1_epi16(1))
         }
 
         /// A Q8_0 quad for Q8_0 weights: two blocks per register.
@@ -508,6 +500,8 @@ macro_rules! gemv_256 {
         use core::mem::MaybeUninit;
         use half::f16;
         use prims::dot_u8i8;
+        // The sign-trick product of the table's `vec_dot` kernels (`v256.rs`).
+        use super::dot_i8i8;
 
         const VNNI: bool = $vnni;
         /// Activation blocks laid out per pass (4096 elements).
@@ -539,15 +533,6 @@ macro_rules! gemv_256 {
             s: f16::ZERO,
             qs: [0; 32],
         };
-
-        /// `Σ x·y` in i32 lanes through the sign trick (see `v256.rs`).
-        #[inline]
-        #[target_feature(enable = $feat)]
-        fn dot_i8i8(x: __m256i, y: __m256i) -> __m256i {
-            let ax = _mm256_sign_epi8(x, x);
-            let sy = _mm256_sign_epi8(y, x);
-            dot_u8i8(_mm256_setzero_si256(), ax, sy)
-        }
 
         /// `[a ×4 | b ×4]` of two f16.
         #[inline]
