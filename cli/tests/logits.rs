@@ -8,6 +8,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value as Json;
 
+mod common;
+use common::max_abs_diff;
+
 const SPINEL: &str = env!("CARGO_BIN_EXE_spinel");
 
 fn testdata() -> PathBuf {
@@ -19,14 +22,6 @@ fn spinel(args: &[&std::ffi::OsStr]) -> Output {
         .args(args)
         .output()
         .expect("running spinel")
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 /// `model` converted to an F32 GGUF by the binary, in a fresh scratch folder.

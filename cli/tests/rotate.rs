@@ -20,7 +20,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 mod common;
-use common::{llama_cpp_bin, ok};
+use common::{llama_cpp_bin, max_abs_diff, ok};
 
 use spinel_runtime::gguf::{GgufWriter, MappedGguf, Value};
 use spinel_runtime::model::{KvType, Model, StateOptions};
@@ -102,14 +102,6 @@ fn logits(path: &Path) -> Result<Vec<f32>, String> {
     let mut out = Vec::new();
     model.forward_all(&mut state, &PROMPT, &mut out).unwrap();
     Ok(out)
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 fn open(p: &Path) -> MappedGguf {

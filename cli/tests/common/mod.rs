@@ -23,6 +23,15 @@ pub fn ok(what: &str, out: Output) -> (String, String) {
     (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
 }
 
+/// The largest absolute difference between two equally long vectors.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
 /// Runs a set-up script (a path relative to the `cli` crate) that fetches or
 /// builds something once per machine and prints where it is; returns that
 /// path. Fails naming the script when it fails.
