@@ -327,20 +327,24 @@ fn check_gemm(ty: GgmlType, k: usize, m: usize, n: usize, row: &dyn Fn(usize) ->
 /// over awkward tile shapes, several chunks of `k`, more activation rows
 /// than one pass of the blocked kernels (128), and an output stride wider
 /// than the row count.
+/// Row `seed` of `k` values: `gauss` cycled from a start that depends on
+/// the seed, scaled by `1 + 0.1·seed`.
+fn gauss_row(gauss: &[f32], k: usize, seed: usize) -> Vec<f32> {
+    gauss
+        .iter()
+        .cycle()
+        .skip(seed * 37)
+        .take(k)
+        .map(|v| v * (1.0 + seed as f32 * 0.1))
+        .collect()
+}
+
 #[test]
 fn gemm_matches_vec_dot_on_every_isa() {
     let rows = edge_rows(3 * QK_K);
     let gauss = &rows.iter().find(|(n, _)| *n == "gauss").unwrap().1;
     for k in [QK_K, 3 * QK_K] {
-        let row = |seed: usize| -> Vec<f32> {
-            gauss
-                .iter()
-                .cycle()
-                .skip(seed * 37)
-                .take(k)
-                .map(|v| v * (1.0 + seed as f32 * 0.1))
-                .collect()
-        };
+        let row = |seed: usize| -> Vec<f32> { gauss_row(gauss, k, seed) };
         for ty in GgmlType::ALL {
             for (m, n) in [
                 (1, 1),
@@ -434,13 +438,7 @@ fn one_row_products_match_scalar_and_do_not_depend_on_the_split() {
             if edges {
                 return edge[seed % edge.len()].1.clone();
             }
-            gauss
-                .iter()
-                .cycle()
-                .skip(seed * 37)
-                .take(k)
-                .map(|v| v * (1.0 + seed as f32 * 0.1))
-                .collect()
+            gauss_row(gauss, k, seed)
         };
         for ty in GgmlType::ALL {
             if k % ty.block_size() != 0 {
