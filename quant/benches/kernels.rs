@@ -131,26 +131,47 @@ fn gemm(c: &mut Criterion) {
             "gemm/{ty}: m={m} n={n} k={k}; 1 GB/s of weights = {:.1} GOP/s",
             ops / w.len() as f64
         );
-        let mut g = c.benchmark_group(format!("gemm/{ty}"));
-        g.throughput(Throughput::Bytes(w.len() as u64));
-        for kern in &tables[1..] {
-            g.bench_function(BenchmarkId::from_parameter(kern.isa()), |b| {
-                b.iter(|| kern.gemm(ty, k, black_box(&w), black_box(&a), &mut out, n))
-            });
-            let dot = kern.of(ty).vec_dot;
-            let id = format!("{}/vec_dot-loop", kern.isa());
-            g.bench_function(BenchmarkId::from_parameter(id), |b| {
-                b.iter(|| {
-                    for (ar, o) in a.chunks_exact(arow).zip(out.chunks_exact_mut(n)) {
-                        for (oj, wr) in o.iter_mut().zip(w.chunks_exact(wrow)) {
-                            *oj = dot(black_box(wr), black_box(ar));
-                        }
-                    }
-                })
-            });
-        }
-        g.finish();
+        let name = format!("gemm/{ty}");
+        products(c, &name, &tables[1..], ty, k, &w, &a, &mut out);
     }
+}
+
+/// Group `name`, in GB/s of weights: `Kernels::gemm` of each table on the
+/// weight rows `w` (type `ty`, `k` columns) and activation rows `a`, beside
+/// the plain loop over that table's `vec_dot`.
+#[allow(clippy::too_many_arguments)]
+fn products(
+    c: &mut Criterion,
+    name: &str,
+    tables: &[&Kernels],
+    ty: GgmlType,
+    k: usize,
+    w: &[u8],
+    a: &[u8],
+    out: &mut [f32],
+) {
+    let wrow = ty.row_size(k).unwrap();
+    let arow = ty.vec_dot_type().row_size(k).unwrap();
+    let n = w.len() / wrow;
+    let mut g = c.benchmark_group(name);
+    g.throughput(Throughput::Bytes(w.len() as u64));
+    for kern in tables {
+        g.bench_function(BenchmarkId::from_parameter(kern.isa()), |b| {
+            b.iter(|| kern.gemm(ty, k, black_box(w), black_box(a), out, n))
+        });
+        let dot = kern.of(ty).vec_dot;
+        let id = format!("{}/vec_dot-loop", kern.isa());
+        g.bench_function(BenchmarkId::from_parameter(id), |b| {
+            b.iter(|| {
+                for (ar, o) in a.chunks_exact(arow).zip(out.chunks_exact_mut(n)) {
+                    for (oj, wr) in o.iter_mut().zip(w.chunks_exact(wrow)) {
+                        *oj = dot(black_box(wr), black_box(ar));
+                    }
+                }
+            })
+        });
+    }
+    g.finish();
 }
 
 /// `(type, k, n)`: the one-row shapes; `n = 0` means 96 MiB of rows.
@@ -190,23 +211,8 @@ fn gemv(c: &mut Criterion) {
         let mut a = vec![0u8; arow];
         (scalar.of(adt).from_float)(&data(k, 1000), &mut a);
         let mut out = vec![0f32; n];
-        let mut g = c.benchmark_group(format!("gemv/{ty}/{n}x{k}"));
-        g.throughput(Throughput::Bytes(w.len() as u64));
-        for kern in &tables[1..] {
-            g.bench_function(BenchmarkId::from_parameter(kern.isa()), |b| {
-                b.iter(|| kern.gemm(ty, k, black_box(&w), black_box(&a), &mut out, n))
-            });
-            let dot = kern.of(ty).vec_dot;
-            let id = format!("{}/vec_dot-loop", kern.isa());
-            g.bench_function(BenchmarkId::from_parameter(id), |b| {
-                b.iter(|| {
-                    for (oj, wr) in out.iter_mut().zip(w.chunks_exact(wrow)) {
-                        *oj = dot(black_box(wr), black_box(&a));
-                    }
-                })
-            });
-        }
-        g.finish();
+        let name = format!("gemv/{ty}/{n}x{k}");
+        products(c, &name, &tables[1..], ty, k, &w, &a, &mut out);
     }
 }
 
