@@ -76,8 +76,9 @@ pub struct SessionOptions {
     pub kv_type: KvType,
     /// The V cache element type when it differs from the K cache's.
     pub kv_type_v: Option<KvType>,
-    /// R3 at run time (see [`crate::model::StateOptions::kv_rotation`]): `None` rotates
-    /// queries and keys when the K cache is quantized.
+    /// Hadamard rotations around the KV cache (see
+    /// [`crate::model::StateOptions::kv_rotation`]): `None` rotates queries
+    /// and keys when the K cache is quantized, values when the V cache is.
     pub kv_rotation: Option<bool>,
     /// Most prompt tokens pushed through the model together.
     pub n_batch: usize,

@@ -16,9 +16,9 @@
 //! | the cache's positions `0..n` | [`State::write_cache`](crate::model::State::write_cache) |
 //! | checksum `u64` | FNV-1a of everything before it |
 //!
-//! A file of another model, KV type or key rotation, a truncated or corrupted one, or one
-//! with more positions than the session's context is refused with a clear
-//! error, and the session is left empty.
+//! A file of another model, KV type or KV rotation, a truncated or
+//! corrupted one, or one with more positions than the session's context is
+//! refused with a clear error, and the session is left empty.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -28,15 +28,15 @@ use crate::chat::Message;
 use super::{EngineError, Session};
 
 const MAGIC: &[u8; 8] = b"SPNLSESS";
+const VERSION: u32 = 3;
+/// Largest conversation JSON read back (a corrupted length must not make
+/// us allocate gigabytes).
+const MAX_MESSAGES_BYTES: u64 = 1 << 30;
 
 /// The file's rotation flags of a state (bit 0 keys, bit 1 values).
 fn rotation_flags(state: &crate::model::State) -> u32 {
     u32::from(state.rotates_qk()) | u32::from(state.rotates_v()) << 1
 }
-const VERSION: u32 = 3;
-/// Largest conversation JSON read back (a corrupted length must not make
-/// us allocate gigabytes).
-const MAX_MESSAGES_BYTES: u64 = 1 << 30;
 
 /// FNV-1a, 64 bits.
 #[derive(Clone, Copy)]

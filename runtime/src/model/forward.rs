@@ -17,7 +17,7 @@ use super::attention::Attention;
 use super::error::ModelError;
 use super::matmul::{Norm, Product};
 use super::ops::{add, rmsnorm_heads, rope, rope_angles};
-use super::pool::{SharedMut, chunk};
+use super::pool::{Pool, SharedMut, chunk};
 use super::state::{Route, State};
 use super::weights::{Ffn, Lin, MoeFfn, Weight};
 
@@ -281,7 +281,8 @@ impl Model<'_> {
                     s.mm.prepare(&mut s.pool, &s.x, n, dim, Some(norm), &types)?;
                     s.mm.run(&mut s.pool, n, [Product::SwiGlu(gate, up, &mut s.hb)])?;
                     if c.rotation.r4 {
-                        hadamard_rows(s, n, ff)?;
+                        let what = "online rotation R4";
+                        hadamard_rows(&mut s.pool, &mut s.hb, (n, ff), ff, false, what)?;
                     }
                     s.mm.prepare(&mut s.pool, &s.hb, n, ff, None, &[down.w.w.ty])?;
                     s.mm.run(&mut s.pool, n, [Product::Add(down, &mut s.x)])?;
@@ -332,24 +333,14 @@ impl Model<'_> {
         )?;
         if s.rotate_v {
             // The values were stored rotated: turn each head's output back.
-            let hd = c.head_dim;
-            let Some(h) = Hadamard::new(hd) else {
-                return Err(ModelError::Unsupported {
-                    what: format!("KV rotation: no Hadamard transform of width {hd}"),
-                });
-            };
-            let out = &mut s.att_out[rows.start * q_dim..rows.end * q_dim];
-            if rows.len() < 8 {
-                // A decode step: not worth waking the pool for.
-                out.chunks_exact_mut(hd).for_each(|x| h.apply_transposed(x));
-            } else {
-                let out = SharedMut::new(out);
-                s.pool.run(rows.len(), &|_, t| {
-                    // SAFETY: each task turns its own row `t`.
-                    let row = unsafe { out.slice(t * q_dim..(t + 1) * q_dim) };
-                    row.chunks_exact_mut(hd).for_each(|x| h.apply_transposed(x));
-                })?;
-            }
+            hadamard_rows(
+                &mut s.pool,
+                &mut s.att_out[rows.start * q_dim..],
+                (rows.len(), q_dim),
+                c.head_dim,
+                true,
+                "KV rotation",
+            )?;
         }
         Ok(())
     }
@@ -587,19 +578,36 @@ impl Model<'_> {
     }
 }
 
-/// Online R4: the FWHT of each of the `n` SwiGLU output rows (`ff` wide) in
-/// `s.hb`, before the down product (whose weights were rotated to match).
-fn hadamard_rows(s: &mut State, n: usize, ff: usize) -> Result<(), ModelError> {
-    // `Config` checked that the width has a transform.
-    let Some(h) = Hadamard::new(ff) else {
+/// The Hadamard transform of width `width` (its transpose when `inverse`)
+/// of each `width`-long piece of the `n` rows (`row_len` wide) at the start
+/// of `x`, a row per pool task: online R4 on the SwiGLU output rows (before
+/// the down product, whose weights were rotated to match), and each head of
+/// the attention output back when the values are stored rotated. `what`
+/// names the rotation in the error for a width without a transform (which
+/// the config or the state already ruled out).
+fn hadamard_rows(
+    pool: &mut Pool,
+    x: &mut [f32],
+    (n, row_len): (usize, usize),
+    width: usize,
+    inverse: bool,
+    what: &str,
+) -> Result<(), ModelError> {
+    let Some(h) = Hadamard::new(width) else {
         return Err(ModelError::Unsupported {
-            what: format!("online rotation R4: no Hadamard transform of width {ff}"),
+            what: format!("{what}: no Hadamard transform of width {width}"),
         });
     };
-    let hb = SharedMut::new(&mut s.hb[..n * ff]);
-    s.pool.run(n, &|_, t| {
+    let x = SharedMut::new(&mut x[..n * row_len]);
+    pool.run(n, &|_, t| {
         // SAFETY: each task transforms its own row `t`.
-        h.apply(unsafe { hb.slice(t * ff..(t + 1) * ff) })
+        let row = unsafe { x.slice(t * row_len..(t + 1) * row_len) };
+        for piece in row.chunks_exact_mut(width) {
+            match inverse {
+                true => h.apply_transposed(piece),
+                false => h.apply(piece),
+            }
+        }
     })?;
     Ok(())
 }
