@@ -101,30 +101,13 @@ pub fn run(args: &Args) -> Result<(), String> {
     result
 }
 
-/// `prefix` and the online rotations of `opts` ("R3", "R3 + R4"), or
-/// nothing.
-fn online(opts: &RotateOptions, prefix: &str) -> String {
-    match (opts.r3, opts.r4) {
-        (false, false) => String::new(),
-        (r3, r4) => {
-            let names: Vec<&str> = [(r3, "R3"), (r4, "R4")]
-                .iter()
-                .filter(|(on, _)| *on)
-                .map(|(_, n)| *n)
-                .collect();
-            format!("{prefix}{}", names.join(" + "))
-        }
-    }
-}
-
 /// Writes the rotated f32 model to `out`.
 fn rotate(args: &Args, input: &Path, out: &Path, threads: usize) -> Result<(), String> {
     let t0 = Instant::now();
     // SAFETY: as in `quantize`.
     let m = unsafe { MappedGguf::open(input) }.map_err(|e| e.to_string())?;
     let opts = RotateOptions {
-        r3: args.rotate_online,
-        r4: args.rotate_online,
+        online: args.rotate_online,
         seed: args.rotation_seed,
         keep_outliers: args.rotate_keep_outliers,
     };
@@ -132,7 +115,11 @@ fn rotate(args: &Args, input: &Path, out: &Path, threads: usize) -> Result<(), S
         "rotating {} (seed {}{})",
         input.display(),
         opts.seed,
-        online(&opts, ", with online ")
+        if opts.online {
+            ", with online R3/R4"
+        } else {
+            ""
+        }
     );
     let s = rotate_file(m.file(), out, &opts, threads).map_err(|e| e.to_string())?;
     if !s.kept.is_empty() {
@@ -151,7 +138,7 @@ fn rotate(args: &Args, input: &Path, out: &Path, threads: usize) -> Result<(), S
         s.r1,
         s.r2,
         if s.untied { ", embeddings untied" } else { "" },
-        online(&opts, ", online "),
+        if opts.online { ", R3 + R4 online" } else { "" },
         t0.elapsed().as_secs_f64()
     );
     Ok(())

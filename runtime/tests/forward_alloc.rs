@@ -71,8 +71,7 @@ fn online_rotations(path: &std::path::Path) {
     // SAFETY: as above.
     let m = unsafe { MappedGguf::open(&base) }.unwrap();
     let opts = RotateOptions {
-        r3: true,
-        r4: true,
+        online: true,
         keep_outliers: 0,
         ..RotateOptions::default()
     };

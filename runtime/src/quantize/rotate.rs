@@ -33,10 +33,8 @@
 //!   `StateOptions::kv_rotation`; the key makes it apply to any cache.)
 //!
 //! Both are recorded in the metadata (see [`keys`]); Spinel refuses a file
-//! that asks for one it cannot apply. llama.cpp ignores the keys: it would
-//! compute garbage with an R4 file, while an R3-only file computes the
-//! same attention there (R3 cancels in `q·k`; only what a cache stores
-//! differs).
+//! that asks for one it cannot apply. llama.cpp ignores the keys and would
+//! compute garbage with such a file: only offline-rotated files are for it.
 
 use std::path::Path;
 
@@ -69,12 +67,8 @@ pub mod keys {
 /// What to rotate.
 #[derive(Clone, Copy, Debug)]
 pub struct RotateOptions {
-    /// Also R3: an FWHT of the query and key heads at run time (no weight
-    /// changes; helps a quantized K cache).
-    pub r3: bool,
-    /// Also R4: `down_proj` pre-multiplied by a Hadamard, the SwiGLU output
-    /// transformed at run time.
-    pub r4: bool,
+    /// Also R3 and R4 (the runtime applies their online part).
+    pub online: bool,
     pub seed: u64,
     /// Leave at most this many residual channels out of `R1`: those that
     /// carry a large share of the normalized residual's energy on every
@@ -87,8 +81,7 @@ pub struct RotateOptions {
 impl Default for RotateOptions {
     fn default() -> Self {
         RotateOptions {
-            r3: false,
-            r4: false,
+            online: false,
             seed: 0x5eed,
             keep_outliers: 16,
         }
@@ -663,21 +656,21 @@ pub fn rotate_file(
     let (g_out, out_norm) = split(vec_of("output_norm.weight")?);
     input_side(&mut output, &g_out);
 
-    if opts.r3 && Hadamard::new(head_dim).is_none() {
-        return Err(err(format!(
-            "online rotation R3 needs an FWHT of the head size {head_dim}"
-        )));
-    }
-    let h4 = if opts.r4 {
+    let h4 = if opts.online {
         let n_ff = u("feed_forward_length")?;
         let h4 = Hadamard::new(n_ff).ok_or_else(|| {
             err(format!(
-                "online rotation R4 needs a fast Walsh–Hadamard transform of the \
+                "--rotate-online needs a fast Walsh–Hadamard transform of the \
                  feed-forward width {n_ff}, which is not of the form m·2^k \
                  with m in 1, {:?}",
                 spinel_quant::hadamard::ORDERS
             ))
         })?;
+        if Hadamard::new(head_dim).is_none() {
+            return Err(err(format!(
+                "--rotate-online needs an FWHT of the head size {head_dim}"
+            )));
+        }
         Some(h4)
     } else {
         None
@@ -776,10 +769,8 @@ pub fn rotate_file(
     }
     w.add_kv(keys::R2, Value::String(r2_kind.into()))?;
     w.add_kv(keys::SEED, Value::U64(opts.seed))?;
-    if opts.r3 {
+    if opts.online {
         w.add_kv(keys::R3, Value::Bool(true))?;
-    }
-    if opts.r4 {
         w.add_kv(keys::R4, Value::Bool(true))?;
     }
     let mut names: Vec<&str> = input.tensors().iter().map(|t| t.name()).collect();
