@@ -1,8 +1,30 @@
 #!/usr/bin/env bash
-# The test command: formatting, lints and every test of the workspace.
-# Fetches what the tests need first (the gguf Python package, the demo model).
+# The test command: installs what the tests need, then formatting, lints and
+# every test of the workspace, the foreign bindings, and spinel-quant on
+# aarch64 under qemu. Everything installed is cached (apt packages once;
+# Python packages, the model and the peers under ~/.cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SHARED=$(cd .. && pwd)/shared
+
+# apt-get as root, or through sudo; packages already there are left alone.
+apt_install() {
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [[ ${#missing[@]} == 0 ]] && return 0
+  local sudo=()
+  [[ $(id -u) == 0 ]] || sudo=(sudo)
+  echo "== install (apt): ${missing[*]}" >&2
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+    || { "${sudo[@]}" apt-get update -qq \
+         && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; }
+}
+
+# The web chat page test drives Debian's Chromium (with npm's playwright-core);
+# the Kotlin bindings test needs JNA; the peers' build needs cmake.
+apt_install chromium libjna-java cmake
+# rustfmt and clippy ship with the toolchain; make sure they are there.
+command -v rustup >/dev/null && { rustup component add rustfmt clippy >/dev/null 2>&1 || true; }
 python3 -c 'import gguf, numpy, openai' 2>/dev/null \
   || python3 -m pip install -q --disable-pip-version-check 'gguf==0.19.0' numpy 'openai==3.57.0'
 scripts/fetch-model.sh >/dev/null
@@ -20,3 +42,8 @@ cargo test --workspace
 # Swift generated (no Swift toolchain here). Needs kotlinc (fetched from npm)
 # and JNA (Debian libjna-java); fails if either is missing.
 ffi/tests/run-bindings-tests.sh
+# aarch64 (NEON, dotprod, i8mm) under qemu -cpu max; the script installs the
+# cross toolchain (Debian rustc-web + arm64 std, gcc-aarch64-linux-gnu) and
+# qemu-user first when they are missing (as root).
+echo "== aarch64 (qemu -cpu max): spinel-quant"
+"$SHARED/cross/aarch64.sh" test -p spinel-quant

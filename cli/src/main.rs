@@ -31,7 +31,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Print the kernel ISA this CPU uses (and all it supports).
-    Isa,
+    Isa {
+        /// One JSON object: the selected ISA, the supported ones, and per
+        /// type which products have kernels of the selected ISA.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a GGUF file's metadata and tensors.
     Inspect {
         /// The GGUF file.
@@ -63,14 +68,38 @@ enum Command {
     Synth(memory::SynthArgs),
 }
 
+/// `spinel isa`: the selected ISA, the supported ones and, with `json`,
+/// the kernel table `{"selected", "supported", "kernels": {TYPE: {"vec_dot",
+/// "gemv", "gemm"}}}` of the selected ISA.
+fn print_isa(json: bool) {
+    let k = spinel_quant::Kernels::get();
+    let all: Vec<_> = spinel_quant::Isa::supported().map(|i| i.name()).collect();
+    if !json {
+        println!("selected: {}", k.isa());
+        println!("supported: {}", all.join(", "));
+        return;
+    }
+    let kernels: serde_json::Map<String, serde_json::Value> = spinel_quant::GgmlType::ALL
+        .into_iter()
+        .map(|t| {
+            let s = k.specialised(t);
+            let v = serde_json::json!({"vec_dot": s.vec_dot, "gemv": s.gemv, "gemm": s.gemm});
+            (t.name().to_string(), v)
+        })
+        .collect();
+    let out = serde_json::json!({
+        "selected": k.isa().name(),
+        "supported": all,
+        "kernels": kernels,
+    });
+    println!("{out}");
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse_from(std::env::args_os().map(run::llama_cpp_flag));
     let result: Result<(), String> = match cli.command {
-        Command::Isa => {
-            let k = spinel_quant::Kernels::get();
-            println!("selected: {}", k.isa());
-            let all: Vec<_> = spinel_quant::Isa::supported().map(|i| i.name()).collect();
-            println!("supported: {}", all.join(", "));
+        Command::Isa { json } => {
+            print_isa(json);
             Ok(())
         }
         Command::Inspect { file, json } => inspect::run(&file, json),

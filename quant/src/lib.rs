@@ -33,5 +33,5 @@ pub mod types;
 
 pub use hadamard::Hadamard;
 pub use half::{bf16, f16};
-pub use kernels::{Isa, IsaError, Kernels, TypeKernels};
+pub use kernels::{Isa, IsaError, Kernels, Specialised, TypeKernels};
 pub use types::{GgmlType, QK_K};

@@ -169,6 +169,30 @@ fn llama3_matches_hf() {
     assert_eq!(check_cases("llama3", &tok), 48);
 }
 
+/// A Llama 3 vocabulary whose `tokenizer.ggml.pre` is another name llama.cpp
+/// gives the same split (its converter writes `smaug-bpe`, `dbrx` … for
+/// fine-tunes whose tokenizer hashes differently) tokenizes as Llama 3 does.
+#[test]
+fn llama3_split_under_every_alias_matches_hf() {
+    let aliases: Vec<&str> = PreTokenizer::GGUF_NAMES
+        .iter()
+        .filter(|(_, p)| *p == PreTokenizer::Llama3)
+        .map(|(n, _)| *n)
+        .collect();
+    for name in ["smaug-bpe", "dbrx", "llama-bpe", "llama3"] {
+        assert!(aliases.contains(&name), "{name} is not a Llama 3 alias");
+    }
+    for alias in aliases {
+        let vocab = Vocab {
+            pre: Some(alias.into()),
+            ..converted_vocab("llama3")
+        };
+        let tok = Tokenizer::from_vocab(through_gguf(&vocab))
+            .unwrap_or_else(|e| panic!("pre {alias:?}: {e}"));
+        assert_eq!(check_cases("llama3", &tok), 48, "pre {alias:?}");
+    }
+}
+
 #[test]
 fn llama3_1_matches_hf() {
     let tok = tokenizer("llama3_1");
@@ -542,13 +566,26 @@ fn bad_input_is_a_named_error() {
         }),
         TokenizerError::UnsupportedModel { .. }
     ));
+    let unknown = err(Vocab {
+        pre: Some("qwen2".into()),
+        ..base()
+    });
     assert!(matches!(
-        err(Vocab {
-            pre: Some("qwen2".into()),
-            ..base()
-        }),
+        unknown,
         TokenizerError::UnsupportedPreTokenizer { .. }
     ));
+    // The message names the value and lists what is supported.
+    let msg = unknown.to_string();
+    for name in [
+        "\"qwen2\"",
+        "llama-bpe",
+        "smaug-bpe",
+        "smollm",
+        "llama4",
+        "gpt-2",
+    ] {
+        assert!(msg.contains(name), "{msg}");
+    }
     assert!(matches!(
         err(Vocab {
             tokens: vec![],

@@ -190,6 +190,14 @@ impl fmt::Display for IsaError {
 #[cfg(feature = "std")]
 impl std::error::Error for IsaError {}
 
+/// What [`Kernels::specialised`] reports for one type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Specialised {
+    pub vec_dot: bool,
+    pub gemv: bool,
+    pub gemm: bool,
+}
+
 /// A complete kernel table for one ISA.
 #[derive(Clone, Copy)]
 pub struct Kernels {
@@ -275,6 +283,21 @@ impl Kernels {
     #[inline]
     pub fn of(&self, t: GgmlType) -> &TypeKernels {
         &self.types[slot(t)]
+    }
+
+    /// Which of type `t`'s products this table computes with kernels of its
+    /// own ISA rather than ones inherited from the scalar table: `vec_dot`
+    /// (for the scalar table, its own), and whether it has a one-row
+    /// (`gemv`) and a register-blocked (`gemm`) kernel.
+    pub fn specialised(&self, t: GgmlType) -> Specialised {
+        let tk = self.of(t);
+        let own =
+            self.isa == Isa::Scalar || !core::ptr::fn_addr_eq(tk.vec_dot, SCALAR.of(t).vec_dot);
+        Specialised {
+            vec_dot: own,
+            gemv: tk.gemv.is_some(),
+            gemm: tk.gemm.is_some(),
+        }
     }
 
     /// A copy of this table retargeted at `isa`, for building the next level.

@@ -97,10 +97,13 @@ impl fmt::Display for TokenizerError {
                 f,
                 "unsupported tokenizer model {model:?} (supported: \"llama\", \"gpt2\")"
             ),
-            E::UnsupportedPreTokenizer { pre } => write!(
-                f,
-                "unsupported pre-tokenizer {pre:?} (supported: llama3/llama-bpe, smollm, llama4, gpt-2, default)"
-            ),
+            E::UnsupportedPreTokenizer { pre } => {
+                write!(f, "unsupported pre-tokenizer {pre:?} (supported:")?;
+                for (name, _) in super::PreTokenizer::GGUF_NAMES {
+                    write!(f, " {name}")?;
+                }
+                f.write_str(")")
+            }
             E::EmptyVocab => write!(f, "the vocabulary has no tokens"),
             E::TooManyTokens { n } => write!(f, "{n} tokens are more than 32-bit ids can number"),
             E::MalformedByteToken { id, text } => {

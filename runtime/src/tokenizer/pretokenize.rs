@@ -46,21 +46,51 @@ pub enum PreTokenizer {
 }
 
 impl PreTokenizer {
+    /// Every `tokenizer.ggml.pre` value llama.cpp accepts whose split is one
+    /// of these, with that split (llama.cpp's `llama_vocab::impl::load`:
+    /// names it maps to one pre-tokenizer type, and types that share one
+    /// regex, such as `dbrx` and `smaug-bpe` with Llama 3's).
+    pub const GGUF_NAMES: &'static [(&'static str, PreTokenizer)] = &[
+        ("default", PreTokenizer::Default),
+        ("llama3", PreTokenizer::Llama3),
+        ("llama-v3", PreTokenizer::Llama3),
+        ("llama-bpe", PreTokenizer::Llama3),
+        ("falcon3", PreTokenizer::Llama3),
+        ("falcon-h1", PreTokenizer::Llama3),
+        ("pixtral", PreTokenizer::Llama3),
+        ("midm-2.0", PreTokenizer::Llama3),
+        ("lfm2", PreTokenizer::Llama3),
+        ("jina-v5-nano", PreTokenizer::Llama3),
+        ("dbrx", PreTokenizer::Llama3),
+        ("smaug-bpe", PreTokenizer::Llama3),
+        ("smollm", PreTokenizer::Smollm),
+        ("starcoder", PreTokenizer::Smollm),
+        ("refact", PreTokenizer::Smollm),
+        ("command-r", PreTokenizer::Smollm),
+        ("codeshell", PreTokenizer::Smollm),
+        ("exaone", PreTokenizer::Smollm),
+        ("minerva-7b", PreTokenizer::Smollm),
+        ("gpt-2", PreTokenizer::Gpt2),
+        ("phi-2", PreTokenizer::Gpt2),
+        ("mpt", PreTokenizer::Gpt2),
+        ("olmo", PreTokenizer::Gpt2),
+        ("jais", PreTokenizer::Gpt2),
+        ("trillion", PreTokenizer::Gpt2),
+        ("exaone4", PreTokenizer::Gpt2),
+        ("mellum", PreTokenizer::Gpt2),
+        ("llama4", PreTokenizer::Llama4),
+        ("gpt-4o", PreTokenizer::Llama4),
+        ("kanana2", PreTokenizer::Llama4),
+        ("talkie", PreTokenizer::Llama4),
+    ];
+
     /// The pre-tokenizer llama.cpp uses for a `tokenizer.ggml.pre` value, if
-    /// it is one of those implemented here.
+    /// it is one of those implemented here ([`Self::GGUF_NAMES`]).
     pub fn from_gguf_name(name: &str) -> Option<PreTokenizer> {
-        Some(match name {
-            "default" => PreTokenizer::Default,
-            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
-            | "midm-2.0" | "lfm2" => PreTokenizer::Llama3,
-            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
-            | "minerva-7b" => PreTokenizer::Smollm,
-            "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" | "trillion" | "exaone4" | "mellum" => {
-                PreTokenizer::Gpt2
-            }
-            "llama4" | "gpt-4o" => PreTokenizer::Llama4,
-            _ => return None,
-        })
+        Self::GGUF_NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|&(_, p)| p)
     }
 
     /// The canonical `tokenizer.ggml.pre` name.
