@@ -9,8 +9,10 @@
 //! * `--type w4a8` is llama-quantize's Q4_0 with `--token-embedding-type
 //!   q8_0 --output-tensor-type q8_0`, tensor for tensor, and names its
 //!   preset in `spinel.quantize.preset`;
-//! * our q4_k_m, q4_0 and w4a8 files run in Spinel (finite logits) and in
-//!   llama.cpp (`llama-simple`).
+//! * iq4_nl and iq4_xs files are byte-identical to llama-quantize's, and
+//!   their i-quant tensors dequantize exactly as gguf-py does;
+//! * our q4_k_m, q4_0, w4a8 and iq4_xs files run in Spinel (finite logits)
+//!   and in llama.cpp (`llama-simple`).
 //!
 //! Needs the model (`$SPINEL_TEST_MODEL` or the Spinel cache) and llama.cpp
 //! built by `../shared/peers/llama-cpp.sh` (run on first use, ~10 minutes,
@@ -145,7 +147,79 @@ fn quantize_like_llama_quantize() {
     q4_0_and_q8_0_bytes_equal_llama_quantize();
     k_mixes_choose_llama_quantize_types();
     w4a8_is_q4_0_with_8_bit_embeddings();
+    iq4_bytes_equal_llama_quantize_and_dequantize_as_gguf_py();
     outputs_run_in_spinel_and_llama_cpp();
+}
+
+/// IQ4_NL and IQ4_XS: byte for byte what llama-quantize writes (ggml's
+/// `quantize_iq4_nl` / `quantize_iq4_xs`, with llama-quantize's mix: Q5_K
+/// for the first eighth of ffn_down, IQ4_NL where rows are not whole
+/// super-blocks, Q8_0 for the tied output), and every i-quant tensor
+/// dequantizes (on every ISA here) to exactly what gguf-py's numpy
+/// dequantizer gives.
+fn iq4_bytes_equal_llama_quantize_and_dequantize_as_gguf_py() {
+    compare("iq4_nl", true);
+    compare("iq4_xs", true);
+    let path = ours("iq4_xs");
+    let py_out = work_dir().join("iq4_xs.gguf_py.f32");
+    let script = r#"
+import sys, numpy as np, gguf
+from gguf.quants import dequantize
+r = gguf.GGUFReader(sys.argv[1])
+with open(sys.argv[2], "wb") as f:
+    for t in r.tensors:
+        if t.tensor_type.name in ("IQ4_NL", "IQ4_XS"):
+            f.write(dequantize(t.data[:4], t.tensor_type).astype("<f4").tobytes())
+"#;
+    ok(
+        "gguf-py dequantize",
+        Command::new("python3")
+            .args(["-c", script])
+            .arg(&path)
+            .arg(&py_out)
+            .output()
+            .expect("python3 with the gguf package (scripts/test.sh installs it)"),
+    );
+    let want: Vec<f32> = std::fs::read(&py_out)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let m = open(&path);
+    let mut seen = std::collections::BTreeMap::new();
+    for kern in spinel_quant::Kernels::all_supported() {
+        let mut got = Vec::new();
+        for t in m.file().tensors() {
+            let ty = t.ggml_type();
+            if !matches!(ty.name(), "IQ4_NL" | "IQ4_XS") {
+                continue;
+            }
+            let n = t.dims()[0] as usize;
+            let row = ty.row_size(n).unwrap();
+            for r in t.data().chunks_exact(row).take(4) {
+                let mut y = vec![0f32; n];
+                (kern.of(ty).to_float)(r, &mut y);
+                got.extend(y);
+            }
+            *seen.entry(ty.name()).or_insert(0) += 1;
+        }
+        assert_eq!(got.len(), want.len(), "{}: values compared", kern.isa());
+        let same = got
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(
+            same,
+            "{}: IQ4 dequantization differs from gguf-py",
+            kern.isa()
+        );
+    }
+    // SmolLM2's 576-wide matrices fall back to IQ4_NL; ffn_down (1536
+    // wide) is IQ4_XS past the first three layers.
+    assert!(
+        seen.contains_key("IQ4_NL") && seen.contains_key("IQ4_XS"),
+        "{seen:?}"
+    );
 }
 
 fn q4_0_and_q8_0_bytes_equal_llama_quantize() {
@@ -229,7 +303,7 @@ fn w4a8_is_q4_0_with_8_bit_embeddings() {
 }
 
 fn outputs_run_in_spinel_and_llama_cpp() {
-    for ty in ["q4_k_m", "q4_0", "w4a8"] {
+    for ty in ["q4_k_m", "q4_0", "w4a8", "iq4_xs"] {
         let path = ours(ty);
         let model = Model::load(&path).unwrap();
         let mut state = model

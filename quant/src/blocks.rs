@@ -127,8 +127,31 @@ pub struct BlockQ8K {
     pub bsums: [i16; QK_K / 16],
 }
 
+/// Non-linear 4-bit: `x = d · KVALUES_IQ4NL[q]`, the low nibbles of `qs`
+/// are elements 0..16, the high ones 16..32 (as Q4_0).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockIQ4NL {
+    pub d: f16,
+    pub qs: [u8; QK / 2],
+}
+
+/// IQ4_NL values in a 256-element super-block: block `b` of 32 has the
+/// 6-bit scale `ls = (scales_l nibble b) | (scales_h bits 2b..2b+2) << 4`
+/// and `x = d · (ls − 32) · KVALUES_IQ4NL[q]`.
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockIQ4XS {
+    pub d: f16,
+    pub scales_h: u16,
+    pub scales_l: [u8; QK_K / 64],
+    pub qs: [u8; QK_K / 2],
+}
+
 const _: () = {
     use core::mem::size_of;
+    assert!(size_of::<BlockIQ4NL>() == 18);
+    assert!(size_of::<BlockIQ4XS>() == 136);
     assert!(size_of::<BlockQ4_0>() == 18);
     assert!(size_of::<BlockQ4_1>() == 20);
     assert!(size_of::<BlockQ5_0>() == 22);
@@ -172,6 +195,8 @@ impl_block! {
     BlockQ5K => Q5K, QK_K;
     BlockQ6K => Q6K, QK_K;
     BlockQ8K => Q8K, QK_K;
+    BlockIQ4NL => IQ4NL, QK;
+    BlockIQ4XS => IQ4XS, QK_K;
     f32 => F32, 1;
     f16 => F16, 1;
     half::bf16 => BF16, 1;

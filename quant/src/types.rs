@@ -23,6 +23,10 @@ pub enum GgmlType {
     Q5K = 13,
     Q6K = 14,
     Q8K = 15,
+    /// Non-linear 4-bit quants (ggml's `kvalues_iq4nl`), blocks of 32.
+    IQ4NL = 20,
+    /// IQ4_NL values in 256-element super-blocks with 6-bit block scales.
+    IQ4XS = 23,
     BF16 = 30,
 }
 
@@ -31,7 +35,7 @@ pub const QK_K: usize = 256;
 
 impl GgmlType {
     /// Every supported type, in id order.
-    pub const ALL: [GgmlType; 15] = [
+    pub const ALL: [GgmlType; 17] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
@@ -46,6 +50,8 @@ impl GgmlType {
         GgmlType::Q5K,
         GgmlType::Q6K,
         GgmlType::Q8K,
+        GgmlType::IQ4NL,
+        GgmlType::IQ4XS,
         GgmlType::BF16,
     ];
 
@@ -66,6 +72,8 @@ impl GgmlType {
             13 => GgmlType::Q5K,
             14 => GgmlType::Q6K,
             15 => GgmlType::Q8K,
+            20 => GgmlType::IQ4NL,
+            23 => GgmlType::IQ4XS,
             30 => GgmlType::BF16,
             _ => return None,
         })
@@ -82,10 +90,8 @@ impl GgmlType {
             17 => "IQ2_XS",
             18 => "IQ3_XXS",
             19 => "IQ1_S",
-            20 => "IQ4_NL",
             21 => "IQ3_S",
             22 => "IQ2_S",
-            23 => "IQ4_XS",
             24 => "I8",
             25 => "I16",
             26 => "I32",
@@ -121,6 +127,8 @@ impl GgmlType {
             GgmlType::Q5K => "Q5_K",
             GgmlType::Q6K => "Q6_K",
             GgmlType::Q8K => "Q8_K",
+            GgmlType::IQ4NL => "IQ4_NL",
+            GgmlType::IQ4XS => "IQ4_XS",
             GgmlType::BF16 => "BF16",
         }
     }
@@ -141,13 +149,15 @@ impl GgmlType {
             | GgmlType::Q5_0
             | GgmlType::Q5_1
             | GgmlType::Q8_0
-            | GgmlType::Q8_1 => 32,
+            | GgmlType::Q8_1
+            | GgmlType::IQ4NL => 32,
             GgmlType::Q2K
             | GgmlType::Q3K
             | GgmlType::Q4K
             | GgmlType::Q5K
             | GgmlType::Q6K
-            | GgmlType::Q8K => QK_K,
+            | GgmlType::Q8K
+            | GgmlType::IQ4XS => QK_K,
         }
     }
 
@@ -170,6 +180,8 @@ impl GgmlType {
             GgmlType::Q5K => size_of::<BlockQ5K>(),
             GgmlType::Q6K => size_of::<BlockQ6K>(),
             GgmlType::Q8K => size_of::<BlockQ8K>(),
+            GgmlType::IQ4NL => size_of::<BlockIQ4NL>(),
+            GgmlType::IQ4XS => size_of::<BlockIQ4XS>(),
         }
     }
 
@@ -185,7 +197,7 @@ impl GgmlType {
             GgmlType::F32 => GgmlType::F32,
             GgmlType::F16 => GgmlType::F16,
             GgmlType::BF16 => GgmlType::BF16,
-            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => GgmlType::Q8_0,
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4NL => GgmlType::Q8_0,
             // The Q8_1 block carries d·Σq, which the min term of these formats needs.
             GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q8_1 => GgmlType::Q8_1,
             GgmlType::Q2K
@@ -193,7 +205,8 @@ impl GgmlType {
             | GgmlType::Q4K
             | GgmlType::Q5K
             | GgmlType::Q6K
-            | GgmlType::Q8K => GgmlType::Q8K,
+            | GgmlType::Q8K
+            | GgmlType::IQ4XS => GgmlType::Q8K,
         }
     }
 
@@ -253,6 +266,8 @@ mod tests {
             (GgmlType::Q5K, 256, 176),
             (GgmlType::Q6K, 256, 210),
             (GgmlType::Q8K, 256, 292),
+            (GgmlType::IQ4NL, 32, 18),
+            (GgmlType::IQ4XS, 256, 136),
         ];
         for (t, bs, ts) in expect {
             assert_eq!((t.block_size(), t.type_size()), (bs, ts), "{t}");

@@ -222,6 +222,8 @@ const fn slot(t: GgmlType) -> usize {
         GgmlType::Q6K => 12,
         GgmlType::Q8K => 13,
         GgmlType::BF16 => 14,
+        GgmlType::IQ4NL => 15,
+        GgmlType::IQ4XS => 16,
     }
 }
 

@@ -2,7 +2,7 @@
 
 use super::{Isa, Kernels, TypeKernels, from_float, to_float, vec_dot};
 use crate::blocks::*;
-use crate::formats::{float, k_quants as k, legacy as l};
+use crate::formats::{float, iquants as iq, k_quants as k, legacy as l};
 use half::{bf16, f16};
 
 macro_rules! entry {
@@ -17,7 +17,7 @@ macro_rules! entry {
     };
 }
 
-/// Every type's scalar kernels, in `GgmlType::ALL` order.
+/// Every type's scalar kernels, in the order of `slot`.
 pub(crate) const TABLE: Kernels = Kernels {
     isa: Isa::Scalar,
     types: [
@@ -125,6 +125,20 @@ pub(crate) const TABLE: Kernels = Kernels {
             float::quantize_row_bf16,
             float::dequantize_row_bf16,
             float::vec_dot_bf16
+        ),
+        entry!(
+            BlockIQ4NL,
+            BlockQ8_0,
+            iq::quantize_row_iq4_nl,
+            iq::dequantize_row_iq4_nl,
+            iq::vec_dot_iq4_nl_q8_0
+        ),
+        entry!(
+            BlockIQ4XS,
+            BlockQ8K,
+            iq::quantize_row_iq4_xs,
+            iq::dequantize_row_iq4_xs,
+            iq::vec_dot_iq4_xs_q8_k
         ),
     ],
 };

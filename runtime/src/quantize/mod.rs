@@ -34,6 +34,10 @@ pub enum FileType {
     Q4KM,
     Q5KM,
     Q6K,
+    /// Non-linear 4-bit blocks of 32 (4.5 bits per weight).
+    IQ4NL,
+    /// Non-linear 4-bit super-blocks with 6-bit block scales (4.25 bpw).
+    IQ4XS,
     /// Meta's W4A8 recipe for its quantized Llama 3.2 (QAT/SpinQuant):
     /// every linear layer in 4-bit groups of 32 with a symmetric scale
     /// (Q4_0 blocks, dotted with Q8_0 per-block activations at run time),
@@ -44,7 +48,7 @@ pub enum FileType {
 
 impl FileType {
     /// Every target.
-    pub const ALL: [FileType; 15] = [
+    pub const ALL: [FileType; 17] = [
         FileType::F32,
         FileType::F16,
         FileType::BF16,
@@ -59,6 +63,8 @@ impl FileType {
         FileType::Q4KM,
         FileType::Q5KM,
         FileType::Q6K,
+        FileType::IQ4NL,
+        FileType::IQ4XS,
         FileType::W4A8,
     ];
 
@@ -79,6 +85,8 @@ impl FileType {
             FileType::Q4KM => "q4_k_m",
             FileType::Q5KM => "q5_k_m",
             FileType::Q6K => "q6_k",
+            FileType::IQ4NL => "iq4_nl",
+            FileType::IQ4XS => "iq4_xs",
             FileType::W4A8 => "w4a8",
         }
     }
@@ -108,6 +116,8 @@ impl FileType {
             FileType::Q4KM => 15,
             FileType::Q5KM => 17,
             FileType::Q6K => 18,
+            FileType::IQ4NL => 25,
+            FileType::IQ4XS => 30,
             FileType::BF16 => 32,
         }
     }
@@ -129,6 +139,8 @@ impl FileType {
             FileType::Q4KS | FileType::Q4KM => GgmlType::Q4K,
             FileType::Q5KM => GgmlType::Q5K,
             FileType::Q6K => GgmlType::Q6K,
+            FileType::IQ4NL => GgmlType::IQ4NL,
+            FileType::IQ4XS => GgmlType::IQ4XS,
         }
     }
 }
@@ -270,6 +282,7 @@ impl State {
                         T::Q4K
                     }
                 }
+                F::IQ4NL | F::IQ4XS if hp.n_gqa >= 4 => new_type = T::Q5K,
                 F::Q4KM | F::Q5KM if use_more_bits(self.i_attention_wv, self.n_attention_wv) => {
                     new_type = T::Q6K
                 }
@@ -301,6 +314,8 @@ impl State {
                     }
                 }
                 F::Q4KM if use_more_bits(i_layer, n_layer) => new_type = T::Q6K,
+                // Without an importance matrix.
+                F::IQ4NL | F::IQ4XS if i_layer < n_layer / 8 => new_type = T::Q5K,
                 F::Q5KM if use_more_bits(i_layer, n_layer) => new_type = T::Q6K,
                 F::Q4KS if i_layer < n_layer / 8 => new_type = T::Q5K,
                 _ => {}
@@ -308,7 +323,10 @@ impl State {
             self.i_ffn_down += 1;
         } else if cat == Category::AttnOutput {
             if hp.n_expert == 8 {
-                if matches!(ftype, F::Q2K | F::Q3KM | F::Q4KS | F::Q4KM) {
+                if matches!(
+                    ftype,
+                    F::Q2K | F::Q3KM | F::Q4KS | F::Q4KM | F::IQ4NL | F::IQ4XS
+                ) {
                     new_type = T::Q5K;
                 }
             } else if ftype == F::Q2K {
@@ -351,6 +369,7 @@ fn fallback(_name: &str, ncols: u64, target: GgmlType) -> GgmlType {
         return target;
     }
     let mut t = match target {
+        T::IQ4XS => T::IQ4NL,
         T::Q2K | T::Q3K => T::Q4_0,
         T::Q4K => T::Q5_0,
         T::Q5K => T::Q5_1,

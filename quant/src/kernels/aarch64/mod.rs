@@ -13,6 +13,9 @@
 //! | `NeonDotprod` | Q4_0, Q4_1, Q8_0, Q4_K, Q6_K with `sdot`      | inherited                   |
 //! | `NeonI8mm`    | inherited from `NeonDotprod` (see below)      | inherited                   |
 //!
+//! IQ4_NL and IQ4_XS have NEON `vec_dot` kernels (`iq4.rs`, a `tbl` lookup
+//! of the 16 values) that the dotprod and i8mm levels inherit.
+//!
 //! Everything else is inherited from the scalar table.
 //!
 //! **Why the i8mm table equals the dotprod one.** `smmla` multiplies a 2×8 by
@@ -43,6 +46,7 @@ mod dotprod;
 // calls them, only the tests do.
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod i8mm;
+mod iq4;
 mod neon;
 #[cfg(test)]
 mod tests;
@@ -101,6 +105,14 @@ const NEON_TABLE: Kernels = scalar::TABLE
     .set_from_float(
         T::Q8K,
         from_float!(unsafe BlockQ8K, neon::quantize_row_q8_k),
+    )
+    .set_vec_dot(
+        T::IQ4NL,
+        vec_dot!(unsafe BlockIQ4NL, BlockQ8_0, iq4::vec_dot_iq4_nl_q8_0),
+    )
+    .set_vec_dot(
+        T::IQ4XS,
+        vec_dot!(unsafe BlockIQ4XS, BlockQ8K, iq4::vec_dot_iq4_xs_q8_k),
     );
 
 const NEON_DOTPROD_TABLE: Kernels = NEON_TABLE

@@ -9,6 +9,10 @@
 //! | `Avx512`      | all of `Avx2`'s at 512 bits (`vpmaddubsw`)       | inherited                    |
 //! | `Avx512Vnni`  | the integer ones with `vpdpbusd`/`vpdpwssd`      | inherited                    |
 //!
+//! IQ4_NL and IQ4_XS have AVX2 `vec_dot` kernels (`iq4.rs`, a `vpshufb`
+//! table lookup and the sign trick) that every level inherits; their
+//! products with several rows loop over them.
+//!
 //! Every level also has register-blocked `gemm` kernels (`gemm.rs`) for
 //! Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K and F32 F16 BF16: weight rows
 //! repacked on the fly into interleaved panels (16 rows per register with
@@ -58,6 +62,7 @@ mod avx2;
 mod avx512;
 mod avx512_vnni;
 mod avx_vnni;
+mod iq4;
 #[cfg(test)]
 mod tests;
 mod util;
@@ -182,6 +187,14 @@ const AVX2_TABLE: Kernels = gemvs!(
                 .set_from_float(
                     T::Q8K,
                     from_float!(unsafe BlockQ8K, avx2::quantize_row_q8_k)
+                )
+                .set_vec_dot(
+                    T::IQ4NL,
+                    vec_dot!(unsafe BlockIQ4NL, BlockQ8_0, iq4::vec_dot_iq4_nl_q8_0)
+                )
+                .set_vec_dot(
+                    T::IQ4XS,
+                    vec_dot!(unsafe BlockIQ4XS, BlockQ8K, iq4::vec_dot_iq4_xs_q8_k)
                 ),
             avx2
         ),
