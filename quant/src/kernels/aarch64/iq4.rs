@@ -14,12 +14,9 @@ use core::arch::aarch64::*;
 #[inline]
 #[target_feature(enable = "neon")]
 unsafe fn dot16(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
-    // SAFETY: register-only NEON arithmetic (NEON is baseline on aarch64).
-    unsafe {
-        let lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
-        let hi = vmull_high_s8(a, b);
-        vpadalq_s16(vpadalq_s16(acc, lo), hi)
-    }
+    let lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
+    let hi = vmull_high_s8(a, b);
+    vpadalq_s16(vpadalq_s16(acc, lo), hi)
 }
 
 /// `Σ w·a` of one 32-element block in four i32 lanes: `qs` the 16 packed
