@@ -26,6 +26,10 @@ pub enum SpinelError {
     ChatTemplate { reason: String },
     /// Encoding or decoding tokens failed (an id outside the vocabulary …).
     Tokenizer { reason: String },
+    /// A saved chat could not be written, or not restored: a file of
+    /// another model, KV cache type or context length, a truncated or a
+    /// corrupted file. Nothing is partly restored.
+    SessionFile { reason: String },
     /// A bug: a panic inside Spinel or a listener, caught at the boundary.
     Internal { reason: String },
 }
@@ -39,6 +43,7 @@ impl fmt::Display for SpinelError {
             SpinelError::ContextFull { reason } => ("context full", reason),
             SpinelError::ChatTemplate { reason } => ("chat template", reason),
             SpinelError::Tokenizer { reason } => ("tokenizer", reason),
+            SpinelError::SessionFile { reason } => ("session file", reason),
             SpinelError::Internal { reason } => ("internal error", reason),
         };
         write!(f, "{kind}: {reason}")
@@ -58,6 +63,7 @@ impl From<EngineError> for SpinelError {
             | EngineError::PromptTooLong { .. } => SpinelError::ContextFull { reason },
             EngineError::Model(_) => SpinelError::InvalidModel { reason },
             EngineError::Tokenizer(_) => SpinelError::Tokenizer { reason },
+            EngineError::SessionFile { .. } => SpinelError::SessionFile { reason },
             EngineError::ChatTemplate(_) | EngineError::NoChatTemplate { .. } => {
                 SpinelError::ChatTemplate { reason }
             }

@@ -218,6 +218,17 @@ impl Model {
         let session = self.engine.session(&self.options.session_options())?;
         Ok(Arc::new(ChatSession::new(session, system_prompt)))
     }
+
+    /// A chat saved by [`ChatSession::save`] (after the app was killed,
+    /// say): its conversation and KV cache, so the next turn processes only
+    /// the new message. Fails with `SessionFile` for a file of another
+    /// model, KV cache type or a longer context, or a truncated or
+    /// corrupted one. Blocks: call it off the UI thread.
+    pub fn restore_session(&self, path: String) -> Result<Arc<ChatSession>, SpinelError> {
+        let mut session = self.engine.session(&self.options.session_options())?;
+        session.restore(std::path::Path::new(&path))?;
+        Ok(Arc::new(ChatSession::new(session, None)))
+    }
 }
 
 fn saturate(n: usize) -> u32 {

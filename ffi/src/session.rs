@@ -234,6 +234,15 @@ impl ChatSession {
     /// The conversation rendered with the model's chat template, ready for
     /// the assistant's answer: what the model sees on the next turn before
     /// the new message.
+    /// Writes the conversation and its KV cache to `path` (Spinel's saved
+    /// session format, as `spinel chat --session`), atomically: written
+    /// beside it, flushed to disk, then renamed, so a kill mid-save leaves
+    /// the previous file. Waits for a running answer to end. Restore with
+    /// [`Model::restore_session`](crate::Model::restore_session).
+    pub fn save(&self, path: String) -> Result<(), SpinelError> {
+        Ok(lock(&self.inner).save(std::path::Path::new(&path))?)
+    }
+
     pub fn render_prompt(&self) -> Result<String, SpinelError> {
         let session = lock(&self.inner);
         let messages: Vec<Message> = session.messages().to_vec();

@@ -230,3 +230,81 @@ fn kv_cache_types_size_the_context_and_chat() {
     assert!(stats.generated_tokens >= 1);
     assert!(!listener.text().is_empty());
 }
+
+/// One greedy turn, waited for: (answer, stats).
+fn turn(chat: &spinel_ffi::ChatSession, message: &str) -> (String, GenerationStats) {
+    let (listener, end) = Collector::new(false);
+    chat.send(message.into(), greedy(16), listener.clone())
+        .unwrap();
+    let stats = end.recv_timeout(Duration::from_secs(120)).unwrap().unwrap();
+    (listener.text(), stats)
+}
+
+/// A chat saved to a file and restored (the app killed in between) holds
+/// its conversation and KV cache: its next turn processes only the new
+/// message and answers as the original session does. Files of another KV
+/// type, truncated or corrupted files are `SessionFile` errors.
+#[test]
+fn saved_chats_restore_and_bad_files_are_refused() {
+    let model = model();
+    let dir = std::env::temp_dir().join(format!("spinel-ffi-save-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("chat.session");
+    let path = file.to_str().unwrap().to_string();
+
+    let chat = model.chat_session(Some("Answer briefly.".into())).unwrap();
+    turn(&chat, "Name a colour.");
+    chat.save(path.clone()).unwrap();
+    assert!(
+        !dir.join("chat.session.part").exists(),
+        "the temporary file stays"
+    );
+    let restored = model.restore_session(path.clone()).unwrap();
+    assert_eq!(restored.history(), chat.history());
+
+    let (want, want_stats) = turn(&chat, "And a fruit?");
+    let (got, got_stats) = turn(&restored, "And a fruit?");
+    assert_eq!(got, want);
+    assert_eq!(got_stats.cached_tokens, want_stats.cached_tokens);
+    assert!(got_stats.cached_tokens > 0 && got_stats.cached_tokens < got_stats.prompt_tokens);
+
+    let bytes = std::fs::read(&file).unwrap();
+    let bad = |name: &str, content: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, content).unwrap();
+        let err = model
+            .restore_session(p.to_str().unwrap().to_string())
+            .unwrap_err();
+        assert!(
+            matches!(err, SpinelError::SessionFile { .. }),
+            "{name}: {err:?}"
+        );
+        err.to_string()
+    };
+    assert!(bad("truncated", &bytes[..bytes.len() / 2]).contains("truncated"));
+    let mut flipped = bytes.clone();
+    let mid = flipped.len() - 100;
+    flipped[mid] ^= 1;
+    assert!(bad("corrupted", &flipped).contains("corrupted"));
+    assert!(bad("not-a-session", b"# notes, not a saved chat").contains("not a Spinel session"));
+
+    // Another KV type: a model loaded with Q8_0 keys refuses an F16 file.
+    let q8 = Model::load(
+        spinel_runtime::cache::test_model()
+            .to_str()
+            .unwrap()
+            .to_string(),
+        LoadOptions {
+            threads: Some(2),
+            context_length: Some(512),
+            kv_cache_type: Some(spinel_ffi::KvCacheType::Q8_0),
+            ..LoadOptions::default()
+        },
+        None,
+    )
+    .unwrap();
+    let err = q8.restore_session(path).unwrap_err();
+    assert!(matches!(err, SpinelError::SessionFile { .. }), "{err:?}");
+    assert!(err.to_string().contains("cache type"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

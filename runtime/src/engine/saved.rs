@@ -95,13 +95,27 @@ impl Session {
         h.0
     }
 
-    /// Saves the conversation and the KV cache to `path` (written aside and
-    /// renamed, so an interrupted save leaves the old file).
+    /// Saves the conversation and the KV cache to `path` (written beside it
+    /// as `PATH.part`, flushed to the disk and renamed, so an interrupted
+    /// save leaves the old file).
     pub fn save(&self, path: &Path) -> Result<(), EngineError> {
         let io = |e: std::io::Error| err(path, e.to_string());
-        let part = path.with_extension("part");
-        let file = std::fs::File::create(&part).map_err(io)?;
-        let mut w = Hashing {
+        let mut part = path.as_os_str().to_owned();
+        part.push(".part");
+        let part = std::path::PathBuf::from(part);
+        let result = self.write_saved(path, &part);
+        if result.is_err() {
+            let _ = std::fs::remove_file(&part);
+        }
+        result?;
+        std::fs::rename(&part, path).map_err(io)
+    }
+
+    /// Writes the file to `part`, flushed to the disk.
+    fn write_saved(&self, path: &Path, part: &Path) -> Result<(), EngineError> {
+        let io = |e: std::io::Error| err(path, e.to_string());
+        let file = std::fs::File::create(part).map_err(io)?;
+        let w = Hashing {
             inner: std::io::BufWriter::new(file),
             hash: Fnv::new(),
         };
@@ -113,7 +127,7 @@ impl Session {
             .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
             .collect();
         let messages = serde_json::to_vec(&messages).map_err(|e| err(path, e.to_string()))?;
-        let write = |w: &mut Hashing<std::io::BufWriter<std::fs::File>>| -> std::io::Result<()> {
+        let write = |mut w: Hashing<std::io::BufWriter<std::fs::File>>| -> std::io::Result<()> {
             w.write_all(MAGIC)?;
             w.write_all(&VERSION.to_le_bytes())?;
             w.write_all(&self.model_fingerprint().to_le_bytes())?;
@@ -126,14 +140,13 @@ impl Session {
             }
             w.write_all(&(messages.len() as u64).to_le_bytes())?;
             w.write_all(&messages)?;
-            state.write_cache(w)?;
+            state.write_cache(&mut w)?;
             let sum = w.hash.0;
             w.inner.write_all(&sum.to_le_bytes())?;
-            w.inner.flush()
+            // On the disk before the rename makes it the saved session.
+            w.inner.into_inner().map_err(|e| e.into_error())?.sync_all()
         };
-        write(&mut w).map_err(io)?;
-        drop(w);
-        std::fs::rename(&part, path).map_err(io)
+        write(w).map_err(io)
     }
 
     /// Replaces this session's conversation and cache with those saved in
