@@ -24,10 +24,12 @@
 //! version and API checksums when they load it.
 
 mod error;
+mod memory;
 mod model;
 mod session;
 
 pub use error::SpinelError;
+pub use memory::{MemoryUsage, TrimLevel};
 pub use model::{KvCacheType, LoadOptions, LoadProgressListener, Model, ModelInfo};
 pub use session::{
     ChatMessage, ChatSession, GenerationHandle, GenerationListener, GenerationParams,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use spinel_runtime::engine::{DEFAULT_KV_BUDGET, Engine, SessionOptions};
 use spinel_runtime::model::{KvType, LoadOptions as RuntimeLoadOptions, Model as RuntimeModel};
 
+use crate::memory::Sessions;
 use crate::session::ChatSession;
 use crate::{SpinelError, call_foreign};
 
@@ -117,6 +118,23 @@ pub struct ModelInfo {
 pub struct Model {
     engine: Arc<Engine>,
     options: LoadOptions,
+    sessions: Sessions,
+}
+
+impl Model {
+    pub(crate) fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    pub(crate) fn runtime(&self) -> &RuntimeModel<'static> {
+        self.engine.model()
+    }
+
+    fn open(&self, session: ChatSession) -> Arc<ChatSession> {
+        let session = Arc::new(session);
+        self.sessions.add(&session);
+        session
+    }
 }
 
 #[uniffi::export]
@@ -149,7 +167,11 @@ impl Model {
         // a session.
         engine.context_length(&options.session_options())?;
         report(1.0, "ready");
-        Ok(Arc::new(Model { engine, options }))
+        Ok(Arc::new(Model {
+            engine,
+            options,
+            sessions: Sessions::default(),
+        }))
     }
 
     pub fn info(&self) -> ModelInfo {
@@ -216,7 +238,7 @@ impl Model {
         system_prompt: Option<String>,
     ) -> Result<Arc<ChatSession>, SpinelError> {
         let session = self.engine.session(&self.options.session_options())?;
-        Ok(Arc::new(ChatSession::new(session, system_prompt)))
+        Ok(self.open(ChatSession::new(session, system_prompt)))
     }
 
     /// A chat saved by [`ChatSession::save`] (after the app was killed,
@@ -227,7 +249,7 @@ impl Model {
     pub fn restore_session(&self, path: String) -> Result<Arc<ChatSession>, SpinelError> {
         let mut session = self.engine.session(&self.options.session_options())?;
         session.restore(std::path::Path::new(&path))?;
-        Ok(Arc::new(ChatSession::new(session, None)))
+        Ok(self.open(ChatSession::new(session, None)))
     }
 }
 

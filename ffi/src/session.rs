@@ -4,7 +4,7 @@
 //! and returns a [`GenerationHandle`] to cancel it.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use spinel_runtime::chat::Message;
@@ -173,6 +173,25 @@ pub trait GenerationListener: Send + Sync {
 #[derive(Debug, uniffi::Object)]
 pub struct ChatSession {
     inner: Arc<Mutex<Session>>,
+    /// Its memory as last seen (for `Model::memory_usage` while it runs).
+    sizes: Arc<Sizes>,
+    /// Where `Model::trim_memory` saves it before giving its cache back.
+    save_on_trim: Mutex<Option<String>>,
+}
+
+/// A session's KV cache and scratch bytes, recorded whenever it is locked.
+#[derive(Debug, Default)]
+pub(crate) struct Sizes {
+    kv: AtomicU64,
+    scratch: AtomicU64,
+}
+
+impl Sizes {
+    fn record(&self, s: &Session) {
+        self.kv.store(s.kv_cache_bytes() as u64, Ordering::Relaxed);
+        self.scratch
+            .store(s.scratch_bytes() as u64, Ordering::Relaxed);
+    }
 }
 
 impl ChatSession {
@@ -180,9 +199,47 @@ impl ChatSession {
         if let Some(system) = system_prompt {
             session.set_system(system);
         }
+        let sizes = Arc::new(Sizes::default());
+        sizes.record(&session);
         ChatSession {
             inner: Arc::new(Mutex::new(session)),
+            sizes,
+            save_on_trim: Mutex::new(None),
         }
+    }
+
+    /// `(kv cache, scratch)` bytes: measured if the session is idle, else
+    /// as last seen.
+    pub(crate) fn memory(&self) -> (u64, u64) {
+        if let Ok(s) = self.inner.try_lock() {
+            self.sizes.record(&s);
+        }
+        let s = &self.sizes;
+        (
+            s.kv.load(Ordering::Relaxed),
+            s.scratch.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Under memory pressure: if the session is idle, saves it where
+    /// [`set_save_on_trim`](Self::set_save_on_trim) asked, then gives back
+    /// its KV cache and buffers. A running answer is left alone. Returns the
+    /// bytes given back.
+    pub(crate) fn trim(&self) -> Result<u64, SpinelError> {
+        let Ok(mut s) = self.inner.try_lock() else {
+            return Ok(0);
+        };
+        let path = self
+            .save_on_trim
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(path) = path {
+            s.save(std::path::Path::new(&path))?;
+        }
+        let freed = s.release_memory() as u64;
+        self.sizes.record(&s);
+        Ok(freed)
     }
 }
 
@@ -243,6 +300,16 @@ impl ChatSession {
         Ok(lock(&self.inner).save(std::path::Path::new(&path))?)
     }
 
+    /// Where `Model::trim_memory` saves this chat before it gives its KV
+    /// cache back (`null`: it does not save); restore it with
+    /// `Model::restore_session` if the app is then killed.
+    pub fn set_save_on_trim(&self, path: Option<String>) {
+        *self
+            .save_on_trim
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = path;
+    }
+
     pub fn render_prompt(&self) -> Result<String, SpinelError> {
         let session = lock(&self.inner);
         let messages: Vec<Message> = session.messages().to_vec();
@@ -261,13 +328,14 @@ impl ChatSession {
     ) -> Result<Arc<GenerationHandle>, SpinelError> {
         let handle = Arc::new(GenerationHandle::default());
         let inner = Arc::clone(&self.inner);
+        let sizes = Arc::clone(&self.sizes);
         let job = Arc::clone(&handle);
         let options = params.options();
         std::thread::Builder::new()
             .name("spinel-generate".into())
             .spawn(move || {
                 let outcome = catch_unwind(AssertUnwindSafe(|| {
-                    run_turn(&inner, &message, &options, &job, &*listener)
+                    run_turn(&inner, &sizes, &message, &options, &job, &*listener)
                 }))
                 .unwrap_or_else(|p| {
                     Err(SpinelError::Internal {
@@ -294,6 +362,7 @@ impl ChatSession {
 
 fn run_turn(
     inner: &Mutex<Session>,
+    sizes: &Sizes,
     message: &str,
     options: &GenerateOptions,
     job: &GenerationHandle,
@@ -324,6 +393,7 @@ fn run_turn(
         }
     });
     *job.running.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    sizes.record(&session);
     let generation: engine::Generation = result?;
     if let Some(e) = listener_failed {
         return Err(SpinelError::Internal {

@@ -308,3 +308,64 @@ fn saved_chats_restore_and_bad_files_are_refused() {
     assert!(err.to_string().contains("cache type"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `trim_memory` gives back an idle session's KV cache and buffers
+/// (memory use drops), saving it first where asked; the session still
+/// answers, its conversation processed again, as a new session given the
+/// same messages does.
+#[test]
+fn trimming_memory_frees_idle_sessions_which_still_answer() {
+    use spinel_ffi::TrimLevel;
+    let model = model();
+    let dir = std::env::temp_dir().join(format!("spinel-ffi-trim-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let saved = dir.join("trimmed.session");
+
+    let chat = model.chat_session(Some("Answer briefly.".into())).unwrap();
+    let twin = model.chat_session(Some("Answer briefly.".into())).unwrap();
+    for c in [&chat, &twin] {
+        turn(c, "Name a colour.");
+    }
+    let before = model.memory_usage();
+    assert!(before.weights_resident_bytes > 0, "{before:?}");
+    assert!(
+        before.kv_cache_bytes > 0 && before.scratch_bytes > 0,
+        "{before:?}"
+    );
+
+    chat.set_save_on_trim(Some(saved.to_str().unwrap().to_string()));
+    let freed = model.trim_memory(TrimLevel::Background).unwrap();
+    let after = model.memory_usage();
+    assert!(freed > 0, "nothing freed");
+    // Both sessions were idle: both caches are gone.
+    assert_eq!(after.kv_cache_bytes, 0, "{after:?}");
+    assert!(
+        after.scratch_bytes < before.scratch_bytes,
+        "{before:?} → {after:?}"
+    );
+    assert!(saved.exists(), "not saved before trimming");
+
+    // The trimmed session processes its whole conversation again, as a new
+    // session given the same messages does.
+    let (want, _) = {
+        let fresh = model.chat_session(None).unwrap();
+        for m in chat.history() {
+            fresh.add_message(m);
+        }
+        turn(&fresh, "And a fruit?")
+    };
+    let (got, stats) = turn(&chat, "And a fruit?");
+    assert_eq!(got, want);
+    assert_eq!(stats.cached_tokens, 0, "the cache was given back");
+    assert!(model.memory_usage().kv_cache_bytes > 0);
+
+    // Critical also drops streamed weights (none here); the session was
+    // saved again first, with its second turn.
+    model.trim_memory(TrimLevel::Critical).unwrap();
+    let restored = model
+        .restore_session(saved.to_str().unwrap().to_string())
+        .unwrap();
+    assert_eq!(restored.history().len(), 5);
+    assert_eq!(restored.history(), chat.history());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -228,6 +228,25 @@ impl Session {
         self.core.messages.clear();
     }
 
+    /// Gives back the KV cache and the activation buffers (an app sent to
+    /// the background, memory pressure). The conversation stays: the next
+    /// turn processes it again from the start, then answers as before.
+    /// Returns the bytes given back.
+    pub fn release_memory(&mut self) -> usize {
+        self.core.cached.clear();
+        self.core.state.release()
+    }
+
+    /// Bytes of the KV cache now allocated.
+    pub fn kv_cache_bytes(&self) -> usize {
+        self.core.state.kv_cache_bytes()
+    }
+
+    /// Bytes of the activation buffers now allocated.
+    pub fn scratch_bytes(&self) -> usize {
+        self.core.state.scratch_bytes()
+    }
+
     /// Forgets everything: the conversation and the cache.
     pub fn reset(&mut self) {
         self.core.messages.clear();

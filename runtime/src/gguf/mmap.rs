@@ -139,6 +139,38 @@ impl MappedGguf {
         }
     }
 
+    /// Bytes of the mapping now in this process's memory (`mincore`), or
+    /// `None` where that cannot be asked.
+    pub fn resident_bytes(&self) -> Option<u64> {
+        #[cfg(unix)]
+        {
+            let page = page_size();
+            let len = self.map.len();
+            if len == 0 {
+                return Some(0);
+            }
+            let mut vec = vec![0u8; len.div_ceil(page)];
+            // SAFETY: the mapping is `len` bytes from a page-aligned address
+            // (mmap's); `vec` has one byte per page of it.
+            let rc = unsafe {
+                libc::mincore(
+                    self.map.as_ptr() as *mut libc::c_void,
+                    len,
+                    vec.as_mut_ptr().cast(),
+                )
+            };
+            if rc != 0 {
+                return None;
+            }
+            let pages = vec.iter().filter(|&&b| b & 1 != 0).count();
+            Some((pages * page).min(len) as u64)
+        }
+        #[cfg(not(unix))]
+        {
+            None
+        }
+    }
+
     /// Reads bytes `range` of the file with ordinary reads (not through the
     /// mapping) and returns the speed in bytes per second; the pages are
     /// then dropped from the cache again. For estimating how fast streamed

@@ -34,6 +34,7 @@ impl Model<'_> {
         state: &'s mut State,
         tokens: &[u32],
     ) -> Result<&'s [f32], ModelError> {
+        state.reacquire()?;
         self.check_input(state, tokens)?;
         for batch in tokens.chunks(state.n_batch) {
             self.forward_batch(state, batch)?;
@@ -51,6 +52,7 @@ impl Model<'_> {
         tokens: &[u32],
         logits: &mut Vec<f32>,
     ) -> Result<(), ModelError> {
+        state.reacquire()?;
         self.check_input(state, tokens)?;
         logits.clear();
         for batch in tokens.chunks(state.n_batch) {
@@ -92,8 +94,10 @@ impl Model<'_> {
                 sequences: state.n_batch,
             });
         }
+        state.reacquire()?;
         self.check_input(state, &tokens[..1])?;
-        for (o, t) in others.iter().zip(&tokens[1..]) {
+        for (o, t) in others.iter_mut().zip(&tokens[1..]) {
+            o.reacquire()?;
             self.check_input(o, std::slice::from_ref(t))?;
             let cache = |s: &State| (s.kv.k_ty, s.kv.v_ty, s.rotate_qk, s.rotate_v);
             if cache(o) != cache(state) {

@@ -97,6 +97,15 @@ impl Matmul {
         }
     }
 
+    /// Bytes of its buffers.
+    pub fn bytes(&self) -> usize {
+        self.input
+            .iter()
+            .map(|c| c.buf.bytes().len())
+            .sum::<usize>()
+            + self.tiles.capacity() * 4
+    }
+
     /// Makes the first `n` rows of `x` (`cols` wide) the input of the next
     /// products, converted for weights of the types `weights` (at most two
     /// distinct `vec_dot_type`s). With `norm`, each row is RMS-normalized

@@ -213,6 +213,24 @@ impl<'a> Model<'a> {
         m.measure_read_speed(r.start..r.end.min(r.start + max_bytes))
     }
 
+    /// Bytes of the weights now in memory: the resident pages of the
+    /// file's mapping (all of a model read from memory).
+    pub fn weights_resident_bytes(&self) -> u64 {
+        match &self.source {
+            Source::Mapped(m) => m.resident_bytes().unwrap_or(m.len() as u64),
+            Source::Borrowed(_) => self.gguf().bytes().len() as u64,
+        }
+    }
+
+    /// Under memory pressure: drops the pages of the weights that are
+    /// streamed (a model larger than its budget); they are read from the
+    /// file again when next used. Resident weights stay.
+    pub fn release_streamed_weights(&self) {
+        if let Some(m) = self.mapped() {
+            self.residency.release_streamed(m);
+        }
+    }
+
     fn mapped(&self) -> Option<&MappedGguf> {
         match &self.source {
             Source::Mapped(m) => Some(m),

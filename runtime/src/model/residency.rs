@@ -404,6 +404,15 @@ impl Residency {
         }
     }
 
+    /// Drops the pages of every streamed stage (memory pressure): they are
+    /// read from the file again when next used. (Cached experts stay: the
+    /// expert cache is within the budget and keeps its own account.)
+    pub fn release_streamed(&self, map: &MappedGguf) {
+        for stage in 0..self.stages.len() {
+            self.leave(map, stage);
+        }
+    }
+
     /// Layer `il`'s routed experts are about to be read: count hits and
     /// misses, prefetch the missing ones, and drop the least recently used
     /// beyond the cache's capacity.

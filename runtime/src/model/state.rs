@@ -252,6 +252,11 @@ pub(crate) struct Route {
 #[derive(Debug)]
 pub struct State {
     pub(crate) layout: Layout,
+    /// What the state was made with (its context length resolved), to
+    /// make it again after [`release`](State::release).
+    opts: StateOptions,
+    /// The buffers were given back; the next use allocates them again.
+    released: bool,
     /// R3: queries and keys go through a Hadamard transform after RoPE
     /// (see [`StateOptions::kv_rotation`]).
     pub(crate) rotate_qk: bool,
@@ -348,6 +353,11 @@ impl State {
         let n_expert = c.moe.as_ref().map_or(0, |m| m.n_expert);
         let n_used = c.moe.as_ref().map_or(0, |m| m.n_expert_used);
         let state = State {
+            opts: StateOptions {
+                n_ctx: Some(n_ctx),
+                ..opts.clone()
+            },
+            released: false,
             rotate_qk,
             rotate_v,
             n_past: 0,
@@ -383,7 +393,95 @@ impl State {
 
     /// The context length: the most positions the cache holds.
     pub fn n_ctx(&self) -> usize {
-        self.kv.n_ctx
+        self.opts.n_ctx.unwrap_or(self.kv.n_ctx)
+    }
+
+    /// Bytes of the KV cache now allocated (none after
+    /// [`release`](Self::release)).
+    pub fn kv_cache_bytes(&self) -> usize {
+        self.kv.k.bytes().len() + self.kv.v.bytes().len()
+    }
+
+    /// Bytes of the activation buffers now allocated (none after
+    /// [`release`](Self::release), but the threads' small tiles).
+    pub fn scratch_bytes(&self) -> usize {
+        let f = |v: &Vec<f32>| v.capacity() * 4;
+        [
+            &self.x,
+            &self.xb,
+            &self.q,
+            &self.k,
+            &self.v,
+            &self.att_out,
+            &self.hb,
+        ]
+        .into_iter()
+        .chain([
+            &self.rope_cs,
+            &self.router,
+            &self.expert_in,
+            &self.expert_out,
+        ])
+        .chain([&self.logits])
+        .map(f)
+        .sum::<usize>()
+            + self.v_conv.bytes().len()
+            + self.attn.bytes().len()
+            + self.mm.bytes()
+    }
+
+    /// Whether the buffers were given back by [`release`](Self::release).
+    pub fn is_released(&self) -> bool {
+        self.released
+    }
+
+    /// Gives back the KV cache and the activation buffers (memory
+    /// pressure): the cache is emptied, and the next use allocates the
+    /// buffers again, as new. Returns the bytes given back.
+    pub fn release(&mut self) -> usize {
+        if self.released {
+            return 0;
+        }
+        let bytes = self.kv_cache_bytes() + self.scratch_bytes();
+        self.kv.k = AlignedBuf::zeroed(0);
+        self.kv.v = AlignedBuf::zeroed(0);
+        for v in [
+            &mut self.x,
+            &mut self.xb,
+            &mut self.q,
+            &mut self.k,
+            &mut self.v,
+        ] {
+            *v = Vec::new();
+        }
+        for v in [
+            &mut self.att_out,
+            &mut self.hb,
+            &mut self.rope_cs,
+            &mut self.router,
+        ] {
+            *v = Vec::new();
+        }
+        for v in [&mut self.expert_in, &mut self.expert_out, &mut self.logits] {
+            *v = Vec::new();
+        }
+        self.routes = Vec::new();
+        self.expert_tokens = Vec::new();
+        self.v_conv = AlignedBuf::zeroed(0);
+        self.attn = AlignedBuf::zeroed(0);
+        self.mm = Matmul::new(1, 0, 0);
+        self.n_past = 0;
+        self.released = true;
+        bytes - self.scratch_bytes()
+    }
+
+    /// Allocates the buffers again after [`release`](Self::release) (the
+    /// forward pass and [`read_cache`](Self::read_cache) call it).
+    pub(crate) fn reacquire(&mut self) -> Result<(), ModelError> {
+        if self.released {
+            *self = State::new(self.layout.clone(), &self.opts)?;
+        }
+        Ok(())
     }
 
     /// Threads used for matrix products and attention.
@@ -461,6 +559,10 @@ impl State {
 
     /// Writes the cache's positions `0..n_past` (see [`read_cache`](Self::read_cache)).
     pub fn write_cache(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        if self.n_past == 0 {
+            // Nothing to write (and a released cache has no bytes to slice).
+            return Ok(());
+        }
         for (is_v, r) in self.cache_ranges(self.n_past) {
             let buf = if is_v { &self.kv.v } else { &self.kv.k };
             w.write_all(&buf.bytes()[r])?;
@@ -472,6 +574,7 @@ impl State {
     /// state of the same model and K and V types, and continues after them. On
     /// an error the state is empty.
     pub fn read_cache(&mut self, n: usize, r: &mut dyn std::io::Read) -> Result<(), ModelError> {
+        self.reacquire()?;
         self.n_past = 0;
         if n > self.kv.n_ctx {
             return Err(ModelError::ContextFull {
