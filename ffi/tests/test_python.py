@@ -216,6 +216,53 @@ class PythonBindings(unittest.TestCase):
             spinel.Model.load("/nonexistent/model.gguf", spinel.LoadOptions(), None)
         self.assertIn("nonexistent", str(caught.exception))
 
+    def _turn(self, chat, message):
+        listener = Collector()
+        stats = listener.wait(chat.send(
+            message, spinel.GenerationParams(temperature=0.0, max_tokens=16), listener))
+        return "".join(listener.tokens), stats
+
+    def test_save_and_restore(self):
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "chat.session")
+            chat = self.model.chat_session("Answer briefly.")
+            self._turn(chat, "Name a colour.")
+            chat.save(path)
+            restored = self.model.restore_session(path)
+            self.assertEqual(restored.history(), chat.history())
+            want, want_stats = self._turn(chat, "And a fruit?")
+            got, got_stats = self._turn(restored, "And a fruit?")
+            self.assertEqual(got, want)
+            self.assertEqual(got_stats.cached_tokens, want_stats.cached_tokens)
+            self.assertGreater(got_stats.cached_tokens, 0)
+            with open(path, "rb") as f:
+                data = f.read()
+            bad = os.path.join(d, "truncated.session")
+            with open(bad, "wb") as f:
+                f.write(data[: len(data) // 2])
+            with self.assertRaises(spinel.SpinelError.SessionFile) as caught:
+                self.model.restore_session(bad)
+            self.assertIn("truncated", str(caught.exception))
+
+    def test_trim_memory(self):
+        chat = self.model.chat_session("Answer briefly.")
+        self._turn(chat, "Name a colour.")
+        before = self.model.memory_usage()
+        self.assertGreater(before.kv_cache_bytes, 0)
+        self.assertGreater(before.weights_resident_bytes, 0)
+        freed = self.model.trim_memory(spinel.TrimLevel.BACKGROUND)
+        self.assertGreater(freed, 0)
+        after = self.model.memory_usage()
+        self.assertLess(after.kv_cache_bytes, before.kv_cache_bytes)
+        fresh = self.model.chat_session(None)
+        for m in chat.history():
+            fresh.add_message(m)
+        want, _ = self._turn(fresh, "And a fruit?")
+        got, stats = self._turn(chat, "And a fruit?")
+        self.assertEqual(got, want)
+        self.assertEqual(stats.cached_tokens, 0)
+
     def test_not_a_model_is_an_error(self):
         with self.assertRaises(spinel.SpinelError.InvalidModel):
             spinel.Model.load(__file__, spinel.LoadOptions(), None)

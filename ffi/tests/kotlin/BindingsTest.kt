@@ -11,6 +11,7 @@ import dev.spinel.ffi.LoadOptions
 import dev.spinel.ffi.Model
 import dev.spinel.ffi.SpinelException
 import dev.spinel.ffi.StopReason
+import dev.spinel.ffi.TrimLevel
 import java.util.concurrent.CountDownLatch
 import java.util.concurrent.TimeUnit
 import kotlin.system.exitProcess
@@ -139,6 +140,42 @@ fun main() {
                 throw AssertionError("loaded a missing file")
             } catch (e: SpinelException.Io) {
             }
+            m.close()
+        }
+    }
+
+    tests["wrapper: save and restore, trim memory"] = {
+        runBlocking {
+            val m = SpinelModel.load(modelPath, options)
+            val chat = m.newChat("Answer briefly.")
+            val greedy = GenerationParams(temperature = 0f, maxTokens = 16u)
+            chat.send("Name a colour.", greedy).toList()
+            val file = java.io.File.createTempFile("spinel-chat", ".session")
+            chat.save(file.path)
+            val restored = m.restoreChat(file.path)
+            check(restored.history == chat.history) { "restored history ${restored.history}" }
+            val want = chat.send("And a fruit?", greedy).toList().joinToString("")
+            val got = restored.send("And a fruit?", greedy).toList().joinToString("")
+            check(got == want) { "restored answer '$got' vs '$want'" }
+            check((restored.lastStats?.cachedTokens ?: 0u) > 0u) { "stats ${restored.lastStats}" }
+            file.writeBytes(file.readBytes().copyOf(100))
+            try {
+                m.restoreChat(file.path)
+                throw AssertionError("restored a truncated file")
+            } catch (e: SpinelException.SessionFile) {
+            }
+
+            val before = m.memoryUsage
+            check(before.kvCacheBytes > 0uL && before.weightsResidentBytes > 0uL) { "usage $before" }
+            chat.saveOnTrim = file.path
+            check(m.trimLevelFor(40) == TrimLevel.BACKGROUND && m.trimLevelFor(80) == TrimLevel.CRITICAL) { "levels" }
+            check(m.trimLevelFor(5) == null) { "running moderate" }
+            check(m.trimMemory(TrimLevel.BACKGROUND) > 0uL) { "nothing freed" }
+            check(m.memoryUsage.kvCacheBytes < before.kvCacheBytes) { "usage ${m.memoryUsage}" }
+            val again = chat.send("And a vegetable?", greedy).toList().joinToString("")
+            check(again.isNotBlank() && chat.lastStats?.cachedTokens == 0u) { "after trim: '$again' ${chat.lastStats}" }
+            check(m.restoreChat(file.path).history.size == 5) { "saved on trim" }
+            file.delete()
             m.close()
         }
     }

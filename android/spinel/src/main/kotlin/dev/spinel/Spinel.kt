@@ -11,9 +11,11 @@ import dev.spinel.ffi.GenerationParams
 import dev.spinel.ffi.GenerationStats
 import dev.spinel.ffi.LoadOptions
 import dev.spinel.ffi.LoadProgressListener
+import dev.spinel.ffi.MemoryUsage
 import dev.spinel.ffi.Model
 import dev.spinel.ffi.ModelInfo
 import dev.spinel.ffi.SpinelException
+import dev.spinel.ffi.TrimLevel
 import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.channels.awaitClose
 import kotlinx.coroutines.channels.trySendBlocking
@@ -47,6 +49,41 @@ class SpinelModel private constructor(val ffi: Model) : AutoCloseable {
     /** A new conversation with its own KV cache. */
     fun newChat(systemPrompt: String? = null): SpinelChat = SpinelChat(ffi.chatSession(systemPrompt))
 
+    /**
+     * A chat saved by [SpinelChat.save] (the app was killed, say), with its KV
+     * cache: the next turn processes only the new message. Throws
+     * [SpinelException.SessionFile] for a file of another model or KV type, or
+     * a truncated or corrupted one.
+     */
+    suspend fun restoreChat(path: String): SpinelChat =
+        withContext(Dispatchers.IO) { SpinelChat(ffi.restoreSession(path)) }
+
+    /**
+     * Gives back memory that can be rebuilt: idle chats' KV caches (saved first
+     * where [SpinelChat.saveOnTrim] asks), and with [TrimLevel.CRITICAL] the
+     * pages of streamed weights. Returns the bytes given back.
+     */
+    suspend fun trimMemory(level: TrimLevel): ULong =
+        withContext(Dispatchers.IO) { ffi.trimMemory(level) }
+
+    /** What the model and its chats hold now. */
+    val memoryUsage: MemoryUsage get() = ffi.memoryUsage()
+
+    /**
+     * The level Android's `ComponentCallbacks2.onTrimMemory(level)` asks for, or
+     * null where nothing need be given back: `TRIM_MEMORY_UI_HIDDEN` (20) and
+     * `TRIM_MEMORY_BACKGROUND` (40) are [TrimLevel.BACKGROUND],
+     * `TRIM_MEMORY_RUNNING_CRITICAL` (15) and `TRIM_MEMORY_COMPLETE` (80)
+     * [TrimLevel.CRITICAL]. (The constants are Android's, written out so this
+     * file builds on the JVM too; `SpinelTrimCallbacks` in the app module
+     * registers it.)
+     */
+    fun trimLevelFor(androidLevel: Int): TrimLevel? = when {
+        androidLevel >= 80 || androidLevel == 15 -> TrimLevel.CRITICAL
+        androidLevel >= 20 -> TrimLevel.BACKGROUND
+        else -> null
+    }
+
     suspend fun tokenize(text: String, addSpecial: Boolean = false): List<UInt> =
         withContext(Dispatchers.Default) { ffi.tokenize(text, addSpecial) }
 
@@ -66,6 +103,16 @@ class SpinelChat(val ffi: ChatSession) : AutoCloseable {
     val history: List<ChatMessage> get() = ffi.history()
 
     fun setSystemPrompt(prompt: String) = ffi.setSystemPrompt(prompt)
+
+    /** Saves the conversation and its KV cache to [path], atomically. */
+    suspend fun save(path: String) = withContext(Dispatchers.IO) { ffi.save(path) }
+
+    /** Where [SpinelModel.trimMemory] saves this chat before freeing its cache. */
+    var saveOnTrim: String? = null
+        set(value) {
+            field = value
+            ffi.setSaveOnTrim(value)
+        }
 
     /**
      * Sends [message] and streams the answer's text. Generation starts when
