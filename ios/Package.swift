@@ -1,7 +1,19 @@
 // swift-tools-version:5.9
-// The Spinel Swift package. Build the XCFramework and the generated Swift
-// first: ./build-xcframework.sh (macOS with Xcode).
+// The Spinel Swift package.
+// - Apple platforms: the static libspinel_ffi.a of each platform in an
+//   XCFramework (module SpinelFFIC), made by ./build-xcframework.sh (Xcode).
+// - Linux (CI, and anyone building the wrapper without Xcode): the uniffi C
+//   header over a system library, linking libspinel_ffi.so; ios/test-linux.sh
+//   generates the bindings from the library it builds and runs `swift test`.
+// In both, Sources/Spinel/Generated/SpinelFFI.swift is generated from the
+// exact library linked (never committed).
 import PackageDescription
+
+#if os(Linux)
+let ffi: Target = .systemLibrary(name: "SpinelFFIC", path: "Sources/SpinelFFIC")
+#else
+let ffi: Target = .binaryTarget(name: "SpinelFFIC", path: "build/SpinelFFI.xcframework")
+#endif
 
 let package = Package(
     name: "Spinel",
@@ -10,11 +22,8 @@ let package = Package(
         .library(name: "Spinel", targets: ["Spinel"]),
     ],
     targets: [
-        // libspinel_ffi.a per platform + the uniffi C header and module map
-        // (module SpinelFFIC), made by build-xcframework.sh.
-        .binaryTarget(name: "SpinelFFIC", path: "build/SpinelFFI.xcframework"),
-        // Sources/Spinel/Generated/SpinelFFI.swift (uniffi, generated from the
-        // exact library in the XCFramework) + the idiomatic wrapper Spinel.swift.
+        ffi,
         .target(name: "Spinel", dependencies: ["SpinelFFIC"], path: "Sources/Spinel"),
+        .testTarget(name: "SpinelTests", dependencies: ["Spinel"], path: "Tests/SpinelTests"),
     ]
 )

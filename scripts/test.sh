@@ -38,9 +38,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo build -p spinel-quant --no-default-features
 cargo test --workspace
 # spinel-ffi's foreign bindings, generated from the library just built:
-# Python and Kotlin (JVM, with the Android wrapper) against the real model,
-# Swift generated (no Swift toolchain here). Needs kotlinc (fetched from npm)
-# and JNA (Debian libjna-java); fails if either is missing.
+# Python, Kotlin (JVM, with the Android wrapper) and Swift (the ios/ package
+# with `swift test`, Debian 13's Swift in a trixie chroot made once under
+# ~/.cache/spinel-swift: debootstrap, ~2 minutes and 3.2 GB, as root) against
+# the real model. kotlinc comes from npm, JNA from Debian (installed above).
 ffi/tests/run-bindings-tests.sh
 # aarch64 (NEON, dotprod, i8mm) under qemu -cpu max; the script installs the
 # cross toolchain (Debian rustc-web + arm64 std, gcc-aarch64-linux-gnu) and

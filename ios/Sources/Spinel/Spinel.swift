@@ -1,23 +1,43 @@
 // The idiomatic Swift API over the generated bindings (Generated/SpinelFFI.swift):
-// an AsyncThrowingStream of tokens, cancelled by cancelling the consuming task.
-// Kept small and mechanical: no Swift toolchain exists where this was written.
+// async loading, an AsyncThrowingStream of tokens cancelled by cancelling the
+// consuming task, chats saved and restored across app launches, and memory
+// pressure (iOS memory warnings) handed to the model. Builds on Linux too
+// (swift test in CI); the UIKit hook only where UIKit exists.
 import Foundation
 
+#if canImport(UIKit)
+import UIKit
+#endif
+
+/// One conversation. Turns run one at a time; the history keeps every answer.
 public final class SpinelChat: @unchecked Sendable {
     public let session: ChatSession
-    /// The stats of the last answer that ended.
-    public private(set) var lastStats: GenerationStats?
+    private let lock = NSLock()
+    private var stats: GenerationStats?
 
     public init(_ session: ChatSession) { self.session = session }
 
-    /// Sends `message` and streams the answer. Ending the consuming task
-    /// (or breaking out of the loop) cancels the generation.
-    public func send(_ message: String, params: GenerationParams = defaultParams())
+    /// The stats of the last answer that ended (nil before the first).
+    public var lastStats: GenerationStats? {
+        lock.lock()
+        defer { lock.unlock() }
+        return stats
+    }
+
+    public var history: [ChatMessage] { session.history() }
+
+    /// Sends `message` and streams the answer's text. Cancelling the
+    /// consuming task (or breaking out of the loop) cancels the generation;
+    /// the stream fails with `SpinelError` on error.
+    public func send(_ message: String, params: GenerationParams = GenerationParams())
         -> AsyncThrowingStream<String, Error>
     {
         AsyncThrowingStream { continuation in
             let listener = StreamListener(continuation: continuation) { [weak self] stats in
-                self?.lastStats = stats
+                guard let self else { return }
+                self.lock.lock()
+                self.stats = stats
+                self.lock.unlock()
             }
             do {
                 let handle = try session.send(message: message, params: params, listener: listener)
@@ -27,19 +47,94 @@ public final class SpinelChat: @unchecked Sendable {
             }
         }
     }
-}
 
-/// llama.cpp's sampling defaults, no token limit, no stop strings.
-public func defaultParams() -> GenerationParams {
-    GenerationParams(temperature: 0.8, topK: 40, topP: 0.95, minP: 0.05,
-                     repeatPenalty: 1.0, seed: 24301, maxTokens: nil, stop: [])
+    /// Sends `message` and returns the whole answer.
+    public func reply(_ message: String, params: GenerationParams = GenerationParams()) async throws
+        -> String
+    {
+        var text = ""
+        for try await piece in send(message, params: params) {
+            text += piece
+        }
+        return text
+    }
+
+    /// Saves the conversation and its KV cache to `path`, atomically (off
+    /// the caller's task: it waits for a running answer and writes the file).
+    public func save(to path: String) async throws {
+        let session = self.session
+        try await Task.detached { try session.save(path: path) }.value
+    }
+
+    /// Where `Model.trimMemory` saves this chat before freeing its cache.
+    public func saveOnTrim(to path: String?) {
+        session.setSaveOnTrim(path: path)
+    }
 }
 
 extension Model {
-    /// Loads off the caller's task (loading blocks).
-    public static func load(path: String, options: LoadOptions) async throws -> Model {
-        try await Task.detached { try Model.load(path: path, options: options, progress: nil) }.value
+    /// Loads the GGUF file at `path` off the caller's task (loading blocks);
+    /// `progress` gets fractions from 0 to 1.
+    public static func load(
+        path: String, options: LoadOptions = LoadOptions(),
+        progress: (@Sendable (Float, String) -> Void)? = nil
+    ) async throws -> Model {
+        let listener = progress.map { ProgressListener(report: $0) }
+        return try await Task.detached {
+            try Model.load(path: path, options: options, progress: listener)
+        }.value
     }
+
+    /// A new conversation with its own KV cache.
+    public func newChat(systemPrompt: String? = nil) throws -> SpinelChat {
+        SpinelChat(try chatSession(systemPrompt: systemPrompt))
+    }
+
+    /// A chat saved by `SpinelChat.save(to:)`, with its KV cache: the next
+    /// turn processes only the new message. Throws `SpinelError.SessionFile`
+    /// for a file of another model or KV type, or a truncated or corrupted one.
+    public func restoreChat(from path: String) async throws -> SpinelChat {
+        try await Task.detached { SpinelChat(try self.restoreSession(path: path)) }.value
+    }
+
+    /// Gives back memory that can be rebuilt (see `TrimLevel`); returns the
+    /// bytes freed.
+    @discardableResult
+    public func trim(_ level: TrimLevel) async throws -> UInt64 {
+        try await Task.detached { try self.trimMemory(level: level) }.value
+    }
+}
+
+#if canImport(UIKit) && !os(watchOS)
+/// Hands iOS memory pressure to a model: a memory warning trims at
+/// `.critical` (jetsam is near), entering the background at `.background`.
+/// Keep it alive as long as the model.
+public final class SpinelMemoryPressure {
+    private var observers: [NSObjectProtocol] = []
+
+    public init(model: Model) {
+        let center = NotificationCenter.default
+        let trim = { (level: TrimLevel) in
+            Task.detached { _ = try? model.trimMemory(level: level) }
+        }
+        observers.append(center.addObserver(
+            forName: UIApplication.didReceiveMemoryWarningNotification, object: nil, queue: nil
+        ) { _ in trim(.critical) })
+        observers.append(center.addObserver(
+            forName: UIApplication.didEnterBackgroundNotification, object: nil, queue: nil
+        ) { _ in trim(.background) })
+    }
+
+    deinit {
+        observers.forEach(NotificationCenter.default.removeObserver)
+    }
+}
+#endif
+
+private final class ProgressListener: LoadProgressListener, @unchecked Sendable {
+    let report: @Sendable (Float, String) -> Void
+    init(report: @escaping @Sendable (Float, String) -> Void) { self.report = report }
+    func onProgress(fraction: Float, stage: String) { report(fraction, stage) }
 }
 
 private final class StreamListener: GenerationListener, @unchecked Sendable {

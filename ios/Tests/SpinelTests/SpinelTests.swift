@@ -1,0 +1,155 @@
+// The Swift wrapper and the generated bindings against the real demo model
+// (SPINEL_TEST_MODEL), run by ios/test-linux.sh with `swift test`.
+import Foundation
+import XCTest
+
+@testable import Spinel
+
+final class Steps: @unchecked Sendable {
+    private let lock = NSLock()
+    private var items: [(Float, String)] = []
+    func add(_ f: Float, _ s: String) { lock.lock(); items.append((f, s)); lock.unlock() }
+    var all: [(Float, String)] { lock.lock(); defer { lock.unlock() }; return items }
+}
+
+final class SpinelTests: XCTestCase {
+    static let path = ProcessInfo.processInfo.environment["SPINEL_TEST_MODEL"] ?? ""
+    static let options = LoadOptions(threads: 2, contextLength: 1024)
+    static let greedy = GenerationParams(temperature: 0, maxTokens: 16)
+    static var shared: Model?
+
+    func model() async throws -> Model {
+        if let m = SpinelTests.shared { return m }
+        let m = try await Model.load(path: SpinelTests.path, options: SpinelTests.options)
+        SpinelTests.shared = m
+        return m
+    }
+
+    func testLoadWithProgressAndInfo() async throws {
+        let steps = Steps()
+        let m = try await Model.load(path: SpinelTests.path, options: SpinelTests.options) {
+            steps.add($0, $1)
+        }
+        let fractions = steps.all.map { $0.0 }
+        XCTAssertEqual(fractions.first, 0)
+        XCTAssertEqual(fractions.last, 1)
+        XCTAssertEqual(fractions, fractions.sorted())
+        let info = m.info()
+        XCTAssertEqual(info.architecture, "llama")
+        XCTAssertEqual(info.quantization, "Q4_1")
+        XCTAssertEqual(info.contextLength, 1024)
+        XCTAssertEqual(info.vocabularySize, 49152)
+        XCTAssertTrue(info.chatTemplate?.contains("<|im_start|>") ?? false)
+    }
+
+    func testAnswerStreams() async throws {
+        let chat = try await model().newChat(systemPrompt: "You are a helpful assistant.")
+        var pieces: [String] = []
+        for try await piece in chat.send("What is the capital of France?", params: SpinelTests.greedy) {
+            pieces.append(piece)
+        }
+        XCTAssertGreaterThan(pieces.count, 1)
+        XCTAssertFalse(pieces.joined().trimmingCharacters(in: .whitespaces).isEmpty)
+        let stats = try XCTUnwrap(chat.lastStats)
+        XCTAssertTrue((1...16).contains(stats.generatedTokens))
+        XCTAssertEqual(chat.history.map { $0.role }, ["system", "user", "assistant"])
+        XCTAssertEqual(chat.history.last?.content, pieces.joined())
+    }
+
+    func testCancellingTheTaskStopsTheAnswer() async throws {
+        let chat = try await model().newChat()
+        let long = GenerationParams(temperature: 0, maxTokens: 400)
+        let task = Task { () -> Int in
+            var n = 0
+            for try await _ in chat.send("Write a long story about a dragon.", params: long) {
+                n += 1
+                if n == 3 { withUnsafeCurrentTask { $0?.cancel() } }
+            }
+            return n
+        }
+        let n = try await task.value
+        XCTAssertLessThan(n, 400)
+        // The next turn waits for the cancelled one to end, so it proves it did.
+        _ = try await chat.reply("Thanks!", params: GenerationParams(temperature: 0, maxTokens: 4))
+        XCTAssertEqual(chat.history.count, 4)
+        XCTAssertLessThan(chat.history[1].content.count, 2000)
+    }
+
+    func testStopString() async throws {
+        let chat = try await model().newChat()
+        let params = GenerationParams(temperature: 0, maxTokens: 64, stop: ["5"])
+        let text = try await chat.reply("Count from 1 to 10, separated by commas.", params: params)
+        XCTAssertFalse(text.contains("5"), text)
+        XCTAssertEqual(chat.lastStats?.stopReason, .stopString(stop: "5"))
+    }
+
+    func testTwoSessionsOnTwoTasksAnswerAsAlone() async throws {
+        let m = try await model()
+        let questions = ["What is 2+2?", "Name a color."]
+        var alone: [String] = []
+        for q in questions {
+            alone.append(try await m.newChat().reply(q, params: SpinelTests.greedy))
+        }
+        let together = try await withThrowingTaskGroup(of: (Int, String).self) { group in
+            for (i, q) in questions.enumerated() {
+                group.addTask { (i, try await m.newChat().reply(q, params: SpinelTests.greedy)) }
+            }
+            var out = ["", ""]
+            for try await (i, text) in group { out[i] = text }
+            return out
+        }
+        XCTAssertEqual(together, alone)
+    }
+
+    func testBadPathIsATypedError() async throws {
+        do {
+            _ = try await Model.load(path: "/nonexistent/model.gguf")
+            XCTFail("loaded a missing file")
+        } catch let SpinelError.Io(reason) {
+            XCTAssertTrue(reason.contains("nonexistent"), reason)
+        }
+    }
+
+    func testSaveAndRestore() async throws {
+        let m = try await model()
+        let dir = FileManager.default.temporaryDirectory
+        let path = dir.appendingPathComponent("spinel-swift-\(getpid()).session").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let chat = try m.newChat(systemPrompt: "Answer briefly.")
+        _ = try await chat.reply("Name a colour.", params: SpinelTests.greedy)
+        try await chat.save(to: path)
+        let restored = try await m.restoreChat(from: path)
+        XCTAssertEqual(restored.history, chat.history)
+        let want = try await chat.reply("And a fruit?", params: SpinelTests.greedy)
+        let got = try await restored.reply("And a fruit?", params: SpinelTests.greedy)
+        XCTAssertEqual(got, want)
+        XCTAssertGreaterThan(restored.lastStats?.cachedTokens ?? 0, 0)
+
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        try data.prefix(data.count / 2).write(to: URL(fileURLWithPath: path))
+        do {
+            _ = try await m.restoreChat(from: path)
+            XCTFail("restored a truncated file")
+        } catch let SpinelError.SessionFile(reason) {
+            XCTAssertTrue(reason.contains("truncated"), reason)
+        }
+    }
+
+    func testTrimMemory() async throws {
+        let m = try await model()
+        let chat = try m.newChat(systemPrompt: "Answer briefly.")
+        _ = try await chat.reply("Name a colour.", params: SpinelTests.greedy)
+        let before = m.memoryUsage()
+        XCTAssertGreaterThan(before.kvCacheBytes, 0)
+        XCTAssertGreaterThan(before.weightsResidentBytes, 0)
+        let freed = try await m.trim(.background)
+        XCTAssertGreaterThan(freed, 0)
+        XCTAssertLessThan(m.memoryUsage().kvCacheBytes, before.kvCacheBytes)
+        let fresh = try m.newChat()
+        for message in chat.history { fresh.session.addMessage(message: message) }
+        let want = try await fresh.reply("And a fruit?", params: SpinelTests.greedy)
+        let got = try await chat.reply("And a fruit?", params: SpinelTests.greedy)
+        XCTAssertEqual(got, want)
+        XCTAssertEqual(chat.lastStats?.cachedTokens, 0)
+    }
+}
