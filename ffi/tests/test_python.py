@@ -263,6 +263,24 @@ class PythonBindings(unittest.TestCase):
         self.assertEqual(got, want)
         self.assertEqual(stats.cached_tokens, 0)
 
+    def test_readme_quick_start(self):
+        import contextlib, io, tempfile
+        model_path = MODEL
+        with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(io.StringIO()) as out:
+            chat_path = os.path.join(d, "chat.session")
+            # As in README.md:
+            model = spinel.Model.load(model_path, spinel.LoadOptions(context_length=4096), None)
+            chat = model.chat_session("You are a helpful assistant.")
+            class Printer(spinel.GenerationListener):
+                def on_token(self, text): print(text, end="", flush=True)
+                def on_complete(self, stats): print(f"\n{stats.tokens_per_second:.1f} tokens/s")
+                def on_error(self, error): print(error)
+            chat.send("What is the capital of France?", spinel.GenerationParams(max_tokens=24), Printer()).wait_for_completion()
+            chat.save(chat_path)
+            again = model.restore_session(chat_path)
+        self.assertIn("tokens/s", out.getvalue())
+        self.assertEqual(again.history(), chat.history())
+
     def test_not_a_model_is_an_error(self):
         with self.assertRaises(spinel.SpinelError.InvalidModel):
             spinel.Model.load(__file__, spinel.LoadOptions(), None)

@@ -180,6 +180,23 @@ fun main() {
         }
     }
 
+    tests["README quick start"] = {
+        runBlocking {
+            val chatPath = java.io.File.createTempFile("quick-start", ".session").path
+            // As in README.md:
+            val model = SpinelModel.load(modelPath, LoadOptions(contextLength = 4096u))
+            val chat = model.newChat("You are a helpful assistant.")
+            val answer = chat.send("What is the capital of France?", GenerationParams(maxTokens = 24u))
+                .toList().joinToString("")
+            chat.save(chatPath)
+            val again = model.restoreChat(chatPath)
+            model.trimMemory(TrimLevel.BACKGROUND)
+            check(answer.isNotBlank() && again.history == chat.history) { "quick start: '$answer'" }
+            java.io.File(chatPath).delete()
+            model.close()
+        }
+    }
+
     var failed = 0
     for ((name, test) in tests) {
         try {
