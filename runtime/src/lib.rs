@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod chat;
 pub mod convert;
+pub mod download;
 pub mod engine;
 pub mod gguf;
 pub mod memory;
