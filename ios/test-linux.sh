@@ -47,7 +47,23 @@ cp "$out/swift/SpinelFFIC.h" "$pkg/Sources/SpinelFFIC/"
 cp "$out"/lib/libspinel_ffi.so "$ROOT/spinel/lib/"
 cmp -s "$model" "$ROOT/spinel/model.gguf" || cp "$model" "$ROOT/spinel/model.gguf"
 
+# A local HTTP server for the download test: the chroot shares the host's
+# network, so it reaches 127.0.0.1.
+serve_dir=$ROOT/spinel/serve
+mkdir -p "$serve_dir"
+head -c 3000000 "$model" > "$serve_dir/file.bin"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+python3 -m http.server "$port" --bind 127.0.0.1 --directory "$serve_dir" >/dev/null 2>&1 &
+server=$!
+trap '[[ $mounted == 1 ]] && umount "$ROOT/proc"; kill $server 2>/dev/null' EXIT
+for _ in $(seq 50); do
+  python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/file.bin').read(1)" 2>/dev/null && break
+  sleep 0.1
+done
+
 echo "== swift: swift build + swift test (Swift $(chroot "$ROOT" swift --version 2>/dev/null | grep -o 'version [0-9.]*' | head -1))"
 chroot "$ROOT" env HOME=/root LIBRARY_PATH=/spinel/lib LD_LIBRARY_PATH=/spinel/lib \
   SPINEL_TEST_MODEL=/spinel/model.gguf \
+  SPINEL_TEST_DOWNLOAD_URL="http://127.0.0.1:$port/file.bin" \
+  SPINEL_TEST_DOWNLOAD_SHA256="$(sha256sum "$serve_dir/file.bin" | cut -d' ' -f1)" \
   bash -c 'cd /spinel/ios && swift build --build-tests -Xlinker -L/spinel/lib && swift test --skip-build'

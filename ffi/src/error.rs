@@ -30,6 +30,13 @@ pub enum SpinelError {
     /// another model, KV cache type or context length, a truncated or a
     /// corrupted file. Nothing is partly restored.
     SessionFile { reason: String },
+    /// A download failed on the network or with an HTTP error; the part
+    /// fetched so far is kept, so downloading again resumes.
+    Download { reason: String },
+    /// A downloaded file's SHA-256 is not the expected one (it was deleted).
+    ChecksumMismatch { reason: String },
+    /// Cancelled by the app.
+    Cancelled { reason: String },
     /// A bug: a panic inside Spinel or a listener, caught at the boundary.
     Internal { reason: String },
 }
@@ -44,6 +51,9 @@ impl fmt::Display for SpinelError {
             SpinelError::ChatTemplate { reason } => ("chat template", reason),
             SpinelError::Tokenizer { reason } => ("tokenizer", reason),
             SpinelError::SessionFile { reason } => ("session file", reason),
+            SpinelError::Download { reason } => ("download", reason),
+            SpinelError::ChecksumMismatch { reason } => ("checksum mismatch", reason),
+            SpinelError::Cancelled { reason } => ("cancelled", reason),
             SpinelError::Internal { reason } => ("internal error", reason),
         };
         write!(f, "{kind}: {reason}")

@@ -23,11 +23,13 @@
 //! (`ffi/generate-bindings.sh`): they check the library's uniffi contract
 //! version and API checksums when they load it.
 
+mod download;
 mod error;
 mod memory;
 mod model;
 mod session;
 
+pub use download::{DownloadHandle, DownloadListener, download_model};
 pub use error::SpinelError;
 pub use memory::{MemoryUsage, TrimLevel};
 pub use model::{KvCacheType, LoadOptions, LoadProgressListener, Model, ModelInfo};

@@ -281,6 +281,75 @@ class PythonBindings(unittest.TestCase):
         self.assertIn("tokens/s", out.getvalue())
         self.assertEqual(again.history(), chat.history())
 
+    def test_download_model(self):
+        import hashlib, http.server, tempfile, time
+
+        payload = os.urandom(1 << 20)
+        digest = hashlib.sha256(payload).hexdigest()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                slow = self.path == "/slow"
+                for i in range(0, len(payload), 1 << 16):
+                    if slow:
+                        time.sleep(0.05)
+                    try:
+                        self.wfile.write(payload[i:i + (1 << 16)])
+                    except OSError:
+                        return
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+
+        class Listener(spinel.DownloadListener):
+            def __init__(self, cancel_at=None):
+                self.progress, self.error, self.completed = [], None, False
+                self.handle, self.cancel_at = None, cancel_at
+
+            def on_progress(self, downloaded_bytes, total_bytes):
+                self.progress.append((downloaded_bytes, total_bytes))
+                if self.cancel_at is not None and downloaded_bytes >= self.cancel_at and self.handle:
+                    self.handle.cancel()
+
+            def on_complete(self):
+                self.completed = True
+
+            def on_error(self, error):
+                self.error = error
+
+        try:
+            with tempfile.TemporaryDirectory() as d:
+                dest = os.path.join(d, "model.gguf")
+                ok = Listener()
+                spinel.download_model(f"{base}/model", dest, digest, ok).wait_for_completion()
+                self.assertTrue(ok.completed, ok.error)
+                self.assertEqual(ok.progress[-1], (len(payload), len(payload)))
+                with open(dest, "rb") as f:
+                    self.assertEqual(f.read(), payload)
+
+                bad_dest = os.path.join(d, "bad.gguf")
+                bad = Listener()
+                spinel.download_model(f"{base}/model", bad_dest, "00" * 32, bad).wait_for_completion()
+                self.assertIsInstance(bad.error, spinel.SpinelError.ChecksumMismatch)
+                self.assertFalse(os.path.exists(bad_dest))
+
+                cancel_dest = os.path.join(d, "cancelled.gguf")
+                cancelled = Listener(cancel_at=1)
+                cancelled.handle = spinel.download_model(f"{base}/slow", cancel_dest, None, cancelled)
+                cancelled.handle.wait_for_completion()
+                self.assertIsInstance(cancelled.error, spinel.SpinelError.Cancelled)
+                self.assertFalse(os.path.exists(cancel_dest))
+        finally:
+            server.shutdown()
+            server.server_close()
+
     def test_not_a_model_is_an_error(self):
         with self.assertRaises(spinel.SpinelError.InvalidModel):
             spinel.Model.load(__file__, spinel.LoadOptions(), None)

@@ -180,6 +180,38 @@ fun main() {
         }
     }
 
+    tests["wrapper: downloadModel as a Flow of progress"] = {
+        val payload = java.util.Random(7).let { r -> ByteArray(1 shl 20).also { r.nextBytes(it) } }
+        val digest = java.security.MessageDigest.getInstance("SHA-256").digest(payload)
+            .joinToString("") { "%02x".format(it) }
+        val server = com.sun.net.httpserver.HttpServer.create(java.net.InetSocketAddress("127.0.0.1", 0), 0)
+        server.createContext("/") { ex ->
+            ex.sendResponseHeaders(200, payload.size.toLong())
+            ex.responseBody.use { it.write(payload) }
+        }
+        server.start()
+        val url = "http://127.0.0.1:${server.address.port}/model.gguf"
+        val dir = java.nio.file.Files.createTempDirectory("spinel-dl").toFile()
+        try {
+            runBlocking {
+                val dest = java.io.File(dir, "model.gguf")
+                val steps = dev.spinel.downloadModel(url, dest.path, digest).toList()
+                check(steps.last() == dev.spinel.DownloadProgress(payload.size.toULong(), payload.size.toULong())) { "progress $steps" }
+                check(dest.readBytes().contentEquals(payload)) { "content" }
+                val bad = java.io.File(dir, "bad.gguf")
+                try {
+                    dev.spinel.downloadModel(url, bad.path, "00".repeat(32)).toList()
+                    throw AssertionError("a wrong checksum was accepted")
+                } catch (e: SpinelException.ChecksumMismatch) {
+                }
+                check(!bad.exists()) { "a file with a wrong checksum appeared" }
+            }
+        } finally {
+            server.stop(0)
+            dir.deleteRecursively()
+        }
+    }
+
     tests["README quick start"] = {
         runBlocking {
             val chatPath = java.io.File.createTempFile("quick-start", ".session").path

@@ -131,6 +131,46 @@ public final class SpinelMemoryPressure {
 }
 #endif
 
+/// Bytes of a download on the disk, and the file's size when known.
+public struct DownloadProgress: Equatable, Sendable {
+    public let downloadedBytes: UInt64
+    public let totalBytes: UInt64?
+}
+
+/// Downloads a model file: resumable (an interrupted download continues from
+/// `destination.part`), SHA-256-checked when `sha256` is given, and only a
+/// complete, checked file appears at `destination`. The stream yields
+/// progress and finishes when the file is in place; cancelling the consuming
+/// task cancels the download (the part is kept). It fails with
+/// `SpinelError.Download` (network: download again to resume),
+/// `.ChecksumMismatch` or `.Io`.
+public func downloadModel(url: String, to destination: String, sha256: String? = nil)
+    -> AsyncThrowingStream<DownloadProgress, Error>
+{
+    AsyncThrowingStream { continuation in
+        let listener = DownloadStreamListener(continuation: continuation)
+        do {
+            let handle = try Spinel.downloadModel(
+                url: url, destination: destination, expectedSha256: sha256, listener: listener)
+            continuation.onTermination = { _ in handle.cancel() }
+        } catch {
+            continuation.finish(throwing: error)
+        }
+    }
+}
+
+private final class DownloadStreamListener: DownloadListener, @unchecked Sendable {
+    let continuation: AsyncThrowingStream<DownloadProgress, Error>.Continuation
+    init(continuation: AsyncThrowingStream<DownloadProgress, Error>.Continuation) {
+        self.continuation = continuation
+    }
+    func onProgress(downloadedBytes: UInt64, totalBytes: UInt64?) {
+        continuation.yield(DownloadProgress(downloadedBytes: downloadedBytes, totalBytes: totalBytes))
+    }
+    func onComplete() { continuation.finish() }
+    func onError(error: SpinelError) { continuation.finish(throwing: error) }
+}
+
 private final class ProgressListener: LoadProgressListener, @unchecked Sendable {
     let report: @Sendable (Float, String) -> Void
     init(report: @escaping @Sendable (Float, String) -> Void) { self.report = report }

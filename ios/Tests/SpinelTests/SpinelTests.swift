@@ -153,3 +153,32 @@ final class SpinelTests: XCTestCase {
         XCTAssertEqual(chat.lastStats?.cachedTokens, 0)
     }
 }
+
+/// `downloadModel` against a local server ios/test-linux.sh starts
+/// (SPINEL_TEST_DOWNLOAD_URL serves a file whose SHA-256 is
+/// SPINEL_TEST_DOWNLOAD_SHA256).
+final class DownloadTests: XCTestCase {
+    func testDownloadWithProgressAndChecksum() async throws {
+        let env = ProcessInfo.processInfo.environment
+        let url = try XCTUnwrap(env["SPINEL_TEST_DOWNLOAD_URL"])
+        let sha = try XCTUnwrap(env["SPINEL_TEST_DOWNLOAD_SHA256"])
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("dl-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+
+        let dest = dir.appendingPathComponent("model.gguf").path
+        var last: DownloadProgress?
+        for try await p in downloadModel(url: url, to: dest, sha256: sha) { last = p }
+        let size = try XCTUnwrap(FileManager.default.attributesOfItem(atPath: dest)[.size] as? UInt64)
+        XCTAssertGreaterThan(size, 0)
+        XCTAssertEqual(last, DownloadProgress(downloadedBytes: size, totalBytes: size))
+
+        let bad = dir.appendingPathComponent("bad.gguf").path
+        do {
+            for try await _ in downloadModel(url: url, to: bad, sha256: String(repeating: "0", count: 64)) {}
+            XCTFail("a wrong checksum was accepted")
+        } catch SpinelError.ChecksumMismatch {
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: bad))
+    }
+}

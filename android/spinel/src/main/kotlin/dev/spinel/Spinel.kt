@@ -6,6 +6,7 @@ package dev.spinel
 
 import dev.spinel.ffi.ChatMessage
 import dev.spinel.ffi.ChatSession
+import dev.spinel.ffi.DownloadListener
 import dev.spinel.ffi.GenerationListener
 import dev.spinel.ffi.GenerationParams
 import dev.spinel.ffi.GenerationStats
@@ -22,6 +23,36 @@ import kotlinx.coroutines.channels.trySendBlocking
 import kotlinx.coroutines.flow.Flow
 import kotlinx.coroutines.flow.callbackFlow
 import kotlinx.coroutines.withContext
+
+/** Bytes of a download on the disk, and the file's size when known. */
+data class DownloadProgress(val downloadedBytes: ULong, val totalBytes: ULong?)
+
+/**
+ * Downloads a model file (resumable: an interrupted download continues from
+ * `destination.part`; SHA-256-checked when [sha256] is given; only a complete,
+ * checked file appears at [destination]). The flow emits progress and
+ * completes when the file is in place; cancelling the collector cancels the
+ * download (the part is kept for next time). Fails with
+ * [SpinelException.Download] (network: collect again to resume),
+ * [SpinelException.ChecksumMismatch] or [SpinelException.Io].
+ */
+fun downloadModel(url: String, destination: String, sha256: String? = null): Flow<DownloadProgress> =
+    callbackFlow {
+        val handle = dev.spinel.ffi.downloadModel(url, destination, sha256, object : DownloadListener {
+            override fun onProgress(downloadedBytes: ULong, totalBytes: ULong?) {
+                trySend(DownloadProgress(downloadedBytes, totalBytes))
+            }
+
+            override fun onComplete() {
+                channel.close()
+            }
+
+            override fun onError(error: SpinelException) {
+                channel.close(error)
+            }
+        })
+        awaitClose { handle.cancel() }
+    }
 
 /** A loaded model. Thread-safe; [close] it to free the memory map. */
 class SpinelModel private constructor(val ffi: Model) : AutoCloseable {
