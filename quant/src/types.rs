@@ -98,6 +98,11 @@ impl GgmlType {
             27 => "I64",
             28 => "F64",
             29 => "IQ1_M",
+            // llama.cpp's old ARM-repacked Q4_0 layouts (ggml dropped them
+            // from files: it repacks Q4_0 at load time instead).
+            31 => "Q4_0_4_4",
+            32 => "Q4_0_4_8",
+            33 => "Q4_0_8_8",
             34 => "TQ1_0",
             35 => "TQ2_0",
             39 => "MXFP4",

@@ -459,6 +459,16 @@ fn cases() -> Vec<Case> {
             "type IQ2_XXS (id 16) is not supported"
         ),
         case!(
+            "arm-repacked-q4_0_4_4.gguf",
+            one_tensor("t", &[64], 31, 0, 36),
+            GgufError::UnknownTensorType {
+                id: 31,
+                name: Some("Q4_0_4_4"),
+                ..
+            },
+            "spinel quantize IN OUT.gguf --type q4_0"
+        ),
+        case!(
             "row-not-block-multiple.gguf",
             one_tensor("t", &[33, 2], 2, 0, 64),
             GgufError::RowNotBlockMultiple { ne0: 33, .. },

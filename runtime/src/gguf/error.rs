@@ -235,9 +235,17 @@ impl fmt::Display for GgufError {
                 "tensor {tensor:?}: dimensions {dims:?} overflow the element count or byte size"
             ),
             UnknownTensorType { tensor, id, name } => match name {
+                Some(n) if n.starts_with("Q4_0_") => write!(
+                    f,
+                    "tensor {tensor:?}: type {n} (id {id}) is llama.cpp's old ARM-repacked \
+                     Q4_0, which Spinel does not load; requantize the original model with \
+                     `spinel quantize IN OUT.gguf --type q4_0` (Spinel's ARM kernels read plain \
+                     Q4_0)"
+                ),
                 Some(n) => write!(
                     f,
-                    "tensor {tensor:?}: type {n} (id {id}) is not supported by Spinel"
+                    "tensor {tensor:?}: type {n} (id {id}) is not supported by Spinel \
+                     (see the README's compatibility table)"
                 ),
                 None => write!(f, "tensor {tensor:?}: unknown tensor type id {id}"),
             },
