@@ -243,6 +243,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         stop: args.stop.clone(),
         ignore_eog: args.ignore_eos,
         special: args.special,
+        tools: None,
     };
 
     let memory_before = crate::memory::Snapshot::now(engine.model());

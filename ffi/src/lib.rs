@@ -35,7 +35,7 @@ pub use memory::{MemoryUsage, TrimLevel};
 pub use model::{KvCacheType, LoadOptions, LoadProgressListener, Model, ModelInfo};
 pub use session::{
     ChatMessage, ChatSession, GenerationHandle, GenerationListener, GenerationParams,
-    GenerationStats, StopReason,
+    GenerationStats, StopReason, ToolCall,
 };
 
 uniffi::setup_scaffolding!();

@@ -53,6 +53,12 @@ pub struct GenerationParams {
     /// out of it).
     #[uniffi(default = [])]
     pub stop: Vec<String>,
+    /// Function declarations the model may call, as a JSON array (OpenAI's
+    /// `tools` shape or `{"name", "description", "parameters"}` objects),
+    /// given to the chat template; calls in the answer come back parsed in
+    /// `GenerationStats.tool_calls`. `null`: no tools.
+    #[uniffi(default = None)]
+    pub tools: Option<String>,
 }
 
 impl Default for GenerationParams {
@@ -67,13 +73,31 @@ impl Default for GenerationParams {
             seed: s.seed,
             max_tokens: None,
             stop: Vec::new(),
+            tools: None,
         }
     }
 }
 
 impl GenerationParams {
-    fn options(&self) -> GenerateOptions {
-        GenerateOptions {
+    fn options(&self) -> Result<GenerateOptions, SpinelError> {
+        let tools = match &self.tools {
+            None => None,
+            Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(v @ serde_json::Value::Array(_)) => Some(v),
+                Ok(_) => {
+                    return Err(SpinelError::InvalidArgument {
+                        reason: "tools must be a JSON array of function declarations".into(),
+                    });
+                }
+                Err(e) => {
+                    return Err(SpinelError::InvalidArgument {
+                        reason: format!("tools is not valid JSON: {e}"),
+                    });
+                }
+            },
+        };
+        Ok(GenerateOptions {
+            tools,
             sampling: SamplingParams {
                 temperature: self.temperature,
                 top_k: self.top_k as usize,
@@ -86,8 +110,16 @@ impl GenerationParams {
             max_tokens: self.max_tokens.map(|n| n as usize),
             stop: self.stop.clone(),
             ..GenerateOptions::default()
-        }
+        })
     }
+}
+
+/// A function call the model made (tools offered in `GenerationParams`).
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct ToolCall {
+    pub name: String,
+    /// The arguments as JSON text.
+    pub arguments_json: String,
 }
 
 /// Why an answer ended.
@@ -135,6 +167,9 @@ pub struct GenerationStats {
     pub time_to_first_token_seconds: Option<f64>,
     pub total_seconds: f64,
     pub stop_reason: StopReason,
+    /// The answer read as tool calls, when tools were offered and the
+    /// answer is one (else empty).
+    pub tool_calls: Vec<ToolCall>,
 }
 
 impl GenerationStats {
@@ -149,6 +184,7 @@ impl GenerationStats {
             time_to_first_token_seconds: stats.time_to_first_token_secs,
             total_seconds: stats.total_secs,
             stop_reason: stop.into(),
+            tool_calls: Vec::new(),
         }
     }
 }
@@ -330,7 +366,7 @@ impl ChatSession {
         let inner = Arc::clone(&self.inner);
         let sizes = Arc::clone(&self.sizes);
         let job = Arc::clone(&handle);
-        let options = params.options();
+        let options = params.options()?;
         std::thread::Builder::new()
             .name("spinel-generate".into())
             .spawn(move || {
@@ -400,7 +436,16 @@ fn run_turn(
             reason: format!("the listener failed: {e}"),
         });
     }
-    Ok(GenerationStats::new(&generation.stats, generation.stop))
+    let mut stats = GenerationStats::new(&generation.stats, generation.stop);
+    stats.tool_calls = generation
+        .tool_calls
+        .into_iter()
+        .map(|c| ToolCall {
+            name: c.name,
+            arguments_json: c.arguments,
+        })
+        .collect();
+    Ok(stats)
 }
 
 /// One answer being generated.
@@ -468,6 +513,7 @@ mod tests {
             seed: 24301,
             max_tokens: None,
             stop: Vec::new(),
+            tools: None,
         };
         assert_eq!(GenerationParams::default(), literals);
     }

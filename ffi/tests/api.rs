@@ -175,6 +175,21 @@ fn errors_are_typed() {
         model.detokenize(vec![u32::MAX]),
         Err(SpinelError::Tokenizer { .. })
     ));
+    // Tools must be a JSON array of declarations.
+    let (listener, _) = Collector::new(false);
+    for tools in ["not json", "{\"name\": \"f\"}"] {
+        let params = GenerationParams {
+            tools: Some(tools.into()),
+            ..greedy(4)
+        };
+        let err = chat
+            .send("Hi".into(), params, listener.clone())
+            .unwrap_err();
+        assert!(
+            matches!(err, SpinelError::InvalidArgument { .. }),
+            "{err:?}"
+        );
+    }
 }
 
 #[test]

@@ -578,3 +578,45 @@ fn sentencepiece_continuations_keep_their_leading_space() {
     let g = s.chat("w9", &opts, |_| {}).unwrap();
     assert!(g.text.starts_with('w'), "{:?}", g.text);
 }
+
+/// Tools offered to a chat turn reach the chat template as `tools` (the
+/// prompt grows by their rendering), and an ordinary answer has no tool
+/// calls (the parser itself is tested in `chat::tools`).
+#[test]
+fn tools_reach_the_template_and_plain_answers_have_no_calls() {
+    use spinel_runtime::chat::ChatTemplate;
+    let mut engine = Engine::load(model_path()).unwrap();
+    let template = "{% for m in messages %}<|im_start|>{{ m.role }}\n\
+        {% if loop.first and tools %}Tools: {% for t in tools %}{{ t.function.name }} {% endfor %}\n{% endif %}\
+        {{ m.content }}<|im_end|>\n{% endfor %}\
+        {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    engine.set_chat_template(ChatTemplate::new(template, "", "<|im_end|>").unwrap());
+    let engine = Arc::new(engine);
+    let tools = serde_json::json!([
+        {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
+    ]);
+    let rendered = engine
+        .render_chat_with_tools(&[Message::user("Hi")], &tools)
+        .unwrap();
+    assert!(rendered.contains("Tools: get_weather"), "{rendered}");
+
+    let run = |tools: Option<Json>| {
+        let mut s = engine
+            .session(&SessionOptions {
+                n_ctx: Some(256),
+                ..SessionOptions::default()
+            })
+            .unwrap();
+        let opts = GenerateOptions { tools, ..greedy(8) };
+        s.chat("What is 2+2?", &opts, |_| {}).unwrap()
+    };
+    let plain = run(None);
+    let offered = run(Some(tools));
+    assert!(
+        offered.stats.prompt_tokens > plain.stats.prompt_tokens,
+        "{} vs {}",
+        offered.stats.prompt_tokens,
+        plain.stats.prompt_tokens
+    );
+    assert!(plain.tool_calls.is_empty() && offered.tool_calls.is_empty());
+}

@@ -32,6 +32,7 @@
 mod json;
 mod request;
 mod time;
+pub mod tools;
 
 use std::fmt;
 use std::time::SystemTime;

@@ -128,6 +128,10 @@ pub struct GenerateOptions {
     /// Show control tokens (`<|im_start|>` …) in the text instead of
     /// leaving them out.
     pub special: bool,
+    /// Function declarations offered to a chat turn (a JSON array, passed
+    /// to the chat template as `tools`); the answer's tool calls come back
+    /// parsed in [`Generation::tool_calls`].
+    pub tools: Option<serde_json::Value>,
 }
 
 /// Stops a session's generation from any thread.
@@ -260,6 +264,25 @@ impl Engine {
             }
         }
         Ok(ids)
+    }
+
+    /// Renders `messages` with the chat template and `tools` (a JSON array
+    /// of function declarations) as its `tools` variable, the assistant
+    /// header appended.
+    pub fn render_chat_with_tools(
+        &self,
+        messages: &[Message],
+        tools: &serde_json::Value,
+    ) -> Result<String, EngineError> {
+        let list: Vec<serde_json::Value> = messages
+            .iter()
+            .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
+            .collect();
+        let mut extra = serde_json::Map::new();
+        extra.insert("tools".into(), tools.clone());
+        Ok(self
+            .chat_template()?
+            .render_json(&serde_json::Value::Array(list), true, &extra)?)
     }
 
     /// Renders `messages` with the chat template (the assistant header

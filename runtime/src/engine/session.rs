@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::chat::Message;
+use crate::chat::tools::{ToolCall, parse_tool_calls};
 use crate::model::{ModelError, State, StateOptions};
 use crate::sampling::{Sampler, StopStrings};
 use crate::tokenizer::{Detokenizer, TokenType};
@@ -114,6 +115,9 @@ pub struct Generation {
     pub text: String,
     pub stop: StopReason,
     pub stats: Stats,
+    /// The answer read as tool calls, when tools were offered
+    /// ([`GenerateOptions::tools`]) and the answer is one (else empty).
+    pub tool_calls: Vec<ToolCall>,
 }
 
 /// A session's mutable parts, apart from the engine so that a [`Stream`]
@@ -301,7 +305,14 @@ impl Session {
         opts: &GenerateOptions,
     ) -> Result<Stream<'_>, EngineError> {
         self.core.messages.push(Message::user(user));
-        let prep = self.chat_prompt().and_then(|p| self.prepare(p, opts));
+        let prompt = match &opts.tools {
+            Some(tools) => self
+                .engine
+                .render_chat_with_tools(&self.core.messages, tools)
+                .and_then(|text| self.engine.tokenize_chat(&text)),
+            None => self.chat_prompt(),
+        };
+        let prep = prompt.and_then(|p| self.prepare(p, opts));
         match prep {
             Ok(prep) => Ok(self.open(prep, opts, true)),
             Err(e) => {
@@ -405,6 +416,7 @@ impl Session {
             failed: false,
             restore_space,
             chat,
+            tools_offered: chat && opts.tools.is_some(),
             recorded: false,
             start: Instant::now(),
             generating: None,
@@ -451,6 +463,8 @@ pub struct Stream<'s> {
     /// Still to put back a space the detokenizer strips (see `open`).
     restore_space: bool,
     chat: bool,
+    /// Tools were offered: the answer is read as tool calls at the end.
+    tools_offered: bool,
     recorded: bool,
     stats: Stats,
     start: Instant,
@@ -500,12 +514,17 @@ impl Stream<'_> {
     fn result(&mut self) -> Result<Generation, EngineError> {
         self.record();
         let stop = self.stop.clone().unwrap_or(StopReason::Cancelled);
+        let tool_calls = match self.tools_offered {
+            true => parse_tool_calls(&self.text).unwrap_or_default(),
+            false => Vec::new(),
+        };
         Ok(Generation {
             prompt_ids: self.prompt.clone(),
             generated_ids: self.generated.clone(),
             text: self.text.clone(),
             stop,
             stats: self.stats.clone(),
+            tool_calls,
         })
     }
 
