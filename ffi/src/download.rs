@@ -3,12 +3,12 @@
 //! reporting to a foreign listener, with a handle to cancel or wait.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use spinel_runtime::download::{DownloadError, download};
 
-use crate::{SpinelError, call_foreign, panic_message};
+use crate::{Finished, SpinelError, call_foreign, panic_message};
 
 /// Told how a download goes.
 #[uniffi::export(with_foreign)]
@@ -27,8 +27,7 @@ pub trait DownloadListener: Send + Sync {
 #[derive(Debug, Default, uniffi::Object)]
 pub struct DownloadHandle {
     cancel: AtomicBool,
-    finished: Mutex<bool>,
-    finished_cv: Condvar,
+    finished: Finished,
 }
 
 #[uniffi::export]
@@ -40,18 +39,12 @@ impl DownloadHandle {
     }
 
     pub fn is_finished(&self) -> bool {
-        *self.finished.lock().unwrap_or_else(PoisonError::into_inner)
+        self.finished.is_set()
     }
 
     /// Blocks until the listener has been told the end.
     pub fn wait_for_completion(&self) {
-        let mut done = self.finished.lock().unwrap_or_else(PoisonError::into_inner);
-        while !*done {
-            done = self
-                .finished_cv
-                .wait(done)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
+        self.finished.wait();
     }
 }
 
@@ -110,8 +103,7 @@ pub fn download_model(
                 Err(e) => listener.on_error(e),
             });
             let _ = call_foreign(move || drop(listener));
-            *job.finished.lock().unwrap_or_else(PoisonError::into_inner) = true;
-            job.finished_cv.notify_all();
+            job.finished.set();
         })
         .map_err(|e| SpinelError::Internal {
             reason: format!("cannot start the download thread: {e}"),

@@ -5,7 +5,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use spinel_runtime::chat::Message;
 use spinel_runtime::engine::{
@@ -13,7 +13,7 @@ use spinel_runtime::engine::{
 };
 use spinel_runtime::sampling::SamplingParams;
 
-use crate::{SpinelError, call_foreign, panic_message};
+use crate::{Finished, SpinelError, call_foreign, panic_message};
 
 /// One message of a conversation.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
@@ -454,14 +454,12 @@ pub struct GenerationHandle {
     cancelled: AtomicBool,
     /// The session's cancel handle while this turn runs.
     running: Mutex<Option<CancelHandle>>,
-    finished: Mutex<bool>,
-    finished_cv: Condvar,
+    finished: Finished,
 }
 
 impl GenerationHandle {
     fn finish(&self) {
-        *self.finished.lock().unwrap_or_else(PoisonError::into_inner) = true;
-        self.finished_cv.notify_all();
+        self.finished.set();
     }
 }
 
@@ -480,19 +478,13 @@ impl GenerationHandle {
     /// Whether the listener has been told the end (`on_complete` or
     /// `on_error` returned).
     pub fn is_finished(&self) -> bool {
-        *self.finished.lock().unwrap_or_else(PoisonError::into_inner)
+        self.finished.is_set()
     }
 
     /// Blocks until the generation has ended, the listener was told and
     /// released.
     pub fn wait_for_completion(&self) {
-        let mut done = self.finished.lock().unwrap_or_else(PoisonError::into_inner);
-        while !*done {
-            done = self
-                .finished_cv
-                .wait(done)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
+        self.finished.wait();
     }
 }
 
