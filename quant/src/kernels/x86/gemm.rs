@@ -237,6 +237,19 @@ macro_rules! gemm_kernels {
             stf(d, f16v(&core::array::from_fn(|r| x[r].d.to_bits())));
         }
 
+        /// IQ4_NL: each nibble's table value (`vpshufb`), then as Q8_0:
+        /// `v + 128` as u8 with VNNI, the signed values without.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn repack_iq4_nl(x: &Rows<BlockIQ4NL>, q: &mut [[u8; 4 * P]; 8], d: &mut [f32; P], _: &mut [f32; P]) {
+            let v = nibble_chunks(core::array::from_fn(|r| &x[r].qs));
+            let (t, flip) = (kvalues(), set1_8(if VNNI { -128 } else { 0 }));
+            for c in 0..8 {
+                stv(&mut q[c], xor(shuffle8(t, v[c]), flip));
+            }
+            stf(d, f16v(&core::array::from_fn(|r| x[r].d.to_bits())));
+        }
+
         /// `(d, −OFF·Σq)` of a Q8_0 activation block: `Σ (q + 128)` by
         /// `vpsadbw` (sums of absolute differences from zero, in four u64
         /// lanes), less `32·128`.
@@ -664,6 +677,17 @@ macro_rules! gemm_kernels {
             1,
             super::vec_dot_q8_0_q8_0
         );
+        legacy_gemm!(
+            gemm_iq4_nl,
+            BlockIQ4NL,
+            BlockQ8_0,
+            repack_iq4_nl,
+            info_q8_0::<{ if VNNI { 128 } else { 0 } }>,
+            false,
+            { !VNNI },
+            1,
+            super::super::iq4::vec_dot_iq4_nl_q8_0
+        );
 
         /// The K-quant drivers: as `legacy_gemm!`, without activation info
         /// (Q8_K has its `d` as f32 and its block sums).
@@ -1039,6 +1063,18 @@ macro_rules! gemm_512 {
         fn set1_8(x: i8) -> V {
             _mm512_set1_epi8(x)
         }
+        /// Bytes of `t` picked by the low four bits of `i`, per 128 bits.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn shuffle8(t: V, i: V) -> V {
+            _mm512_shuffle_epi8(t, i)
+        }
+        /// IQ4_NL's 16 values in every 128 bits.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn kvalues() -> V {
+            _mm512_broadcast_i32x4(ld128(&crate::formats::iquants::KVALUES_IQ4NL))
+        }
         #[inline]
         #[target_feature(enable = $feat)]
         fn bcf(x: f32) -> F {
@@ -1288,6 +1324,18 @@ macro_rules! gemm_256 {
         #[target_feature(enable = $feat)]
         fn set1_8(x: i8) -> V {
             _mm256_set1_epi8(x)
+        }
+        /// Bytes of `t` picked by the low four bits of `i`, per 128 bits.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn shuffle8(t: V, i: V) -> V {
+            _mm256_shuffle_epi8(t, i)
+        }
+        /// IQ4_NL's 16 values in both 128-bit halves.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn kvalues() -> V {
+            _mm256_broadcastsi128_si256(ld128(&crate::formats::iquants::KVALUES_IQ4NL))
         }
         #[inline]
         #[target_feature(enable = $feat)]

@@ -10,8 +10,9 @@
 //! | `Avx512Vnni`  | the integer ones with `vpdpbusd`/`vpdpwssd`      | inherited                    |
 //!
 //! IQ4_NL and IQ4_XS have AVX2 `vec_dot` kernels (`iq4.rs`, a `vpshufb`
-//! table lookup and the sign trick) that every level inherits; their
-//! products with several rows loop over them.
+//! table lookup and the sign trick) that every level inherits. IQ4_NL also
+//! has a `gemm` at every level: the same panels as Q8_0, its nibbles looked
+//! up while repacking. IQ4_XS products loop over `vec_dot`.
 //!
 //! Every level also has register-blocked `gemm` kernels (`gemm.rs`) for
 //! Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K and F32 F16 BF16: weight rows
@@ -112,6 +113,7 @@ macro_rules! gemms {
             .set_gemm(T::Q5_0, gemm_fn!($m::gemm::gemm_q5_0))
             .set_gemm(T::Q5_1, gemm_fn!($m::gemm::gemm_q5_1))
             .set_gemm(T::Q8_0, gemm_fn!($m::gemm::gemm_q8_0))
+            .set_gemm(T::IQ4NL, gemm_fn!($m::gemm::gemm_iq4_nl))
             .set_gemm(T::Q4K, gemm_fn!($m::gemm::gemm_q4_k))
             .set_gemm(T::Q5K, gemm_fn!($m::gemm::gemm_q5_k))
             .set_gemm(T::Q6K, gemm_fn!($m::gemm::gemm_q6_k))
