@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use spinel_runtime::download::{DownloadError, download};
 
-use crate::{Finished, SpinelError, call_foreign, panic_message};
+use crate::{Finished, SpinelError, call_foreign, spawn_job};
 
 /// Told how a download goes.
 #[uniffi::export(with_foreign)]
@@ -75,38 +75,29 @@ pub fn download_model(
     listener: Arc<dyn DownloadListener>,
 ) -> Result<Arc<DownloadHandle>, SpinelError> {
     let handle = Arc::new(DownloadHandle::default());
-    let job = Arc::clone(&handle);
-    std::thread::Builder::new()
-        .name("spinel-download".into())
-        .spawn(move || {
-            let dest = PathBuf::from(destination);
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                download(
-                    &url,
-                    &dest,
-                    expected_sha256.as_deref(),
-                    &job.cancel,
-                    |d, t| {
-                        // A throwing listener must not stop the download.
-                        let _ = call_foreign(|| listener.on_progress(d, t));
-                    },
-                )
-                .map_err(SpinelError::from)
-            }))
-            .unwrap_or_else(|p| {
-                Err(SpinelError::Internal {
-                    reason: panic_message(&*p),
-                })
-            });
-            let _ = call_foreign(|| match outcome {
-                Ok(()) => listener.on_complete(),
-                Err(e) => listener.on_error(e),
-            });
-            let _ = call_foreign(move || drop(listener));
-            job.finished.set();
-        })
-        .map_err(|e| SpinelError::Internal {
-            reason: format!("cannot start the download thread: {e}"),
-        })?;
+    let (job, done) = (Arc::clone(&handle), Arc::clone(&handle));
+    let dest = PathBuf::from(destination);
+    spawn_job(
+        "spinel-download",
+        listener,
+        move |listener| {
+            download(
+                &url,
+                &dest,
+                expected_sha256.as_deref(),
+                &job.cancel,
+                |d, t| {
+                    // A throwing listener must not stop the download.
+                    let _ = call_foreign(|| listener.on_progress(d, t));
+                },
+            )
+            .map_err(SpinelError::from)
+        },
+        |listener, outcome| match outcome {
+            Ok(()) => listener.on_complete(),
+            Err(e) => listener.on_error(e),
+        },
+        move || done.finished.set(),
+    )?;
     Ok(handle)
 }

@@ -53,6 +53,42 @@ pub(crate) fn call_foreign<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| panic_message(&*p))
 }
 
+/// Runs `work` on a new thread named `name` (a panic in it becomes
+/// `Internal`), tells `listener` its outcome through `report`, releases the
+/// listener, then calls `finished`. The listener is dropped before waiters
+/// learn the end: a foreign runtime shutting down after
+/// `wait_for_completion` must not find this thread still calling into it.
+pub(crate) fn spawn_job<L, T>(
+    name: &str,
+    listener: std::sync::Arc<L>,
+    work: impl FnOnce(&L) -> Result<T, SpinelError> + Send + 'static,
+    report: impl FnOnce(&L, Result<T, SpinelError>) + Send + 'static,
+    finished: impl FnOnce() + Send + 'static,
+) -> Result<(), SpinelError>
+where
+    L: ?Sized + Send + Sync + 'static,
+    T: 'static,
+{
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&listener)))
+                    .unwrap_or_else(|p| {
+                        Err(SpinelError::Internal {
+                            reason: panic_message(&*p),
+                        })
+                    });
+            let _ = call_foreign(|| report(&listener, outcome));
+            let _ = call_foreign(move || drop(listener));
+            finished();
+        })
+        .map(|_| ())
+        .map_err(|e| SpinelError::Internal {
+            reason: format!("cannot start the {name} thread: {e}"),
+        })
+}
+
 /// Set once when a background job (a generation, a download) has told its
 /// listener the end; handles wait on it.
 #[derive(Debug, Default)]

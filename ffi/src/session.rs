@@ -3,7 +3,6 @@
 //! one turn on its own thread, streaming to a foreign [`GenerationListener`],
 //! and returns a [`GenerationHandle`] to cancel it.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -13,7 +12,7 @@ use spinel_runtime::engine::{
 };
 use spinel_runtime::sampling::SamplingParams;
 
-use crate::{Finished, SpinelError, call_foreign, panic_message};
+use crate::{Finished, SpinelError, call_foreign, spawn_job};
 
 /// One message of a conversation.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
@@ -365,33 +364,18 @@ impl ChatSession {
         let handle = Arc::new(GenerationHandle::default());
         let inner = Arc::clone(&self.inner);
         let sizes = Arc::clone(&self.sizes);
-        let job = Arc::clone(&handle);
+        let (job, done) = (Arc::clone(&handle), Arc::clone(&handle));
         let options = params.options()?;
-        std::thread::Builder::new()
-            .name("spinel-generate".into())
-            .spawn(move || {
-                let outcome = catch_unwind(AssertUnwindSafe(|| {
-                    run_turn(&inner, &sizes, &message, &options, &job, &*listener)
-                }))
-                .unwrap_or_else(|p| {
-                    Err(SpinelError::Internal {
-                        reason: panic_message(&*p),
-                    })
-                });
-                let _ = call_foreign(|| match outcome {
-                    Ok(stats) => listener.on_complete(stats),
-                    Err(e) => listener.on_error(e),
-                });
-                // Release the foreign listener (a call into the foreign
-                // runtime) before waiters learn the end: a foreign runtime
-                // shutting down after `wait_for_completion` must not find
-                // this thread still calling into it.
-                let _ = call_foreign(move || drop(listener));
-                job.finish();
-            })
-            .map_err(|e| SpinelError::Internal {
-                reason: format!("cannot start the generation thread: {e}"),
-            })?;
+        spawn_job(
+            "spinel-generate",
+            listener,
+            move |listener| run_turn(&inner, &sizes, &message, &options, &job, listener),
+            |listener, outcome| match outcome {
+                Ok(stats) => listener.on_complete(stats),
+                Err(e) => listener.on_error(e),
+            },
+            move || done.finish(),
+        )?;
         Ok(handle)
     }
 }

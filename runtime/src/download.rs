@@ -65,7 +65,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most time between two progress reports.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
-/// `DEST.part`.
+/// `DEST.part`: where a file is written before it is renamed to `DEST`
+/// (downloads, saved sessions).
 pub fn part_path(dest: &Path) -> PathBuf {
     let mut p = dest.as_os_str().to_owned();
     p.push(".part");

@@ -426,6 +426,27 @@ impl ChatTemplate {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String, ChatTemplateError> {
+        self.render_messages(messages, add_generation_prompt, Vec::new())
+    }
+
+    /// [`render`](Self::render) with `tools` (a JSON array of function
+    /// declarations) as the template's `tools` variable.
+    pub fn render_with_tools(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        tools: &serde_json::Value,
+    ) -> Result<String, ChatTemplateError> {
+        let extra = vec![("tools".to_string(), json_to_value(tools))];
+        self.render_messages(messages, add_generation_prompt, extra)
+    }
+
+    fn render_messages(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        extra: Vec<(String, Value)>,
+    ) -> Result<String, ChatTemplateError> {
         let messages: Vec<Value> = messages
             .iter()
             .map(|m| {
@@ -435,7 +456,7 @@ impl ChatTemplate {
                 ])
             })
             .collect();
-        self.render_values(Value::from(messages), add_generation_prompt, Vec::new())
+        self.render_values(Value::from(messages), add_generation_prompt, extra)
     }
 
     /// Renders messages given as JSON (an array of objects: `content` may be

@@ -274,15 +274,9 @@ impl Engine {
         messages: &[Message],
         tools: &serde_json::Value,
     ) -> Result<String, EngineError> {
-        let list: Vec<serde_json::Value> = messages
-            .iter()
-            .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
-            .collect();
-        let mut extra = serde_json::Map::new();
-        extra.insert("tools".into(), tools.clone());
         Ok(self
             .chat_template()?
-            .render_json(&serde_json::Value::Array(list), true, &extra)?)
+            .render_with_tools(messages, true, tools)?)
     }
 
     /// Renders `messages` with the chat template (the assistant header

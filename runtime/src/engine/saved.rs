@@ -100,9 +100,7 @@ impl Session {
     /// save leaves the old file).
     pub fn save(&self, path: &Path) -> Result<(), EngineError> {
         let io = |e: std::io::Error| err(path, e.to_string());
-        let mut part = path.as_os_str().to_owned();
-        part.push(".part");
-        let part = std::path::PathBuf::from(part);
+        let part = crate::download::part_path(path);
         let result = self.write_saved(path, &part);
         if result.is_err() {
             let _ = std::fs::remove_file(&part);

@@ -405,8 +405,7 @@ impl State {
     /// Bytes of the activation buffers now allocated (none after
     /// [`release`](Self::release), but the threads' small tiles).
     pub fn scratch_bytes(&self) -> usize {
-        let f = |v: &Vec<f32>| v.capacity() * 4;
-        [
+        let vecs = [
             &self.x,
             &self.xb,
             &self.q,
@@ -414,25 +413,16 @@ impl State {
             &self.v,
             &self.att_out,
             &self.hb,
-        ]
-        .into_iter()
-        .chain([
             &self.rope_cs,
             &self.router,
             &self.expert_in,
             &self.expert_out,
-        ])
-        .chain([&self.logits])
-        .map(f)
-        .sum::<usize>()
+            &self.logits,
+        ];
+        vecs.iter().map(|v| v.capacity() * 4).sum::<usize>()
             + self.v_conv.bytes().len()
             + self.attn.bytes().len()
             + self.mm.bytes()
-    }
-
-    /// Whether the buffers were given back by [`release`](Self::release).
-    pub fn is_released(&self) -> bool {
-        self.released
     }
 
     /// Gives back the KV cache and the activation buffers (memory
