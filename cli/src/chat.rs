@@ -100,12 +100,12 @@ pub fn run(args: &Args) -> Result<(), String> {
             None => Ok(()),
         }
     };
-    let opts = GenerateOptions {
+    let opts = args.sampling.constrain(GenerateOptions {
         sampling: args.sampling.params(),
         max_tokens: max_tokens(args.n_predict),
         stop: args.stop.clone(),
         ..GenerateOptions::default()
-    };
+    })?;
 
     // Ctrl-C while an answer is being written cancels it; at the prompt it
     // quits. Without a handler SIGINT would kill the program mid-answer.

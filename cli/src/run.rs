@@ -41,6 +41,19 @@ pub struct SamplingArgs {
     /// Random seed (default: a fresh one each run).
     #[arg(short = 's', long)]
     pub seed: Option<u64>,
+    /// Constrain the output to a GBNF grammar (llama.cpp's format, start
+    /// rule `root`).
+    #[arg(long, value_name = "GBNF", group = "constraint")]
+    pub grammar: Option<String>,
+    /// Constrain the output to the GBNF grammar in FILE.
+    #[arg(long, value_name = "FILE", group = "constraint")]
+    pub grammar_file: Option<PathBuf>,
+    /// Constrain the output to JSON documents matching this JSON Schema.
+    #[arg(short = 'j', long, value_name = "SCHEMA", group = "constraint")]
+    pub json_schema: Option<String>,
+    /// Constrain the output to the JSON Schema in FILE.
+    #[arg(long, value_name = "FILE", group = "constraint")]
+    pub json_schema_file: Option<PathBuf>,
 }
 
 impl SamplingArgs {
@@ -58,6 +71,31 @@ impl SamplingArgs {
             seed: self.seed.unwrap_or_else(random_seed),
             ..SamplingParams::default()
         }
+    }
+}
+
+impl SamplingArgs {
+    /// The options with the grammar flags applied.
+    pub fn constrain(&self, opts: GenerateOptions) -> Result<GenerateOptions, String> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        };
+        let schema = |text: &str| {
+            serde_json::from_str::<serde_json::Value>(text)
+                .map_err(|e| format!("the JSON schema is not JSON: {e}"))
+        };
+        let opts = if let Some(g) = &self.grammar {
+            opts.gbnf(g)
+        } else if let Some(p) = &self.grammar_file {
+            opts.gbnf(&read(p)?)
+        } else if let Some(s) = &self.json_schema {
+            opts.json_schema(&schema(s)?)
+        } else if let Some(p) = &self.json_schema_file {
+            opts.json_schema(&schema(&read(p)?)?)
+        } else {
+            Ok(opts)
+        };
+        opts.map_err(|e| e.to_string())
     }
 }
 
@@ -237,14 +275,14 @@ pub fn run(args: &Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let sampling = args.sampling.params();
     let seed = sampling.seed;
-    let opts = GenerateOptions {
+    let opts = args.sampling.constrain(GenerateOptions {
         sampling,
         max_tokens: max_tokens(args.n_predict),
         stop: args.stop.clone(),
         ignore_eog: args.ignore_eos,
         special: args.special,
-        tools: None,
-    };
+        ..GenerateOptions::default()
+    })?;
 
     let memory_before = crate::memory::Snapshot::now(engine.model());
     let stdout = std::io::stdout();

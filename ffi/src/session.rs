@@ -58,6 +58,15 @@ pub struct GenerationParams {
     /// `GenerationStats.tool_calls`. `null`: no tools.
     #[uniffi(default = None)]
     pub tools: Option<String>,
+    /// A JSON Schema (as JSON text) the answer must match: the answer is
+    /// then always one JSON document the schema accepts. `null`: free text.
+    #[uniffi(default = None)]
+    pub json_schema: Option<String>,
+    /// A GBNF grammar (llama.cpp's format, start rule `root`) the answer
+    /// must follow. `null`: none. At most one of `json_schema` and
+    /// `grammar`.
+    #[uniffi(default = None)]
+    pub grammar: Option<String>,
 }
 
 impl Default for GenerationParams {
@@ -73,6 +82,8 @@ impl Default for GenerationParams {
             max_tokens: None,
             stop: Vec::new(),
             tools: None,
+            json_schema: None,
+            grammar: None,
         }
     }
 }
@@ -95,7 +106,7 @@ impl GenerationParams {
                 }
             },
         };
-        Ok(GenerateOptions {
+        let opts = GenerateOptions {
             tools,
             sampling: SamplingParams {
                 temperature: self.temperature,
@@ -109,7 +120,25 @@ impl GenerationParams {
             max_tokens: self.max_tokens.map(|n| n as usize),
             stop: self.stop.clone(),
             ..GenerateOptions::default()
-        })
+        };
+        let invalid = |e: spinel_runtime::engine::EngineError| SpinelError::InvalidArgument {
+            reason: e.to_string(),
+        };
+        match (&self.json_schema, &self.grammar) {
+            (Some(_), Some(_)) => Err(SpinelError::InvalidArgument {
+                reason: "give json_schema or grammar, not both".into(),
+            }),
+            (Some(schema), None) => {
+                let schema = serde_json::from_str::<serde_json::Value>(schema).map_err(|e| {
+                    SpinelError::InvalidArgument {
+                        reason: format!("json_schema is not valid JSON: {e}"),
+                    }
+                })?;
+                opts.json_schema(&schema).map_err(invalid)
+            }
+            (None, Some(gbnf)) => opts.gbnf(gbnf).map_err(invalid),
+            (None, None) => Ok(opts),
+        }
     }
 }
 
@@ -490,6 +519,8 @@ mod tests {
             max_tokens: None,
             stop: Vec::new(),
             tools: None,
+            json_schema: None,
+            grammar: None,
         };
         assert_eq!(GenerationParams::default(), literals);
     }

@@ -10,6 +10,7 @@ pub mod convert;
 pub mod download;
 pub mod engine;
 pub mod gguf;
+pub mod grammar;
 pub mod memory;
 pub mod model;
 pub mod perplexity;

@@ -391,6 +391,7 @@ struct Job {
 fn prepare(ctx: &Ctx, body: &Map<String, Value>, chat: bool) -> Result<Job, ApiError> {
     openai::check_model(body, &ctx.model_id)?;
     let settings = openai::settings(body)?;
+    let grammar = openai::constraint(body)?;
     let engine = &ctx.engine;
     let mut tools_offered = false;
     let prompt = if chat {
@@ -470,7 +471,8 @@ fn prepare(ctx: &Ctx, body: &Map<String, Value>, chat: bool) -> Result<Job, ApiE
         sampling,
         max_tokens: settings.max_tokens,
         stop: settings.stop.clone(),
-        ignore_eog: settings.ignore_eos || ctx.ignore_eos,
+        ignore_eog: (settings.ignore_eos || ctx.ignore_eos) && grammar.is_none(),
+        grammar,
         ..GenerateOptions::default()
     };
     Ok(Job {

@@ -1,7 +1,11 @@
 //! The OpenAI API's shapes: request validation, the error object, tool calls
 //! in the Llama 3.1 JSON format, response bodies. Pure functions, no I/O.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value, json};
+use spinel_runtime::engine::GenerateOptions;
+use spinel_runtime::grammar::Grammar;
 
 /// An error answered as OpenAI's `{"error": {message, type, param, code}}`.
 #[derive(Debug, Clone, PartialEq)]
@@ -231,6 +235,89 @@ pub fn settings(body: &Map<String, Value>) -> Result<Settings, ApiError> {
         ignore_eos,
         return_tokens,
     })
+}
+
+/// The grammar a request constrains its answer to: OpenAI's
+/// `response_format` (`{"type": "json_object"}`, `{"type": "json_schema",
+/// "json_schema": {"schema": {...}}}`) or llama.cpp's `grammar` (GBNF) and
+/// `json_schema` extensions. At most one of them.
+pub fn constraint(body: &Map<String, Value>) -> Result<Option<Arc<Grammar>>, ApiError> {
+    let present = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
+    let given: Vec<&str> = ["response_format", "grammar", "json_schema"]
+        .into_iter()
+        .filter(|k| present(k))
+        .collect();
+    if given.len() > 1 {
+        return Err(ApiError::invalid(
+            format!("give at most one of {}", given.join(", ")),
+            Some(given[1]),
+        ));
+    }
+    let grammar_error = |param: &str| {
+        let param = param.to_owned();
+        move |e: spinel_runtime::engine::EngineError| ApiError::invalid(e.to_string(), Some(&param))
+    };
+    let opts = GenerateOptions::default();
+    let opts = match given.first().copied() {
+        None => return Ok(None),
+        Some("grammar") => match &body["grammar"] {
+            Value::String(g) => opts.gbnf(g).map_err(grammar_error("grammar"))?,
+            v => {
+                return Err(ApiError::invalid(
+                    format!("'grammar' must be a string (GBNF), not {}", kind(v)),
+                    Some("grammar"),
+                ));
+            }
+        },
+        Some("json_schema") => opts
+            .json_schema(&body["json_schema"])
+            .map_err(grammar_error("json_schema"))?,
+        _ => match response_format(&body["response_format"])? {
+            None => return Ok(None),
+            Some(None) => opts.json_object(),
+            Some(Some(schema)) => opts
+                .json_schema(schema)
+                .map_err(grammar_error("response_format"))?,
+        },
+    };
+    Ok(opts.grammar)
+}
+
+/// `response_format`: `None` for text, `Some(None)` for any JSON object,
+/// `Some(Some(schema))` for a schema.
+fn response_format(v: &Value) -> Result<Option<Option<&Value>>, ApiError> {
+    let param = Some("response_format");
+    let Value::Object(rf) = v else {
+        return Err(ApiError::invalid(
+            format!("'response_format' must be an object, not {}", kind(v)),
+            param,
+        ));
+    };
+    match rf.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => match rf.get("schema") {
+            // llama.cpp's server also takes a schema here.
+            Some(schema) if !schema.is_null() => Ok(Some(Some(schema))),
+            _ => Ok(Some(None)),
+        },
+        Some("json_schema") => {
+            let schema = rf
+                .get("json_schema")
+                .and_then(|j| j.get("schema"))
+                .or_else(|| rf.get("schema"));
+            match schema {
+                Some(schema) if !schema.is_null() => Ok(Some(Some(schema))),
+                _ => Err(ApiError::invalid(
+                    "'response_format' of type json_schema needs 'json_schema': {\"schema\": {...}}",
+                    param,
+                )),
+            }
+        }
+        _ => Err(ApiError::invalid(
+            "'response_format.type' must be \"text\", \"json_object\" or \"json_schema\"",
+            param,
+        )),
+    }
 }
 
 /// Checks the request's `model` against the served one (absent: fine).

@@ -35,6 +35,12 @@ pub enum EngineError {
     /// A saved session could not be written or read back: `reason` says
     /// why (unreadable, not a session file, another model, truncated …).
     SessionFile { path: String, reason: String },
+    /// A grammar or JSON Schema constraint is unusable, or the grammar
+    /// allows no token at some point of the generation.
+    Grammar { reason: String },
+    /// Speculative decoding settings are unusable (a draft model with
+    /// another vocabulary, a zero draft length …).
+    Speculative { reason: String },
 }
 
 impl fmt::Display for EngineError {
@@ -49,6 +55,8 @@ impl fmt::Display for EngineError {
             EngineError::Sampling(e) => write!(f, "{e}"),
             EngineError::EmptyStopString => write!(f, "a stop string is empty"),
             EngineError::SessionFile { path, reason } => write!(f, "session file {path}: {reason}"),
+            EngineError::Grammar { reason } => write!(f, "{reason}"),
+            EngineError::Speculative { reason } => write!(f, "speculative decoding: {reason}"),
             EngineError::EmptyPrompt => write!(f, "the prompt has no tokens"),
             EngineError::PromptTooLong {
                 prompt_tokens,

@@ -44,12 +44,14 @@ mod batch;
 mod error;
 mod saved;
 mod session;
+mod speculative;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::chat::{ChatTemplate, Message};
+use crate::grammar::{Grammar, JSON_GBNF, json_schema_to_gbnf};
 use crate::model::{KvType, LoadOptions, Model};
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
@@ -57,6 +59,7 @@ use crate::tokenizer::Tokenizer;
 pub use batch::{BatchStats, Batcher};
 pub use error::EngineError;
 pub use session::{Generation, Piece, Session, Stats, StopReason, Stream};
+pub use speculative::{Draft, SpeculativeOptions, lookup_draft};
 
 /// The default memory budget for one session's KV cache: 1 GiB. With an f16
 /// cache that is the full 8192-token context of a SmolLM2 or Llama 3.2 1B,
@@ -132,6 +135,43 @@ pub struct GenerateOptions {
     /// to the chat template as `tools`); the answer's tool calls come back
     /// parsed in [`Generation::tool_calls`].
     pub tools: Option<serde_json::Value>,
+    /// Constrains the answer to the sentences of a grammar (see
+    /// [`json_schema`](Self::json_schema), [`gbnf`](Self::gbnf)).
+    pub grammar: Option<Arc<Grammar>>,
+    /// Speculative decoding: drafted tokens checked in one batched forward
+    /// pass; the output is what decoding without it gives.
+    pub speculative: Option<SpeculativeOptions>,
+}
+
+impl GenerateOptions {
+    /// Constrains the answer to the JSON documents `schema` accepts.
+    pub fn json_schema(mut self, schema: &serde_json::Value) -> Result<Self, EngineError> {
+        let gbnf = json_schema_to_gbnf(schema).map_err(|e| EngineError::Grammar {
+            reason: format!("JSON schema: {e}"),
+        })?;
+        let grammar = Grammar::parse(&gbnf).map_err(|e| EngineError::Grammar {
+            reason: format!("JSON schema: the grammar made from it is invalid: {e}"),
+        })?;
+        self.grammar = Some(Arc::new(grammar));
+        Ok(self)
+    }
+
+    /// Constrains the answer to one JSON object (any keys and values), as
+    /// OpenAI's `response_format: {"type": "json_object"}`.
+    pub fn json_object(self) -> Self {
+        self.gbnf(JSON_GBNF)
+            .expect("the built-in JSON grammar parses (tested)")
+    }
+
+    /// Constrains the answer to a GBNF grammar (llama.cpp's format; the
+    /// start rule is `root`).
+    pub fn gbnf(mut self, src: &str) -> Result<Self, EngineError> {
+        let grammar = Grammar::parse(src).map_err(|e| EngineError::Grammar {
+            reason: e.to_string(),
+        })?;
+        self.grammar = Some(Arc::new(grammar));
+        Ok(self)
+    }
 }
 
 /// Stops a session's generation from any thread.

@@ -1,15 +1,18 @@
 //! Sessions: a KV cache, the tokens in it, a conversation, and the
 //! generation loop.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::chat::Message;
 use crate::chat::tools::{ToolCall, parse_tool_calls};
+use crate::grammar::TokenConstraint;
 use crate::model::{ModelError, State, StateOptions};
-use crate::sampling::{Sampler, StopStrings};
-use crate::tokenizer::{Detokenizer, TokenType};
+use crate::sampling::{Sampler, SamplingError, StopStrings};
+use crate::tokenizer::{Detokenizer, TokenType, Tokenizer};
 
+use super::speculative::{Draft, DraftState, SpeculativeOptions, lookup_draft};
 use super::{CancelHandle, Engine, EngineError, GenerateOptions, SessionOptions};
 
 /// One step of a generation: a token and the text it completed.
@@ -65,9 +68,16 @@ pub struct Stats {
     pub cached_tokens: usize,
     /// Tokens generated (end-of-generation tokens not counted).
     pub generated_tokens: usize,
-    /// Single-token forward passes after the first token (each makes one
-    /// more token).
+    /// Forward passes after the first token: one per plain decode step,
+    /// one per speculative round.
     pub decode_steps: usize,
+    /// Tokens sampled after the first one (one per plain step; a
+    /// speculative round makes its accepted drafts plus one).
+    pub decode_tokens: usize,
+    /// Tokens proposed by speculative decoding's drafter.
+    pub drafted_tokens: usize,
+    /// Drafted tokens the model accepted.
+    pub accepted_tokens: usize,
     /// Seconds spent processing the prompt.
     pub prompt_secs: f64,
     /// Seconds spent in the decode steps (forward pass and sampling).
@@ -90,9 +100,26 @@ impl Stats {
         rate(self.processed_prompt_tokens(), self.prompt_secs)
     }
 
-    /// Decode steps per second (0 when there were none).
+    /// Tokens sampled per second after the first (0 when there were none).
     pub fn generation_tokens_per_sec(&self) -> f64 {
-        rate(self.decode_steps, self.generation_secs)
+        rate(self.decode_tokens, self.generation_secs)
+    }
+
+    /// Share of the drafted tokens the model accepted (0 without drafts).
+    pub fn acceptance_rate(&self) -> f64 {
+        match self.drafted_tokens {
+            0 => 0.0,
+            n => self.accepted_tokens as f64 / n as f64,
+        }
+    }
+
+    /// Tokens made per forward pass after the first token (1 without
+    /// speculative decoding; 0 when there were no steps).
+    pub fn tokens_per_pass(&self) -> f64 {
+        match self.decode_steps {
+            0 => 0.0,
+            n => self.decode_tokens as f64 / n as f64,
+        }
     }
 }
 
@@ -131,6 +158,8 @@ pub(super) struct Core {
     pub(super) messages: Vec<Message>,
     cancel: CancelHandle,
     n_batch: usize,
+    /// A draft model's cache (speculative decoding), kept across turns.
+    draft: Option<DraftState>,
     /// Through the engine's [`Batcher`](super::Batcher).
     batched: bool,
 }
@@ -154,6 +183,7 @@ struct Prepared {
     n_reuse: usize,
     sampler: Sampler,
     stops: StopStrings,
+    constraint: Option<TokenConstraint>,
 }
 
 impl Session {
@@ -177,6 +207,7 @@ impl Session {
                 messages: Vec::new(),
                 cancel: CancelHandle::new(),
                 n_batch,
+                draft: None,
                 batched: opts.batched,
             },
         })
@@ -238,7 +269,8 @@ impl Session {
     /// Returns the bytes given back.
     pub fn release_memory(&mut self) -> usize {
         self.core.cached.clear();
-        self.core.state.release()
+        let draft = self.core.draft.take().map_or(0, |d| d.kv_cache_bytes());
+        self.core.state.release() + draft
     }
 
     /// Bytes of the KV cache now allocated.
@@ -256,6 +288,7 @@ impl Session {
         self.core.messages.clear();
         self.core.cached.clear();
         self.core.state.reset();
+        self.core.draft = None;
     }
 
     /// Generates a continuation of `prompt`, the whole context the model
@@ -357,6 +390,23 @@ impl Session {
             .into());
         }
         let mut sampler = Sampler::new(opts.sampling.clone(), n_vocab)?;
+        if opts.grammar.is_some() && opts.ignore_eog {
+            return Err(EngineError::Grammar {
+                reason: "a grammar cannot be combined with ignore_eog: the answer ends \
+                         with the grammar's sentence"
+                    .into(),
+            });
+        }
+        let constraint = opts
+            .grammar
+            .as_ref()
+            .map(|g| TokenConstraint::new(g.clone(), n_vocab));
+        if let Some(Draft::Model(draft)) = opts.speculative.as_ref().map(|s| &s.draft) {
+            if !self.core.draft.as_ref().is_some_and(|d| d.is_for(draft)) {
+                let n_threads = self.n_threads();
+                self.core.draft = Some(DraftState::new(draft.clone(), n_ctx, n_threads)?);
+            }
+        }
         let stops = StopStrings::new(opts.stop.iter().cloned())?;
         // Prompt tokens count for the repetition penalties, as in llama.cpp.
         let window = opts.sampling.penalty_last_n.min(prompt.len());
@@ -377,6 +427,7 @@ impl Session {
             n_reuse,
             sampler,
             stops,
+            constraint,
         })
     }
 
@@ -398,6 +449,13 @@ impl Session {
             core,
             sampler: prep.sampler,
             stops: prep.stops,
+            constraint: prep.constraint,
+            spec: opts.speculative.clone().map(|opts| Spec {
+                opts,
+                draft: Vec::new(),
+                logits: Vec::new(),
+                ready: VecDeque::new(),
+            }),
             max_tokens: opts.max_tokens,
             ignore_eog: opts.ignore_eog,
             special: opts.special,
@@ -447,6 +505,10 @@ pub struct Stream<'s> {
     detok: Option<Detokenizer<'s>>,
     sampler: Sampler,
     stops: StopStrings,
+    /// The grammar the answer must follow.
+    constraint: Option<TokenConstraint>,
+    /// Speculative decoding.
+    spec: Option<Spec>,
     max_tokens: Option<usize>,
     ignore_eog: bool,
     special: bool,
@@ -549,65 +611,181 @@ impl Stream<'_> {
         if self.core.cancel.is_cancelled() {
             return Ok(self.end(StopReason::Cancelled));
         }
-        let model = self.engine.model();
-        let t0 = Instant::now();
-        if !self.prompt_done {
-            let mut cancelled = false;
-            let todo = &self.prompt[self.stats.cached_tokens..];
-            for chunk in todo.chunks(self.core.n_batch) {
-                if self.core.cancel.is_cancelled() {
-                    cancelled = true;
-                    break;
-                }
-                if self.core.batched {
-                    let state = &mut self.core.state;
-                    self.engine
-                        .batcher()
-                        .exclusive(|| model.forward(state, chunk))?;
-                } else {
-                    model.forward(&mut self.core.state, chunk)?;
-                }
-                self.core.cached.extend_from_slice(chunk);
-            }
-            self.stats.prompt_secs = t0.elapsed().as_secs_f64();
-            if cancelled {
+        let id = if !self.prompt_done {
+            if !self.process_prompt()? {
                 return Ok(self.end(StopReason::Cancelled));
             }
             self.prompt_done = true;
-            if self.core.batched {
-                self.generating = Some(self.engine.batcher().generating());
-            }
             if self.max_tokens == Some(0) {
                 return Ok(self.end(StopReason::MaxTokens));
             }
+            let id = self.sample_current()?;
+            self.stats.time_to_first_token_secs = Some(self.start.elapsed().as_secs_f64());
+            id
         } else {
             if self.max_tokens.is_some_and(|m| self.generated.len() >= m) {
                 return Ok(self.end(StopReason::MaxTokens));
             }
-            if self.core.state.n_past() >= self.core.state.n_ctx() {
-                return Ok(self.end(StopReason::ContextFull));
+            match self.spec.as_mut().and_then(|s| s.ready.pop_front()) {
+                // Sampled in the last speculative round.
+                Some(id) => id,
+                None => {
+                    if self.core.state.n_past() >= self.core.state.n_ctx() {
+                        return Ok(self.end(StopReason::ContextFull));
+                    }
+                    let t0 = Instant::now();
+                    let id = self.decode()?;
+                    self.stats.generation_secs += t0.elapsed().as_secs_f64();
+                    id
+                }
             }
-            let Some(last) = self.last else {
-                unreachable!("a decode step follows a sampled token")
-            };
+        };
+        self.emit(id)
+    }
+
+    /// Runs the prompt's uncached tokens through the model. False if
+    /// cancelled on the way.
+    fn process_prompt(&mut self) -> Result<bool, EngineError> {
+        let model = self.engine.model();
+        let t0 = Instant::now();
+        let todo = &self.prompt[self.stats.cached_tokens..];
+        for chunk in todo.chunks(self.core.n_batch) {
+            if self.core.cancel.is_cancelled() {
+                self.stats.prompt_secs = t0.elapsed().as_secs_f64();
+                return Ok(false);
+            }
             if self.core.batched {
+                let state = &mut self.core.state;
                 self.engine
                     .batcher()
-                    .decode(model, &mut self.core.state, last)?;
+                    .exclusive(|| model.forward(state, chunk))?;
             } else {
-                model.forward(&mut self.core.state, &[last])?;
+                model.forward(&mut self.core.state, chunk)?;
             }
-            self.core.cached.push(last);
+            self.core.cached.extend_from_slice(chunk);
         }
+        self.stats.prompt_secs = t0.elapsed().as_secs_f64();
+        if self.core.batched {
+            self.generating = Some(self.engine.batcher().generating());
+        }
+        Ok(true)
+    }
 
-        let id = self.sampler.sample(self.core.state.logits())?;
-        self.sampler.accept(id)?;
-        if self.stats.time_to_first_token_secs.is_none() {
-            self.stats.time_to_first_token_secs = Some(self.start.elapsed().as_secs_f64());
-        } else {
-            self.stats.decode_steps += 1;
-            self.stats.generation_secs += t0.elapsed().as_secs_f64();
+    /// One decode round: a speculative one when a draft is at hand, else
+    /// one forward pass of the last token. Returns the next token (more may
+    /// wait in the speculative queue).
+    fn decode(&mut self) -> Result<u32, EngineError> {
+        self.stats.decode_steps += 1;
+        if self.speculate()? {
+            let ready = self.spec.as_mut().and_then(|s| s.ready.pop_front());
+            return Ok(ready.expect("a speculative round makes at least one token"));
         }
+        let Some(last) = self.last else {
+            unreachable!("a decode step follows a sampled token")
+        };
+        let model = self.engine.model();
+        if self.core.batched {
+            self.engine
+                .batcher()
+                .decode(model, &mut self.core.state, last)?;
+        } else {
+            model.forward(&mut self.core.state, &[last])?;
+        }
+        self.core.cached.push(last);
+        self.stats.decode_tokens += 1;
+        self.sample_current()
+    }
+
+    /// A speculative round (see [`super::speculative`]): drafts tokens,
+    /// runs the last token and the draft as one batch, and queues the
+    /// tokens sampled from its rows up to the first one that differs from
+    /// the draft. False when there is no draft worth verifying.
+    fn speculate(&mut self) -> Result<bool, EngineError> {
+        let (Some(spec), Some(last)) = (self.spec.as_mut(), self.last) else {
+            return Ok(false);
+        };
+        let core = &mut *self.core;
+        let n_past = core.state.n_past();
+        // Room for `last` and the draft in the context and the batch, and
+        // the token budget (the round makes at least one token itself).
+        let left = self
+            .max_tokens
+            .map_or(usize::MAX, |m| m.saturating_sub(self.generated.len()));
+        let max = spec
+            .opts
+            .draft_max
+            .min(core.state.n_ctx().saturating_sub(n_past + 1))
+            .min(core.n_batch.saturating_sub(1))
+            .min(left.saturating_sub(1));
+        if max == 0 {
+            return Ok(false);
+        }
+        core.cached.push(last);
+        let drafted = match (&spec.opts.draft, core.draft.as_mut()) {
+            (Draft::PromptLookup { ngram }, _) => {
+                lookup_draft(&core.cached, *ngram, max, &mut spec.draft);
+                Ok(())
+            }
+            (Draft::Model(_), Some(d)) => {
+                d.propose(&core.cached, max, spec.opts.p_min, &mut spec.draft)
+            }
+            (Draft::Model(_), None) => {
+                spec.draft.clear();
+                Ok(())
+            }
+        };
+        core.cached.pop();
+        drafted?;
+        if spec.draft.is_empty() || spec.draft.len() < spec.opts.draft_min {
+            return Ok(false);
+        }
+        let mut batch = Vec::with_capacity(spec.draft.len() + 1);
+        batch.push(last);
+        batch.extend_from_slice(&spec.draft);
+        let model = self.engine.model();
+        let (state, logits) = (&mut core.state, &mut spec.logits);
+        if core.batched {
+            self.engine
+                .batcher()
+                .exclusive(|| model.forward_verify(state, &batch, logits))?;
+        } else {
+            model.forward_verify(state, &batch, logits)?;
+        }
+        let n_vocab = model.config().n_vocab;
+        let tok = self.engine.tokenizer();
+        let mut accepted = 0;
+        for (i, row) in spec.logits.chunks_exact(n_vocab).enumerate() {
+            let id = sample_row(&mut self.sampler, self.constraint.as_mut(), tok, row)?;
+            spec.ready.push_back(id);
+            if spec.draft.get(i) != Some(&id) {
+                break;
+            }
+            accepted += 1;
+        }
+        // The cache keeps `last` and the accepted drafts.
+        core.state.truncate(n_past + 1 + accepted);
+        core.cached.push(last);
+        core.cached.extend_from_slice(&spec.draft[..accepted]);
+        self.stats.drafted_tokens += spec.draft.len();
+        self.stats.accepted_tokens += accepted;
+        self.stats.decode_tokens += spec.ready.len();
+        Ok(true)
+    }
+
+    /// The next token from the state's logits.
+    fn sample_current(&mut self) -> Result<u32, EngineError> {
+        let tok = self.engine.tokenizer();
+        sample_row(
+            &mut self.sampler,
+            self.constraint.as_mut(),
+            tok,
+            self.core.state.logits(),
+        )
+    }
+
+    /// Hands out a sampled token: end of generation, or its text through
+    /// the detokenizer and the stop strings.
+    fn emit(&mut self, id: u32) -> Result<Option<Piece>, EngineError> {
         let tok = self.engine.tokenizer();
         if !self.ignore_eog && tok.is_eog(id) {
             return Ok(self.end(StopReason::EndOfGeneration(id)));
@@ -690,6 +868,44 @@ impl Stream<'_> {
             messages.push(Message::assistant(self.text.clone()));
         }
     }
+}
+
+/// Samples the next token from `logits` (within the grammar, if any) and
+/// accepts it into the sampler's penalty window and the grammar.
+fn sample_row(
+    sampler: &mut Sampler,
+    constraint: Option<&mut TokenConstraint>,
+    tok: &Tokenizer,
+    logits: &[f32],
+) -> Result<u32, EngineError> {
+    let id = match constraint {
+        None => sampler.sample(logits)?,
+        Some(c) => {
+            let id = match c.sample(sampler, tok, logits) {
+                Err(SamplingError::NoCandidates) => {
+                    return Err(EngineError::Grammar {
+                        reason: "the grammar allows no token of the vocabulary here".into(),
+                    });
+                }
+                other => other?,
+            };
+            c.accept(tok, id);
+            id
+        }
+    };
+    sampler.accept(id)?;
+    Ok(id)
+}
+
+/// Speculative decoding's working state in a generation.
+struct Spec {
+    opts: SpeculativeOptions,
+    /// This round's draft.
+    draft: Vec<u32>,
+    /// The verification pass's logits, one row per batch position.
+    logits: Vec<f32>,
+    /// Tokens sampled in the last round, not yet handed out.
+    ready: VecDeque<u32>,
 }
 
 impl Iterator for Stream<'_> {

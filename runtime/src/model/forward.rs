@@ -65,6 +65,39 @@ impl Model<'_> {
         Ok(())
     }
 
+    /// Runs `tokens` (at most `n_batch` of them) as one batch and keeps the
+    /// logits of every position in `logits` (`(tokens.len(), n_vocab)`,
+    /// row-major): speculative decoding's verification. Each row is
+    /// computed with the one-row kernels, so it is bit-identical to
+    /// running the tokens one [`forward`](Self::forward) at a time, while
+    /// the weights are still read from memory once per tile for all rows.
+    /// The state's [`logits`](State::logits) are the last row's.
+    pub fn forward_verify(
+        &self,
+        state: &mut State,
+        tokens: &[u32],
+        logits: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
+        state.reacquire()?;
+        self.check_input(state, tokens)?;
+        if tokens.len() > state.n_batch {
+            return Err(ModelError::BatchMismatch {
+                tokens: tokens.len(),
+                sequences: state.n_batch,
+            });
+        }
+        state.mm.row_invariant = true;
+        let run = self.forward_batch(state, tokens);
+        let n_vocab = self.config.n_vocab;
+        logits.resize(tokens.len() * n_vocab, 0.0);
+        let run = run.and_then(|()| self.logits_rows(state, tokens.len(), logits));
+        state.mm.row_invariant = false;
+        run?;
+        let last = &logits[(tokens.len() - 1) * n_vocab..];
+        state.logits.copy_from_slice(last);
+        Ok(())
+    }
+
     /// One decode step for several sequences at once (continuous
     /// batching): `tokens[0]` continues `state`, `tokens[i]` (`i ≥ 1`)
     /// continues `others[i - 1]`, each at its own position and over its own
@@ -319,22 +352,28 @@ impl Model<'_> {
         let c = &self.config;
         let q_dim = c.q_dim();
         self.position_and_store(s, il, pos0, rows.clone())?;
-        Attention {
-            n_head: c.n_head,
-            n_head_kv: c.n_head_kv,
-            head_dim: c.head_dim,
-            layer: il,
-            pos0,
-            n: rows.len(),
-            chunk: c.layer_chunk(il),
-            q: &s.q[rows.start * q_dim..rows.end * q_dim],
+        // Row-invariant (speculative verification): each position attends
+        // as a one-token pass would, alone.
+        let step = if s.mm.row_invariant { 1 } else { rows.len() };
+        for (i, r0) in rows.clone().step_by(step).enumerate() {
+            let r1 = (r0 + step).min(rows.end);
+            Attention {
+                n_head: c.n_head,
+                n_head_kv: c.n_head_kv,
+                head_dim: c.head_dim,
+                layer: il,
+                pos0: pos0 + i * step,
+                n: r1 - r0,
+                chunk: c.layer_chunk(il),
+                q: &s.q[r0 * q_dim..r1 * q_dim],
+            }
+            .run(
+                &mut s.pool,
+                &s.kv,
+                &mut s.attn,
+                &mut s.att_out[r0 * q_dim..],
+            )?;
         }
-        .run(
-            &mut s.pool,
-            &s.kv,
-            &mut s.attn,
-            &mut s.att_out[rows.start * q_dim..],
-        )?;
         if s.rotate_v {
             // The values were stored rotated: turn each head's output back.
             hadamard_rows(

@@ -78,6 +78,11 @@ pub(crate) struct Matmul {
     input: [Converted; 2],
     /// `(n_threads, 2, TILE_FLOATS)`: each thread's product tiles.
     tiles: Vec<f32>,
+    /// Compute every row of a batch as a one-row product would (the
+    /// single-row kernel once per row, on tiles of weights still in
+    /// cache), so each row's result is bit-identical to a one-token
+    /// forward pass: speculative decoding's verification.
+    pub row_invariant: bool,
 }
 
 impl Matmul {
@@ -94,6 +99,7 @@ impl Matmul {
         Matmul {
             input: [conv(), conv()],
             tiles: vec![0.0; n_threads * 2 * TILE_FLOATS],
+            row_invariant: false,
         }
     }
 
@@ -181,7 +187,8 @@ impl Matmul {
         products: [Product<'_>; N],
     ) -> Result<(), JobPanicked> {
         let input = &self.input;
-        let tasks = products.map(|p| Task::new(p, input, n));
+        let row_invariant = self.row_invariant;
+        let tasks = products.map(|p| Task::new(p, input, n, row_invariant));
         let work: usize = tasks.iter().map(|t| t.rows * t.w.w.cols).sum::<usize>() * n;
         let n_tiles: usize = tasks.iter().map(|t| t.n_tiles).sum();
         let tiles = SharedMut::new(&mut self.tiles);
@@ -288,10 +295,12 @@ struct Task<'a> {
     rows: usize,
     tile_rows: usize,
     n_tiles: usize,
+    /// See [`Matmul::row_invariant`].
+    row_invariant: bool,
 }
 
 impl<'a> Task<'a> {
-    fn new(p: Product<'a>, input: &'a [Converted; 2], n: usize) -> Task<'a> {
+    fn new(p: Product<'a>, input: &'a [Converted; 2], n: usize, row_invariant: bool) -> Task<'a> {
         let (lin, up, add, out) = match p {
             Product::Set(l, o) => (l, None, false, o),
             Product::Add(l, o) => (l, None, true, o),
@@ -331,6 +340,7 @@ impl<'a> Task<'a> {
             rows: w.rows,
             tile_rows,
             n_tiles: w.rows.div_ceil(tile_rows),
+            row_invariant,
         }
     }
 
@@ -338,6 +348,29 @@ impl<'a> Task<'a> {
     fn tile(&self, t: usize) -> Range<usize> {
         let j0 = t * self.tile_rows;
         j0..(j0 + self.tile_rows).min(self.rows)
+    }
+
+    /// [`Kernels::gemm`], or with `row_invariant` the one-row product once
+    /// per activation row (`arb` bytes each).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        ty: GgmlType,
+        cols: usize,
+        w: &[u8],
+        a: &[u8],
+        arb: usize,
+        out: &mut [f32],
+        tn: usize,
+    ) {
+        let k = Kernels::get();
+        if self.row_invariant && a.len() > arb {
+            for (ar, o) in a.chunks_exact(arb).zip(out.chunks_exact_mut(tn)) {
+                k.gemm(ty, cols, w, ar, o, tn);
+            }
+        } else {
+            k.gemm(ty, cols, w, a, out, tn);
+        }
     }
 
     /// Computes weight rows `rows` (at most a tile's scratch) for all `n`
@@ -367,11 +400,19 @@ impl<'a> Task<'a> {
             let i1 = (i0 + block).min(n);
             let a = &self.a.buf.bytes()[i0 * arb..i1 * arb];
             let g = &mut s1[..(i1 - i0) * tn];
-            k.gemm(ty, cols, w, a, g, tn);
+            self.gemm(ty, cols, w, a, arb, g, tn);
             if let Some((uty, uw, ub, ua)) = up {
                 let ua = &ua.buf.bytes()[i0 * ua.row_bytes..i1 * ua.row_bytes];
                 let u = &mut s2[..(i1 - i0) * tn];
-                k.gemm(uty, cols, uw, ua, u, tn);
+                self.gemm(
+                    uty,
+                    cols,
+                    uw,
+                    ua,
+                    self.up.map_or(0, |(_, c)| c.row_bytes),
+                    u,
+                    tn,
+                );
                 for i in i0..i1 {
                     // SAFETY: this tile's columns of row `i` belong to no
                     // other tile, and each tile is taken by one thread.
