@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use spinel_runtime::engine::{CancelHandle, EngineError, GenerateOptions, StopReason};
 
 use crate::fetch;
-use crate::run::{SamplingArgs, SessionArgs, load_engine, max_tokens, stats_line};
+use crate::run::{SamplingArgs, SessionArgs, SpeculativeArgs, load_engine, max_tokens, stats_line};
 
 /// Chat with a model (default: the SmolLM2-135M-Instruct demo model,
 /// fetched into the cache on first use).
@@ -51,6 +51,8 @@ pub struct Args {
     sampling: SamplingArgs,
     #[command(flatten)]
     session_args: SessionArgs,
+    #[command(flatten)]
+    speculative: SpeculativeArgs,
 }
 
 /// What the Ctrl-C handler needs: whether an answer is being generated,
@@ -104,6 +106,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         sampling: args.sampling.params(),
         max_tokens: max_tokens(args.n_predict),
         stop: args.stop.clone(),
+        speculative: args.speculative.options(&engine, &args.session_args)?,
         ..GenerateOptions::default()
     })?;
 

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::json;
-use spinel_runtime::engine::{Engine, GenerateOptions, Generation, SessionOptions};
+use spinel_runtime::engine::{
+    Engine, GenerateOptions, Generation, SessionOptions, SpeculativeOptions,
+};
 use spinel_runtime::model::KvType;
 use spinel_runtime::sampling::SamplingParams;
 
@@ -206,6 +208,53 @@ impl SessionArgs {
     }
 }
 
+/// Speculative decoding flags shared by `run`, `chat` and `serve`
+/// (llama.cpp's names).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SpeculativeArgs {
+    /// A draft model with the same vocabulary: it guesses the next tokens,
+    /// the model checks them in one batched pass (the output is unchanged).
+    #[arg(long = "model-draft", value_name = "FILE")]
+    pub model_draft: Option<PathBuf>,
+    /// Prompt lookup: draft the tokens that followed the last N (down to 1)
+    /// tokens earlier in the context, without a draft model.
+    #[arg(long, value_name = "N", conflicts_with = "model_draft")]
+    pub lookup_ngram: Option<usize>,
+    /// Most tokens drafted per step.
+    #[arg(long, default_value_t = 16)]
+    pub draft_max: usize,
+    /// Steps with fewer drafted tokens run without speculation.
+    #[arg(long, default_value_t = 0)]
+    pub draft_min: usize,
+    /// The draft model stops guessing when its top token is less likely
+    /// than this.
+    #[arg(long, default_value_t = 0.75)]
+    pub draft_p_min: f32,
+}
+
+impl SpeculativeArgs {
+    /// The options for generations on `engine` (`None` without a draft
+    /// source); loads the draft model.
+    pub fn options(
+        &self,
+        engine: &Engine,
+        session: &SessionArgs,
+    ) -> Result<Option<SpeculativeOptions>, String> {
+        let spec = match (&self.model_draft, self.lookup_ngram) {
+            (None, None) => return Ok(None),
+            (Some(path), _) => {
+                let draft = load_engine(path, session)?;
+                SpeculativeOptions::draft_model(engine, draft, self.draft_max)
+            }
+            (None, Some(n)) => SpeculativeOptions::prompt_lookup(n, self.draft_max),
+        };
+        let mut spec = spec.map_err(|e| e.to_string())?;
+        spec.draft_min = self.draft_min;
+        spec.p_min = self.draft_p_min;
+        Ok(Some(spec))
+    }
+}
+
 /// Generate a continuation of a prompt.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -245,6 +294,8 @@ pub struct Args {
     sampling: SamplingArgs,
     #[command(flatten)]
     session: SessionArgs,
+    #[command(flatten)]
+    speculative: SpeculativeArgs,
 }
 
 /// Loads the engine under the `--memory-budget`, saying what failed with
@@ -281,6 +332,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         stop: args.stop.clone(),
         ignore_eog: args.ignore_eos,
         special: args.special,
+        speculative: args.speculative.options(&engine, &args.session)?,
         ..GenerateOptions::default()
     })?;
 
@@ -355,6 +407,10 @@ pub fn stats_json(g: &Generation, threads: usize) -> serde_json::Value {
         "processed_prompt_tokens": s.processed_prompt_tokens(),
         "generated_tokens": s.generated_tokens,
         "decode_steps": s.decode_steps,
+        "drafted_tokens": s.drafted_tokens,
+        "accepted_tokens": s.accepted_tokens,
+        "acceptance_rate": s.acceptance_rate(),
+        "tokens_per_pass": s.tokens_per_pass(),
         "prompt_secs": s.prompt_secs,
         "prompt_tokens_per_sec": s.prompt_tokens_per_sec(),
         "generation_secs": s.generation_secs,
@@ -376,9 +432,19 @@ pub fn stats_line(g: &Generation) -> String {
     let ttft = s
         .time_to_first_token_secs
         .map_or("-".into(), |t| format!("{:.0} ms", t * 1e3));
+    let drafts = if s.drafted_tokens > 0 {
+        format!(
+            " | drafts: {}/{} accepted, {:.2} tokens/pass",
+            s.accepted_tokens,
+            s.drafted_tokens,
+            s.tokens_per_pass()
+        )
+    } else {
+        String::new()
+    };
     format!(
         "[prompt: {} tokens{cached}, {:.1} tok/s | generated: {} tokens, {:.1} tok/s | \
-         first token: {ttft} | stop: {}]",
+         first token: {ttft}{drafts} | stop: {}]",
         s.prompt_tokens,
         s.prompt_tokens_per_sec(),
         s.generated_tokens,

@@ -80,7 +80,9 @@ impl From<EngineError> for SpinelError {
             EngineError::Sampling(_)
             | EngineError::EmptyStopString
             | EngineError::EmptyPrompt
-            | EngineError::KvBudget { .. } => SpinelError::InvalidArgument { reason },
+            | EngineError::KvBudget { .. }
+            | EngineError::Grammar { .. }
+            | EngineError::Speculative { .. } => SpinelError::InvalidArgument { reason },
             _ => SpinelError::Internal { reason },
         }
     }

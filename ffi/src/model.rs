@@ -122,6 +122,10 @@ pub struct Model {
 }
 
 impl Model {
+    pub(crate) fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
     pub(crate) fn sessions(&self) -> &Sessions {
         &self.sessions
     }

@@ -8,11 +8,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use spinel_runtime::chat::Message;
 use spinel_runtime::engine::{
-    self, CancelHandle, GenerateOptions, Session, Stats, StopReason as RuntimeStopReason,
+    self, CancelHandle, Engine, GenerateOptions, Session, SpeculativeOptions, Stats,
+    StopReason as RuntimeStopReason,
 };
 use spinel_runtime::sampling::SamplingParams;
 
-use crate::{Finished, SpinelError, call_foreign, spawn_job};
+use crate::{Finished, Model, SpinelError, call_foreign, spawn_job};
 
 /// One message of a conversation.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
@@ -67,6 +68,17 @@ pub struct GenerationParams {
     /// `grammar`.
     #[uniffi(default = None)]
     pub grammar: Option<String>,
+    /// Speculative decoding by prompt lookup: the tokens that followed the
+    /// last `lookup_ngram` (down to 1) tokens earlier in the conversation
+    /// are checked in one batched pass. Fast when answers quote their
+    /// input (summaries, edits, code); the answer is unchanged. `null`:
+    /// off (a draft model set with `ChatSession.setDraftModel` is used if
+    /// there is one).
+    #[uniffi(default = None)]
+    pub lookup_ngram: Option<u32>,
+    /// Most tokens drafted per step (prompt lookup or a draft model).
+    #[uniffi(default = 16)]
+    pub draft_max: u32,
 }
 
 impl Default for GenerationParams {
@@ -84,12 +96,33 @@ impl Default for GenerationParams {
             tools: None,
             json_schema: None,
             grammar: None,
+            lookup_ngram: None,
+            draft_max: 16,
         }
     }
 }
 
 impl GenerationParams {
-    fn options(&self) -> Result<GenerateOptions, SpinelError> {
+    fn options(
+        &self,
+        draft: Option<&Arc<Engine>>,
+        target: &Engine,
+    ) -> Result<GenerateOptions, SpinelError> {
+        let mut opts = self.constrained_options()?;
+        let draft_max = self.draft_max as usize;
+        opts.speculative = match (self.lookup_ngram, draft) {
+            (Some(n), _) => Some(SpeculativeOptions::prompt_lookup(n as usize, draft_max)?),
+            (None, Some(d)) => Some(SpeculativeOptions::draft_model(
+                target,
+                d.clone(),
+                draft_max,
+            )?),
+            (None, None) => None,
+        };
+        Ok(opts)
+    }
+
+    fn constrained_options(&self) -> Result<GenerateOptions, SpinelError> {
         let tools = match &self.tools {
             None => None,
             Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
@@ -195,6 +228,9 @@ pub struct GenerationStats {
     pub time_to_first_token_seconds: Option<f64>,
     pub total_seconds: f64,
     pub stop_reason: StopReason,
+    /// Tokens drafted by speculative decoding, and of those accepted.
+    pub drafted_tokens: u32,
+    pub accepted_tokens: u32,
     /// The answer read as tool calls, when tools were offered and the
     /// answer is one (else empty).
     pub tool_calls: Vec<ToolCall>,
@@ -212,6 +248,8 @@ impl GenerationStats {
             time_to_first_token_seconds: stats.time_to_first_token_secs,
             total_seconds: stats.total_secs,
             stop_reason: stop.into(),
+            drafted_tokens: n(stats.drafted_tokens),
+            accepted_tokens: n(stats.accepted_tokens),
             tool_calls: Vec::new(),
         }
     }
@@ -241,6 +279,10 @@ pub struct ChatSession {
     sizes: Arc<Sizes>,
     /// Where `Model::trim_memory` saves it before giving its cache back.
     save_on_trim: Mutex<Option<String>>,
+    /// The draft model of speculative decoding, if set.
+    draft: Mutex<Option<Arc<Engine>>>,
+    /// The session's engine (reachable while a turn holds the session).
+    engine: Arc<Engine>,
 }
 
 /// A session's KV cache and scratch bytes, recorded whenever it is locked.
@@ -265,10 +307,13 @@ impl ChatSession {
         }
         let sizes = Arc::new(Sizes::default());
         sizes.record(&session);
+        let engine = session.engine().clone();
         ChatSession {
             inner: Arc::new(Mutex::new(session)),
             sizes,
             save_on_trim: Mutex::new(None),
+            draft: Mutex::new(None),
+            engine,
         }
     }
 
@@ -320,6 +365,20 @@ fn lock(inner: &Mutex<Session>) -> MutexGuard<'_, Session> {
 
 #[uniffi::export]
 impl ChatSession {
+    /// Speculative decoding with a draft model: a smaller model with the
+    /// same vocabulary guesses the next tokens and this chat's model checks
+    /// them in one batched pass, so answers come faster and are unchanged.
+    /// `null` turns it off. Fails with `InvalidArgument` for a model with
+    /// another vocabulary.
+    pub fn set_draft_model(&self, draft: Option<Arc<Model>>) -> Result<(), SpinelError> {
+        let engine = draft.map(|d| d.engine().clone());
+        if let Some(d) = &engine {
+            SpeculativeOptions::draft_model(&self.engine, d.clone(), 1)?;
+        }
+        *self.draft.lock().unwrap_or_else(PoisonError::into_inner) = engine;
+        Ok(())
+    }
+
     /// Sets the system prompt (replacing the current one).
     pub fn set_system_prompt(&self, prompt: String) {
         lock(&self.inner).set_system(prompt);
@@ -394,7 +453,10 @@ impl ChatSession {
         let inner = Arc::clone(&self.inner);
         let sizes = Arc::clone(&self.sizes);
         let (job, done) = (Arc::clone(&handle), Arc::clone(&handle));
-        let options = params.options()?;
+        let options = {
+            let draft = self.draft.lock().unwrap_or_else(PoisonError::into_inner);
+            params.options(draft.as_ref(), &self.engine)?
+        };
         spawn_job(
             "spinel-generate",
             listener,

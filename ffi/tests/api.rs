@@ -384,3 +384,105 @@ fn trimming_memory_frees_idle_sessions_which_still_answer() {
     assert_eq!(restored.history(), chat.history());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn answer(
+    chat: &spinel_ffi::ChatSession,
+    message: &str,
+    params: GenerationParams,
+) -> (String, GenerationStats) {
+    let (listener, end) = Collector::new(false);
+    chat.send(message.into(), params, listener.clone()).unwrap();
+    let stats = end.recv_timeout(Duration::from_secs(120)).unwrap().unwrap();
+    (listener.text(), stats)
+}
+
+/// `json_schema` makes the answer one JSON document of the schema (checked
+/// by an independent validator); `grammar` takes GBNF; bad ones are
+/// `InvalidArgument` before anything runs.
+#[test]
+fn json_schema_and_grammar_constrain_the_answer() {
+    let model = model();
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 20},
+            "country": {"type": "string", "maxLength": 20},
+            "population": {"type": "integer", "minimum": 0}
+        },
+        "required": ["city", "country", "population"]
+    });
+    let chat = model.chat_session(None).unwrap();
+    let params = GenerationParams {
+        json_schema: Some(schema.to_string()),
+        max_tokens: Some(120),
+        ..greedy(120)
+    };
+    let (text, stats) = answer(&chat, "Tell me about Paris as JSON.", params);
+    assert_eq!(stats.stop_reason, StopReason::EndOfGeneration, "{text}");
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    assert!(validator.is_valid(&doc), "{doc}");
+
+    let params = GenerationParams {
+        grammar: Some("root ::= (\"yes\" | \"no\") \".\"".into()),
+        ..greedy(8)
+    };
+    let (text, _) = answer(&chat, "Is water wet?", params);
+    assert!(text == "yes." || text == "no.", "{text:?}");
+
+    for params in [
+        GenerationParams {
+            json_schema: Some("{not json".into()),
+            ..greedy(8)
+        },
+        GenerationParams {
+            json_schema: Some(
+                r#"{"type": "object", "pattern": "x", "properties": {"a": {"not": {}}}}"#.into(),
+            ),
+            ..greedy(8)
+        },
+        GenerationParams {
+            grammar: Some("root ::= missing".into()),
+            ..greedy(8)
+        },
+        GenerationParams {
+            grammar: Some("root ::= \"a\"".into()),
+            json_schema: Some("{}".into()),
+            ..greedy(8)
+        },
+    ] {
+        let (listener, _end) = Collector::new(false);
+        let e = chat.send("hi".into(), params, listener).unwrap_err();
+        assert!(matches!(e, SpinelError::InvalidArgument { .. }), "{e:?}");
+    }
+}
+
+/// Prompt lookup and a draft model leave the greedy answer as it is and
+/// report their drafts.
+#[test]
+fn speculative_decoding_keeps_the_answer() {
+    let model = model();
+    let question = "Repeat exactly: the cat sat on the mat, the cat sat on the mat.";
+    let plain = answer(&model.chat_session(None).unwrap(), question, greedy(40));
+    let lookup = GenerationParams {
+        lookup_ngram: Some(2),
+        draft_max: 8,
+        ..greedy(40)
+    };
+    let fast = answer(&model.chat_session(None).unwrap(), question, lookup);
+    assert_eq!(plain.0, fast.0);
+    assert!(
+        fast.1.drafted_tokens > 0 && fast.1.accepted_tokens > 0,
+        "{:?}",
+        fast.1
+    );
+
+    let chat = model.chat_session(None).unwrap();
+    chat.set_draft_model(Some(model.clone())).unwrap();
+    let drafted = answer(&chat, question, greedy(40));
+    assert_eq!(plain.0, drafted.0);
+    assert!(drafted.1.drafted_tokens > 0, "{:?}", drafted.1);
+    chat.set_draft_model(None).unwrap();
+    let again = answer(&model.chat_session(None).unwrap(), question, greedy(40));
+    assert_eq!(again.1.drafted_tokens, 0);
+}

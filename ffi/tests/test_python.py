@@ -211,6 +211,36 @@ class PythonBindings(unittest.TestCase):
         handle.wait_for_completion()
         self.assertIsInstance(listener.error, spinel.SpinelError.InvalidArgument)
 
+    def test_json_schema_answer(self):
+        import json
+        schema = {"type": "object",
+                  "properties": {"city": {"type": "string", "maxLength": 20},
+                                 "population": {"type": "integer", "minimum": 0}},
+                  "required": ["city", "population"]}
+        chat = self.model.chat_session(None)
+        listener = Collector()
+        stats = listener.wait(chat.send("Tell me about Rome as JSON.", spinel.GenerationParams(
+            temperature=0.0, max_tokens=100, json_schema=json.dumps(schema)), listener))
+        doc = json.loads("".join(listener.tokens))
+        self.assertEqual(list(doc.keys()), ["city", "population"])
+        self.assertIsInstance(doc["city"], str)
+        self.assertLessEqual(len(doc["city"]), 20)
+        self.assertIsInstance(doc["population"], int)
+        self.assertGreaterEqual(doc["population"], 0)
+        self.assertEqual(stats.stop_reason, spinel.StopReason.END_OF_GENERATION())
+
+    def test_prompt_lookup_keeps_the_answer(self):
+        question = "Repeat exactly: one two three four, one two three four."
+        answers = []
+        for ngram in (None, 2):
+            listener = Collector()
+            stats = listener.wait(self.model.chat_session(None).send(question, spinel.GenerationParams(
+                temperature=0.0, max_tokens=32, lookup_ngram=ngram), listener))
+            answers.append(("".join(listener.tokens), stats.drafted_tokens))
+        self.assertEqual(answers[0][0], answers[1][0])
+        self.assertEqual(answers[0][1], 0)
+        self.assertGreater(answers[1][1], 0)
+
     def test_missing_file_is_an_error(self):
         with self.assertRaises(spinel.SpinelError.Io) as caught:
             spinel.Model.load("/nonexistent/model.gguf", spinel.LoadOptions(), None)

@@ -212,6 +212,25 @@ fun main() {
         }
     }
 
+    tests["wrapper: json_schema answers and prompt lookup"] = {
+        runBlocking {
+            val m = SpinelModel.load(modelPath, options)
+            val schema = """{"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+                "population": {"type": "integer", "minimum": 0}}, "required": ["city", "population"]}"""
+            val json = m.newChat(null).send("Tell me about Rome as JSON.",
+                GenerationParams(temperature = 0f, maxTokens = 100u, jsonSchema = schema)).toList().joinToString("")
+            val shape = Regex("""\{\s*"city"\s*:\s*"[^"]{0,20}"\s*,\s*"population"\s*:\s*(0|[1-9][0-9]*)\s*\}""")
+            check(shape.matches(json)) { "json_schema answer '$json'" }
+            val q = "Repeat exactly: one two three four, one two three four."
+            val plain = m.newChat(null).send(q, GenerationParams(temperature = 0f, maxTokens = 32u)).toList()
+            val chat = m.newChat(null)
+            val fast = chat.send(q, GenerationParams(temperature = 0f, maxTokens = 32u, lookupNgram = 2u)).toList()
+            check(plain.joinToString("") == fast.joinToString("")) { "lookup changed the answer" }
+            check((chat.lastStats?.draftedTokens ?: 0u) > 0u) { "no drafts ${chat.lastStats}" }
+            m.close()
+        }
+    }
+
     tests["README quick start"] = {
         runBlocking {
             val chatPath = java.io.File.createTempFile("quick-start", ".session").path

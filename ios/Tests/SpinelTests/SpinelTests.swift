@@ -83,6 +83,34 @@ final class SpinelTests: XCTestCase {
         XCTAssertEqual(chat.lastStats?.stopReason, .stopString(stop: "5"))
     }
 
+    func testJsonSchemaAnswerParses() async throws {
+        let schema = """
+            {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+             "population": {"type": "integer", "minimum": 0}}, "required": ["city", "population"]}
+            """
+        let chat = try await model().newChat()
+        let params = GenerationParams(temperature: 0, maxTokens: 100, jsonSchema: schema)
+        let text = try await chat.reply("Tell me about Rome as JSON.", params: params)
+        let object = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+        let doc = try XCTUnwrap(object, text)
+        XCTAssertEqual(Set(doc.keys), ["city", "population"])
+        let city = try XCTUnwrap(doc["city"] as? String, text)
+        XCTAssertLessThanOrEqual(city.count, 20)
+        let population = try XCTUnwrap(doc["population"] as? Int, text)
+        XCTAssertGreaterThanOrEqual(population, 0)
+        XCTAssertEqual(chat.lastStats?.stopReason, .endOfGeneration)
+    }
+
+    func testPromptLookupKeepsTheAnswer() async throws {
+        let q = "Repeat exactly: one two three four, one two three four."
+        let m = try await model()
+        let plain = try await m.newChat().reply(q, params: GenerationParams(temperature: 0, maxTokens: 32))
+        let chat = try m.newChat()
+        let fast = try await chat.reply(q, params: GenerationParams(temperature: 0, maxTokens: 32, lookupNgram: 2))
+        XCTAssertEqual(plain, fast)
+        XCTAssertGreaterThan(chat.lastStats?.draftedTokens ?? 0, 0)
+    }
+
     func testTwoSessionsOnTwoTasksAnswerAsAlone() async throws {
         let m = try await model()
         let questions = ["What is 2+2?", "Name a color."]
