@@ -486,3 +486,29 @@ fn speculative_decoding_keeps_the_answer() {
     let again = answer(&model.chat_session(None).unwrap(), question, greedy(40));
     assert_eq!(again.1.drafted_tokens, 0);
 }
+
+const WEATHER_TOOLS: &str = r#"[{"type": "function", "function": {"name": "get_weather",
+    "description": "The weather in a city", "parameters": {"type": "object",
+    "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]"#;
+
+/// A Llama 3.1 JSON tool call (forced by a grammar: SmolLM2 does not call
+/// tools by itself) comes back parsed in the stats.
+const TOOL_CALL_GBNF: &str =
+    r#"root ::= "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"" [A-Za-z ]{1,20} "\"}}""#;
+
+#[test]
+fn tool_calls_come_back_parsed() {
+    let model = model();
+    let chat = model.chat_session(None).unwrap();
+    let params = GenerationParams {
+        tools: Some(WEATHER_TOOLS.into()),
+        grammar: Some(TOOL_CALL_GBNF.into()),
+        ..greedy(40)
+    };
+    let (text, stats) = answer(&chat, "What is the weather in Paris?", params);
+    assert_eq!(stats.tool_calls.len(), 1, "{text}");
+    let call = &stats.tool_calls[0];
+    assert_eq!(call.name, "get_weather");
+    let args: serde_json::Value = serde_json::from_str(&call.arguments_json).unwrap();
+    assert!(args["city"].is_string(), "{args}");
+}

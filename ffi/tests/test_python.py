@@ -229,6 +229,23 @@ class PythonBindings(unittest.TestCase):
         self.assertGreaterEqual(doc["population"], 0)
         self.assertEqual(stats.stop_reason, spinel.StopReason.END_OF_GENERATION())
 
+    def test_tool_calls_come_back_parsed(self):
+        import json
+        tools = [{"type": "function", "function": {
+            "name": "get_weather", "description": "The weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                           "required": ["city"]}}}]
+        # SmolLM2 does not call tools by itself: a grammar makes the answer
+        # a Llama 3.1 JSON tool call.
+        grammar = 'root ::= "{\\"name\\": \\"get_weather\\", \\"parameters\\": {\\"city\\": \\"" [A-Za-z ]{1,20} "\\"}}"'
+        chat = self.model.chat_session(None)
+        listener = Collector()
+        stats = listener.wait(chat.send("What is the weather in Paris?", spinel.GenerationParams(
+            temperature=0.0, max_tokens=40, tools=json.dumps(tools), grammar=grammar), listener))
+        self.assertEqual(len(stats.tool_calls), 1, "".join(listener.tokens))
+        self.assertEqual(stats.tool_calls[0].name, "get_weather")
+        self.assertIsInstance(json.loads(stats.tool_calls[0].arguments_json)["city"], str)
+
     def test_prompt_lookup_keeps_the_answer(self):
         question = "Repeat exactly: one two three four, one two three four."
         answers = []

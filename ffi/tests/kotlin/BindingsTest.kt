@@ -227,6 +227,16 @@ fun main() {
             val fast = chat.send(q, GenerationParams(temperature = 0f, maxTokens = 32u, lookupNgram = 2u)).toList()
             check(plain.joinToString("") == fast.joinToString("")) { "lookup changed the answer" }
             check((chat.lastStats?.draftedTokens ?: 0u) > 0u) { "no drafts ${chat.lastStats}" }
+            // Tool calls: SmolLM2 does not call tools by itself, so a grammar
+            // makes the answer a Llama 3.1 JSON tool call; it comes back parsed.
+            val tools = """[{"type": "function", "function": {"name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]"""
+            val call = """root ::= "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"" [A-Za-z ]{1,20} "\"}}""""
+            val toolChat = m.newChat(null)
+            toolChat.send("What is the weather in Paris?",
+                GenerationParams(temperature = 0f, maxTokens = 40u, tools = tools, grammar = call)).toList()
+            val calls = toolChat.lastStats?.toolCalls.orEmpty()
+            check(calls.size == 1 && calls[0].name == "get_weather" && "city" in calls[0].argumentsJson) { "tool calls $calls" }
             m.close()
         }
     }

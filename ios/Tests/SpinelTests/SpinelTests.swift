@@ -101,6 +101,20 @@ final class SpinelTests: XCTestCase {
         XCTAssertEqual(chat.lastStats?.stopReason, .endOfGeneration)
     }
 
+    func testToolCallsComeBackParsed() async throws {
+        let tools = #"[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]"#
+        // SmolLM2 does not call tools by itself: a grammar makes the answer a
+        // Llama 3.1 JSON tool call.
+        let call = #"root ::= "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"" [A-Za-z ]{1,20} "\"}}""#
+        let chat = try await model().newChat()
+        let params = GenerationParams(temperature: 0, maxTokens: 40, tools: tools, grammar: call)
+        _ = try await chat.reply("What is the weather in Paris?", params: params)
+        let calls = try XCTUnwrap(chat.lastStats?.toolCalls)
+        XCTAssertEqual(calls.count, 1)
+        XCTAssertEqual(calls.first?.name, "get_weather")
+        XCTAssertTrue(calls.first?.argumentsJson.contains("city") ?? false)
+    }
+
     func testPromptLookupKeepsTheAnswer() async throws {
         let q = "Repeat exactly: one two three four, one two three four."
         let m = try await model()
