@@ -17,6 +17,11 @@ profile_dir=$([[ $profile == dev ]] && echo debug || echo "$profile")
 
 cargo ndk -t arm64-v8a -t x86_64 -o "$here/spinel/src/main/jniLibs" \
   build --profile "$profile" -p spinel-ffi
+# The static libraries too (for apps that link Spinel into their own native
+# code), by the script CI runs without an NDK.
+if [[ $profile == release ]]; then
+  SPINEL_MOBILE_TOOLCHAIN=rustup scripts/build-mobile.sh aarch64-linux-android x86_64-linux-android
+fi
 
 # The bindings come from one of the libraries just built (all ABIs export the
 # same API; the checksums the bindings check at load are the same).

@@ -12,7 +12,14 @@ profile=${PROFILE:-release}
 profile_dir=$([[ $profile == dev ]] && echo debug || echo "$profile")
 build=$here/build
 
-for t in aarch64-apple-ios aarch64-apple-ios-sim x86_64-apple-ios; do
+# The device library by the script CI runs without Xcode (here with rustup's
+# std and Xcode's SDK), then the simulators'.
+if [[ $profile == release ]]; then
+  SPINEL_MOBILE_TOOLCHAIN=rustup SPINEL_MOBILE_TARGET_DIR=target scripts/build-mobile.sh aarch64-apple-ios
+else
+  cargo build --profile "$profile" -p spinel-ffi --target aarch64-apple-ios
+fi
+for t in aarch64-apple-ios-sim x86_64-apple-ios; do
   cargo build --profile "$profile" -p spinel-ffi --target "$t"
 done
 
