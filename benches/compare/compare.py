@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
 """Spinel against llama.cpp on the same GGUF files, side by side.
 
-For every model, thread count and test (ppP, tgN) it runs `spinel bench` and
-`llama-bench` alternately (--rounds times each, -r timed runs per process,
-after each tool's own warm-up), then prints one row per test with both
-speeds, their ratio (spinel / llama.cpp) and each process's peak RSS. Then,
+For every model, thread count and test (ppP, tgN, at depth -d) it runs
+`spinel bench` and `llama-bench` in rounds (--rounds, at least 3), the order
+alternating from round to round (spinel first, then llama.cpp first ...),
+each process doing -r timed runs after one warm-up run (both tools warm up
+as llama-bench does). Each row has both speeds, the median of the per-round
+ratios (spinel / llama.cpp) with their min..max spread, and each process's
+peak RSS. Then,
 per model and thread count, the time from process start to the first
 generated token: the wall time of `spinel run -n 1` and `llama-completion
 -n 1` on the same short prompt (greedy, same context), which ends right
 after that token (median of --ttft-runs).
 
-    benches/compare/compare.py                 # the four SmolLM2 files, -t 1,2
+    benches/compare/compare.py                 # SmolLM2 files + the 1B-shaped synthetic ones, -t 1,2
+    benches/compare/compare.py -m x.gguf -d 4096 -p 512 -n 128   # deep in the context
     benches/compare/compare.py -m a.gguf,b.gguf -t 2 -r 5 --rounds 3 --json out.json
 
 Timings on a shared machine are noisy: alternating the two tools test by
@@ -32,6 +36,32 @@ BENCH_DIR = Path(os.environ.get("SPINEL_BENCH_MODELS", Path.home() / ".cache/spi
 DEFAULT_MODELS = [
     BENCH_DIR / f"SmolLM2-135M-Instruct.{q}.gguf" for q in ("Q4_0", "Q4_1", "Q8_0", "Q4_K_M")
 ]
+# Llama 3.2 1B's shape with random weights (`spinel synth llama-1b`, then
+# `spinel quantize`): written on first use.
+SYNTHETIC_1B = [BENCH_DIR / f"llama3.2-1b-shape.{q}.gguf" for q in ("Q4_0", "Q8_0", "Q4_K_M")]
+
+
+def spinel_runtime_test_model():
+    """The demo model (scripts/fetch-model.sh prints its path)."""
+    out = subprocess.run([ROOT / "scripts/fetch-model.sh"], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def ensure_synthetic(spinel, path):
+    """Writes a 1B-shaped synthetic model of the quantization in its name."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    q8 = path.with_name("llama3.2-1b-shape.Q8_0.gguf")
+    if not q8.exists():
+        # SmolLM2's tokenizer, so both tools load it and `run` can prompt it.
+        tok = spinel_runtime_test_model()
+        subprocess.run([spinel, "synth", "llama-1b", "--tokenizer-from", tok, "-o", q8], check=True,
+                       stdout=subprocess.DEVNULL)
+    if path != q8:
+        qtype = path.name.split(".")[-2].lower()
+        subprocess.run([spinel, "quantize", "--type", qtype, q8, path], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 PROMPT = "The capital of France is"
 
 
@@ -53,14 +83,15 @@ def llama_bin():
     return Path(subprocess.run([script], capture_output=True, text=True, check=True).stdout.strip())
 
 
-def bench_pair(spinel, llama, model, threads, p, n, reps):
-    """One alternation: spinel then llama.cpp; (samples_ts, rss) for each."""
+def bench_pair(spinel, llama, model, threads, p, n, d, reps, llama_first):
+    """One round, in the given order; (samples_ts, rss, row) for each tool."""
     res = {}
-    for tool in ("spinel", "llama"):
+    for tool in (("llama", "spinel") if llama_first else ("spinel", "llama")):
+        common = ["-m", model, "-p", p, "-n", n, "-d", d, "-t", threads, "-r", reps]
         if tool == "spinel":
-            cmd = [spinel, "bench", "--json", "-m", model, "-p", p, "-n", n, "-t", threads, "-r", reps]
+            cmd = [spinel, "bench", "--json"] + common
         else:
-            cmd = [llama / "llama-bench", "-o", "json", "-m", model, "-p", p, "-n", n, "-t", threads, "-r", reps]
+            cmd = [llama / "llama-bench", "-o", "json"] + common
         out, _, rss = run_measured([str(c) for c in cmd])
         rows = json.loads(out)
         assert len(rows) == 1, rows
@@ -93,23 +124,30 @@ def fmt_ts(samples):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-m", "--models", default=",".join(map(str, DEFAULT_MODELS)))
+    ap.add_argument("-m", "--models", help="comma-separated GGUF files (default: SmolLM2 Q4_0/Q4_1/Q8_0/"
+                    "Q4_K_M and the 1B-shaped synthetic Q4_0/Q8_0/Q4_K_M)")
     ap.add_argument("-p", "--n-prompt", type=int, default=512)
     ap.add_argument("-n", "--n-gen", type=int, default=128)
     ap.add_argument("-t", "--threads", default="1,2")
     ap.add_argument("-r", "--repetitions", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=1, help="alternations per test")
+    ap.add_argument("-d", "--n-depth", type=int, default=0, help="tokens already in the cache")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per test (at least 3)")
     ap.add_argument("--ttft-runs", type=int, default=5)
     ap.add_argument("--spinel", default=str(ROOT / "target/release/spinel"))
     ap.add_argument("--llama-bin", help="llama.cpp's bin dir (default: ../shared/peers/llama-cpp.sh)")
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args()
+    if a.rounds < 3:
+        sys.exit("--rounds must be at least 3: the ratio is the median of the rounds'")
 
     spinel = Path(a.spinel)
     if not spinel.exists():
         subprocess.run(["cargo", "build", "--release", "-p", "spinel-cli"], cwd=ROOT, check=True)
     llama = Path(a.llama_bin) if a.llama_bin else llama_bin()
-    models = [Path(m) for m in a.models.split(",")]
+    models = [Path(m) for m in a.models.split(",")] if a.models else DEFAULT_MODELS + SYNTHETIC_1B
+    for m in models:
+        if m in SYNTHETIC_1B:
+            ensure_synthetic(spinel, m)
     threads = [int(t) for t in a.threads.split(",")]
     tests = [(a.n_prompt, 0)] if a.n_prompt > 0 else []
     tests += [(0, a.n_gen)] if a.n_gen > 0 else []
@@ -117,14 +155,14 @@ def main():
     load0 = os.getloadavg()
     results = []
     print(f"| {'model':<28} | {'test':>6} | {'t':>2} | {'spinel t/s':>18} | {'llama.cpp t/s':>18} "
-          f"| {'ratio':>6} | {'rounds':>13} | {'RSS MiB s/l':>11} |")
+          f"| {'ratio':>6} | {'round spread':>13} | {'RSS MiB s/l':>11} |")
     print(f"| {'-'*28} | {'-'*5}: | -: | {'-'*17}: | {'-'*17}: | {'-'*5}: | {'-'*12}: | {'-'*10}: |")
     for model in models:
         for t in threads:
             for p, n in tests:
                 s_all, l_all, ratios, rss = [], [], [], {"spinel": 0.0, "llama": 0.0}
-                for _ in range(a.rounds):
-                    r = bench_pair(spinel, llama, model, t, p, n, a.repetitions)
+                for i in range(a.rounds):
+                    r = bench_pair(spinel, llama, model, t, p, n, a.n_depth, a.repetitions, i % 2 == 1)
                     s_all += r["spinel"][0]
                     l_all += r["llama"][0]
                     ratios.append(statistics.mean(r["spinel"][0]) / statistics.mean(r["llama"][0]))
@@ -133,13 +171,15 @@ def main():
                 sm, ss = fmt_ts(s_all)
                 lm, ls = fmt_ts(l_all)
                 test = f"pp{p}" if n == 0 else f"tg{n}"
+                test += f"@d{a.n_depth}" if a.n_depth else ""
                 name = model.name.removeprefix("SmolLM2-135M-Instruct.").removesuffix(".gguf")
-                rr = f"{min(ratios):.2f}..{max(ratios):.2f}" if len(ratios) > 1 else f"{ratios[0]:.2f}"
-                print(f"| {name:<28} | {test:>6} | {t:>2} | {ss} | {ls} | {sm / lm:6.2f} | {rr:>13} "
+                rr = f"{min(ratios):.2f}..{max(ratios):.2f}"
+                ratio = statistics.median(ratios)
+                print(f"| {name:<28} | {test:>6} | {t:>2} | {ss} | {ls} | {ratio:6.2f} | {rr:>13} "
                       f"| {rss['spinel']:4.0f}/{rss['llama']:4.0f} |", flush=True)
                 results.append({"model": str(model), "test": test, "n_threads": t,
                                 "spinel_samples_ts": s_all, "llama_samples_ts": l_all,
-                                "ratio": sm / lm, "round_ratios": ratios,
+                                "ratio": ratio, "round_ratios": ratios, "n_depth": a.n_depth,
                                 "spinel_rss_mib": rss["spinel"], "llama_rss_mib": rss["llama"]})
     print()
     print(f"| {'model':<28} | {'t':>2} | {'spinel start→1st token':>22} | {'llama.cpp':>10} "

@@ -41,6 +41,15 @@ pub struct Args {
         default_value = "128"
     )]
     pub n_gen: Vec<usize>,
+    /// Tokens already in the KV cache before each test (llama-bench's
+    /// `-d`: prompt processing and generation deep into a context).
+    #[arg(
+        short = 'd',
+        long = "n-depth",
+        value_delimiter = ',',
+        default_value = "0"
+    )]
+    pub n_depth: Vec<usize>,
     /// Thread counts to test (default: all cores).
     #[arg(short = 't', long = "threads", value_delimiter = ',')]
     pub threads: Vec<usize>,
@@ -69,6 +78,7 @@ struct Record {
     n_threads: usize,
     n_prompt: usize,
     n_gen: usize,
+    n_depth: usize,
     test_time: String,
     samples_ns: Vec<u64>,
     /// Memory over the timed runs ([`crate::memory::stats_json`]).
@@ -88,10 +98,14 @@ impl Record {
     }
 
     fn test_name(&self) -> String {
-        if self.n_gen == 0 {
+        let test = if self.n_gen == 0 {
             format!("pp{}", self.n_prompt)
         } else {
             format!("tg{}", self.n_gen)
+        };
+        match self.n_depth {
+            0 => test,
+            d => format!("{test} @ d{d}"),
         }
     }
 }
@@ -139,16 +153,29 @@ pub fn run(args: &Args) -> Result<(), String> {
                 .filter(|&&p| p > 0)
                 .map(|&p| (p, 0))
                 .chain(args.n_gen.iter().filter(|&&n| n > 0).map(|&n| (0, n)));
-            for (p, n) in tests {
+            // Depth outermost, as llama-bench orders its tests.
+            let tests: Vec<_> = tests.collect();
+            let tests: Vec<_> = args
+                .n_depth
+                .iter()
+                .flat_map(|&d| tests.iter().map(move |&(p, n)| (d, p, n)))
+                .collect();
+            for (d, p, n) in tests {
                 let opts = StateOptions {
-                    n_ctx: Some(p + n),
+                    n_ctx: Some(d + p + n),
                     kv_type,
                     kv_type_v: Some(kv_type_v),
                     kv_rotation: args.kv.kv_rotation(),
                     n_batch: args.n_batch,
                     n_threads: Some(t),
                 };
-                let (samples_ns, memory) = measure(&model, &opts, p, n, args.repetitions)
+                let test = Test {
+                    depth: d,
+                    n_prompt: p,
+                    n_gen: n,
+                    reps: args.repetitions,
+                };
+                let (samples_ns, memory) = measure(&model, &opts, &test)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
                 let rec = Record {
                     model_filename: path.display().to_string(),
@@ -158,6 +185,7 @@ pub fn run(args: &Args) -> Result<(), String> {
                     n_threads: t,
                     n_prompt: p,
                     n_gen: n,
+                    n_depth: d,
                     test_time: utc_now(),
                     samples_ns,
                     memory,
@@ -196,7 +224,7 @@ pub fn run(args: &Args) -> Result<(), String> {
                     "type_v": kv_names[1],
                     "n_prompt": r.n_prompt,
                     "n_gen": r.n_gen,
-                    "n_depth": 0,
+                    "n_depth": r.n_depth,
                     "test_time": r.test_time,
                     "avg_ns": avg_ns.round() as u64,
                     "stddev_ns": stddev_ns.round() as u64,
@@ -216,15 +244,29 @@ pub fn run(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs one test: a warm-up, then `reps` timed runs; nanoseconds per run,
-/// and the memory stats of the timed runs.
-fn measure(
-    model: &Model<'_>,
-    opts: &StateOptions,
+/// One test: `n_prompt` prompt tokens or `n_gen` generated ones after
+/// `depth` tokens already in the cache, `reps` times.
+struct Test {
+    depth: usize,
     n_prompt: usize,
     n_gen: usize,
     reps: usize,
+}
+
+/// Runs one test: a warm-up, then `reps` timed runs; nanoseconds per run,
+/// and the memory stats of the timed runs. The `depth` tokens are processed
+/// once, untimed; each run starts from them.
+fn measure(
+    model: &Model<'_>,
+    opts: &StateOptions,
+    test: &Test,
 ) -> Result<(Vec<u64>, serde_json::Value), String> {
+    let &Test {
+        depth,
+        n_prompt,
+        n_gen,
+        reps,
+    } = test;
     let mut state = model.new_state_with(opts).map_err(|e| e.to_string())?;
     let n_vocab = model.config().n_vocab as u64;
     let mut rng = 0x2545_f491_4f6c_dd1d_u64;
@@ -235,9 +277,15 @@ fn measure(
         rng ^= rng >> 27;
         (rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) % n_vocab
     };
+    if depth > 0 {
+        let context: Vec<u32> = (0..depth).map(|_| random_token() as u32).collect();
+        model
+            .forward(&mut state, &context)
+            .map_err(|e| e.to_string())?;
+    }
     let mut prompt = vec![0u32; n_prompt];
     let mut once = |state: &mut spinel_runtime::model::State| -> Result<u64, String> {
-        state.reset();
+        state.truncate(depth);
         for t in prompt.iter_mut() {
             *t = random_token() as u32;
         }

@@ -135,7 +135,8 @@ pub fn stats_line(model: &Model<'_>, before: &Snapshot, tokens: usize) -> String
 /// `spinel synth`: writes a synthetic checkpoint (or finds it in the cache).
 #[derive(clap::Args, Debug)]
 pub struct SynthArgs {
-    /// `dense` (a ~2 GiB Llama) or `moe` (a ~2 GiB Llama 4-style MoE).
+    /// `dense` (a ~2 GiB Llama), `moe` (a ~2 GiB Llama 4-style MoE) or
+    /// `llama-1b` (Llama 3.2 1B's shape, SmolLM2's vocabulary size, Q8_0).
     kind: String,
     /// Copy the tokenizer of this GGUF file (same vocabulary size: 49152,
     /// e.g. the SmolLM2 demo model), so `spinel run` can use the model.
@@ -152,7 +153,8 @@ pub fn synth(args: &SynthArgs) -> Result<(), String> {
     let spec = match args.kind.as_str() {
         "dense" => Spec::dense_2gib(),
         "moe" => Spec::moe_2gib(),
-        k => return Err(format!("unknown kind {k:?} (dense, moe)")),
+        "llama-1b" => Spec::llama32_1b(),
+        k => return Err(format!("unknown kind {k:?} (dense, moe, llama-1b)")),
     };
     let tok = match &args.tokenizer_from {
         // SAFETY: a model file nothing writes to while it is read.

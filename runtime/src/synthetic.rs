@@ -49,6 +49,23 @@ impl Spec {
         }
     }
 
+    /// Llama 3.2 1B's shape (dim 2048, 16 layers, GQA 32/8, FFN 8192) with
+    /// SmolLM2's vocabulary size, so its tokenizer fits (~1.4 GiB at
+    /// Q8_0): edge-sized speed measurements.
+    pub fn llama32_1b() -> Spec {
+        Spec {
+            name: "llama3.2-1b-shape-q8_0",
+            n_vocab: 49152,
+            dim: 2048,
+            n_layer: 16,
+            n_head: 32,
+            n_head_kv: 8,
+            n_ff: 8192,
+            moe: None,
+            seed: 3,
+        }
+    }
+
     /// A ~2.1 GiB Llama 4-style MoE (2.1 B parameters, ~0.4 B active): 6
     /// layers of 32 experts of width 1536, top-1, plus a shared expert.
     pub fn moe_2gib() -> Spec {
