@@ -8,9 +8,10 @@
 //!   states usable;
 //! * batched sessions generating on several threads at once share decode
 //!   steps (the batcher's mean batch size is above one) and produce the
-//!   same greedy tokens as sessions running alone.
+//!   same greedy tokens as sessions running alone;
+//! * a long prompt is chunked into the running sessions' decode steps.
 
-use std::sync::{Arc, Barrier, OnceLock};
+use std::sync::{Arc, Barrier, OnceLock, mpsc};
 
 use spinel_runtime::engine::{Engine, GenerateOptions, SessionOptions};
 use spinel_runtime::model::{KvType, Model, ModelError, State};
@@ -26,7 +27,14 @@ use spinel_runtime::sampling::SamplingParams;
 fn engine() -> Arc<Engine> {
     static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
     ENGINE
-        .get_or_init(|| {
+        .get_or_init(|| Arc::new(f32_engine("shared")))
+        .clone()
+}
+
+/// A new engine (its own batcher) over the f32 copy of the test model.
+fn f32_engine(tag: &str) -> Engine {
+    {
+        {
             let path = spinel_runtime::cache::test_model();
             assert!(
                 path.is_file(),
@@ -34,8 +42,10 @@ fn engine() -> Arc<Engine> {
                 path.display()
             );
             let q = Model::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            let f32_path =
-                std::env::temp_dir().join(format!("spinel-batch-{}.f32.gguf", std::process::id()));
+            let f32_path = std::env::temp_dir().join(format!(
+                "spinel-batch-{}-{tag}.f32.gguf",
+                std::process::id()
+            ));
             quantize_file(
                 q.gguf(),
                 &f32_path,
@@ -47,9 +57,9 @@ fn engine() -> Arc<Engine> {
             let engine = Engine::load(&f32_path).unwrap();
             // The mapping stays valid after the name is gone.
             std::fs::remove_file(&f32_path).unwrap();
-            Arc::new(engine)
-        })
-        .clone()
+            engine
+        }
+    }
 }
 
 const PROMPTS: [&str; 4] = [
@@ -217,5 +227,78 @@ fn batched_sessions_share_steps_and_answer_as_alone() {
     assert!(
         steps < rows,
         "{rows} rows in {steps} steps: the sessions never shared a step"
+    );
+}
+
+/// Chunked prefill: a long prompt arriving while another session generates
+/// goes through in chunks, each sharing a forward pass with the running
+/// session's decode step, so the running stream keeps producing tokens
+/// while the prompt is processed (seen by the batcher's prompt-row count
+/// moving between its tokens); both answers are the sessions' own.
+#[test]
+fn long_prompts_are_chunked_into_the_decode_steps() {
+    // Its own batcher: no other test's steps in its counts.
+    let engine = Arc::new(f32_engine("chunked"));
+    let opts = |batched| SessionOptions {
+        n_ctx: Some(512),
+        n_threads: Some(2),
+        n_batch: 32,
+        batched,
+        ..SessionOptions::default()
+    };
+    let long: String = (0..40).map(|i| format!("Item {i} is a number. ")).collect();
+    let long = engine.tokenize_prompt(&long).unwrap();
+    assert!(long.len() > 200, "{} tokens", long.len());
+    let short = engine.tokenize_prompt(PROMPTS[1]).unwrap();
+    let alone = |prompt: &[u32], n| {
+        let mut s = engine.session(&opts(false)).unwrap();
+        s.complete(prompt, &greedy(n), |_| {})
+            .unwrap()
+            .generated_ids
+    };
+    let (want_short, want_long) = (alone(&short, 60), alone(&long, 4));
+
+    let before = engine.batcher().stats();
+    let (started_tx, started_rx) = mpsc::channel();
+    let n_short = short.len() as u64;
+    let runner = {
+        let engine = Arc::clone(&engine);
+        let mut s = engine.session(&opts(true)).unwrap();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let g = s
+                .complete(&short, &greedy(60), |_| {
+                    seen.push(engine.batcher().stats().prompt_rows);
+                    if seen.len() == 3 {
+                        started_tx.send(()).unwrap();
+                    }
+                })
+                .unwrap();
+            (g.generated_ids, seen)
+        })
+    };
+    started_rx.recv().unwrap();
+    let mut s = engine.session(&opts(true)).unwrap();
+    let got_long = s.complete(&long, &greedy(4), |_| {}).unwrap().generated_ids;
+    let (got_short, seen) = runner.join().unwrap();
+    assert_eq!(got_short, want_short);
+    assert_eq!(got_long, want_long);
+
+    let after = engine.batcher().stats();
+    assert!(after.prompt_rows - before.prompt_rows >= long.len() as u64);
+    assert!(
+        after.mixed_steps > before.mixed_steps,
+        "{before:?} -> {after:?}"
+    );
+    // The running stream saw the long prompt partly processed: tokens came
+    // between its chunks, not after all of them.
+    let start = before.prompt_rows + n_short;
+    let partly = seen
+        .iter()
+        .filter(|&&r| r > start && r < start + long.len() as u64)
+        .count();
+    assert!(
+        partly >= 2,
+        "prompt rows seen by the running stream: {seen:?}"
     );
 }

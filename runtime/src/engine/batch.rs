@@ -1,16 +1,21 @@
-//! Continuous batching: the decode steps of sessions generating at the same
-//! time run as one multi-sequence forward pass
-//! ([`Model::forward_multi`]), so N streams cost little more per step than
-//! one (the weights are read once per step instead of N times).
+//! Continuous batching with chunked prefill: the decode steps of sessions
+//! generating at the same time, and chunks of the prompts of sessions
+//! starting, run as one multi-sequence forward pass
+//! ([`Model::forward_segments`]), so N streams cost little more per step
+//! than one (the weights are read once per step instead of N times), and a
+//! long prompt never stalls the running streams: it goes through in chunks,
+//! each sharing a pass with their decode steps, as vLLM's and llama.cpp's
+//! servers do.
 //!
-//! It is a combining lock. A session that wants a decode step queues its
-//! state and token and waits. The first waiter finding no step running
-//! leads: it waits (at most [`Batcher::GATHER`]) until every session that is
-//! generating has queued, takes the whole queue, runs it on its own
-//! threads, and hands each session its result. Prompt processing takes the
-//! same lock ([`Batcher::exclusive`]), ahead of the next decode step, so a
-//! new request waits for one step at most and the cores are never split
-//! between prompts and steps.
+//! It is a combining lock. A session that wants a decode step (one token)
+//! or a prompt chunk queues its state and tokens and waits. The first
+//! waiter finding no step running leads: it waits (at most
+//! [`Batcher::GATHER`]) until every session that is generating has queued
+//! its decode step, takes the queue in order as far as the pass's rows
+//! (the leader's batch size) allow — decode steps first, then prompt
+//! chunks — runs it on its own threads, and hands each session its result.
+//! [`Batcher::exclusive`] (speculative verification) runs alone between
+//! steps.
 //!
 //! Only sessions opened with [`SessionOptions::batched`](super::SessionOptions)
 //! take part; the others run alone, as before.
@@ -22,12 +27,22 @@ use std::time::{Duration, Instant};
 
 use crate::model::{Model, ModelError, State};
 
-/// A queued decode step: a state lent by a waiting session.
+/// A queued step: a state and its tokens, lent by a waiting session.
 struct Pending {
     ticket: u64,
     state: StatePtr,
-    token: u32,
+    tokens: TokensPtr,
+    /// A prompt chunk, not a decode step.
+    prefill: bool,
 }
+
+/// The tokens of a session blocked in [`Batcher::step`] (same contract as
+/// [`StatePtr`]).
+struct TokensPtr(*const u32, usize);
+
+// SAFETY: as `StatePtr`: read only by the leader that took it, while its
+// owner is blocked.
+unsafe impl Send for TokensPtr {}
 
 /// A state owned by a session blocked in [`Batcher::decode`].
 struct StatePtr(*mut State);
@@ -64,6 +79,8 @@ pub struct Batcher {
     changed: Condvar,
     steps: AtomicU64,
     rows: AtomicU64,
+    prompt_rows: AtomicU64,
+    mixed_steps: AtomicU64,
 }
 
 impl std::fmt::Debug for Batcher {
@@ -75,13 +92,17 @@ impl std::fmt::Debug for Batcher {
     }
 }
 
-/// Counts of the batched decode steps so far.
+/// Counts of the batched steps so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BatchStats {
     /// Forward passes run.
     pub steps: u64,
-    /// Sequence rows in them (`rows / steps` is the mean batch size).
+    /// Decode rows in them (`rows / steps` is the mean batch size).
     pub rows: u64,
+    /// Prompt tokens processed in them (chunked prefill).
+    pub prompt_rows: u64,
+    /// Passes that mixed prompt chunks with decode steps.
+    pub mixed_steps: u64,
 }
 
 /// A session counted among the generating ones while this lives.
@@ -118,6 +139,8 @@ impl Batcher {
         BatchStats {
             steps: self.steps.load(Ordering::Relaxed),
             rows: self.rows.load(Ordering::Relaxed),
+            prompt_rows: self.prompt_rows.load(Ordering::Relaxed),
+            mixed_steps: self.mixed_steps.load(Ordering::Relaxed),
         }
     }
 
@@ -156,13 +179,47 @@ impl Batcher {
         state: &mut State,
         token: u32,
     ) -> Result<(), ModelError> {
+        self.step(model, state, std::slice::from_ref(&token), false)
+    }
+
+    /// A chunk of a prompt (at most half `state`'s batch size, so it fits
+    /// beside the decode steps), batched with the other sessions' decode
+    /// steps; `state`'s logits become the chunk's last token's.
+    pub(crate) fn prefill(
+        &self,
+        model: &Model<'_>,
+        state: &mut State,
+        chunk: &[u32],
+    ) -> Result<(), ModelError> {
+        self.step(model, state, chunk, true)
+    }
+
+    /// The tokens per prompt chunk for a state of batch size `n_batch`.
+    pub(crate) fn chunk_size(n_batch: usize) -> usize {
+        (n_batch / 2).max(1)
+    }
+
+    fn step(
+        &self,
+        model: &Model<'_>,
+        state: &mut State,
+        tokens: &[u32],
+        prefill: bool,
+    ) -> Result<(), ModelError> {
+        if tokens.is_empty() || tokens.len() > state.n_batch {
+            return Err(ModelError::BatchMismatch {
+                tokens: tokens.len(),
+                sequences: state.n_batch,
+            });
+        }
         let mut g = self.lock();
         let ticket = g.next_ticket;
         g.next_ticket += 1;
         g.queue.push(Pending {
             ticket,
             state: StatePtr(state as *mut State),
-            token,
+            tokens: TokensPtr(tokens.as_ptr(), tokens.len()),
+            prefill,
         });
         self.changed.notify_all();
         loop {
@@ -178,7 +235,7 @@ impl Batcher {
         }
     }
 
-    /// Gathers the queue, runs it with `state`'s row first, and posts the
+    /// Gathers the queue, runs it with `state`'s run first, and posts the
     /// results of the others.
     fn lead(
         &self,
@@ -189,7 +246,7 @@ impl Batcher {
     ) -> Result<(), ModelError> {
         g.busy = true;
         let deadline = Instant::now() + Self::GATHER;
-        while g.queue.len() < g.generating {
+        while g.queue.iter().filter(|p| !p.prefill).count() < g.generating {
             let now = Instant::now();
             if now >= deadline {
                 break;
@@ -200,27 +257,30 @@ impl Batcher {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        let cap = state.n_batch.max(1);
         let mine = g
             .queue
             .iter()
             .position(|p| p.ticket == ticket)
             .expect("the leader's step is queued");
         let own = g.queue.remove(mine);
-        let take = g.queue.len().min(cap - 1);
-        let rows: Vec<Pending> = g.queue.drain(..take).collect();
+        let rows = take_rows(&mut g.queue, state.n_batch.max(1) - own.tokens.1);
         let mut logits = std::mem::take(&mut g.logits);
         drop(g);
 
-        let mut tokens = Vec::with_capacity(rows.len() + 1);
-        tokens.push(own.token);
-        tokens.extend(rows.iter().map(|p| p.token));
-        // SAFETY: each pointer comes from a session blocked in `decode`
-        // until its ticket is in `done` (see `StatePtr`); the states are
-        // distinct (one per session, each queued once) and none is `state`.
+        let runs: Vec<&Pending> = std::iter::once(&own).chain(&rows).collect();
+        let lens: Vec<usize> = runs.iter().map(|p| p.tokens.1).collect();
+        // SAFETY: each pointer comes from a session blocked in `step` until
+        // its ticket is in `done` (see `StatePtr`); the states are distinct
+        // (one per session, each queued once) and none is `state`; the
+        // token slices live in those sessions' frames meanwhile.
+        let tokens: Vec<u32> = runs
+            .iter()
+            .flat_map(|p| unsafe { std::slice::from_raw_parts(p.tokens.0, p.tokens.1) })
+            .copied()
+            .collect();
         let mut others: Vec<&mut State> = rows.iter().map(|p| unsafe { &mut *p.state.0 }).collect();
         let result = catch_unwind(AssertUnwindSafe(|| {
-            model.forward_multi(state, &mut others, &tokens, &mut logits)
+            model.forward_segments(state, &mut others, &lens, &tokens, &mut logits)
         }))
         .unwrap_or_else(|p| {
             Err(ModelError::BatchFailed {
@@ -228,8 +288,7 @@ impl Batcher {
             })
         });
         drop(others);
-        self.steps.fetch_add(1, Ordering::Relaxed);
-        self.rows.fetch_add(tokens.len() as u64, Ordering::Relaxed);
+        self.count(&runs);
 
         let mut g = self.lock();
         let shared = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
@@ -241,6 +300,37 @@ impl Batcher {
         self.changed.notify_all();
         result
     }
+
+    fn count(&self, runs: &[&Pending]) {
+        let prompt: usize = runs.iter().filter(|p| p.prefill).map(|p| p.tokens.1).sum();
+        let decode = runs.iter().filter(|p| !p.prefill).count();
+        self.steps.fetch_add(1, Ordering::Relaxed);
+        self.rows.fetch_add(decode as u64, Ordering::Relaxed);
+        self.prompt_rows.fetch_add(prompt as u64, Ordering::Relaxed);
+        if prompt > 0 && decode > 0 {
+            self.mixed_steps.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Takes queued steps for a pass with `room` rows left: every decode step
+/// that fits, then prompt chunks in the order they came while they fit
+/// (the others wait for the next pass).
+fn take_rows(queue: &mut Vec<Pending>, mut room: usize) -> Vec<Pending> {
+    let mut taken = Vec::new();
+    for prefill in [false, true] {
+        let mut i = 0;
+        while i < queue.len() {
+            let p = &queue[i];
+            if p.prefill == prefill && p.tokens.1 <= room {
+                room -= p.tokens.1;
+                taken.push(queue.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+    }
+    taken
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {

@@ -13,7 +13,7 @@ use crate::sampling::{Sampler, SamplingError, StopStrings};
 use crate::tokenizer::{Detokenizer, TokenType, Tokenizer};
 
 use super::speculative::{Draft, DraftState, SpeculativeOptions, lookup_draft};
-use super::{CancelHandle, Engine, EngineError, GenerateOptions, SessionOptions};
+use super::{Batcher, CancelHandle, Engine, EngineError, GenerateOptions, SessionOptions};
 
 /// One step of a generation: a token and the text it completed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -649,16 +649,21 @@ impl Stream<'_> {
         let model = self.engine.model();
         let t0 = Instant::now();
         let todo = &self.prompt[self.stats.cached_tokens..];
-        for chunk in todo.chunks(self.core.n_batch) {
+        // Batched: chunked prefill, each chunk sharing a forward pass with
+        // the other sessions' decode steps.
+        let chunk_size = match self.core.batched {
+            true => Batcher::chunk_size(self.core.n_batch),
+            false => self.core.n_batch,
+        };
+        for chunk in todo.chunks(chunk_size) {
             if self.core.cancel.is_cancelled() {
                 self.stats.prompt_secs = t0.elapsed().as_secs_f64();
                 return Ok(false);
             }
             if self.core.batched {
-                let state = &mut self.core.state;
                 self.engine
                     .batcher()
-                    .exclusive(|| model.forward(state, chunk))?;
+                    .prefill(model, &mut self.core.state, chunk)?;
             } else {
                 model.forward(&mut self.core.state, chunk)?;
             }

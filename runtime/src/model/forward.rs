@@ -121,6 +121,34 @@ impl Model<'_> {
                 sequences: others.len() + 1,
             });
         }
+        let ones = vec![1; tokens.len()];
+        self.forward_segments(state, others, &ones, tokens, logits)
+    }
+
+    /// One forward pass over several sequences, each continued by its own
+    /// run of tokens (chunked prefill mixed with decode steps): `tokens` is
+    /// the runs one after the other, `lens[0]` of them continuing `state`
+    /// and `lens[i]` (`i ≥ 1`) continuing `others[i - 1]`, each at its own
+    /// positions over its own KV cache. The matrix products run once for
+    /// all the rows, on `state`'s threads and buffers (at most its
+    /// `n_batch` rows); attention runs per sequence. Each state's
+    /// [`logits`](State::logits) become those of its run's last token, and
+    /// `logits` (scratch) holds them row by row.
+    pub fn forward_segments(
+        &self,
+        state: &mut State,
+        others: &mut [&mut State],
+        lens: &[usize],
+        tokens: &[u32],
+        logits: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
+        let total: usize = lens.iter().sum();
+        if lens.len() != others.len() + 1 || lens.contains(&0) || total != tokens.len() {
+            return Err(ModelError::BatchMismatch {
+                tokens: tokens.len(),
+                sequences: others.len() + 1,
+            });
+        }
         if tokens.len() > state.n_batch {
             return Err(ModelError::BatchMismatch {
                 tokens: tokens.len(),
@@ -128,18 +156,30 @@ impl Model<'_> {
             });
         }
         state.reacquire()?;
-        self.check_input(state, &tokens[..1])?;
-        for (o, t) in others.iter_mut().zip(&tokens[1..]) {
+        self.check_input(state, &tokens[..lens[0]])?;
+        let mut start = lens[0];
+        for (o, &len) in others.iter_mut().zip(&lens[1..]) {
             o.reacquire()?;
-            self.check_input(o, std::slice::from_ref(t))?;
+            self.check_input(o, &tokens[start..start + len])?;
+            start += len;
             let cache = |s: &State| (s.kv.k_ty, s.kv.v_ty, s.rotate_qk, s.rotate_v);
             if cache(o) != cache(state) {
                 return Err(ModelError::StateMismatch);
             }
         }
-        self.forward_rows(state, others, tokens)?;
+        self.forward_rows(state, others, lens, tokens)?;
+        // The last row of each run, moved up to row `j` (never down: each
+        // run has a row), is all the logits are needed for.
+        let dim = self.config.dim;
+        let mut end = 0;
+        for (j, &len) in lens.iter().enumerate() {
+            end += len;
+            if end - 1 != j {
+                state.x.copy_within((end - 1) * dim..end * dim, j * dim);
+            }
+        }
         let n_vocab = self.config.n_vocab;
-        let n = tokens.len();
+        let n = lens.len();
         logits.resize(n * n_vocab, 0.0);
         self.logits_rows(state, n, logits)?;
         state.logits.copy_from_slice(&logits[..n_vocab]);
@@ -227,16 +267,17 @@ impl Model<'_> {
     /// Pushes `tokens` (at most `n_batch`, checked) through every layer at
     /// positions `n_past..n_past + tokens.len()`.
     fn forward_batch(&self, s: &mut State, tokens: &[u32]) -> Result<(), ModelError> {
-        self.forward_rows(s, &mut [], tokens)
+        self.forward_rows(s, &mut [], &[tokens.len()], tokens)
     }
 
-    /// The layers for `tokens`: with no `others`, a batch of one sequence
-    /// (`s`, positions `n_past..`); otherwise one row per sequence, row 0
-    /// `s` and row `i` `others[i - 1]`, each at its own `n_past`.
+    /// The layers for `tokens`: runs of `lens[0]` rows for `s` (positions
+    /// `s.n_past..`) and `lens[i]` rows for `others[i - 1]` (from its own
+    /// `n_past`), one after the other.
     fn forward_rows(
         &self,
         s: &mut State,
         others: &mut [&mut State],
+        lens: &[usize],
         tokens: &[u32],
     ) -> Result<(), ModelError> {
         let c = &self.config;
@@ -254,14 +295,12 @@ impl Model<'_> {
             embd_to_float(embd.row(tok as usize), x);
         }
         self.gathered_embeddings(tokens);
-        // RoPE angles of the batch's positions.
-        let pos = |t: usize| match t {
-            0 => pos0,
-            _ if others.is_empty() => pos0 + t,
-            _ => others[t - 1].n_past,
-        };
-        for (t, cs) in s.rope_cs.chunks_exact_mut(hd).take(n).enumerate() {
-            rope_angles(cs, pos(t) as f32, &self.rope_inv_freq);
+        // RoPE angles of the batch's positions: each run from its
+        // sequence's `n_past`.
+        let starts = std::iter::once(pos0).chain(others.iter().map(|o| o.n_past));
+        let positions = lens.iter().zip(starts).flat_map(|(&len, p0)| p0..p0 + len);
+        for (cs, p) in s.rope_cs.chunks_exact_mut(hd).take(n).zip(positions) {
+            rope_angles(cs, p as f32, &self.rope_inv_freq);
         }
 
         for (il, layer) in w.layers.iter().enumerate() {
@@ -289,17 +328,15 @@ impl Model<'_> {
                     Product::Set(wv, &mut s.v),
                 ],
             )?;
-            if others.is_empty() {
-                self.attend(s, il, pos0, 0..n)?;
-            } else {
-                // Row `t` over its own sequence's cache, lent to `s`.
-                self.attend(s, il, pos0, 0..1)?;
-                for (t, o) in others.iter_mut().enumerate().map(|(i, o)| (i + 1, o)) {
-                    std::mem::swap(&mut s.kv, &mut o.kv);
-                    let r = self.attend(s, il, o.n_past, t..t + 1);
-                    std::mem::swap(&mut s.kv, &mut o.kv);
-                    r?;
-                }
+            self.attend(s, il, pos0, 0..lens[0])?;
+            // The other runs over their own sequences' caches, lent to `s`.
+            let mut r0 = lens[0];
+            for (o, &len) in others.iter_mut().zip(&lens[1..]) {
+                std::mem::swap(&mut s.kv, &mut o.kv);
+                let r = self.attend(s, il, o.n_past, r0..r0 + len);
+                std::mem::swap(&mut s.kv, &mut o.kv);
+                r?;
+                r0 += len;
             }
             s.mm.prepare(&mut s.pool, &s.att_out, n, q_dim, None, &[wo.w.w.ty])?;
             s.mm.run(&mut s.pool, n, [Product::Add(wo, &mut s.x)])?;
@@ -331,11 +368,9 @@ impl Model<'_> {
             }
             self.leave_stage(il);
         }
-        if others.is_empty() {
-            s.n_past += n;
-        } else {
-            s.n_past += 1;
-            others.iter_mut().for_each(|o| o.n_past += 1);
+        s.n_past += lens[0];
+        for (o, &len) in others.iter_mut().zip(&lens[1..]) {
+            o.n_past += len;
         }
         Ok(())
     }
