@@ -583,6 +583,8 @@ mod tests {
             tools: None,
             json_schema: None,
             grammar: None,
+            lookup_ngram: None,
+            draft_max: 16,
         };
         assert_eq!(GenerationParams::default(), literals);
     }
