@@ -887,6 +887,12 @@ fn sample_row(
         None => sampler.sample(logits)?,
         Some(c) => {
             let id = match c.sample(sampler, tok, logits) {
+                Err(SamplingError::NoCandidates) if c.matcher().is_too_ambiguous() => {
+                    return Err(EngineError::Grammar {
+                        reason: "the grammar is too ambiguous to follow (too many parses at once)"
+                            .into(),
+                    });
+                }
                 Err(SamplingError::NoCandidates) => {
                     return Err(EngineError::Grammar {
                         reason: "the grammar allows no token of the vocabulary here".into(),

@@ -18,18 +18,34 @@ use std::sync::Arc;
 
 use super::gbnf::{Elem, Grammar};
 
+/// Most stacks after one character. Grammars written for generation (JSON
+/// Schemas, llama.cpp's samples) stay in the tens; a hostile ambiguous one
+/// could otherwise grow them without bound.
+const MAX_STACKS: usize = 512;
+/// Most expansion steps for one character, and the deepest chain of rule
+/// references followed without a character (a hostile grammar of a long
+/// chain of rules would otherwise overflow the thread's stack).
+const MAX_VISITS: usize = 1 << 16;
+const MAX_DEPTH: usize = 512;
+
 /// A set of stacks in one buffer, without duplicates.
 #[derive(Clone, Debug, Default)]
 struct StackSet {
     data: Vec<u32>,
     /// `(start, len)` of each stack in `data`.
     spans: Vec<(u32, u32)>,
+    /// Expansion steps since the last clear.
+    visits: usize,
+    /// A limit above was hit: the set is incomplete.
+    overflow: bool,
 }
 
 impl StackSet {
     fn clear(&mut self) {
         self.data.clear();
         self.spans.clear();
+        self.visits = 0;
+        self.overflow = false;
     }
 
     fn is_empty(&self) -> bool {
@@ -47,6 +63,10 @@ impl StackSet {
 
     fn insert(&mut self, stack: &[u32]) {
         if (0..self.len()).any(|i| self.get(i) == stack) {
+            return;
+        }
+        if self.len() >= MAX_STACKS {
+            self.overflow = true;
             return;
         }
         self.spans
@@ -155,6 +175,8 @@ pub struct Matcher {
     a: StackSet,
     b: StackSet,
     work: Vec<u32>,
+    /// A character needed more parse stacks than the limits allow.
+    too_ambiguous: bool,
 }
 
 impl Matcher {
@@ -167,6 +189,7 @@ impl Matcher {
             a: StackSet::default(),
             b: StackSet::default(),
             work: Vec::new(),
+            too_ambiguous: false,
         };
         m.reset();
         m
@@ -180,8 +203,16 @@ impl Matcher {
         for &alt in &g.rules[g.root as usize] {
             self.work.clear();
             self.work.push(alt);
-            expand(g, &mut self.work, &mut self.stacks);
+            expand(g, &mut self.work, &mut self.stacks, 0);
         }
+        self.too_ambiguous = self.stacks.overflow;
+    }
+
+    /// Whether matching stopped because the grammar is too ambiguous (a
+    /// character needed over 512 parse stacks, or a chain of over 512 rule
+    /// references): the matcher then rejects everything.
+    pub fn is_too_ambiguous(&self) -> bool {
+        self.too_ambiguous
     }
 
     /// The grammar matched.
@@ -255,6 +286,10 @@ impl Matcher {
                 Buf::B => (&self.b, &mut self.a, Buf::A),
             };
             step(g, src, c, dst, &mut self.work);
+            if dst.overflow {
+                self.too_ambiguous = true;
+                return None;
+            }
             if dst.is_empty() {
                 return None;
             }
@@ -298,7 +333,7 @@ fn step(g: &Grammar, src: &StackSet, c: u32, dst: &mut StackSet, work: &mut Vec<
             work.clear();
             work.extend_from_slice(below);
             work.push(top + 1);
-            expand(g, work, dst);
+            expand(g, work, dst, 0);
         }
     }
 }
@@ -306,7 +341,12 @@ fn step(g: &Grammar, src: &StackSet, c: u32, dst: &mut StackSet, work: &mut Vec<
 /// Expands the top of `stack` until a character class is on top (or the
 /// stack is empty) and adds every resulting stack to `out`. `stack` is
 /// left as it was.
-fn expand(g: &Grammar, stack: &mut Vec<u32>, out: &mut StackSet) {
+fn expand(g: &Grammar, stack: &mut Vec<u32>, out: &mut StackSet, depth: usize) {
+    out.visits += 1;
+    if out.visits > MAX_VISITS || depth > MAX_DEPTH {
+        out.overflow = true;
+        return;
+    }
     let Some(&top) = stack.last() else {
         out.insert(stack);
         return;
@@ -315,7 +355,7 @@ fn expand(g: &Grammar, stack: &mut Vec<u32>, out: &mut StackSet) {
         Elem::Class(_) => out.insert(stack),
         Elem::End => {
             stack.pop();
-            expand(g, stack, out);
+            expand(g, stack, out, depth + 1);
             stack.push(top);
         }
         Elem::Rule(r) => {
@@ -329,7 +369,7 @@ fn expand(g: &Grammar, stack: &mut Vec<u32>, out: &mut StackSet) {
             }
             for &alt in &g.rules[r as usize] {
                 stack.push(alt);
-                expand(g, stack, out);
+                expand(g, stack, out, depth + 1);
                 stack.pop();
             }
             if push_next {
@@ -410,6 +450,27 @@ mod tests {
         assert!(!ascii.allows_bytes(&[0xE0]));
         assert!(!ascii.allows_bytes(&[0xC1, 0xB9]));
         assert!(!ascii.allows_bytes(&[0xE0, 0x81, 0xB9]));
+    }
+
+    #[test]
+    fn hostile_grammars_stop_instead_of_exploding() {
+        // Every split of a run of "a"s into pieces of one to three is a
+        // parse: the stacks would grow with the text.
+        let mut m = matcher("root ::= x*\nx ::= (\"a\" | \"aa\" | \"aaa\") (\"b\"? \"a\"?){0,200}");
+        let mut text = 0;
+        while text < 2000 && m.accept_str("a") {
+            text += 1;
+        }
+        assert!(m.is_too_ambiguous(), "{text} characters taken");
+        assert!(text < 2000);
+        // A chain of 2000 rule references: no stack overflow.
+        let mut chain: String = (0..2000)
+            .map(|i| format!("r{i} ::= r{}\n", i + 1))
+            .collect();
+        chain.push_str("r2000 ::= \"z\"\nroot ::= r0\n");
+        let m = matcher(&chain);
+        assert!(m.is_too_ambiguous());
+        assert!(!Matcher::new(m.grammar().clone()).clone().accept_str("z"));
     }
 
     #[test]
