@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need, then formatting, lints and
-# every test of the workspace, the foreign bindings, and spinel-quant on
-# aarch64 under qemu. Everything installed is cached (apt packages once;
+# every test of the workspace, the foreign bindings, spinel-quant on aarch64
+# under qemu, and the Android/iOS static libraries. Everything installed is cached (apt packages once;
 # Python packages, the model and the peers under ~/.cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,8 +35,12 @@ scripts/fetch-model.sh >/dev/null
 runtime/tests/convert/setup-llama-cpp-converter.sh >/dev/null
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy -p spinel-cli --all-targets --features fault-injection -- -D warnings
 cargo build -p spinel-quant --no-default-features
 cargo test --workspace
+# The server's panic handling, with a panic injected by a test-only build
+# (the `fault-injection` feature; the shipping binary has no such hook).
+cargo test -p spinel-cli --features fault-injection --test serve_faults
 # spinel-ffi's foreign bindings, generated from the library just built:
 # Python, Kotlin (JVM, with the Android wrapper) and Swift (the ios/ package
 # with `swift test`, Debian 13's Swift in a trixie chroot made once under
@@ -48,3 +52,9 @@ ffi/tests/run-bindings-tests.sh
 # qemu-user first when they are missing (as root).
 echo "== aarch64 (qemu -cpu max): spinel-quant"
 "$SHARED/cross/aarch64.sh" test -p spinel-quant
+# The SDK's static libraries for Android (arm64 devices, x86_64 emulators)
+# and iOS (arm64 devices), std built from source with Debian's rustc-web
+# (no NDK or Xcode here: static libraries only); checks their object format
+# and that the NEON kernels are in the ARM ones.
+echo "== mobile static libraries"
+scripts/build-mobile.sh

@@ -1,26 +1,32 @@
-//! `spinel serve` against the official `openai` Python client
-//! (`cli/tests/serve_openai.py`; `pip install openai`, as `scripts/test.sh`
-//! does — a missing package fails the test).
+//! `spinel serve` with SmolLM2-135M-Instruct Q4_1 (`$SPINEL_TEST_MODEL`, or
+//! the cache `scripts/fetch-model.sh` fills), mostly through the official
+//! `openai` Python client (`cli/tests/serve_openai.py`; `pip install
+//! openai`, as `scripts/test.sh` does — a missing package fails the test).
 //!
-//! * `openai_client_against_the_real_model`: SmolLM2-135M-Instruct Q4_1
-//!   (`$SPINEL_TEST_MODEL`, or the cache `scripts/fetch-model.sh` fills)
-//!   generating: chat streamed and not, usage counts, prompt caching, seed
-//!   determinism, stop strings, completions, /v1/models, error cases (the
-//!   server keeps serving), a streaming client that disconnects.
+//! * `openai_client_against_the_real_model`: chat streamed and not, usage
+//!   counts, prompt caching, seed determinism, stop strings, completions,
+//!   /v1/models, error cases (the server keeps serving), clients that
+//!   disconnect or stall.
 //! * `openai_client_tool_call_round_trip`: the tool-call mapping through the
-//!   API with a Llama 3.1-style tools template. SmolLM2 does not produce
-//!   tool calls reliably, so the server runs with its hidden
-//!   `--fake-output` hook: the answer text is a Llama 3.1 JSON tool call
-//!   instead of a generated one. The request rendering (tools, tool
-//!   messages) runs for real; what this tests is the mapping of that text
-//!   to `tool_calls`, streamed and not, and the `tool` message going back.
+//!   API with a Llama 3.1-style tools template and real generation. SmolLM2
+//!   does not call tools by itself, so each request carries a GBNF
+//!   `grammar` that forces the answer into a Llama 3.1 JSON tool call
+//!   (`{"name": "get_weather", "parameters": {"city": ...}}`); what this
+//!   tests is the rendering of tools and tool messages, and the mapping of
+//!   the generated call to `tool_calls`, streamed and not.
+//! * `json_schema_answers_validate`: `response_format` with a JSON Schema
+//!   (nested objects, arrays, enums, required fields), and `json_object`;
+//!   every answer parses and is checked by the `jsonschema` crate.
+//! * `speculative_decoding_serves_the_same_greedy_answer`: `--lookup-ngram`
+//!   on serve: the same greedy answer as without it, drafts counted.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 mod common;
 
-use common::{Server, get, start};
+use common::{Server, get, post, start, test_model};
+use serde_json::{Value, json};
 
 fn run_client(server: &Server, model_id: &str, mode: &str) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serve_openai.py");
@@ -39,18 +45,9 @@ fn run_client(server: &Server, model_id: &str, mode: &str) {
     assert!(stdout.contains(&format!("ok {mode}")), "{stdout}");
 }
 
-fn model() -> PathBuf {
-    spinel_runtime::cache::test_model()
-}
-
-fn model_id(model: &Path) -> String {
-    let name = model.file_name().unwrap().to_string_lossy().into_owned();
-    name.strip_suffix(".gguf").unwrap_or(&name).to_string()
-}
-
 #[test]
 fn openai_client_against_the_real_model() {
-    let model = model();
+    let (model, id) = test_model();
     let server = start(&[
         "-m",
         model.to_str().unwrap(),
@@ -61,14 +58,14 @@ fn openai_client_against_the_real_model() {
         "-t",
         "1",
     ]);
-    run_client(&server, &model_id(&model), "real");
+    run_client(&server, &id, "real");
 }
 
 /// Without `-c`, `--parallel` sessions split the memory budget's KV part
 /// between them (each its own cache), instead of each taking all of it.
 #[test]
 fn parallel_sessions_share_the_kv_budget() {
-    let model = model();
+    let (model, _) = test_model();
     let n_ctx = |parallel: &str| {
         let server = start(&[
             "-m",
@@ -97,7 +94,7 @@ fn parallel_sessions_share_the_kv_budget() {
 
 #[test]
 fn openai_client_tool_call_round_trip() {
-    let model = model();
+    let (model, id) = test_model();
     let template = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../runtime/tests/chat_compat/tools_header.jinja");
     let server = start(&[
@@ -109,8 +106,149 @@ fn openai_client_tool_call_round_trip() {
         "1",
         "--chat-template-file",
         template.to_str().unwrap(),
-        "--fake-output",
-        "<|python_tag|>{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}",
     ]);
-    run_client(&server, &model_id(&model), "tools");
+    run_client(&server, &id, "tools");
+}
+
+fn chat_json(server: &Server, body: Value) -> Value {
+    let r = post(server, "/v1/chat/completions", &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    let text = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"));
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text:?}"))
+}
+
+#[test]
+fn json_schema_answers_validate() {
+    let (model, _) = test_model();
+    let server = start(&["-m", model.to_str().unwrap(), "-c", "1024", "-t", "2"]);
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 24},
+            "age": {"type": "integer"},
+            "role": {"enum": ["admin", "user", "guest"]},
+            "address": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string", "maxLength": 24},
+                    "zip": {"type": "string", "minLength": 5, "maxLength": 5}
+                },
+                "required": ["city", "zip"]
+            },
+            "tags": {
+                "type": "array",
+                "items": {"type": "string", "maxLength": 12},
+                "minItems": 1,
+                "maxItems": 3
+            }
+        },
+        "required": ["name", "age", "role", "address", "tags"]
+    });
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    for (i, temperature) in [0.0, 1.0, 1.0].into_iter().enumerate() {
+        let doc = chat_json(
+            &server,
+            json!({
+                "messages": [{"role": "user", "content": "Describe a user of a web shop as JSON."}],
+                "max_tokens": 400, "temperature": temperature, "seed": i,
+                "response_format": {"type": "json_schema",
+                                    "json_schema": {"name": "user", "schema": schema}},
+            }),
+        );
+        let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{doc}: {errors:?}");
+    }
+    // Any JSON object, streamed: the concatenated deltas parse.
+    let r = post(
+        &server,
+        "/v1/chat/completions",
+        &json!({
+            "messages": [{"role": "user", "content": "Describe a cat as JSON with its name and age."}],
+            "max_tokens": 300, "temperature": 0, "stream": true,
+            "response_format": {"type": "json_object"},
+        }),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let text: String = r
+        .events()
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .filter_map(|e| {
+            let v: Value = serde_json::from_str(e).unwrap();
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    let doc: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    assert!(doc.is_object(), "{doc}");
+    let last: Value = serde_json::from_str(&r.events()[r.events().len() - 2]).unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "stop", "{last}");
+    // A schema that is no schema is the client's error.
+    let r = post(
+        &server,
+        "/v1/chat/completions",
+        &json!({
+            "messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": 5}}},
+        }),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"]["param"], "response_format", "{}", r.body);
+}
+
+/// `--lookup-ngram` (prompt lookup) drafts tokens for every request; at
+/// temperature 0 the answer is the plain server's, and `/metrics` counts the
+/// drafts.
+#[test]
+fn speculative_decoding_serves_the_same_greedy_answer() {
+    let (model, _) = test_model();
+    let m = model.to_str().unwrap();
+    let plain = start(&["-m", m, "-c", "1024", "-t", "2"]);
+    let spec = start(&[
+        "-m",
+        m,
+        "-c",
+        "1024",
+        "-t",
+        "2",
+        "--lookup-ngram",
+        "3",
+        "--draft-max",
+        "8",
+        "--metrics",
+    ]);
+    let body = json!({
+        "messages": [{"role": "user", "content":
+            "Repeat this text exactly: The old lighthouse keeper climbed the stairs every \
+             evening, lit the lamp, and watched the ships pass by the rocky coast."}],
+        "max_tokens": 48, "temperature": 0,
+    });
+    let answer = |server: &Server| {
+        let r = post(server, "/v1/chat/completions", &body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let want = answer(&plain);
+    assert_eq!(answer(&spec), want);
+    let metrics = common::http(&spec, "GET", "/metrics", None).body;
+    let count = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in {metrics}"))
+    };
+    let drafted = count("spinel_speculative_drafted_tokens_total");
+    let accepted = count("spinel_speculative_accepted_tokens_total");
+    assert!(
+        drafted > 0.0 && accepted > 0.0 && accepted <= drafted,
+        "{metrics}"
+    );
 }

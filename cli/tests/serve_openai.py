@@ -3,9 +3,10 @@
 Usage: serve_openai.py BASE_URL MODEL_ID MODE
   MODE "real": SmolLM2 generating (chat, streaming, stop, seed, usage,
                errors, disconnect).
-  MODE "tools": a server started with --fake-output (a Llama 3.1 JSON tool
-               call) and a Llama 3.1-style tools template: the tool-call
-               mapping through the API, both ways.
+  MODE "tools": a server with a Llama 3.1-style tools template; each
+               request's GBNF `grammar` forces SmolLM2's answer into a Llama
+               3.1 JSON tool call: the tool-call mapping through the API,
+               both ways, with real generation.
 Exits non-zero (an AssertionError or an exception) on any failure.
 """
 
@@ -188,8 +189,9 @@ def real():
     r3 = ask(max_tokens=4, temperature=0)
     assert r3.choices[0].message.content
 
-    # A non-streaming client that goes away: the server notices (its
-    # whitespace heartbeat fails) and stops long before the 900 tokens.
+    # A non-streaming client that goes away: the server notices (the
+    # connection reads end of file while the answer is pending) and stops
+    # long before the 900 tokens.
     body = json.dumps(
         {"model": MODEL, "max_tokens": 900, "ignore_eos": True, "temperature": 1.0, "seed": 3,
          "messages": [{"role": "user", "content": "Write a long story about a dragon."}]}
@@ -209,8 +211,7 @@ def real():
     while raw("GET", "/health")[1]["busy"] != 0:
         assert time.time() < closed + 5, "a non-streamed generation went on after the client left"
         time.sleep(0.05)
-    # A slow answer (longer than a heartbeat) to a client that stays: the
-    # body is the JSON after some whitespace, which the client parses.
+    # A slow answer to a client that stays: one JSON body at the end.
     long = ask(max_tokens=120, temperature=0, extra_body={"ignore_eos": True})
     assert long.usage.completion_tokens == 120, long.usage
     assert long.choices[0].finish_reason == "length"
@@ -293,41 +294,77 @@ WEATHER_TOOL = {
 }
 
 
+# SmolLM2 does not call tools by itself: the grammar makes its answer a
+# Llama 3.1 JSON tool call; the model still chooses the city.
+TOOL_GRAMMAR = r'''root ::= "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"" [A-Za-z ]{1,20} "\"}}"'''
+FORCED = {"grammar": TOOL_GRAMMAR}
+
+
+def check_city(arguments):
+    args = json.loads(arguments)
+    assert set(args) == {"city"}, args
+    city = args["city"]
+    assert 1 <= len(city) <= 20 and all(c.isalpha() or c == " " for c in city), args
+    return city
+
+
 def tools():
     messages = [{"role": "user", "content": "What is the weather in Paris?"}]
-    r = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER_TOOL])
+    r = client.chat.completions.create(
+        model=MODEL, messages=messages, tools=[WEATHER_TOOL], temperature=0, max_tokens=40, extra_body=FORCED
+    )
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls", choice
     assert choice.message.content is None, choice
     (call,) = choice.message.tool_calls
     assert call.type == "function" and call.function.name == "get_weather", call
-    assert json.loads(call.function.arguments) == {"city": "Paris"}, call
+    assert call.id, call
+    city = check_city(call.function.arguments)
 
-    # Streaming: the call comes as a tool_calls delta.
-    stream = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER_TOOL], stream=True)
-    calls, finish = [], None
+    # Streaming: the call comes as a tool_calls delta, the same greedy one.
+    stream = client.chat.completions.create(
+        model=MODEL, messages=messages, tools=[WEATHER_TOOL], stream=True, temperature=0, max_tokens=40,
+        extra_body=FORCED,
+    )
+    calls, finish, content = [], None, []
     for chunk in stream:
         for c in chunk.choices:
             if c.delta.tool_calls:
                 calls.extend(c.delta.tool_calls)
+            if c.delta.content:
+                content.append(c.delta.content)
             if c.finish_reason:
                 finish = c.finish_reason
     assert finish == "tool_calls" and calls[0].function.name == "get_weather", calls
-    assert json.loads(calls[0].function.arguments) == {"city": "Paris"}
+    assert not "".join(content), content
+    assert check_city(calls[0].function.arguments) == city
 
     # The answer goes back as a tool message (rendered as ipython by the
     # template) and the server takes the whole conversation.
     messages.append(choice.message.model_dump(exclude_none=True))
     messages.append({"role": "tool", "tool_call_id": call.id, "content": '{"celsius": 21}'})
-    r2 = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER_TOOL])
+    r2 = client.chat.completions.create(
+        model=MODEL, messages=messages, tools=[WEATHER_TOOL], temperature=0, max_tokens=40, extra_body=FORCED
+    )
     assert r2.choices[0].message.tool_calls, r2
     assert r2.usage.prompt_tokens > r.usage.prompt_tokens, (r2.usage, r.usage)
+    # The conversation's start was in a session's cache.
+    assert r2.usage.prompt_tokens_details.cached_tokens > 0, r2.usage
 
-    # Without tools offered, the same text is plain content.
-    r3 = client.chat.completions.create(model=MODEL, messages=messages[:1])
-    assert r3.choices[0].message.tool_calls is None and r3.choices[0].finish_reason == "stop"
+    # Without tools offered, the same kind of text is plain content.
+    r3 = client.chat.completions.create(
+        model=MODEL, messages=messages[:1], temperature=0, max_tokens=40, extra_body=FORCED
+    )
+    assert r3.choices[0].message.tool_calls is None and r3.choices[0].finish_reason == "stop", r3
     content = r3.choices[0].message.content
-    assert json.loads(content.removeprefix("<|python_tag|>"))["name"] == "get_weather", content
+    assert json.loads(content)["name"] == "get_weather", content
+
+    # A grammar that does not parse is the client's error.
+    try:
+        ask(extra_body={"grammar": "root ::= ("})
+        raise AssertionError("a broken grammar accepted")
+    except openai.BadRequestError as e:
+        assert e.body["param"] == "grammar", e.body
     health_ok()
 
 

@@ -493,8 +493,7 @@ const WEATHER_TOOLS: &str = r#"[{"type": "function", "function": {"name": "get_w
 
 /// A Llama 3.1 JSON tool call (forced by a grammar: SmolLM2 does not call
 /// tools by itself) comes back parsed in the stats.
-const TOOL_CALL_GBNF: &str =
-    r#"root ::= "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"" [A-Za-z ]{1,20} "\"}}""#;
+const TOOL_CALL_GBNF: &str = r#"root ::= "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"" [A-Za-z ]{1,20} "\"}}""#;
 
 #[test]
 fn tool_calls_come_back_parsed() {

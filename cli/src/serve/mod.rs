@@ -1,39 +1,43 @@
 //! `spinel serve`: an OpenAI-compatible HTTP server.
 //!
 //! `POST /v1/chat/completions`, `POST /v1/completions` (streamed as
-//! server-sent events or not), `GET /v1/models`, `GET /health`, and
-//! llama.cpp's `POST /tokenize` and `POST /detokenize`. The HTTP
-//! layer is `tiny_http`, a thread per request: a request renders and
-//! tokenizes its prompt, then waits its turn for one of `--parallel`
-//! sessions ([`pool`]), first come first served, and gets the free session
-//! whose KV cache shares the longest prefix with its prompt, so a
-//! conversation that goes on reuses what the cache holds. The sessions'
-//! decode steps are batched (continuous batching: one forward pass per step
-//! for all generating sessions, see `spinel_runtime::engine::Batcher`;
-//! `--no-batching` runs them side by side instead). A streaming
-//! client that goes away ends its generation at the next token (the write
-//! fails and the stream is dropped). `GET /` is a web chat page
-//! (`chat.html`, bundled): streamed answers, a stop button, the model and
-//! tokens/s.
+//! server-sent events or not), `GET /v1/models`, `GET /health`, `GET
+//! /metrics` (with `--metrics`), and llama.cpp's `POST /tokenize` and `POST
+//! /detokenize`. `GET /` is a web chat page (`chat.html`, bundled):
+//! streamed answers, a stop button, the model and tokens/s.
+//!
+//! This crate only speaks HTTP ([`http`]: hyper on tokio, with timeouts,
+//! a connection cap and graceful shutdown). The serving policy is the
+//! runtime's: a request waits its turn for one of `--parallel` sessions in
+//! a `spinel_runtime::engine::SessionPool` (first come first served, at
+//! most `--queue` waiting, the free session whose KV cache shares the
+//! longest prefix with the prompt), OpenAI messages become template input
+//! in `spinel_runtime::chat::openai`. The sessions' decode steps are
+//! batched (continuous batching: one forward pass per step for all
+//! generating sessions, see `spinel_runtime::engine::Batcher`;
+//! `--no-batching` runs them side by side instead). Generation runs on
+//! blocking threads ([`generate`]); a client that goes away, stops reading
+//! or outlives its deadline ends its generation at the next token.
 
+mod generate;
+mod http;
+mod metrics;
 mod openai;
-mod pool;
+mod requests;
+mod routes;
 
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Map, Value, json};
 use spinel_runtime::chat::ChatTemplate;
-use spinel_runtime::engine::{Engine, GenerateOptions, Piece, Session};
-use spinel_runtime::sampling::SamplingParams;
-use tiny_http::{Header, Method, Request, Response, Server};
+use spinel_runtime::engine::{Engine, Session, SessionPool, SpeculativeOptions};
 
-use crate::run::{SessionArgs, load_engine};
-use openai::{ApiError, Settings};
-use pool::Pool;
+use crate::run::{SessionArgs, SpeculativeArgs, load_engine};
+use http::Limits;
+use metrics::{Gauges, Metrics};
+use requests::Requests;
 
 /// Serve a model over an OpenAI-compatible HTTP API.
 #[derive(clap::Args, Debug)]
@@ -52,6 +56,10 @@ pub struct Args {
     /// share of the memory budget's KV part.
     #[arg(long, default_value_t = 1)]
     parallel: usize,
+    /// Most requests waiting for a session; beyond them a request is
+    /// answered 503 with Retry-After at once.
+    #[arg(long, default_value_t = 64)]
+    queue: usize,
     /// Run each session's decode steps alone, each session on its share of
     /// the cores, instead of batching the steps of all generating sessions
     /// into one forward pass on all cores (continuous batching).
@@ -73,26 +81,89 @@ pub struct Args {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_body: usize,
-    /// Test hook: chat answers are this text instead of generated ones
-    /// (checks the response mapping, tool calls included, end to end).
-    #[arg(long, hide = true)]
-    fake_output: Option<String>,
+    /// Most open connections; beyond them new ones wait to be accepted.
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
+    /// Kernel send buffer of each connection in bytes (SO_SNDBUF; default:
+    /// the system's autotuning, up to megabytes). Smaller bounds the memory
+    /// a stalled client pins, and how much of an answer the kernel holds
+    /// before writes block and --timeout-write starts counting.
+    #[arg(long, value_name = "BYTES")]
+    send_buffer: Option<u32>,
+    /// Seconds a request's header may take to arrive (also the longest
+    /// wait for the next request on a kept-alive connection).
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    timeout_header: f64,
+    /// Seconds a request's body may take to arrive.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    timeout_body: f64,
+    /// Seconds a connection may send nothing while no request is in
+    /// progress before it is closed.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    timeout_idle: f64,
+    /// Seconds a response write may stay blocked (a client that stopped
+    /// reading) before the connection is dropped and its generation
+    /// cancelled.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    timeout_write: f64,
+    /// Seconds a request may take in all: waiting longer for a session is
+    /// a 503; a generation still running then stops (finish_reason
+    /// "length").
+    #[arg(long, value_name = "SECS", default_value_t = 600.0)]
+    timeout_request: f64,
+    /// Seconds running requests get to finish after SIGTERM or Ctrl-C
+    /// before they are cancelled.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    shutdown_grace: f64,
+    /// Serve Prometheus metrics at /metrics (requests, tokens, queue,
+    /// time to first token, batching, speculative decoding).
+    #[arg(long)]
+    metrics: bool,
     #[command(flatten)]
     session: SessionArgs,
+    #[command(flatten)]
+    speculative: SpeculativeArgs,
 }
 
+/// What every request of the server shares.
 struct Ctx {
     engine: Arc<Engine>,
-    pool: Pool,
+    pool: Arc<SessionPool<Session>>,
     model_id: String,
     n_ctx: usize,
-    max_body: usize,
     /// Whether `tool` messages become `ipython` ones (Llama 3 templates).
     ipython: bool,
-    fake_output: Option<String>,
     /// `--ignore-eos`: every request generates past end-of-generation tokens.
     ignore_eos: bool,
+    /// Speculative decoding for every request.
+    speculative: Option<SpeculativeOptions>,
     created: u64,
+    limits: Limits,
+    timeout_request: Duration,
+    metrics: Metrics,
+    metrics_enabled: bool,
+    requests: Arc<Requests>,
+    connections: std::sync::atomic::AtomicUsize,
+}
+
+impl Ctx {
+    /// Shutdown begins: the pool refuses new and waiting requests.
+    fn shutting_down(&self) {
+        self.pool.close();
+    }
+
+    fn gauges(&self) -> Gauges {
+        let batch = self.engine.batcher().stats();
+        Gauges {
+            sessions: self.pool.size(),
+            running: self.pool.busy(),
+            waiting: self.pool.waiting(),
+            max_waiting: self.pool.max_waiting(),
+            connections: self.connections.load(Ordering::Relaxed),
+            decode_steps: batch.steps,
+            decode_rows: batch.rows,
+        }
+    }
 }
 
 /// The web chat page served at `/`: one self-contained file, no requests
@@ -114,10 +185,47 @@ fn random_seed() -> u64 {
     h.finish()
 }
 
-pub fn run(args: &Args) -> Result<(), String> {
-    if args.parallel == 0 {
-        return Err("--parallel must be at least 1".into());
+/// A flag's seconds as a duration (positive and finite).
+fn secs(flag: &str, v: f64) -> Result<Duration, String> {
+    if v.is_finite() && v > 0.0 && v < 1e9 {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(format!(
+            "--{flag} must be a positive number of seconds, not {v}"
+        ))
     }
+}
+
+impl Args {
+    fn limits(&self) -> Result<Limits, String> {
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        Ok(Limits {
+            max_connections: self.max_connections,
+            max_body: self.max_body,
+            header: secs("timeout-header", self.timeout_header)?,
+            body: secs("timeout-body", self.timeout_body)?,
+            idle: secs("timeout-idle", self.timeout_idle)?,
+            write: secs("timeout-write", self.timeout_write)?,
+            grace: secs("shutdown-grace", self.shutdown_grace)?,
+        })
+    }
+
+    fn model_id(&self) -> String {
+        self.alias.clone().unwrap_or_else(|| {
+            let name = self
+                .model
+                .file_name()
+                .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
+            name.strip_suffix(".gguf").unwrap_or(&name).to_string()
+        })
+    }
+}
+
+/// Loads the model (with `--chat-template-file`'s template) and opens the
+/// `--parallel` sessions.
+fn load(args: &Args) -> Result<(Arc<Engine>, Vec<Session>), String> {
     let mut engine = load_engine(&args.model, &args.session)?;
     if let Some(path) = &args.chat_template_file {
         let source = std::fs::read_to_string(path)
@@ -130,7 +238,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         let template =
             ChatTemplate::new(source, bos, eos).map_err(|e| format!("{}: {e}", path.display()))?;
         Arc::get_mut(&mut engine)
-            .expect("the engine is not shared yet")
+            .ok_or("the engine is shared before the template is set")?
             .set_chat_template(template);
     }
     let mut opts = args.session.options()?;
@@ -147,620 +255,62 @@ pub fn run(args: &Args) -> Result<(), String> {
         .map(|_| engine.session(&opts))
         .collect::<Result<Vec<Session>, _>>()
         .map_err(|e| format!("cannot open a session: {e}"))?;
+    Ok((engine, sessions))
+}
+
+pub fn run(args: &Args) -> Result<(), String> {
+    if args.parallel == 0 {
+        return Err("--parallel must be at least 1".into());
+    }
+    let limits = args.limits()?;
+    let timeout_request = secs("timeout-request", args.timeout_request)?;
+    let (engine, sessions) = load(args)?;
+    let speculative = args.speculative.options(&engine, &args.session)?;
     let n_ctx = sessions[0].n_ctx();
-    let model_id = args.alias.clone().unwrap_or_else(|| {
-        let name = args
-            .model
-            .file_name()
-            .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
-        name.strip_suffix(".gguf").unwrap_or(&name).to_string()
-    });
-    let ipython = engine
-        .chat_template()
-        .is_ok_and(|t| t.source().contains("<|start_header_id|>"));
-    let server = Server::http((args.host.as_str(), args.port))
-        .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
-    let addr = server
-        .server_addr()
-        .to_ip()
-        .map_or_else(|| "?".into(), |a| a.to_string());
-    eprintln!(
-        "spinel serve: {model_id} ({n_ctx}-token context, {} parallel) listening on http://{addr}",
-        args.parallel
-    );
+    let ipython = engine.chat_template().is_ok_and(openai::uses_ipython_role);
     let ctx = Arc::new(Ctx {
+        pool: Arc::new(SessionPool::new(sessions, args.queue)),
         engine,
-        pool: Pool::new(sessions),
-        model_id,
+        model_id: args.model_id(),
         n_ctx,
-        max_body: args.max_body,
         ipython,
-        fake_output: args.fake_output.clone(),
         ignore_eos: args.ignore_eos,
+        speculative,
         created: now_secs(),
+        limits,
+        timeout_request,
+        metrics: Metrics::new(),
+        metrics_enabled: args.metrics,
+        requests: Arc::new(Requests::default()),
+        connections: Default::default(),
     });
-    for request in server.incoming_requests() {
-        let ctx = Arc::clone(&ctx);
-        std::thread::spawn(move || handle(&ctx, request));
-    }
-    Ok(())
-}
-
-fn json_response(status: u16, body: &Value) -> Response<std::io::Cursor<Vec<u8>>> {
-    Response::from_data(body.to_string().into_bytes())
-        .with_status_code(status)
-        .with_header(header("Content-Type", "application/json"))
-}
-
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("valid header")
-}
-
-fn respond_error(request: Request, e: &ApiError) {
-    let mut r = json_response(e.status, &e.body());
-    if e.status == 413 {
-        // The unread rest of the body must not be taken for a request.
-        r = r.with_header(header("Connection", "close"));
-    }
-    let _ = request.respond(r);
-}
-
-fn handle(ctx: &Ctx, mut request: Request) {
-    let path = request.url().split('?').next().unwrap_or("").to_string();
-    let method = request.method().clone();
-    let result = match (&method, path.as_str()) {
-        (Method::Get, "/" | "/index.html") => {
-            let page = Response::from_data(CHAT_PAGE.as_bytes().to_vec())
-                .with_header(header("Content-Type", "text/html; charset=utf-8"));
-            let _ = request.respond(page);
-            return;
-        }
-        (Method::Get, "/health") => {
-            let batch = ctx.engine.batcher().stats();
-            Ok(json!({
-                "status": "ok",
-                "sessions": ctx.pool.size(),
-                "busy": ctx.pool.busy(),
-                "waiting": ctx.pool.waiting(),
-                "batched_steps": batch.steps,
-                "batched_rows": batch.rows,
-            }))
-        }
-        (Method::Get, "/v1/models") => Ok(json!({
-            "object": "list",
-            "data": [model_json(ctx)],
-        })),
-        (Method::Get, p) if p.strip_prefix("/v1/models/") == Some(ctx.model_id.as_str()) => {
-            Ok(model_json(ctx))
-        }
-        (Method::Get, p) if p.starts_with("/v1/models/") => Err(ApiError::not_found(
-            format!("The model '{}' does not exist", &p["/v1/models/".len()..]),
-            "model_not_found",
-        )),
-        (Method::Post, "/tokenize") => {
-            read_json(ctx, &mut request).and_then(|body| tokenize(ctx, &body))
-        }
-        (Method::Post, "/detokenize") => {
-            read_json(ctx, &mut request).and_then(|body| detokenize(ctx, &body))
-        }
-        (Method::Post, "/v1/chat/completions") | (Method::Post, "/v1/completions") => {
-            let chat = path == "/v1/chat/completions";
-            match read_json(ctx, &mut request) {
-                Ok(body) => return generate(ctx, request, &body, chat),
-                Err(e) => Err(e),
-            }
-        }
-        (
-            _,
-            "/health"
-            | "/v1/models"
-            | "/v1/chat/completions"
-            | "/v1/completions"
-            | "/tokenize"
-            | "/detokenize",
-        ) => Err(ApiError {
-            status: 405,
-            message: format!("{method} is not allowed on {path}"),
-            kind: "invalid_request_error",
-            param: None,
-            code: Some("method_not_allowed"),
-        }),
-        _ => Err(ApiError::not_found(
-            format!("Unknown route: {method} {path}"),
-            "unknown_url",
-        )),
-    };
-    match result {
-        Ok(v) => {
-            let _ = request.respond(json_response(200, &v));
-        }
-        Err(e) => respond_error(request, &e),
-    }
-}
-
-/// llama.cpp's `POST /tokenize`: `{"content": TEXT, "add_special": BOOL}`
-/// → `{"tokens": [ids]}` (special tokens written in the text recognised).
-fn tokenize(ctx: &Ctx, body: &Map<String, Value>) -> Result<Value, ApiError> {
-    let content = match body.get("content") {
-        Some(Value::String(s)) => s,
-        Some(v) => {
-            return Err(ApiError::invalid(
-                format!("'content' must be a string, not {}", openai::kind(v)),
-                Some("content"),
-            ));
-        }
-        None => return Err(ApiError::invalid("'content' is required", Some("content"))),
-    };
-    let add_special = match body.get("add_special") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(v) => {
-            return Err(ApiError::invalid(
-                format!("'add_special' must be a boolean, not {}", openai::kind(v)),
-                Some("add_special"),
-            ));
-        }
-    };
-    let ids = ctx
-        .engine
-        .tokenizer()
-        .encode(content, add_special, true)
-        .map_err(|e| ApiError::invalid(e.to_string(), Some("content")))?;
-    Ok(json!({ "tokens": ids }))
-}
-
-/// llama.cpp's `POST /detokenize`: `{"tokens": [ids]}` → `{"content": TEXT}`.
-fn detokenize(ctx: &Ctx, body: &Map<String, Value>) -> Result<Value, ApiError> {
-    let bad = || ApiError::invalid("'tokens' must be an array of token ids", Some("tokens"));
-    let ids = body
-        .get("tokens")
-        .and_then(Value::as_array)
-        .ok_or_else(bad)?
-        .iter()
-        .map(|v| {
-            v.as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(bad)
-        })
-        .collect::<Result<Vec<u32>, _>>()?;
-    let text = ctx
-        .engine
-        .tokenizer()
-        .decode(&ids, true)
-        .map_err(|e| ApiError::invalid(e.to_string(), Some("tokens")))?;
-    Ok(json!({ "content": text }))
-}
-
-fn model_json(ctx: &Ctx) -> Value {
-    json!({
-        "id": ctx.model_id,
-        "object": "model",
-        "created": ctx.created,
-        "owned_by": "spinel",
-        "meta": {"n_ctx": ctx.n_ctx, "parallel": ctx.pool.size()},
-    })
-}
-
-fn too_large(max: usize) -> ApiError {
-    ApiError {
-        status: 413,
-        message: format!("The request body is larger than the limit of {max} bytes"),
-        kind: "invalid_request_error",
-        param: None,
-        code: Some("request_too_large"),
-    }
-}
-
-fn read_json(ctx: &Ctx, request: &mut Request) -> Result<Map<String, Value>, ApiError> {
-    if request.body_length().is_some_and(|n| n > ctx.max_body) {
-        return Err(too_large(ctx.max_body));
-    }
-    let mut bytes = Vec::new();
-    request
-        .as_reader()
-        .take(ctx.max_body as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| ApiError::invalid(format!("cannot read the request body: {e}"), None))?;
-    if bytes.len() > ctx.max_body {
-        return Err(too_large(ctx.max_body));
-    }
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(v) => Err(ApiError::invalid(
-            format!(
-                "The request body must be a JSON object, not {}",
-                openai::kind(&v)
-            ),
-            None,
-        )),
-        Err(e) => Err(ApiError::invalid(
-            format!("The request body is not valid JSON: {e}"),
-            None,
-        )),
-    }
-}
-
-/// A prepared generation: the prompt and how to run it.
-struct Job {
-    prompt: Vec<u32>,
-    opts: GenerateOptions,
-    settings: Settings,
-    tools_offered: bool,
-}
-
-fn prepare(ctx: &Ctx, body: &Map<String, Value>, chat: bool) -> Result<Job, ApiError> {
-    openai::check_model(body, &ctx.model_id)?;
-    let settings = openai::settings(body)?;
-    let grammar = openai::constraint(body)?;
-    let engine = &ctx.engine;
-    let mut tools_offered = false;
-    let prompt = if chat {
-        let input = openai::chat_input(body, ctx.ipython)?;
-        let template = engine
-            .chat_template()
-            .map_err(|e| ApiError::server(e.to_string()))?;
-        let mut extra = Map::new();
-        if let Some(tools) = input.tools {
-            tools_offered = true;
-            extra.insert("tools".into(), tools);
-        }
-        let text = template
-            .render_json(&input.messages, true, &extra)
-            .map_err(|e| {
-                ApiError::invalid(format!("cannot render the chat: {e}"), Some("messages"))
-            })?;
-        engine
-            .tokenize_chat(&text)
-            .map_err(|e| ApiError::server(e.to_string()))?
-    } else {
-        let text = match body.get("prompt") {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
-                a[0].as_str().unwrap_or_default().to_string()
-            }
-            None => return Err(ApiError::invalid("'prompt' is required", Some("prompt"))),
-            Some(v) => {
-                return Err(ApiError::invalid(
-                    format!("'prompt' must be a string, not {}", openai::kind(v)),
-                    Some("prompt"),
-                ));
-            }
-        };
-        engine
-            .tokenize_prompt(&text)
-            .map_err(|e| ApiError::server(e.to_string()))?
-    };
-    if prompt.is_empty() {
-        return Err(ApiError::invalid("The prompt is empty", Some("prompt")));
-    }
-    if prompt.len() >= ctx.n_ctx {
-        return Err(ApiError::invalid(
-            format!(
-                "This model's context length is {} tokens; the prompt has {} tokens",
-                ctx.n_ctx,
-                prompt.len()
-            ),
-            Some("messages"),
-        )
-        .with_code("context_length_exceeded"));
-    }
-    if let Some(m) = settings.max_tokens {
-        if prompt.len() + m > ctx.n_ctx {
-            return Err(ApiError::invalid(
-                format!(
-                    "This model's context length is {} tokens; the prompt has {} tokens and max_tokens asks for {m} more",
-                    ctx.n_ctx,
-                    prompt.len()
-                ),
-                Some("max_tokens"),
-            )
-            .with_code("context_length_exceeded"));
-        }
-    }
-    let mut sampling = SamplingParams {
-        seed: settings.seed.unwrap_or_else(random_seed),
-        ..SamplingParams::default()
-    };
-    if let Some(t) = settings.temperature {
-        sampling.temperature = t;
-    }
-    if let Some(p) = settings.top_p {
-        sampling.top_p = p;
-    }
-    let opts = GenerateOptions {
-        sampling,
-        max_tokens: settings.max_tokens,
-        stop: settings.stop.clone(),
-        ignore_eog: (settings.ignore_eos || ctx.ignore_eos) && grammar.is_none(),
-        grammar,
-        ..GenerateOptions::default()
-    };
-    Ok(Job {
-        prompt,
-        opts,
-        settings,
-        tools_offered,
-    })
-}
-
-/// The body of a streamed (chunked) response on the raw connection.
-struct Sse {
-    out: Box<dyn Write + Send>,
-}
-
-impl Sse {
-    fn start(request: Request) -> std::io::Result<Sse> {
-        let mut out = request.into_writer();
-        out.write_all(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
-              Transfer-Encoding: chunked\r\n\r\n",
-        )?;
-        out.flush()?;
-        Ok(Sse { out })
-    }
-
-    fn send_raw(&mut self, data: &str) -> std::io::Result<()> {
-        let event = format!("data: {data}\n\n");
-        write!(self.out, "{:x}\r\n{event}\r\n", event.len())?;
-        self.out.flush()
-    }
-
-    fn send(&mut self, v: &Value) -> std::io::Result<()> {
-        self.send_raw(&v.to_string())
-    }
-
-    fn done(mut self) -> std::io::Result<()> {
-        self.send_raw("[DONE]")?;
-        self.out.write_all(b"0\r\n\r\n")?;
-        self.out.flush()
-    }
-}
-
-/// A non-streamed response whose client is watched while it generates:
-/// after [`Watched::BEAT`] the 200 header goes out with a chunked body, and
-/// a newline (whitespace before the JSON, which parsers skip) every beat
-/// after it; a write that fails means the client went away. A quick answer
-/// is an ordinary response.
-struct Watched {
-    request: Option<Request>,
-    out: Option<Box<dyn Write + Send>>,
-    last: Instant,
-}
-
-impl Watched {
-    const BEAT: Duration = Duration::from_millis(500);
-
-    fn new(request: Request) -> Watched {
-        Watched {
-            request: Some(request),
-            out: None,
-            last: Instant::now(),
-        }
-    }
-
-    /// Beats if one is due; `Err` when the client is gone.
-    fn beat(&mut self) -> std::io::Result<()> {
-        if self.last.elapsed() < Self::BEAT {
-            return Ok(());
-        }
-        self.last = Instant::now();
-        if self.out.is_none() {
-            if let Some(r) = self.request.take() {
-                let mut out = r.into_writer();
-                out.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
-                      Transfer-Encoding: chunked\r\n\r\n",
-                )?;
-                self.out = Some(out);
-            }
-        }
-        let out = self.out.as_mut().expect("started");
-        out.write_all(b"1\r\n\n\r\n")?;
-        out.flush()
-    }
-
-    /// The final body: an ordinary response, or the rest of the chunked one
-    /// (whose status is already 200, so an error is only its body).
-    fn respond(self, status: u16, v: &Value) {
-        match (self.request, self.out) {
-            (Some(r), _) => {
-                let _ = r.respond(json_response(status, v));
-            }
-            (None, Some(mut out)) => {
-                let body = v.to_string();
-                let _ = write!(out, "{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
-                let _ = out.flush();
-            }
-            (None, None) => {}
-        }
-    }
-}
-
-fn generate(ctx: &Ctx, request: Request, body: &Map<String, Value>, chat: bool) {
-    let job = match prepare(ctx, body, chat) {
-        Ok(job) => job,
-        Err(e) => return respond_error(request, &e),
-    };
-    let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    let id = if chat {
-        format!("chatcmpl-{n}")
-    } else {
-        format!("cmpl-{n}")
-    };
-    let object = if chat {
-        "chat.completion"
-    } else {
-        "text_completion"
-    };
-    let created = now_secs();
-    let base = |extra: Value| {
-        let mut v = json!({
-            "id": id,
-            "object": if job.settings.stream { format!("{object}.chunk") } else { object.to_string() },
-            "created": created,
-            "model": ctx.model_id,
-            "system_fingerprint": "spinel",
-        });
-        if let (Value::Object(v), Value::Object(e)) = (&mut v, extra) {
-            v.extend(e);
-        }
-        v
-    };
-    let (mut sse, mut watched) = if job.settings.stream {
-        match Sse::start(request) {
-            Ok(s) => (Some(s), None),
-            Err(_) => return,
-        }
-    } else {
-        (None, Some(Watched::new(request)))
-    };
-
-    if let Some(sse) = sse.as_mut() {
-        let first = if chat {
-            json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]})
-        } else {
-            json!({"choices": [{"index": 0, "text": "", "logprobs": null, "finish_reason": null}]})
-        };
-        if sse.send(&base(first)).is_err() {
-            return;
-        }
-    }
-
-    let mut lease = ctx.pool.acquire(&job.prompt);
-    // Tool calls are held back while the answer may still be one.
-    let hold = |text: &str| chat && job.tools_offered && text.trim_start().starts_with(['{', '<']);
-    let mut text = String::new();
-    let mut sent = 0;
-    let mut ids: Vec<u32> = Vec::new();
-    let mut disconnected = false;
-    let outcome: Result<(String, usize, usize, usize), String> = if let Some(fake) =
-        &ctx.fake_output
-    {
-        text = fake.clone();
-        Ok(("stop".into(), job.prompt.len(), 0, 1))
-    } else {
-        let cancel = lease.cancel_handle();
-        match lease.stream(&job.prompt, &job.opts) {
-            Err(e) => Err(e.to_string()),
-            Ok(mut stream) => {
-                for piece in stream.by_ref() {
-                    let piece: Piece = match piece {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    };
-                    text.push_str(&piece.text);
-                    ids.extend(piece.token);
-                    if let Some(w) = watched.as_mut() {
-                        if w.beat().is_err() {
-                            // Gone: end the generation.
-                            cancel.cancel();
-                            disconnected = true;
-                            break;
-                        }
-                    }
-                    if let Some(sse) = sse.as_mut() {
-                        if hold(&text) || piece.text.is_empty() {
-                            continue;
-                        }
-                        let delta = &text[sent..];
-                        let chunk = if chat {
-                            json!({"choices": [{"index": 0, "delta": {"content": delta}, "finish_reason": null}]})
-                        } else {
-                            json!({"choices": [{"index": 0, "text": delta, "logprobs": null, "finish_reason": null}]})
-                        };
-                        if sse.send(&base(chunk)).is_err() {
-                            // The client went away: end the generation.
-                            cancel.cancel();
-                            disconnected = true;
-                            break;
-                        }
-                        sent = text.len();
-                    }
-                }
-                match stream.finish() {
-                    Ok(g) => Ok((
-                        g.stop.name().to_string(),
-                        g.stats.prompt_tokens,
-                        g.stats.generated_tokens,
-                        g.stats.cached_tokens,
-                    )),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-        }
-    };
-    drop(lease);
-    if disconnected {
-        return;
-    }
-    let (stop, n_prompt, n_gen, n_cached) = match outcome {
-        Ok(o) => o,
-        Err(e) => {
-            let e = ApiError::server(e);
-            match (sse, watched.take()) {
-                (Some(mut sse), _) => {
-                    let _ = sse.send(&e.body());
-                    let _ = sse.done();
-                }
-                (None, Some(w)) => w.respond(e.status, &e.body()),
-                _ => {}
-            }
-            return;
-        }
-    };
-    let mut finish = openai::finish_reason(&stop);
-    let usage = openai::usage(n_prompt, n_gen, n_cached.min(n_prompt));
-    if let Some(mut sse) = sse {
-        let mut last = if chat {
-            let mut delta = json!({});
-            if sent < text.len() {
-                let (msg, is_call) =
-                    openai::assistant_message(&text[sent..], job.tools_offered, &id);
-                if is_call {
-                    finish = "tool_calls";
-                    delta["tool_calls"] = openai::tool_calls_json(
-                        &openai::parse_tool_calls(&text[sent..]).unwrap_or_default(),
-                        &id,
-                        true,
-                    );
-                } else {
-                    delta["content"] = msg["content"].clone();
-                }
-            }
-            json!({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-        } else {
-            json!({"choices": [{"index": 0, "text": &text[sent..], "logprobs": null, "finish_reason": finish}]})
-        };
-        if !job.settings.include_usage {
-            // Not OpenAI's, but harmless; clients ignore unknown fields.
-            last["usage"] = usage.clone();
-        }
-        if job.settings.return_tokens {
-            last["tokens"] = json!(ids);
-        }
-        if sse.send(&base(last)).is_err() {
-            return;
-        }
-        if job.settings.include_usage {
-            let _ = sse.send(&base(json!({"choices": [], "usage": usage})));
-        }
-        let _ = sse.done();
-    } else if let Some(w) = watched.take() {
-        let choice = if chat {
-            let (msg, is_call) = openai::assistant_message(&text, job.tools_offered, &id);
-            if is_call {
-                finish = "tool_calls";
-            }
-            json!({"index": 0, "message": msg, "logprobs": null, "finish_reason": finish})
-        } else {
-            json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
-        };
-        let mut v = base(json!({"choices": [choice], "usage": usage}));
-        if job.settings.return_tokens {
-            v["tokens"] = json!(ids);
-        }
-        w.respond(200, &v);
-    }
+    // The HTTP side only does I/O: a few threads are plenty; the engine's
+    // threads (blocking ones, one per request) do the work.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores.clamp(1, 4))
+        .thread_name("spinel-serve")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the HTTP runtime: {e}"))?;
+    let result = rt.block_on(async {
+        let signals = http::Signals::new()?;
+        let listener = http::listen(&args.host, args.port, args.send_buffer)
+            .await
+            .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
+        let addr = listener
+            .local_addr()
+            .map_or_else(|_| "?".into(), |a| a.to_string());
+        eprintln!(
+            "spinel serve: {} ({n_ctx}-token context, {} parallel, queue {}) listening on http://{addr}",
+            ctx.model_id, args.parallel, args.queue
+        );
+        http::serve(listener, Arc::clone(&ctx), signals).await
+    });
+    // Engine threads still running (a generation that did not stop in
+    // time) end with the process.
+    rt.shutdown_timeout(Duration::from_millis(500));
+    result
 }
 
 #[cfg(test)]

@@ -1,9 +1,15 @@
-//! The OpenAI API's shapes: request validation, the error object, tool calls
-//! in the Llama 3.1 JSON format, response bodies. Pure functions, no I/O.
+//! The OpenAI API's request settings and error object as the server speaks
+//! them. The message mapping and tool calls are the runtime's
+//! (`spinel_runtime::chat::openai`). Pure functions, no I/O.
 
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
+use spinel_runtime::chat::openai::InvalidRequest;
+pub use spinel_runtime::chat::openai::{
+    assistant_message, chat_input, json_kind as kind, tool_calls_json, uses_ipython_role,
+};
+pub use spinel_runtime::chat::tools::parse_tool_calls;
 use spinel_runtime::engine::GenerateOptions;
 use spinel_runtime::grammar::Grammar;
 
@@ -53,6 +59,29 @@ impl ApiError {
         }
     }
 
+    /// 503: the server cannot take the request now (a full queue, a wait
+    /// past the deadline, shutdown); answered with `Retry-After`.
+    pub fn unavailable(message: impl Into<String>, code: &'static str) -> Self {
+        ApiError {
+            status: 503,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+            code: Some(code),
+        }
+    }
+
+    /// Any other status, as an invalid request with a code (405, 408, 413).
+    pub fn status(status: u16, message: impl Into<String>, code: &'static str) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some(code),
+        }
+    }
+
     pub fn body(&self) -> Value {
         json!({"error": {
             "message": self.message,
@@ -60,6 +89,15 @@ impl ApiError {
             "param": self.param,
             "code": self.code,
         }})
+    }
+}
+
+impl From<InvalidRequest> for ApiError {
+    fn from(e: InvalidRequest) -> Self {
+        ApiError {
+            param: e.param,
+            ..ApiError::invalid(e.message, None)
+        }
     }
 }
 
@@ -110,18 +148,6 @@ fn boolean(body: &Map<String, Value>, key: &str) -> Result<bool, ApiError> {
             format!("'{key}' must be a boolean, not {}", kind(v)),
             Some(key),
         )),
-    }
-}
-
-/// The JSON type name of a value, for error messages.
-pub fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -336,206 +362,6 @@ pub fn check_model(body: &Map<String, Value>, served: &str) -> Result<(), ApiErr
     }
 }
 
-/// What a chat template is told: the messages (OpenAI's shape turned into
-/// what Hugging Face templates expect) and the tools.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChatInput {
-    pub messages: Value,
-    pub tools: Option<Value>,
-}
-
-/// Turns OpenAI `messages` (and `tools`) into template input.
-///
-/// * `content` may be a string, null, or a list of `{"type": "text"}` parts
-///   (joined);
-/// * assistant `tool_calls` keep their shape, with `function.arguments`
-///   (a JSON string in OpenAI's API) parsed into an object, as Hugging Face
-///   templates (Llama 3.1's `tojson`) expect;
-/// * `tool` messages become `ipython` messages when `ipython` is set (Llama
-///   3.1+ templates).
-pub fn chat_input(body: &Map<String, Value>, ipython: bool) -> Result<ChatInput, ApiError> {
-    let p = Some("messages");
-    let list = match body.get("messages") {
-        Some(Value::Array(list)) if !list.is_empty() => list,
-        Some(Value::Array(_)) => return Err(ApiError::invalid("'messages' must not be empty", p)),
-        None => return Err(ApiError::invalid("'messages' is required", p)),
-        Some(v) => {
-            return Err(ApiError::invalid(
-                format!("'messages' must be an array, not {}", kind(v)),
-                p,
-            ));
-        }
-    };
-    let mut out = Vec::with_capacity(list.len());
-    for (i, m) in list.iter().enumerate() {
-        let param = format!("messages[{i}]");
-        let Value::Object(m) = m else {
-            return Err(ApiError::invalid(
-                format!("{param} must be an object, not {}", kind(m)),
-                Some(&param),
-            ));
-        };
-        let role = match m.get("role") {
-            Some(Value::String(r)) => r.as_str(),
-            _ => {
-                return Err(ApiError::invalid(
-                    format!("{param}.role must be a string"),
-                    Some(&format!("{param}.role")),
-                ));
-            }
-        };
-        let role = match role {
-            "system" | "developer" => "system",
-            "user" => "user",
-            "assistant" => "assistant",
-            "tool" | "function" if ipython => "ipython",
-            "tool" | "function" => "tool",
-            other => {
-                return Err(ApiError::invalid(
-                    format!(
-                        "{param}.role must be one of system, user, assistant, tool; got '{other}'"
-                    ),
-                    Some(&format!("{param}.role")),
-                ));
-            }
-        };
-        let content = match m.get("content") {
-            None | Some(Value::Null) => String::new(),
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Array(parts)) => {
-                let mut text = String::new();
-                for part in parts {
-                    match part.get("text") {
-                        Some(Value::String(t)) => text.push_str(t),
-                        _ => {
-                            return Err(ApiError::invalid(
-                                format!("{param}.content parts must be text parts"),
-                                Some(&format!("{param}.content")),
-                            ));
-                        }
-                    }
-                }
-                text
-            }
-            Some(v) => {
-                return Err(ApiError::invalid(
-                    format!("{param}.content must be a string, not {}", kind(v)),
-                    Some(&format!("{param}.content")),
-                ));
-            }
-        };
-        let mut msg = Map::new();
-        msg.insert("role".into(), role.into());
-        msg.insert("content".into(), content.into());
-        if role == "assistant" {
-            if let Some(calls) = m.get("tool_calls").filter(|v| !v.is_null()) {
-                msg.insert("tool_calls".into(), template_tool_calls(calls, &param)?);
-            }
-        }
-        for key in ["tool_call_id", "name"] {
-            if let Some(v @ Value::String(_)) = m.get(key) {
-                msg.insert(key.into(), v.clone());
-            }
-        }
-        out.push(Value::Object(msg));
-    }
-    let tools = match body.get("tools") {
-        None | Some(Value::Null) => None,
-        Some(Value::Array(t)) if t.is_empty() => None,
-        Some(Value::Array(t)) => {
-            for (i, tool) in t.iter().enumerate() {
-                if tool
-                    .pointer("/function/name")
-                    .and_then(Value::as_str)
-                    .is_none()
-                {
-                    return Err(ApiError::invalid(
-                        format!(
-                            "tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}"
-                        ),
-                        Some(&format!("tools[{i}]")),
-                    ));
-                }
-            }
-            Some(Value::Array(t.clone()))
-        }
-        Some(v) => {
-            return Err(ApiError::invalid(
-                format!("'tools' must be an array, not {}", kind(v)),
-                Some("tools"),
-            ));
-        }
-    };
-    if body.get("tool_choice").and_then(Value::as_str) == Some("none") {
-        return Ok(ChatInput {
-            messages: Value::Array(out),
-            tools: None,
-        });
-    }
-    Ok(ChatInput {
-        messages: Value::Array(out),
-        tools,
-    })
-}
-
-fn template_tool_calls(calls: &Value, param: &str) -> Result<Value, ApiError> {
-    let bad = || {
-        ApiError::invalid(
-            format!(
-                "{param}.tool_calls must be a list of {{\"function\": {{\"name\", \"arguments\"}}}}"
-            ),
-            Some(&format!("{param}.tool_calls")),
-        )
-    };
-    let Value::Array(calls) = calls else {
-        return Err(bad());
-    };
-    let mut out = Vec::new();
-    for call in calls {
-        let name = call
-            .pointer("/function/name")
-            .and_then(Value::as_str)
-            .ok_or_else(bad)?;
-        let arguments = match call.pointer("/function/arguments") {
-            Some(Value::String(s)) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
-            Some(v) => v.clone(),
-            None => json!({}),
-        };
-        let mut c = json!({
-            "type": "function",
-            "function": {"name": name, "arguments": arguments},
-        });
-        if let Some(id) = call.get("id") {
-            c["id"] = id.clone();
-        }
-        out.push(c);
-    }
-    Ok(Value::Array(out))
-}
-
-pub use spinel_runtime::chat::tools::{ToolCall, parse_tool_calls};
-
-/// OpenAI's `tool_calls` array for parsed calls; `ids` names them.
-pub fn tool_calls_json(calls: &[ToolCall], id_base: &str, with_index: bool) -> Value {
-    Value::Array(
-        calls
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let mut v = json!({
-                    "id": format!("call_{id_base}_{i}"),
-                    "type": "function",
-                    "function": {"name": c.name, "arguments": c.arguments},
-                });
-                if with_index {
-                    v["index"] = json!(i);
-                }
-                v
-            })
-            .collect(),
-    )
-}
-
 /// OpenAI's `finish_reason` for an engine stop reason name.
 pub fn finish_reason(stop: &str) -> &'static str {
     match stop {
@@ -552,24 +378,6 @@ pub fn usage(prompt: usize, completion: usize, cached: usize) -> Value {
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": cached},
     })
-}
-
-/// The assistant message of a finished chat answer: tool calls when tools
-/// were offered and the text is a tool call, else the text.
-pub fn assistant_message(text: &str, tools_offered: bool, id_base: &str) -> (Value, bool) {
-    if tools_offered {
-        if let Some(calls) = parse_tool_calls(text) {
-            return (
-                json!({
-                    "role": "assistant",
-                    "content": null,
-                    "tool_calls": tool_calls_json(&calls, id_base, false),
-                }),
-                true,
-            );
-        }
-    }
-    (json!({"role": "assistant", "content": text}), false)
 }
 
 #[cfg(test)]
@@ -628,116 +436,6 @@ mod tests {
                 .unwrap_err()
                 .status,
             404
-        );
-    }
-
-    #[test]
-    fn messages_become_template_input() {
-        let body = obj(json!({
-            "messages": [
-                {"role": "system", "content": "be brief"},
-                {"role": "user", "content": [{"type": "text", "text": "wea"}, {"type": "text", "text": "ther?"}]},
-                {"role": "assistant", "content": null, "tool_calls": [
-                    {"id": "call_1", "type": "function",
-                     "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
-                {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp\": 21}"}
-            ],
-            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
-        }));
-        let input = chat_input(&body, true).unwrap();
-        let m = input.messages.as_array().unwrap();
-        assert_eq!(m[1]["content"], "weather?");
-        assert_eq!(
-            m[2]["tool_calls"][0]["function"]["arguments"],
-            json!({"city": "Paris"})
-        );
-        assert_eq!(m[3]["role"], "ipython");
-        assert_eq!(m[3]["tool_call_id"], "call_1");
-        assert!(input.tools.is_some());
-        assert_eq!(
-            chat_input(&body, false).unwrap().messages[3]["role"],
-            "tool"
-        );
-        let bad = obj(json!({"messages": [{"role": "wizard", "content": "x"}]}));
-        assert_eq!(
-            chat_input(&bad, true).unwrap_err().param.as_deref(),
-            Some("messages[0].role")
-        );
-        assert!(chat_input(&obj(json!({"messages": "hi"})), true).is_err());
-        assert!(chat_input(&obj(json!({"messages": []})), true).is_err());
-    }
-
-    #[test]
-    fn assistant_message_maps_tool_calls() {
-        let (m, is_call) = assistant_message(
-            "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}",
-            true,
-            "x",
-        );
-        assert!(is_call);
-        assert_eq!(m["content"], Value::Null);
-        assert_eq!(m["tool_calls"][0]["id"], "call_x_0");
-        assert_eq!(m["tool_calls"][0]["function"]["name"], "get_weather");
-        let args: Value = serde_json::from_str(
-            m["tool_calls"][0]["function"]["arguments"]
-                .as_str()
-                .unwrap(),
-        )
-        .unwrap();
-        assert_eq!(args, json!({"city": "Paris"}));
-        // Without tools offered, the same text is just text.
-        let (m, is_call) = assistant_message("{\"name\": \"f\", \"parameters\": {}}", false, "x");
-        assert!(!is_call);
-        assert_eq!(m["content"], "{\"name\": \"f\", \"parameters\": {}}");
-    }
-
-    /// A Llama 3.1-style tools template (the chat compatibility tests'
-    /// `tools_header.jinja`) renders OpenAI tools, an assistant tool call
-    /// and its `tool` answer the way Llama 3.1 was trained on.
-    #[test]
-    fn llama_3_1_template_renders_tools_and_tool_results() {
-        let source = include_str!("../../../runtime/tests/chat_compat/tools_header.jinja");
-        let template =
-            spinel_runtime::chat::ChatTemplate::new(source, "<|begin_of_text|>", "<|eot_id|>")
-                .unwrap();
-        let body = obj(json!({
-            "messages": [
-                {"role": "user", "content": "Weather in Paris?"},
-                {"role": "assistant", "content": null, "tool_calls": [
-                    {"id": "call_1", "type": "function",
-                     "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
-                {"role": "tool", "tool_call_id": "call_1", "content": "21 degrees"}
-            ],
-            "tools": [{"type": "function", "function": {
-                "name": "get_weather", "description": "Current weather",
-                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
-        }));
-        let input = chat_input(&body, true).unwrap();
-        let mut extra = Map::new();
-        extra.insert("tools".into(), input.tools.unwrap());
-        let text = template.render_json(&input.messages, true, &extra).unwrap();
-        assert!(text.contains("Environment: ipython"), "{text}");
-        assert!(text.contains("\"name\": \"get_weather\""), "{text}");
-        assert!(text.contains("Current weather"), "{text}");
-        assert!(
-            text.contains("{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}"),
-            "{text}"
-        );
-        assert!(
-            text.contains("<|start_header_id|>ipython<|end_header_id|>\n\n21 degrees<|eot_id|>"),
-            "{text}"
-        );
-        assert!(text.ends_with("<|start_header_id|>assistant<|end_header_id|>\n\n"));
-        // What the model answers in that format maps back to the call.
-        let (m, is_call) = assistant_message(
-            "<|python_tag|>{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}",
-            true,
-            "t",
-        );
-        assert!(is_call);
-        assert_eq!(
-            m["tool_calls"][0]["function"]["arguments"],
-            "{\"city\":\"Paris\"}"
         );
     }
 }

@@ -9,7 +9,8 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Asserts that a finished command succeeded, naming it and showing its
 /// stderr when it did not; returns its (stdout, stderr).
@@ -110,6 +111,8 @@ pub fn scratch_dir(name: &str) -> PathBuf {
 pub struct Server {
     pub child: Child,
     pub base: String,
+    /// The server's stderr lines so far.
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Drop for Server {
@@ -119,8 +122,52 @@ impl Drop for Server {
     }
 }
 
+impl Server {
+    /// `host:port`.
+    pub fn addr(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
+    /// Waits (at most `timeout`) for a stderr line containing `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM (through `kill`, as an init system would).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits (at most `timeout`) for the server to exit; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return Some(s);
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// Starts `spinel serve ARGS` on `127.0.0.1:0` and waits for its address;
-/// its stderr is echoed (prefixed `server:`).
+/// its stderr is echoed (prefixed `server:`) and kept in `Server::log`.
 pub fn start(args: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_spinel"))
         .arg("serve")
@@ -132,24 +179,29 @@ pub fn start(args: &[&str]) -> Server {
         .spawn()
         .expect("spawn spinel serve");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let log = Arc::new(Mutex::new(Vec::new()));
     let mut base = None;
     for line in lines.by_ref() {
         let line = line.unwrap();
         eprintln!("server: {line}");
+        log.lock().unwrap().push(line.clone());
         if let Some(i) = line.find("listening on ") {
             base = Some(line[i + "listening on ".len()..].trim().to_string());
             break;
         }
     }
     // Keep draining the server's stderr so it never blocks on it.
+    let kept = Arc::clone(&log);
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
             eprintln!("server: {line}");
+            kept.lock().unwrap().push(line);
         }
     });
     let server = Server {
         child,
         base: base.expect("the server printed its address"),
+        log,
     };
     assert!(
         server.base.starts_with("http://127.0.0.1:"),
@@ -162,13 +214,91 @@ pub fn start(args: &[&str]) -> Server {
 /// `GET PATH` from a test server (HTTP/1.0, so the body is neither chunked
 /// nor kept alive); returns the status line and the body.
 pub fn get(server: &Server, path: &str) -> (String, String) {
+    let r = http(server, "GET", path, None);
+    (r.status_line, r.body)
+}
+
+/// A response read by [`http`].
+#[derive(Debug)]
+pub struct Reply {
+    pub status_line: String,
+    pub status: u16,
+    /// Header lines, `name: value`, names lower-cased.
+    pub headers: Vec<String>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let prefix = format!("{}:", name.to_ascii_lowercase());
+        self.headers
+            .iter()
+            .find_map(|h| h.strip_prefix(&prefix))
+            .map(str::trim)
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status_line, self.body))
+    }
+
+    /// The `data:` payloads of a server-sent event stream.
+    pub fn events(&self) -> Vec<String> {
+        self.body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// One HTTP/1.0 request (the server closes the connection after the
+/// response, streamed or not), read to its end.
+pub fn http(server: &Server, method: &str, path: &str, body: Option<&str>) -> Reply {
     use std::io::{Read, Write};
-    let addr = server.base.trim_start_matches("http://");
+    let addr = server.addr();
     let mut s = std::net::TcpStream::connect(addr).expect("connect to the test server");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).unwrap();
+    let reply = String::from_utf8_lossy(&reply).into_owned();
     let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
-    let status = head.lines().next().unwrap_or_default().to_string();
-    (status, body.to_string())
+    let mut lines = head.lines();
+    let status_line = lines.next().unwrap_or_default().to_string();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Reply {
+        status_line,
+        status,
+        headers: lines
+            .map(|l| match l.split_once(':') {
+                Some((k, v)) => format!("{}:{v}", k.to_ascii_lowercase()),
+                None => l.to_string(),
+            })
+            .collect(),
+        body: body.to_string(),
+    }
+}
+
+/// `POST PATH` with a JSON body.
+pub fn post(server: &Server, path: &str, body: &serde_json::Value) -> Reply {
+    http(server, "POST", path, Some(&body.to_string()))
+}
+
+/// The model file the tests serve, and the id the API gives it.
+pub fn test_model() -> (PathBuf, String) {
+    let model = spinel_runtime::cache::test_model();
+    let name = model.file_name().unwrap().to_string_lossy().into_owned();
+    let id = name.strip_suffix(".gguf").unwrap_or(&name).to_string();
+    (model, id)
 }

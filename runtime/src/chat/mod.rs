@@ -30,6 +30,7 @@
 //! recognised, and without adding a second BOS when it already starts with one.
 
 mod json;
+pub mod openai;
 mod request;
 mod time;
 pub mod tools;

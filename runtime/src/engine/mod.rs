@@ -42,6 +42,7 @@
 
 mod batch;
 mod error;
+mod pool;
 mod saved;
 mod session;
 mod speculative;
@@ -58,6 +59,7 @@ use crate::tokenizer::Tokenizer;
 
 pub use batch::{BatchStats, Batcher};
 pub use error::EngineError;
+pub use pool::{Panicked, PoolError, PooledSession, Reusable, SessionPool, common_prefix};
 pub use session::{Generation, Piece, Session, Stats, StopReason, Stream};
 pub use speculative::{Draft, SpeculativeOptions, lookup_draft};
 
