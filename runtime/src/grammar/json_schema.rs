@@ -802,15 +802,7 @@ fn sanitize(base: &str) -> String {
 }
 
 fn describe(v: &Value) -> String {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-    .to_owned()
+    crate::chat::openai::json_kind(v).to_owned()
 }
 
 fn invalid(path: &str, keyword: &str, reason: &str) -> SchemaError {
