@@ -151,6 +151,19 @@ fn metrics_are_prometheus_text_that_follows_the_requests() {
         1.0
     );
     assert!(grew("spinel_decode_steps_total") >= 5.0, "{after:?}");
+    // The batch-size histogram covers every pass and every decode row.
+    let passes = metric(&after, "spinel_batch_rows_count");
+    assert_eq!(passes, metric(&after, "spinel_decode_steps_total"));
+    assert_eq!(
+        metric(&after, "spinel_batch_rows_sum"),
+        metric(&after, "spinel_decode_rows_total")
+    );
+    assert_eq!(
+        metric(&after, "spinel_batch_rows_bucket{le=\"+Inf\"}"),
+        passes
+    );
+    // One client at a time: no pass had more than one sequence.
+    assert_eq!(metric(&after, "spinel_batch_rows_bucket{le=\"1\"}"), passes);
     assert!(
         metric(
             &after,

@@ -8,6 +8,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use spinel_runtime::engine::BatchStats;
+
 /// A histogram with fixed bucket bounds (seconds).
 struct Histogram {
     bounds: &'static [f64],
@@ -55,6 +57,24 @@ impl Histogram {
     }
 }
 
+/// The batcher's passes by their decode rows, as a histogram.
+fn render_batch_sizes(out: &mut String, g: &Gauges) {
+    let name = "spinel_batch_rows";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Sequences per batched forward pass (continuous batching).\n# TYPE {name} histogram"
+    );
+    let mut total = 0;
+    for (i, n) in g.rows_per_step.iter().enumerate() {
+        total += n;
+        let le = BatchStats::ROW_BOUNDS
+            .get(i)
+            .map_or("+Inf".to_string(), u64::to_string);
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {total}");
+    }
+    let _ = writeln!(out, "{name}_sum {}\n{name}_count {total}", g.decode_rows);
+}
+
 const LATENCY_BOUNDS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
@@ -96,6 +116,8 @@ pub struct Gauges {
     pub connections: usize,
     pub decode_steps: u64,
     pub decode_rows: u64,
+    /// Batched passes by decode rows (the batcher's slots).
+    pub rows_per_step: [u64; 8],
 }
 
 impl Metrics {
@@ -266,6 +288,7 @@ impl Metrics {
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
+        render_batch_sizes(&mut out, g);
         self.ttft.render(
             &mut out,
             "spinel_time_to_first_token_seconds",

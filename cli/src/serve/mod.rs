@@ -162,6 +162,7 @@ impl Ctx {
             connections: self.connections.load(Ordering::Relaxed),
             decode_steps: batch.steps,
             decode_rows: batch.rows,
+            rows_per_step: batch.rows_per_step,
         }
     }
 }

@@ -81,6 +81,7 @@ pub struct Batcher {
     rows: AtomicU64,
     prompt_rows: AtomicU64,
     mixed_steps: AtomicU64,
+    rows_per_step: [AtomicU64; 8],
 }
 
 impl std::fmt::Debug for Batcher {
@@ -103,6 +104,16 @@ pub struct BatchStats {
     pub prompt_rows: u64,
     /// Passes that mixed prompt chunks with decode steps.
     pub mixed_steps: u64,
+    /// Passes by their decode rows: `rows_per_step[i]` counts the passes
+    /// with at most [`BatchStats::ROW_BOUNDS`]`[i]` rows (more than all the
+    /// bounds in the last slot); prompt-only passes count as 0 rows.
+    pub rows_per_step: [u64; 8],
+}
+
+impl BatchStats {
+    /// Upper bounds of [`rows_per_step`](Self::rows_per_step)'s slots but
+    /// the last.
+    pub const ROW_BOUNDS: [u64; 7] = [1, 2, 4, 8, 16, 32, 64];
 }
 
 /// A session counted among the generating ones while this lives.
@@ -141,6 +152,7 @@ impl Batcher {
             rows: self.rows.load(Ordering::Relaxed),
             prompt_rows: self.prompt_rows.load(Ordering::Relaxed),
             mixed_steps: self.mixed_steps.load(Ordering::Relaxed),
+            rows_per_step: std::array::from_fn(|i| self.rows_per_step[i].load(Ordering::Relaxed)),
         }
     }
 
@@ -310,6 +322,11 @@ impl Batcher {
         if prompt > 0 && decode > 0 {
             self.mixed_steps.fetch_add(1, Ordering::Relaxed);
         }
+        let slot = BatchStats::ROW_BOUNDS
+            .iter()
+            .position(|&b| decode as u64 <= b)
+            .unwrap_or(BatchStats::ROW_BOUNDS.len());
+        self.rows_per_step[slot].fetch_add(1, Ordering::Relaxed);
     }
 }
 
