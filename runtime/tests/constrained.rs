@@ -3,26 +3,17 @@
 //! validator), GBNF grammars hold, and a grammar that allows everything the
 //! model says changes nothing.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 use spinel_runtime::engine::{Engine, EngineError, GenerateOptions, SessionOptions, StopReason};
 use spinel_runtime::grammar::{Grammar, Matcher};
 use spinel_runtime::sampling::SamplingParams;
 
+mod common;
+
 fn engine() -> Arc<Engine> {
-    static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
-    ENGINE
-        .get_or_init(|| {
-            let path = spinel_runtime::cache::test_model();
-            assert!(
-                path.is_file(),
-                "the SmolLM2 test model is missing at {}: run scripts/fetch-model.sh",
-                path.display()
-            );
-            Arc::new(Engine::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        })
-        .clone()
+    common::test_engine()
 }
 
 fn session() -> spinel_runtime::engine::Session {

@@ -18,7 +18,7 @@
 //! here is a few tokens long.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock, mpsc};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
@@ -38,20 +38,10 @@ fn model_path() -> PathBuf {
     spinel_runtime::cache::test_model()
 }
 
+mod common;
+
 fn engine() -> Arc<Engine> {
-    static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
-    ENGINE
-        .get_or_init(|| {
-            let path = model_path();
-            assert!(
-                path.is_file(),
-                "the SmolLM2 test model is missing at {}: run scripts/fetch-model.sh \
-                 (or set SPINEL_TEST_MODEL)",
-                path.display()
-            );
-            Arc::new(Engine::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        })
-        .clone()
+    common::test_engine()
 }
 
 fn testdata() -> PathBuf {

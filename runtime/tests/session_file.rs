@@ -9,25 +9,16 @@
 //!   session stays usable (empty).
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use spinel_runtime::engine::{Engine, EngineError, GenerateOptions, Session, SessionOptions};
 use spinel_runtime::model::KvType;
 use spinel_runtime::sampling::SamplingParams;
 
+mod common;
+
 fn engine() -> Arc<Engine> {
-    static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
-    ENGINE
-        .get_or_init(|| {
-            let path = spinel_runtime::cache::test_model();
-            assert!(
-                path.is_file(),
-                "the SmolLM2 test model is missing at {}: run scripts/fetch-model.sh",
-                path.display()
-            );
-            Arc::new(Engine::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        })
-        .clone()
+    common::test_engine()
 }
 
 fn session(n_ctx: usize, kv_type: KvType) -> Session {

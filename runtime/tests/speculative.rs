@@ -3,7 +3,7 @@
 //! (the same random stream) and under a grammar — while drafts are
 //! accepted and several tokens come out of one forward pass.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use spinel_runtime::engine::{
     Engine, EngineError, GenerateOptions, Generation, SessionOptions, SpeculativeOptions,
@@ -13,19 +13,10 @@ use spinel_runtime::model::StateOptions;
 use spinel_runtime::sampling::SamplingParams;
 use spinel_runtime::synthetic::Spec;
 
+mod common;
+
 fn engine() -> Arc<Engine> {
-    static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
-    ENGINE
-        .get_or_init(|| {
-            let path = spinel_runtime::cache::test_model();
-            assert!(
-                path.is_file(),
-                "the SmolLM2 test model is missing at {}: run scripts/fetch-model.sh",
-                path.display()
-            );
-            Arc::new(Engine::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        })
-        .clone()
+    common::test_engine()
 }
 
 fn chat(question: &str, opts: &GenerateOptions) -> Generation {

@@ -79,10 +79,7 @@ impl TokenConstraint {
                 self.masked[t] = f32::NEG_INFINITY;
             }
         }
-        let mut masked = std::mem::take(&mut self.masked);
-        let drawn = sampler.sample(&masked);
-        std::mem::swap(&mut self.masked, &mut masked);
-        drawn
+        sampler.sample(&self.masked)
     }
 
     /// Moves the grammar past token `id` (end-of-generation tokens leave it

@@ -501,36 +501,8 @@ fn render(e: &Expr, prec: u8, out: &mut String) {
         Expr::Lit(s) => render_literal(s, out),
         Expr::Class(c) => out.push_str(c),
         Expr::Rule(name) => out.push_str(name),
-        Expr::Seq(items) => {
-            let paren = prec >= 2;
-            if paren {
-                out.push_str("( ");
-            }
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(' ');
-                }
-                render(item, 1, out);
-            }
-            if paren {
-                out.push_str(" )");
-            }
-        }
-        Expr::Alt(items) => {
-            let paren = prec >= 1;
-            if paren {
-                out.push_str("( ");
-            }
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(" | ");
-                }
-                render(item, 1, out);
-            }
-            if paren {
-                out.push_str(" )");
-            }
-        }
+        Expr::Seq(items) => render_joined(items, " ", prec >= 2, out),
+        Expr::Alt(items) => render_joined(items, " | ", prec >= 1, out),
         Expr::Repeat(item, min, max) => {
             let multi_char = matches!(&**item, Expr::Lit(s) if s.chars().count() > 1);
             if multi_char {
@@ -549,6 +521,22 @@ fn render(e: &Expr, prec: u8, out: &mut String) {
                 (n, Some(m)) => out.push_str(&format!("{{{n},{m}}}")),
             }
         }
+    }
+}
+
+/// `items` separated by `sep`, in parentheses when `paren`.
+fn render_joined(items: &[Expr], sep: &str, paren: bool, out: &mut String) {
+    if paren {
+        out.push_str("( ");
+    }
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(sep);
+        }
+        render(item, 1, out);
+    }
+    if paren {
+        out.push_str(" )");
     }
 }
 

@@ -204,3 +204,22 @@ impl Raw {
         std::mem::take(&mut self.0)
     }
 }
+
+/// The SmolLM2 demo model, loaded once per test binary.
+pub fn test_engine() -> std::sync::Arc<spinel_runtime::engine::Engine> {
+    use std::sync::{Arc, OnceLock};
+    static ENGINE: OnceLock<Arc<spinel_runtime::engine::Engine>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let path = spinel_runtime::cache::test_model();
+            assert!(
+                path.is_file(),
+                "the SmolLM2 test model is missing at {}: run scripts/fetch-model.sh \
+                 (or set SPINEL_TEST_MODEL)",
+                path.display()
+            );
+            let engine = spinel_runtime::engine::Engine::load(&path);
+            Arc::new(engine.unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        })
+        .clone()
+}
