@@ -453,6 +453,7 @@ impl Session {
             spec: opts.speculative.clone().map(|opts| Spec {
                 opts,
                 draft: Vec::new(),
+                batch: Vec::new(),
                 logits: Vec::new(),
                 ready: VecDeque::new(),
             }),
@@ -744,17 +745,17 @@ impl Stream<'_> {
         if spec.draft.is_empty() || spec.draft.len() < spec.opts.draft_min {
             return Ok(false);
         }
-        let mut batch = Vec::with_capacity(spec.draft.len() + 1);
-        batch.push(last);
-        batch.extend_from_slice(&spec.draft);
+        spec.batch.clear();
+        spec.batch.push(last);
+        spec.batch.extend_from_slice(&spec.draft);
         let model = self.engine.model();
-        let (state, logits) = (&mut core.state, &mut spec.logits);
+        let (state, batch, logits) = (&mut core.state, &spec.batch, &mut spec.logits);
         if core.batched {
             self.engine
                 .batcher()
-                .exclusive(|| model.forward_verify(state, &batch, logits))?;
+                .exclusive(|| model.forward_verify(state, batch, logits))?;
         } else {
-            model.forward_verify(state, &batch, logits)?;
+            model.forward_verify(state, batch, logits)?;
         }
         let n_vocab = model.config().n_vocab;
         let tok = self.engine.tokenizer();
@@ -913,6 +914,8 @@ struct Spec {
     opts: SpeculativeOptions,
     /// This round's draft.
     draft: Vec<u32>,
+    /// The verification batch: the last token and the draft.
+    batch: Vec<u32>,
     /// The verification pass's logits, one row per batch position.
     logits: Vec<f32>,
     /// Tokens sampled in the last round, not yet handed out.
