@@ -97,3 +97,63 @@ fn a_panicking_generation_is_a_500_and_the_server_goes_on() {
         "{m}"
     );
 }
+
+/// What makes a request hold its session for 3 s before generating (see
+/// `cli/src/serve/generate.rs`).
+const HOLD_MAGIC: &str = "spinel-fault-injection:hold";
+
+#[test]
+fn a_request_still_queued_at_its_deadline_gets_503() {
+    let (model, _) = test_model();
+    let server = start(&[
+        "-m",
+        model.to_str().unwrap(),
+        "-c",
+        "1024",
+        "-t",
+        "2",
+        "--parallel",
+        "1",
+        "--timeout-request",
+        "1",
+        "--metrics",
+    ]);
+    std::thread::scope(|s| {
+        let server = &server;
+        // A holds the only session for 3 s, past every deadline.
+        let a = s.spawn(move || {
+            post(
+                server,
+                "/v1/chat/completions",
+                &ask(&format!("Say hello. {HOLD_MAGIC}"), false),
+            )
+        });
+        let busy = std::time::Instant::now();
+        let busy_now = || {
+            let h: Value = serde_json::from_str(&common::get(server, "/health").1).unwrap();
+            h["busy"] == 1
+        };
+        while !busy_now() {
+            assert!(busy.elapsed().as_secs() < 30, "A never took the session");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // B queues behind it and gives up at its 1 s deadline.
+        let b = post(server, "/v1/chat/completions", &ask("Say hello.", false));
+        assert_eq!(b.status, 503, "{}", b.body);
+        assert_eq!(b.header("retry-after"), Some("1"), "{:?}", b.headers);
+        let e = b.json();
+        assert_eq!(e["error"]["code"], "queue_timeout", "{e}");
+        // A's own deadline passed while it held the session: it still
+        // answers, stopped early.
+        let a = a.join().unwrap();
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.json()["choices"][0]["finish_reason"], "length");
+    });
+    let m = common::http(&server, "GET", "/metrics", None).body;
+    assert!(
+        m.lines()
+            .any(|l| l
+                == "spinel_requests_total{endpoint=\"/v1/chat/completions\",status=\"503\"} 1"),
+        "{m}"
+    );
+}

@@ -31,6 +31,15 @@ use super::{Ctx, now_secs, random_seed};
 #[cfg(feature = "fault-injection")]
 pub const PANIC_MAGIC: &str = "spinel-fault-injection:panic";
 
+/// A prompt containing this holds its session for [`HOLD_FOR`] before
+/// generating, in a build with the `fault-injection` feature (tests only):
+/// a way to keep the queue behind it waiting past its deadline.
+#[cfg(feature = "fault-injection")]
+pub const HOLD_MAGIC: &str = "spinel-fault-injection:hold";
+
+#[cfg(feature = "fault-injection")]
+const HOLD_FOR: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A prepared generation: the prompt and how to run it.
 struct Job {
     chat: bool,
@@ -42,6 +51,8 @@ struct Job {
     deadline: Instant,
     #[cfg(feature = "fault-injection")]
     panic: bool,
+    #[cfg(feature = "fault-injection")]
+    hold: bool,
 }
 
 /// The engine side of one request (see the [module docs](self)).
@@ -67,6 +78,10 @@ pub fn work(
         Err(e) => return reply.error(&pool_error(&e, ctx)),
     };
     ctx.metrics.queued(t0.elapsed());
+    #[cfg(feature = "fault-injection")]
+    if job.hold {
+        std::thread::sleep(HOLD_FOR);
+    }
     let mut answer = Answer::new(ctx, &job);
     let outcome = session.run(|s| generate(s, ctx, &job, ticket, &mut reply, &mut answer));
     if matches!(outcome, Ok(Err(_))) {
@@ -478,6 +493,8 @@ fn prepare(
         deadline: received + ctx.timeout_request,
         #[cfg(feature = "fault-injection")]
         panic: text.contains(PANIC_MAGIC),
+        #[cfg(feature = "fault-injection")]
+        hold: text.contains(HOLD_MAGIC),
     })
 }
 
