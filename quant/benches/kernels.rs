@@ -216,6 +216,49 @@ fn gemv(c: &mut Criterion) {
     }
 }
 
+/// Speculative verification's products: 8 activation rows (a draft) times
+/// a 64-row weight tile, each row with the one-row kernel's bits:
+/// `gemv_rows` against one `gemm` call per row.
+fn verify(c: &mut Criterion) {
+    let tables: Vec<&Kernels> = Kernels::all_supported().collect();
+    let scalar = tables[0];
+    let (m, n) = (8, 64);
+    for (ty, k) in [
+        (GgmlType::Q4_0, 576),
+        (GgmlType::Q4_1, 576),
+        (GgmlType::Q8_0, 576),
+        (GgmlType::Q4_0, 2048),
+    ] {
+        let adt = ty.vec_dot_type();
+        let (wrow, arow) = (ty.row_size(k).unwrap(), adt.row_size(k).unwrap());
+        let mut w = vec![0u8; wrow * n];
+        for (r, out) in w.chunks_exact_mut(wrow).enumerate() {
+            (scalar.of(ty).from_float)(&data(k, r as u64 + 7), out);
+        }
+        let mut a = vec![0u8; arow * m];
+        for (r, out) in a.chunks_exact_mut(arow).enumerate() {
+            (scalar.of(adt).from_float)(&data(k, r as u64 + 1000), out);
+        }
+        let mut out = vec![0f32; m * n];
+        let mut g = c.benchmark_group(format!("verify/{ty}/{m}x{n}x{k}"));
+        g.throughput(Throughput::Bytes((w.len() * m) as u64));
+        for kern in &tables[1..] {
+            g.bench_function(BenchmarkId::from_parameter(kern.isa()), |b| {
+                b.iter(|| kern.gemv_rows(ty, k, black_box(&w), black_box(&a), &mut out, n))
+            });
+            let id = format!("{}/per-row", kern.isa());
+            g.bench_function(BenchmarkId::from_parameter(id), |b| {
+                b.iter(|| {
+                    for (ar, o) in a.chunks_exact(arow).zip(out.chunks_exact_mut(n)) {
+                        kern.gemm(ty, k, black_box(&w), black_box(ar), o, n);
+                    }
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
 fn fwht(c: &mut Criterion) {
     for n in [64usize, 576, 1536, 4096, 14336] {
         let mut x = data(n, 5);
@@ -239,6 +282,6 @@ criterion_group! {
         .warm_up_time(std::time::Duration::from_millis(300))
         .measurement_time(std::time::Duration::from_secs(1))
         .sample_size(20);
-    targets = vec_dot, quantize_activations, gemm, gemv, fwht
+    targets = vec_dot, quantize_activations, gemm, gemv, verify, fwht
 }
 criterion_main!(benches);

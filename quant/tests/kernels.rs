@@ -490,3 +490,57 @@ fn one_row_products_match_scalar_and_do_not_depend_on_the_split() {
         }
     }
 }
+
+/// `gemv_rows` (speculative decoding's verification): every activation row
+/// gets the bits of the one-row product of that row alone, however many
+/// rows share the call, on every ISA and type.
+#[test]
+fn several_rows_give_each_row_its_one_row_bits() {
+    let edge = edge_rows(3 * QK_K);
+    let gauss = &edge.iter().find(|(n, _)| *n == "gauss").unwrap().1;
+    for k in [64, 576, QK_K, 4096 + 576] {
+        for ty in GgmlType::ALL {
+            if k % ty.block_size() != 0 {
+                continue;
+            }
+            let adt = ty.vec_dot_type();
+            let (n, ldo) = (11, 14);
+            let arow = adt.row_size(k).unwrap();
+            let w: Vec<u8> = (0..n)
+                .flat_map(|j| quantize(scalar(), ty, &gauss_row(gauss, k, j)))
+                .collect();
+            let a: Vec<u8> = (0..9)
+                .flat_map(|i| quantize(scalar(), adt, &gauss_row(gauss, k, 1000 + i)))
+                .collect();
+            for kern in Kernels::all_supported() {
+                let alone: Vec<Vec<f32>> = a
+                    .chunks_exact(arow)
+                    .map(|ar| {
+                        let mut o = vec![f32::NAN; n];
+                        kern.gemm(ty, k, &w, ar, &mut o, n);
+                        o
+                    })
+                    .collect();
+                for m in [1, 2, 3, 4, 5, 8, 9] {
+                    let mut out = vec![f32::NAN; m * ldo];
+                    kern.gemv_rows(ty, k, &w, &a[..m * arow], &mut out, ldo);
+                    for (i, want) in alone[..m].iter().enumerate() {
+                        let got = &out[i * ldo..i * ldo + n];
+                        assert!(
+                            got.iter()
+                                .zip(want)
+                                .all(|(g, w)| g.to_bits() == w.to_bits()),
+                            "{} {ty} k={k}: row {i} of {m}: {got:?} vs alone {want:?}",
+                            kern.isa()
+                        );
+                        assert!(
+                            out[i * ldo + n..(i + 1) * ldo].iter().all(|v| v.is_nan()),
+                            "{} {ty}: wrote past the row's {n} outputs",
+                            kern.isa()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -59,6 +59,11 @@ pub struct TypeKernels {
     /// A specialised [`GemvFn`] for one activation row; `None` means
     /// [`Kernels::gemm`] with one row goes to `gemm` (or `vec_dot`).
     pub gemv: Option<GemvFn>,
+    /// A [`GemmFn`] for several activation rows whose every row is
+    /// bit-identical to `gemv` on that row alone, while each weight block
+    /// is unpacked once for a group of rows; `None` means
+    /// [`Kernels::gemv_rows`] calls the one-row path per row.
+    pub gemv_rows: Option<GemmFn>,
 }
 
 /// An instruction-set level a kernel table targets.
@@ -366,6 +371,56 @@ impl Kernels {
             let o = &mut out[i * ldo..i * ldo + n];
             for (oj, wr) in o.iter_mut().zip(w.chunks_exact(wrow)) {
                 *oj = (tk.vec_dot)(wr, ar);
+            }
+        }
+    }
+
+    #[allow(dead_code)] // only ISAs with multi-row one-row kernels call it
+    pub(crate) const fn set_gemv_rows(mut self, t: GgmlType, f: GemmFn) -> Kernels {
+        self.types[slot(t)].gemv_rows = Some(f);
+        self
+    }
+
+    /// As [`gemm`](Self::gemm), but every activation row's result has the
+    /// bits that `gemm` gives for that row alone (the one-row kernel's), so
+    /// that a row does not depend on how many rows share the call:
+    /// speculative decoding's exact verification. Uses the table's
+    /// multi-row one-row kernel where there is one.
+    ///
+    /// # Panics
+    /// As [`gemm`](Self::gemm).
+    pub fn gemv_rows(
+        &self,
+        t: GgmlType,
+        k: usize,
+        w: &[u8],
+        a: &[u8],
+        out: &mut [f32],
+        ldo: usize,
+    ) {
+        let arow = t
+            .vec_dot_type()
+            .row_size(k)
+            .expect("k is a whole number of activation blocks");
+        match self.of(t).gemv_rows {
+            Some(g) if a.len() > arow => {
+                let wrow = t.row_size(k).expect("k is a whole number of weight blocks");
+                assert!(
+                    wrow > 0 && w.len() % wrow == 0 && a.len() % arow == 0,
+                    "gemv_rows: partial rows"
+                );
+                let (n, m) = (w.len() / wrow, a.len() / arow);
+                assert!(
+                    ldo >= n && out.len() >= (m - 1) * ldo + n,
+                    "gemv_rows: output too small"
+                );
+                g(k, w, a, out, ldo)
+            }
+            _ => {
+                assert!(arow > 0 && a.len() % arow == 0, "gemv_rows: partial rows");
+                for (ar, o) in a.chunks_exact(arow).zip(out.chunks_mut(ldo)) {
+                    self.gemm(t, k, w, ar, o, ldo.min(o.len()));
+                }
             }
         }
     }

@@ -13,6 +13,7 @@ macro_rules! entry {
             vec_dot: vec_dot!($b, $a, $dot),
             gemm: None,
             gemv: None,
+            gemv_rows: None,
         }
     };
 }

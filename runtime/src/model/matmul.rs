@@ -350,8 +350,8 @@ impl<'a> Task<'a> {
         j0..(j0 + self.tile_rows).min(self.rows)
     }
 
-    /// [`Kernels::gemm`], or with `row_invariant` the one-row product once
-    /// per activation row (`arb` bytes each).
+    /// [`Kernels::gemm`], or with `row_invariant` [`Kernels::gemv_rows`]
+    /// (each activation row, `arb` bytes, as the one-row product gives it).
     #[allow(clippy::too_many_arguments)]
     fn gemm(
         &self,
@@ -365,9 +365,7 @@ impl<'a> Task<'a> {
     ) {
         let k = Kernels::get();
         if self.row_invariant && a.len() > arb {
-            for (ar, o) in a.chunks_exact(arb).zip(out.chunks_exact_mut(tn)) {
-                k.gemm(ty, cols, w, ar, o, tn);
-            }
+            k.gemv_rows(ty, cols, w, a, out, tn);
         } else {
             k.gemm(ty, cols, w, a, out, tn);
         }

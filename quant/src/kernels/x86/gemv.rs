@@ -129,7 +129,8 @@ macro_rules! gemv_512 {
         #[inline]
         #[target_feature(enable = $feat)]
         fn halves(q: [&[i8; 32]; 4]) -> [__m512i; 2] {
-            let h = |b: usize, k: usize| -> &[i8; 16] { q[b][16 * k..16 * k + 16].try_into().unwrap() };
+            let h =
+                |b: usize, k: usize| -> &[i8; 16] { q[b][16 * k..16 * k + 16].try_into().unwrap() };
             core::array::from_fn(|k| {
                 let v = _mm512_castsi128_si512(ld128(h(0, k)));
                 let v = _mm512_inserti32x4::<1>(v, ld128(h(1, k)));
@@ -152,9 +153,17 @@ macro_rules! gemv_512 {
         fn quad_off<const SH: u32>(a: &[BlockQ8_0]) -> Quad {
             let b: [&BlockQ8_0; 4] = core::array::from_fn(|i| a.get(i).unwrap_or(&Z0));
             let y = halves(b.map(|b| &b.qs));
-            let off = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_sll_epi32(lane_sums(&y), _mm_cvtsi32_si128(SH as i32)));
+            let off = _mm512_sub_epi32(
+                _mm512_setzero_si512(),
+                _mm512_sll_epi32(lane_sums(&y), _mm_cvtsi32_si128(SH as i32)),
+            );
             let dy = spread4(f16x4(b.map(|b| b.d)));
-            Quad { y, off: [off, off], dy: [dy, dy], sy: _mm512_setzero_ps() }
+            Quad {
+                y,
+                off: [off, off],
+                dy: [dy, dy],
+                sy: _mm512_setzero_ps(),
+            }
         }
 
         /// A Q8_1 quad for the min formats.
@@ -165,9 +174,18 @@ macro_rules! gemv_512 {
             let y = halves(b.map(|b| &b.qs));
             let dy = spread4(f16x4(b.map(|b| b.d)));
             let i = _mm512_setr_epi32(0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0);
-            let sy = _mm512_maskz_permutexvar_ps(0x1111, i, _mm512_castps128_ps512(f16x4(b.map(|b| b.s))));
+            let sy = _mm512_maskz_permutexvar_ps(
+                0x1111,
+                i,
+                _mm512_castps128_ps512(f16x4(b.map(|b| b.s))),
+            );
             let z = _mm512_setzero_si512();
-            Quad { y, off: [z, z], dy: [dy, dy], sy }
+            Quad {
+                y,
+                off: [z, z],
+                dy: [dy, dy],
+                sy,
+            }
         }
 
         /// A Q8_0 quad for Q8_0 weights: two blocks per register.
@@ -176,7 +194,10 @@ macro_rules! gemv_512 {
         fn quad_q8(a: &[BlockQ8_0]) -> Quad {
             let b: [&BlockQ8_0; 4] = core::array::from_fn(|i| a.get(i).unwrap_or(&Z0));
             let pair = |i: usize| {
-                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ld256(&b[i].qs)), ld256(&b[i + 1].qs))
+                _mm512_inserti64x4::<1>(
+                    _mm512_castsi256_si512(ld256(&b[i].qs)),
+                    ld256(&b[i + 1].qs),
+                )
             };
             let y = [pair(0), pair(2)];
             // Unused: the Q8_0 kernel needs no offset sums.
@@ -185,8 +206,16 @@ macro_rules! gemv_512 {
             let i01 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
             let i23 = _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
             let d5 = _mm512_castps128_ps512(d);
-            let dy = [_mm512_permutexvar_ps(i01, d5), _mm512_permutexvar_ps(i23, d5)];
-            Quad { y, off, dy, sy: _mm512_setzero_ps() }
+            let dy = [
+                _mm512_permutexvar_ps(i01, d5),
+                _mm512_permutexvar_ps(i23, d5),
+            ];
+            Quad {
+                y,
+                off,
+                dy,
+                sy: _mm512_setzero_ps(),
+            }
         }
 
         /// Word indices: `qs` words of four blocks of `bw` words whose `qs`
@@ -200,7 +229,11 @@ macro_rules! gemv_512 {
                 while i < 8 {
                     let word = b * bw + q0 + i;
                     let from_second = (b * bw + q0 + 7) > 31;
-                    w[(8 * b + i) as usize] = if from_second { 32 + word - second } else { word };
+                    w[(8 * b + i) as usize] = if from_second {
+                        32 + word - second
+                    } else {
+                        word
+                    };
                     i += 1;
                 }
                 b += 1;
@@ -242,8 +275,8 @@ macro_rules! gemv_512 {
 
         /// The 4-bit formats' quad of one row: bytes `p..p + valid` (four
         /// blocks, or fewer), loaded at byte 0 and at word `SECOND`; `qi`
-        /// gathers the `qs`, `fifth` (Q5) the `qh` halves. Returns the i32
-        /// lane sums (from the quad's offsets) and the two loads.
+        /// gathers the `qs`, `fifth` (Q5) the `qh` halves. Returns the low
+        /// and high nibbles (5th bits added) and the two loads.
         ///
         /// # Safety
         /// `p..p + valid` must be readable.
@@ -254,8 +287,7 @@ macro_rules! gemv_512 {
             valid: usize,
             qi: __m512i,
             fifth: Option<__m512i>,
-            a: &Quad,
-        ) -> (__m512i, __m512i, __m512i) {
+        ) -> (__m512i, __m512i, __m512i, __m512i) {
             // SAFETY: the caller's contract.
             let (x0, x1) = unsafe { (ldw(p, 0, valid), ldw(p, 2 * SECOND, valid)) };
             let qs = _mm512_permutex2var_epi16(x0, qi, x1);
@@ -272,109 +304,238 @@ macro_rules! gemv_512 {
                 lo = _mm512_mask_add_epi8(lo, kl, lo, b5);
                 hi = _mm512_mask_add_epi8(hi, kh, hi, b5);
             }
-            let s = dot_u8i8(dot_u8i8(a.off[0], lo, a.y[0]), hi, a.y[1]);
-            (s, x0, x1)
+            (lo, hi, x0, x1)
+        }
+
+        /// The i32 lane sums of a quad's nibbles with an activation quad
+        /// (from the quad's offsets).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn nib_dot(lo: __m512i, hi: __m512i, a: &Quad) -> __m512i {
+            dot_u8i8(dot_u8i8(a.off[0], lo, a.y[0]), hi, a.y[1])
         }
 
         /// Eight f16 words gathered from two registers, as f32.
         #[inline]
         #[target_feature(enable = $feat)]
         fn halfs(x0: __m512i, i: &[i16; 32], x1: __m512i) -> __m512 {
-            _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi16(x0, idx(i), x1)))
+            _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi16(
+                x0,
+                idx(i),
+                x1,
+            )))
         }
 
         /// Defines `$name`, the one-row product of weights `$w` (blocks of
-        /// `$bw` words) with activations `$a`.
+        /// `$bw` words) with activations `$a`, and `$rows_name`, the same
+        /// for several activation rows at once ([`crate::kernels::GemmFn`]):
+        /// each weight quad is loaded and unpacked once (`$dec`, from the
+        /// quad's bytes at `$p`, `$valid` of them readable) for up to [`M`]
+        /// activation rows, each of which then accumulates it exactly as the
+        /// one-row product does (`$body`), so every row's bits equal
+        /// `$name`'s on that row alone.
         macro_rules! gemv_fn {
-            ($name:ident, $w:ty, $a:ty, $prep:expr, |$p:ident, $valid:ident, $q:ident, $acc:ident| $body:expr) => {
+            (
+                        $name:ident, $rows_name:ident, $w:ty, $a:ty, $prep:expr,
+                        |$p:ident, $valid:ident| $dec:expr,
+                        |$d:pat, $q:ident, $acc:ident| $body:expr
+                    ) => {
                 /// One activation row (`$a`) times the `n` weight rows in `w`.
                 ///
                 /// # Safety
                 /// The CPU must have the features this function enables.
                 #[target_feature(enable = $feat)]
-                pub(in super::super) unsafe fn $name(k: usize, w: &[u8], a: &[u8], out: &mut [f32]) {
+                pub(in super::super) unsafe fn $name(
+                    k: usize,
+                    w: &[u8],
+                    a: &[u8],
+                    out: &mut [f32],
+                ) {
                     const BS: usize = core::mem::size_of::<$w>();
                     let nb = k / 32;
                     let rb = nb * BS;
-                    assert!(k % 32 == 0 && rb > 0 && w.len() % rb == 0, "gemv: partial rows");
+                    assert!(
+                        k % 32 == 0 && rb > 0 && w.len() % rb == 0,
+                        "gemv: partial rows"
+                    );
                     let n = w.len() / rb;
                     let a: &[$a] = bytemuck::cast_slice(a);
                     assert!(a.len() == nb && out.len() >= n, "gemv: sizes");
-                    /// `RR` rows from `w` (stride `rb`): their sums over
-                    /// the quads of `act`.
+                    // SAFETY: the features are the caller's contract.
+                    unsafe { $rows_name::run::<1>(nb, w, [a], [out]) }
+                }
+
+                /// Activation rows `a` (each `k` elements of `$a`) times
+                /// the `n` weight rows in `w`: row `i` goes to
+                /// `out[i * ldo..i * ldo + n]`, bit-identical to `$name`.
+                ///
+                /// # Safety
+                /// The CPU must have the features this function enables.
+                #[target_feature(enable = $feat)]
+                pub(in super::super) unsafe fn $rows_name(
+                    k: usize,
+                    w: &[u8],
+                    a: &[u8],
+                    out: &mut [f32],
+                    ldo: usize,
+                ) {
+                    const BS: usize = core::mem::size_of::<$w>();
+                    let nb = k / 32;
+                    let rb = nb * BS;
+                    assert!(
+                        k % 32 == 0 && rb > 0 && w.len() % rb == 0,
+                        "gemv: partial rows"
+                    );
+                    let n = w.len() / rb;
+                    let a: &[$a] = bytemuck::cast_slice(a);
+                    assert!(a.len() % nb == 0, "gemv: partial activation rows");
+                    let m = a.len() / nb;
+                    assert!(
+                        ldo >= n && (m == 0 || out.len() >= (m - 1) * ldo + n),
+                        "gemv: output too small"
+                    );
+                    let mut rows = a.chunks_exact(nb).zip(out.chunks_mut(ldo));
+                    loop {
+                        let group: [_; $rows_name::M] = core::array::from_fn(|_| rows.next());
+                        if group.iter().all(Option::is_some) {
+                            let [(a0, o0), (a1, o1), (a2, o2), (a3, o3)] =
+                                group.map(Option::unwrap);
+                            // SAFETY: as above.
+                            unsafe {
+                                $rows_name::run::<{ $rows_name::M }>(
+                                    nb,
+                                    w,
+                                    [a0, a1, a2, a3],
+                                    [o0, o1, o2, o3],
+                                )
+                            }
+                            continue;
+                        }
+                        for (a, o) in group.into_iter().flatten() {
+                            // SAFETY: as above.
+                            unsafe { $rows_name::run::<1>(nb, w, [a], [o]) }
+                        }
+                        return;
+                    }
+                }
+
+                mod $rows_name {
+                    use super::*;
+
+                    /// Activation rows per pass over the weights.
+                    pub const M: usize = 4;
+
+                    /// `RR` weight rows from `w` (stride `rb`) times `MM`
+                    /// activation rows: their sums over the quads of `act`.
                     ///
                     /// # Safety
                     /// The rows' bytes of these quads must be readable.
                     #[inline]
                     #[target_feature(enable = $feat)]
-                    unsafe fn rows<const RR: usize>(
+                    unsafe fn rows<const RR: usize, const MM: usize>(
                         w: *const u8,
                         rb: usize,
-                        act: &[Quad],
+                        act: [&[Quad]; MM],
                         valid_last: usize,
-                    ) -> [f32; RR] {
-                        let mut acc = [_mm512_setzero_ps(); RR];
-                        let nq = act.len();
+                    ) -> [[f32; RR]; MM] {
+                        const BS: usize = core::mem::size_of::<$w>();
+                        let mut acc = [[_mm512_setzero_ps(); RR]; MM];
+                        let nq = act[0].len();
                         let full = if valid_last == 4 * BS { nq } else { nq - 1 };
-                        for (qn, $q) in act[..full].iter().enumerate() {
+                        for qn in 0..nq {
                             for r in 0..RR {
                                 let $p = w.wrapping_add(r * rb + qn * 4 * BS);
-                                // One prefetch per cache line of the quad.
-                                for l in (0..4 * BS).step_by(64) {
-                                    _mm_prefetch::<_MM_HINT_T0>($p.wrapping_add(PFD + l).cast());
+                                let $valid = if qn < full {
+                                    // One prefetch per cache line of the quad.
+                                    for l in (0..4 * BS).step_by(64) {
+                                        _mm_prefetch::<_MM_HINT_T0>(
+                                            $p.wrapping_add(PFD + l).cast(),
+                                        );
+                                    }
+                                    4 * BS
+                                } else {
+                                    // The row's last `valid_last` bytes.
+                                    valid_last
+                                };
+                                let $d = $dec;
+                                for (acc, act) in acc.iter_mut().zip(act) {
+                                    let $q = &act[qn];
+                                    let $acc = acc[r];
+                                    acc[r] = $body;
                                 }
-                                let $valid = 4 * BS;
-                                let $acc = acc[r];
-                                // A full quad inside row `r`.
-                                acc[r] = $body;
                             }
                         }
-                        if full < nq {
-                            let $q = &act[full];
-                            for r in 0..RR {
-                                let $p = w.wrapping_add(r * rb + full * 4 * BS);
-                                let $valid = valid_last;
-                                let $acc = acc[r];
-                                // The row's last `valid_last` bytes.
-                                acc[r] = $body;
-                            }
-                        }
-                        acc.map(|v| _mm512_reduce_add_ps(v))
+                        acc.map(|a| a.map(|v| _mm512_reduce_add_ps(v)))
                     }
-                    let mut act = [const { MaybeUninit::<Quad>::uninit() }; CQ];
-                    let mut c0 = 0;
-                    while c0 < nb {
-                        let cb = (nb - c0).min(CB);
-                        let nq = cb.div_ceil(4);
-                        for (qn, slot) in act[..nq].iter_mut().enumerate() {
-                            let s = c0 + 4 * qn;
-                            slot.write($prep(&a[s..(s + 4).min(c0 + cb)]));
-                        }
-                        // SAFETY: the first `nq` were just written.
-                        let act: &[Quad] = unsafe { core::slice::from_raw_parts(act.as_ptr().cast(), nq) };
-                        let valid_last = (cb - 4 * (nq - 1)) * BS;
-                        let base = w.as_ptr().wrapping_add(c0 * BS);
-                        let first = c0 == 0;
-                        let mut put = |j: usize, s: f32| {
-                            out[j] = if first { s } else { out[j] + s };
-                        };
-                        let mut j = 0;
-                        while j + R <= n {
-                            // SAFETY: rows `j..j + R` exist; each reads its
-                            // blocks `c0..c0 + cb` only.
-                            let s = unsafe { rows::<R>(base.wrapping_add(j * rb), rb, act, valid_last) };
-                            for (r, s) in s.into_iter().enumerate() {
-                                put(j + r, s);
+
+                    /// Sums of weight rows `j..j + RR` for each activation row:
+                    /// the first chunk's, or added to the earlier ones'.
+                    #[inline]
+                    fn store<const RR: usize, const MM: usize>(
+                        out: &mut [&mut [f32]; MM],
+                        j: usize,
+                        s: [[f32; RR]; MM],
+                        first: bool,
+                    ) {
+                        for (o, s) in out.iter_mut().zip(s) {
+                            for (o, s) in o[j..j + RR].iter_mut().zip(s) {
+                                *o = if first { s } else { *o + s };
                             }
-                            j += R;
                         }
-                        while j < n {
-                            // SAFETY: as above, for row `j`.
-                            let [s] = unsafe { rows::<1>(base.wrapping_add(j * rb), rb, act, valid_last) };
-                            put(j, s);
-                            j += 1;
+                    }
+
+                    /// The products of `MM` activation rows of `nb` blocks.
+                    ///
+                    /// # Safety
+                    /// The CPU must have the features this function enables.
+                    #[target_feature(enable = $feat)]
+                    pub unsafe fn run<const MM: usize>(
+                        nb: usize,
+                        w: &[u8],
+                        a: [&[$a]; MM],
+                        mut out: [&mut [f32]; MM],
+                    ) {
+                        const BS: usize = core::mem::size_of::<$w>();
+                        let rb = nb * BS;
+                        let n = w.len() / rb;
+                        let mut act = [const { [const { MaybeUninit::<Quad>::uninit() }; CQ] }; MM];
+                        let mut c0 = 0;
+                        while c0 < nb {
+                            let cb = (nb - c0).min(CB);
+                            let nq = cb.div_ceil(4);
+                            for (act, a) in act.iter_mut().zip(a) {
+                                for (qn, slot) in act[..nq].iter_mut().enumerate() {
+                                    let s = c0 + 4 * qn;
+                                    slot.write($prep(&a[s..(s + 4).min(c0 + cb)]));
+                                }
+                            }
+                            // SAFETY: the first `nq` of each were just written.
+                            let act: [&[Quad]; MM] = core::array::from_fn(|i| unsafe {
+                                core::slice::from_raw_parts(act[i].as_ptr().cast(), nq)
+                            });
+                            let valid_last = (cb - 4 * (nq - 1)) * BS;
+                            let base = w.as_ptr().wrapping_add(c0 * BS);
+                            let first = c0 == 0;
+                            let mut j = 0;
+                            while j + R <= n {
+                                // SAFETY: rows `j..j + R` exist; each reads its
+                                // blocks `c0..c0 + cb` only.
+                                let s = unsafe {
+                                    rows::<R, MM>(base.wrapping_add(j * rb), rb, act, valid_last)
+                                };
+                                store(&mut out, j, s, first);
+                                j += R;
+                            }
+                            while j < n {
+                                // SAFETY: as above, for row `j`.
+                                let s = unsafe {
+                                    rows::<1, MM>(base.wrapping_add(j * rb), rb, act, valid_last)
+                                };
+                                store(&mut out, j, s, first);
+                                j += 1;
+                            }
+                            c0 += cb;
                         }
-                        c0 += cb;
                     }
                 }
             };
@@ -382,106 +543,160 @@ macro_rules! gemv_512 {
 
         // Q4_0: 9 words per block, `d` at word 0, `qs` at words 1..9; the
         // second load starts at word 4.
-        gemv_fn!(gemv_q4_0, BlockQ4_0, BlockQ8_0, quad_off::<3>, |p, valid, q, acc| {
-            const QI: [i16; 32] = qs_words(9, 1, 4);
-            const DI: [i16; 32] = spread_words(9, 0, 4);
-            // SAFETY: `rows` passes a readable quad.
-            let (s, x0, x1) = unsafe { nib_quad::<4>(p, valid, idx(&QI), None, q) };
-            let dx = halfs(x0, &DI, x1);
-            _mm512_fmadd_ps(_mm512_mul_ps(dx, q.dy[0]), _mm512_cvtepi32_ps(s), acc)
-        });
+        gemv_fn!(
+            gemv_q4_0,
+            gemv_rows_q4_0,
+            BlockQ4_0,
+            BlockQ8_0,
+            quad_off::<3>,
+            |p, valid| {
+                const QI: [i16; 32] = qs_words(9, 1, 4);
+                const DI: [i16; 32] = spread_words(9, 0, 4);
+                // SAFETY: `rows` passes a readable quad.
+                let (lo, hi, x0, x1) = unsafe { nib_quad::<4>(p, valid, idx(&QI), None) };
+                (lo, hi, halfs(x0, &DI, x1))
+            },
+            |(lo, hi, dx), q, acc| {
+                let s = nib_dot(lo, hi, q);
+                _mm512_fmadd_ps(_mm512_mul_ps(dx, q.dy[0]), _mm512_cvtepi32_ps(s), acc)
+            }
+        );
 
         // Q4_1: 10 words, `d` at 0, `m` at 1, `qs` at 2..10; second load at
         // word 8.
-        gemv_fn!(gemv_q4_1, BlockQ4_1, BlockQ8_1, quad_min, |p, valid, q, acc| {
-            const QI: [i16; 32] = qs_words(10, 2, 8);
-            const DI: [i16; 32] = spread_words(10, 0, 8);
-            const MI: [i16; 32] = spread_words(10, 1, 8);
-            // SAFETY: `rows` passes a readable quad.
-            let (s, x0, x1) = unsafe { nib_quad::<8>(p, valid, idx(&QI), None, q) };
-            let (dx, mx) = (halfs(x0, &DI, x1), halfs(x0, &MI, x1));
-            let acc = _mm512_fmadd_ps(_mm512_mul_ps(dx, q.dy[0]), _mm512_cvtepi32_ps(s), acc);
-            _mm512_fmadd_ps(mx, q.sy, acc)
-        });
+        gemv_fn!(
+            gemv_q4_1,
+            gemv_rows_q4_1,
+            BlockQ4_1,
+            BlockQ8_1,
+            quad_min,
+            |p, valid| {
+                const QI: [i16; 32] = qs_words(10, 2, 8);
+                const DI: [i16; 32] = spread_words(10, 0, 8);
+                const MI: [i16; 32] = spread_words(10, 1, 8);
+                // SAFETY: `rows` passes a readable quad.
+                let (lo, hi, x0, x1) = unsafe { nib_quad::<8>(p, valid, idx(&QI), None) };
+                (lo, hi, halfs(x0, &DI, x1), halfs(x0, &MI, x1))
+            },
+            |(lo, hi, dx, mx), q, acc| {
+                let s = nib_dot(lo, hi, q);
+                let acc = _mm512_fmadd_ps(_mm512_mul_ps(dx, q.dy[0]), _mm512_cvtepi32_ps(s), acc);
+                _mm512_fmadd_ps(mx, q.sy, acc)
+            }
+        );
 
         // Q5_0: 11 words, `d` at 0, `qh` at 1..3, `qs` at 3..11; second load
         // at word 12.
-        gemv_fn!(gemv_q5_0, BlockQ5_0, BlockQ8_0, quad_off::<4>, |p, valid, q, acc| {
-            const QI: [i16; 32] = qs_words(11, 3, 12);
-            const DI: [i16; 32] = spread_words(11, 0, 12);
-            const HI: [i16; 32] = two_words(11, 1, 2, 12);
-            // SAFETY: `rows` passes a readable quad.
-            let (s, x0, x1) = unsafe { nib_quad::<12>(p, valid, idx(&QI), Some(idx(&HI)), q) };
-            let dx = halfs(x0, &DI, x1);
-            _mm512_fmadd_ps(_mm512_mul_ps(dx, q.dy[0]), _mm512_cvtepi32_ps(s), acc)
-        });
+        gemv_fn!(
+            gemv_q5_0,
+            gemv_rows_q5_0,
+            BlockQ5_0,
+            BlockQ8_0,
+            quad_off::<4>,
+            |p, valid| {
+                const QI: [i16; 32] = qs_words(11, 3, 12);
+                const DI: [i16; 32] = spread_words(11, 0, 12);
+                const HI: [i16; 32] = two_words(11, 1, 2, 12);
+                // SAFETY: `rows` passes a readable quad.
+                let (lo, hi, x0, x1) =
+                    unsafe { nib_quad::<12>(p, valid, idx(&QI), Some(idx(&HI))) };
+                (lo, hi, halfs(x0, &DI, x1))
+            },
+            |(lo, hi, dx), q, acc| {
+                let s = nib_dot(lo, hi, q);
+                _mm512_fmadd_ps(_mm512_mul_ps(dx, q.dy[0]), _mm512_cvtepi32_ps(s), acc)
+            }
+        );
 
         // Q5_1: 12 words, `d` at 0, `m` at 1, `qh` at 2..4, `qs` at 4..12;
         // second load at word 16.
-        gemv_fn!(gemv_q5_1, BlockQ5_1, BlockQ8_1, quad_min, |p, valid, q, acc| {
-            const QI: [i16; 32] = qs_words(12, 4, 16);
-            const DI: [i16; 32] = spread_words(12, 0, 16);
-            const MI: [i16; 32] = spread_words(12, 1, 16);
-            const HI: [i16; 32] = two_words(12, 2, 3, 16);
-            // SAFETY: `rows` passes a readable quad.
-            let (s, x0, x1) = unsafe { nib_quad::<16>(p, valid, idx(&QI), Some(idx(&HI)), q) };
-            let (dx, mx) = (halfs(x0, &DI, x1), halfs(x0, &MI, x1));
-            let acc = _mm512_fmadd_ps(_mm512_mul_ps(dx, q.dy[0]), _mm512_cvtepi32_ps(s), acc);
-            _mm512_fmadd_ps(mx, q.sy, acc)
-        });
+        gemv_fn!(
+            gemv_q5_1,
+            gemv_rows_q5_1,
+            BlockQ5_1,
+            BlockQ8_1,
+            quad_min,
+            |p, valid| {
+                const QI: [i16; 32] = qs_words(12, 4, 16);
+                const DI: [i16; 32] = spread_words(12, 0, 16);
+                const MI: [i16; 32] = spread_words(12, 1, 16);
+                const HI: [i16; 32] = two_words(12, 2, 3, 16);
+                // SAFETY: `rows` passes a readable quad.
+                let (lo, hi, x0, x1) =
+                    unsafe { nib_quad::<16>(p, valid, idx(&QI), Some(idx(&HI))) };
+                (lo, hi, halfs(x0, &DI, x1), halfs(x0, &MI, x1))
+            },
+            |(lo, hi, dx, mx), q, acc| {
+                let s = nib_dot(lo, hi, q);
+                let acc = _mm512_fmadd_ps(_mm512_mul_ps(dx, q.dy[0]), _mm512_cvtepi32_ps(s), acc);
+                _mm512_fmadd_ps(mx, q.sy, acc)
+            }
+        );
 
         // Q8_0: 17 words, `d` at 0, `qs` at 1..17; loads at words 0, 32, 36.
-        gemv_fn!(gemv_q8_0, BlockQ8_0, BlockQ8_0, quad_q8, |p, valid, q, acc| {
-            const P01: [i16; 32] = {
-                let mut w = [0i16; 32];
-                let mut i = 0;
-                while i < 16 {
-                    w[i] = 1 + i as i16; // block 0: words 1..17 (first register)
-                    let b1 = 18 + i as i16; // block 1: words 18..34
-                    w[16 + i] = if b1 > 31 { 32 + b1 - 32 } else { b1 };
-                    i += 1;
-                }
-                w
-            };
-            const P23: [i16; 32] = {
-                // From the registers at words 32 and 36.
-                let mut w = [0i16; 32];
-                let mut i = 0;
-                while i < 16 {
-                    w[i] = 35 + i as i16 - 32; // block 2: words 35..51
-                    w[16 + i] = 32 + (52 + i as i16 - 36); // block 3: words 52..68
-                    i += 1;
-                }
-                w
-            };
-            const DW: [i16; 32] = {
-                let mut w = [0i16; 32];
-                let mut i = 0;
-                while i < 8 {
-                    (w[i], w[8 + i], w[16 + i], w[24 + i]) = (0, 17, 32 + 2, 32 + 19);
-                    i += 1;
-                }
-                w
-            };
-            // SAFETY: `rows` passes a readable quad.
-            let (x0, x1, x2) = unsafe { (ldw(p, 0, valid), ldw(p, 64, valid), ldw(p, 72, valid)) };
-            let w01 = _mm512_permutex2var_epi16(x0, idx(&P01), x1);
-            let w23 = _mm512_permutex2var_epi16(x1, idx(&P23), x2);
-            let dw = _mm512_permutex2var_epi16(x0, idx(&DW), x1);
-            let dx = [
-                _mm512_cvtph_ps(_mm512_castsi512_si256(dw)),
-                _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(dw)),
-            ];
-            // Signed × signed through `vpmaddubsw` (|w| · ±a) even with
-            // VNNI: `vpdpbusd` needs unsigned weights, `(w + 128)·a` and the
-            // precomputed `−128·Σa` per lane, and reading those sums made
-            // the row streams slower from DRAM (criterion, 96 MiB of Q8_0:
-            // 31.8 GiB/s against 36.8; in cache 62.7 against 49.8). Models
-            // stream from DRAM; SmolLM2's Q8_0 tg gained ~8%.
-            let s = [dot_i8i8_bw(w01, q.y[0]), dot_i8i8_bw(w23, q.y[1])];
-            let acc = _mm512_fmadd_ps(_mm512_mul_ps(dx[0], q.dy[0]), _mm512_cvtepi32_ps(s[0]), acc);
-            _mm512_fmadd_ps(_mm512_mul_ps(dx[1], q.dy[1]), _mm512_cvtepi32_ps(s[1]), acc)
-        });
+        gemv_fn!(
+            gemv_q8_0,
+            gemv_rows_q8_0,
+            BlockQ8_0,
+            BlockQ8_0,
+            quad_q8,
+            |p, valid| {
+                const P01: [i16; 32] = {
+                    let mut w = [0i16; 32];
+                    let mut i = 0;
+                    while i < 16 {
+                        w[i] = 1 + i as i16; // block 0: words 1..17 (first register)
+                        let b1 = 18 + i as i16; // block 1: words 18..34
+                        w[16 + i] = if b1 > 31 { 32 + b1 - 32 } else { b1 };
+                        i += 1;
+                    }
+                    w
+                };
+                const P23: [i16; 32] = {
+                    // From the registers at words 32 and 36.
+                    let mut w = [0i16; 32];
+                    let mut i = 0;
+                    while i < 16 {
+                        w[i] = 35 + i as i16 - 32; // block 2: words 35..51
+                        w[16 + i] = 32 + (52 + i as i16 - 36); // block 3: words 52..68
+                        i += 1;
+                    }
+                    w
+                };
+                const DW: [i16; 32] = {
+                    let mut w = [0i16; 32];
+                    let mut i = 0;
+                    while i < 8 {
+                        (w[i], w[8 + i], w[16 + i], w[24 + i]) = (0, 17, 32 + 2, 32 + 19);
+                        i += 1;
+                    }
+                    w
+                };
+                // SAFETY: `rows` passes a readable quad.
+                let (x0, x1, x2) =
+                    unsafe { (ldw(p, 0, valid), ldw(p, 64, valid), ldw(p, 72, valid)) };
+                let w01 = _mm512_permutex2var_epi16(x0, idx(&P01), x1);
+                let w23 = _mm512_permutex2var_epi16(x1, idx(&P23), x2);
+                let dw = _mm512_permutex2var_epi16(x0, idx(&DW), x1);
+                let dx = [
+                    _mm512_cvtph_ps(_mm512_castsi512_si256(dw)),
+                    _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(dw)),
+                ];
+                (w01, w23, dx)
+            },
+            |(w01, w23, dx), q, acc| {
+                // Signed × signed through `vpmaddubsw` (|w| · ±a) even with
+                // VNNI: `vpdpbusd` needs unsigned weights, `(w + 128)·a` and
+                // the precomputed `−128·Σa` per lane, and reading those sums
+                // made the row streams slower from DRAM (criterion, 96 MiB of
+                // Q8_0: 31.8 GiB/s against 36.8; in cache 62.7 against 49.8).
+                // Models stream from DRAM; SmolLM2's Q8_0 tg gained ~8%.
+                let s = [dot_i8i8_bw(w01, q.y[0]), dot_i8i8_bw(w23, q.y[1])];
+                let acc =
+                    _mm512_fmadd_ps(_mm512_mul_ps(dx[0], q.dy[0]), _mm512_cvtepi32_ps(s[0]), acc);
+                _mm512_fmadd_ps(_mm512_mul_ps(dx[1], q.dy[1]), _mm512_cvtepi32_ps(s[1]), acc)
+            }
+        );
     };
 }
 

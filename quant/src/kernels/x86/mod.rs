@@ -148,6 +148,18 @@ macro_rules! gemvs {
     };
 }
 
+/// Sets the multi-row one-row kernels of module `$m::gemv` (512-bit).
+macro_rules! gemv_rows {
+    ($table:expr, $m:ident) => {
+        $table
+            .set_gemv_rows(T::Q4_0, gemm_fn!($m::gemv::gemv_rows_q4_0))
+            .set_gemv_rows(T::Q4_1, gemm_fn!($m::gemv::gemv_rows_q4_1))
+            .set_gemv_rows(T::Q5_0, gemm_fn!($m::gemv::gemv_rows_q5_0))
+            .set_gemv_rows(T::Q5_1, gemm_fn!($m::gemv::gemv_rows_q5_1))
+            .set_gemv_rows(T::Q8_0, gemm_fn!($m::gemv::gemv_rows_q8_0))
+    };
+}
+
 /// Sets the integer dot products every x86 level specialises, taken from
 /// module `$m` (which all define the same names).
 macro_rules! int_dots {
@@ -213,14 +225,17 @@ const AVX_VNNI_TABLE: Kernels = gemvs!(
     avx_vnni
 );
 
-const AVX512_TABLE: Kernels = gemvs!(
-    gemms!(
-        int_dots!(
-            AVX2_TABLE
-                .derive(Isa::Avx512)
-                .set_vec_dot(T::F16, vec_dot!(unsafe f16, f16, avx512::vec_dot_f16))
-                .set_vec_dot(T::F32, vec_dot!(unsafe f32, f32, avx512::vec_dot_f32))
-                .set_vec_dot(T::BF16, vec_dot!(unsafe bf16, bf16, avx512::vec_dot_bf16)),
+const AVX512_TABLE: Kernels = gemv_rows!(
+    gemvs!(
+        gemms!(
+            int_dots!(
+                AVX2_TABLE
+                    .derive(Isa::Avx512)
+                    .set_vec_dot(T::F16, vec_dot!(unsafe f16, f16, avx512::vec_dot_f16))
+                    .set_vec_dot(T::F32, vec_dot!(unsafe f32, f32, avx512::vec_dot_f32))
+                    .set_vec_dot(T::BF16, vec_dot!(unsafe bf16, bf16, avx512::vec_dot_bf16)),
+                avx512
+            ),
             avx512
         ),
         avx512
@@ -228,9 +243,12 @@ const AVX512_TABLE: Kernels = gemvs!(
     avx512
 );
 
-const AVX512_VNNI_TABLE: Kernels = gemvs!(
-    gemms!(
-        int_dots!(AVX512_TABLE.derive(Isa::Avx512Vnni), avx512_vnni),
+const AVX512_VNNI_TABLE: Kernels = gemv_rows!(
+    gemvs!(
+        gemms!(
+            int_dots!(AVX512_TABLE.derive(Isa::Avx512Vnni), avx512_vnni),
+            avx512_vnni
+        ),
         avx512_vnni
     ),
     avx512_vnni
