@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need, then formatting, lints and
-# every test of the workspace, the foreign bindings, spinel-quant on aarch64
-# under qemu, and the Android/iOS static libraries. Everything installed is cached (apt packages once;
+# every test of the workspace, the foreign bindings, spinel-quant and the
+# forward pass on aarch64 under qemu, and the Android/iOS static libraries. Everything installed is cached (apt packages once;
 # Python packages, the model and the peers under ~/.cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +52,15 @@ ffi/tests/run-bindings-tests.sh
 # qemu-user first when they are missing (as root).
 echo "== aarch64 (qemu -cpu max): spinel-quant"
 "$SHARED/cross/aarch64.sh" test -p spinel-quant
+# The forward pass on aarch64: the tiny models against transformers' logits
+# at each NEON level, then the runtime suites that need no real model once
+# (qemu runs the real-model suites 30-60x slower than native: they stay x86).
+echo "== aarch64 (qemu -cpu max): the forward pass at each NEON level"
+for isa in neon neon-dotprod neon-i8mm; do
+  SPINEL_ISA=$isa "$SHARED/cross/aarch64.sh" test -p spinel-runtime --test forward -- matches_transformers
+done
+"$SHARED/cross/aarch64.sh" test -p spinel-runtime --test grammar --test hostile \
+  --test roundtrip --test chat --test convert --test residency --test mutation_fuzz
 # The SDK's static libraries for Android (arm64 devices, x86_64 emulators)
 # and iOS (arm64 devices), std built from source with Debian's rustc-web
 # (no NDK or Xcode here: static libraries only); checks their object format
