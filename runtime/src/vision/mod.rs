@@ -1,0 +1,15 @@
+//! Image input for the vision models (Llama 3.2 Vision = mllama, Llama 4):
+//! decoding, the Hugging Face image processors, and the vision towers.
+
+pub mod error;
+pub mod image;
+pub mod processor;
+pub mod resize;
+
+pub use error::{Result, VisionError};
+pub use image::{DEFAULT_MAX_PIXELS, RgbImage, decode_image, decode_image_capped};
+pub use processor::{
+    Llama4Image, Llama4ImageTokens, MllamaImage, ProcessorConfig, ProcessorKind,
+    llama4_expand_image_tokens, llama4_preprocess, mllama_cross_attention_mask, mllama_preprocess,
+};
+pub use resize::resize_bilinear_aa;

@@ -1,0 +1,463 @@
+//! Vision input against the Hugging Face oracles in
+//! `../shared/testdata/vision` (Llama 3.2 Vision = mllama, Llama 4): image
+//! decoding, the image processors, the prompt-side token work, and the
+//! vision towers.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value as Json;
+use spinel_runtime::tokenizer::{Tokenizer, Vocab};
+use spinel_runtime::vision::{
+    Llama4ImageTokens, ProcessorConfig, ProcessorKind, RgbImage, VisionError, decode_image,
+    decode_image_capped, llama4_expand_image_tokens, llama4_preprocess,
+    mllama_cross_attention_mask, mllama_preprocess,
+};
+
+const IMAGES: [(&str, &str); 3] = [
+    ("landscape_300x200.png", "landscape"),
+    ("portrait_160x400.png", "portrait"),
+    ("small_64x48.jpg", "small"),
+];
+
+fn vision_data() -> PathBuf {
+    let root = match std::env::var_os("SPINEL_TESTDATA") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata"),
+    };
+    root.join("vision")
+}
+
+fn model_dir(name: &str) -> PathBuf {
+    vision_data().join("dev").join(name)
+}
+
+fn read_json(path: &Path) -> Json {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+}
+
+/// A little-endian .npy array (f4 or u1): shape and values as f32.
+struct Npy {
+    shape: Vec<usize>,
+    data: Vec<f32>,
+}
+
+fn read_npy(path: &Path) -> Npy {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    assert_eq!(&bytes[..6], b"\x93NUMPY", "{}", path.display());
+    let (hlen, start) = if bytes[6] == 1 {
+        (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
+    } else {
+        (
+            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
+            12,
+        )
+    };
+    let header = std::str::from_utf8(&bytes[start..start + hlen]).unwrap();
+    assert!(!header.contains("'fortran_order': True"), "{header}");
+    let shape_txt = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let shape: Vec<usize> = shape_txt
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let body = &bytes[start + hlen..];
+    let data: Vec<f32> = if header.contains("'<f4'") {
+        body.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    } else if header.contains("'|u1'") {
+        body.iter().map(|&b| f32::from(b)).collect()
+    } else {
+        panic!("unsupported dtype in {header}");
+    };
+    assert_eq!(
+        data.len(),
+        shape.iter().product::<usize>(),
+        "{}",
+        path.display()
+    );
+    Npy { shape, data }
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn prompt(reference: &Json, file: &str) -> Json {
+    reference["prompts"][file].clone()
+}
+
+fn ids_of(v: &Json) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn usizes(v: &Json) -> Vec<usize> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as usize)
+        .collect()
+}
+
+fn load_image(file: &str) -> RgbImage {
+    let path = vision_data().join("images").join(file);
+    decode_image(&std::fs::read(&path).unwrap()).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+/// The PIL-decoded RGB of the JPEG that every reference number used.
+fn pil_small() -> RgbImage {
+    let npy = read_npy(&vision_data().join("images/small_64x48_decoded_rgb.npy"));
+    assert_eq!(npy.shape, vec![48, 64, 3]);
+    let hwc: Vec<u8> = npy.data.iter().map(|&v| v as u8).collect();
+    RgbImage::from_hwc(64, 48, &hwc).unwrap()
+}
+
+/// The exact input of the processors: PNGs through our decoder (lossless),
+/// the JPEG as PIL decoded it.
+fn reference_image(file: &str) -> RgbImage {
+    if file.ends_with(".jpg") {
+        pil_small()
+    } else {
+        load_image(file)
+    }
+}
+
+fn tokenizer(dir: &Path) -> Tokenizer {
+    Tokenizer::from_vocab(Vocab::from_hf_dir(dir).unwrap()).unwrap()
+}
+
+fn u8_of(img: &RgbImage) -> Vec<f32> {
+    img.data.iter().map(|&v| f32::from(v)).collect()
+}
+
+#[test]
+fn png_decode_matches_reference_sizes() {
+    let meta = read_json(&vision_data().join("images/images.json"));
+    for (file, _) in IMAGES {
+        let img = load_image(file);
+        let wh = usizes(&meta[file]["size_wh"]);
+        assert_eq!((img.width, img.height), (wh[0], wh[1]), "{file}");
+    }
+}
+
+#[test]
+fn jpeg_decode_is_close_to_pil() {
+    let ours = load_image("small_64x48.jpg");
+    let pil = pil_small();
+    assert_eq!((ours.width, ours.height), (pil.width, pil.height));
+    let diff = ours
+        .data
+        .iter()
+        .zip(&pil.data)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    let n_diff = ours
+        .data
+        .iter()
+        .zip(&pil.data)
+        .filter(|(a, b)| a != b)
+        .count();
+    eprintln!(
+        "JPEG: ours vs PIL max |diff| = {diff} levels, {n_diff}/{} values differ",
+        pil.data.len()
+    );
+    assert!(
+        diff <= JPEG_DECODER_BOUND,
+        "JPEG decoder differs from PIL by {diff} levels"
+    );
+}
+
+/// The largest per-sample difference between zune-jpeg and PIL/libjpeg on
+/// the test JPEG (IDCT and chroma upsampling differ between decoders).
+const JPEG_DECODER_BOUND: u8 = 4;
+
+#[test]
+fn corrupt_truncated_and_oversized_images_are_refused() {
+    let png = std::fs::read(vision_data().join("images/landscape_300x200.png")).unwrap();
+    let jpg = std::fs::read(vision_data().join("images/small_64x48.jpg")).unwrap();
+    assert!(matches!(
+        decode_image(b"GIF89a...."),
+        Err(VisionError::UnknownFormat)
+    ));
+    assert!(matches!(decode_image(&[]), Err(VisionError::UnknownFormat)));
+    for (name, bytes) in [("png", &png), ("jpg", &jpg)] {
+        for cut in [8, 30, bytes.len() / 2, bytes.len() - 12] {
+            let r = decode_image(&bytes[..cut]);
+            assert!(
+                matches!(r, Err(VisionError::Decode { .. })),
+                "{name} cut at {cut}: {r:?}"
+            );
+        }
+    }
+    // Flip bytes in the PNG's image data (CRC mismatch / bad deflate).
+    let mut bad = png.clone();
+    let mid = bad.len() / 2;
+    for b in &mut bad[mid..mid + 16] {
+        *b ^= 0x5a;
+    }
+    assert!(matches!(
+        decode_image(&bad),
+        Err(VisionError::Decode { .. })
+    ));
+    // A header claiming 60000×60000 (3.6 GP): refused from the header.
+    let mut bomb = png[..33].to_vec();
+    bomb[16..20].copy_from_slice(&60000u32.to_be_bytes());
+    bomb[20..24].copy_from_slice(&60000u32.to_be_bytes());
+    let crc = png_crc(&bomb[12..29]);
+    bomb[29..33].copy_from_slice(&crc.to_be_bytes());
+    match decode_image(&bomb) {
+        Err(VisionError::TooLarge {
+            width: 60000,
+            height: 60000,
+            ..
+        }) => {}
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    // The real images under a small cap.
+    assert!(matches!(
+        decode_image_capped(&png, 1000),
+        Err(VisionError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        decode_image_capped(&jpg, 1000),
+        Err(VisionError::TooLarge { .. })
+    ));
+    // A JPEG whose frame header claims 65535×65535.
+    let mut jbomb = jpg.clone();
+    let sof = (0..jbomb.len() - 1)
+        .find(|&i| jbomb[i] == 0xFF && (jbomb[i + 1] == 0xC0 || jbomb[i + 1] == 0xC2))
+        .expect("SOF marker");
+    jbomb[sof + 5..sof + 9].copy_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF]);
+    assert!(
+        matches!(decode_image(&jbomb), Err(VisionError::TooLarge { .. })),
+        "{:?}",
+        decode_image(&jbomb)
+    );
+}
+
+fn png_crc(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn processor_configs_come_from_the_model_dirs() {
+    let m = ProcessorConfig::from_hf_dir(model_dir("mllama")).unwrap();
+    assert_eq!(m.kind, ProcessorKind::Mllama);
+    assert_eq!((m.tile_size, m.max_tiles), (56, 4));
+    let l = ProcessorConfig::from_hf_dir(model_dir("llama4_vision")).unwrap();
+    assert_eq!(l.kind, ProcessorKind::Llama4);
+    assert_eq!((l.tile_size, l.max_tiles, l.tokens_per_tile()), (56, 4, 4));
+    assert!(ProcessorConfig::from_hf_dir("/nonexistent/spinel").is_err());
+}
+
+#[test]
+fn mllama_processor_matches_reference() {
+    let dir = model_dir("mllama");
+    let reference = read_json(&dir.join("reference.json"));
+    let cfg = ProcessorConfig::from_hf_dir(&dir).unwrap();
+    let tok = tokenizer(&dir);
+    let image_token = reference["config"]["image_token_index"].as_u64().unwrap() as u32;
+    for (file, short) in IMAGES {
+        let p = prompt(&reference, file);
+        let trace = &p["preprocess_trace"];
+        let out = mllama_preprocess(&cfg, &reference_image(file)).unwrap();
+        assert_eq!(
+            usizes(&trace["canvas_hw"]),
+            [out.canvas.0, out.canvas.1],
+            "{file}"
+        );
+        assert_eq!(
+            usizes(&trace["tile_grid_hw"]),
+            [out.tile_grid.0, out.tile_grid.1],
+            "{file}"
+        );
+        let resized = read_npy(&dir.join(format!("resized_u8_{short}.npy")));
+        assert_eq!(
+            resized.shape,
+            [3, out.resized.height, out.resized.width],
+            "{file}"
+        );
+        assert_eq!(resized.data, u8_of(&out.resized), "{file}: resized uint8");
+        let pv = read_npy(&dir.join(format!("pixel_values_{short}.npy")));
+        assert_eq!(pv.data.len(), out.pixel_values.len());
+        let d = max_abs_diff(&pv.data, &out.pixel_values);
+        eprintln!("mllama {file}: pixel_values max |diff| = {d:e}");
+        assert!(d <= 1e-5, "{file}: pixel_values differ by {d}");
+        // Unused tile slots are exactly zero.
+        let per_tile = 3 * cfg.tile_size * cfg.tile_size;
+        assert!(
+            out.pixel_values[out.num_tiles * per_tile..]
+                .iter()
+                .all(|&v| v == 0.0)
+        );
+        assert_eq!(
+            p["aspect_ratio_ids"][0].as_u64().unwrap() as usize,
+            out.aspect_ratio_id
+        );
+        let mask: Vec<usize> = usizes(&p["aspect_ratio_mask"][0]);
+        assert_eq!(
+            mask,
+            out.aspect_ratio_mask
+                .iter()
+                .map(|&m| m as usize)
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(p["num_tiles"][0].as_u64().unwrap() as usize, out.num_tiles);
+        // Prompt side: no expansion; the cross-attention mask from positions.
+        let ids = tok
+            .encode(p["prompt_text"].as_str().unwrap(), false, true)
+            .unwrap();
+        assert_eq!(ids, ids_of(&p["input_ids"]), "{file}: input_ids");
+        let cam = mllama_cross_attention_mask(&ids, image_token, &[out.num_tiles], cfg.max_tiles)
+            .unwrap();
+        let want: Vec<u8> = p["cross_attention_mask"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| usizes(&row[0]).into_iter().map(|v| v as u8))
+            .collect();
+        assert_eq!(cam, want, "{file}: cross_attention_mask");
+    }
+}
+
+#[test]
+fn mllama_cross_attention_mask_with_several_images() {
+    // Tokens: 0 1 [img] 3 [img] [img] 6 7; image token = 9.
+    let ids = [0, 1, 9, 3, 9, 9, 6, 7];
+    let m = mllama_cross_attention_mask(&ids, 9, &[1, 2, 3], 4).unwrap();
+    let row = |i: usize, k: usize| m[(i * 3 + k) * 4..(i * 3 + k + 1) * 4].to_vec();
+    assert_eq!(row(1, 0), [0, 0, 0, 0]);
+    assert_eq!(row(2, 0), [1, 0, 0, 0]);
+    assert_eq!(row(3, 0), [1, 0, 0, 0]);
+    assert_eq!(row(4, 0), [0, 0, 0, 0]);
+    // Consecutive image tokens 4 and 5 both attend to the rest.
+    assert_eq!(row(4, 1), [1, 1, 0, 0]);
+    assert_eq!(row(7, 1), [1, 1, 0, 0]);
+    assert_eq!(row(7, 2), [1, 1, 1, 0]);
+    assert!(mllama_cross_attention_mask(&ids, 9, &[1], 4).is_err());
+}
+
+#[test]
+fn llama4_processor_matches_reference() {
+    let dir = model_dir("llama4_vision");
+    let reference = read_json(&dir.join("reference.json"));
+    let cfg = ProcessorConfig::from_hf_dir(&dir).unwrap();
+    let tok = tokenizer(&dir);
+    let tokens = Llama4ImageTokens::from_lookup(|s| tok.token_id(s)).unwrap();
+    for (file, short) in IMAGES {
+        let p = prompt(&reference, file);
+        let trace = &p["preprocess_trace"];
+        let out = llama4_preprocess(&cfg, &reference_image(file)).unwrap();
+        assert_eq!(
+            usizes(&trace["canvas_hw"]),
+            [out.canvas.0, out.canvas.1],
+            "{file}"
+        );
+        assert_eq!(
+            usizes(&p["aspect_ratio_hw"]),
+            [out.aspect_ratio.0, out.aspect_ratio.1]
+        );
+        assert_eq!(
+            trace["num_tiles_incl_global"].as_u64().unwrap() as usize,
+            out.n_tiles
+        );
+        assert_eq!(
+            trace["global_tile"].as_bool().unwrap(),
+            out.global.is_some()
+        );
+        let resized = read_npy(&dir.join(format!("resized_u8_{short}.npy")));
+        assert_eq!(
+            resized.shape,
+            [3, out.resized.height, out.resized.width],
+            "{file}"
+        );
+        assert_eq!(resized.data, u8_of(&out.resized), "{file}: resized uint8");
+        let pv = read_npy(&dir.join(format!("pixel_values_{short}.npy")));
+        assert_eq!(pv.data.len(), out.pixel_values.len(), "{file}");
+        let d = max_abs_diff(&pv.data, &out.pixel_values);
+        eprintln!("llama4 {file}: pixel_values max |diff| = {d:e}");
+        assert!(d <= 1e-5, "{file}: pixel_values differ by {d}");
+        let ids = tok
+            .encode(p["prompt_text"].as_str().unwrap(), false, true)
+            .unwrap();
+        assert_eq!(
+            ids,
+            ids_of(&p["input_ids_of_prompt_text_without_expansion"]),
+            "{file}"
+        );
+        let expanded =
+            llama4_expand_image_tokens(&ids, &tokens, &[out.aspect_ratio], cfg.tokens_per_tile())
+                .unwrap();
+        assert_eq!(
+            expanded,
+            ids_of(&p["input_ids"]),
+            "{file}: expanded input_ids"
+        );
+    }
+}
+
+#[test]
+fn llama4_float32_quirk_of_the_readme() {
+    // 84-px tiles, a 300×200 landscape: canvas 168×252, resized 168×251.
+    let mut cfg = ProcessorConfig::from_hf_dir(model_dir("llama4_vision")).unwrap();
+    cfg.tile_size = 84;
+    cfg.patch_size = 14;
+    cfg.max_tiles = 6;
+    let img = RgbImage {
+        width: 300,
+        height: 200,
+        data: vec![128; 3 * 300 * 200],
+    };
+    let out = llama4_preprocess(&cfg, &img).unwrap();
+    assert_eq!(out.canvas, (168, 252));
+    assert_eq!((out.resized.height, out.resized.width), (168, 251));
+}
+
+#[test]
+fn processors_on_our_jpeg_decode_stay_close() {
+    let ours = load_image("small_64x48.jpg");
+    let pil = pil_small();
+    let m = ProcessorConfig::from_hf_dir(model_dir("mllama")).unwrap();
+    let a = mllama_preprocess(&m, &ours).unwrap();
+    let b = mllama_preprocess(&m, &pil).unwrap();
+    let dm = max_abs_diff(&a.pixel_values, &b.pixel_values);
+    let l = ProcessorConfig::from_hf_dir(model_dir("llama4_vision")).unwrap();
+    let c = llama4_preprocess(&l, &ours).unwrap();
+    let d = llama4_preprocess(&l, &pil).unwrap();
+    let dl = max_abs_diff(&c.pixel_values, &d.pixel_values);
+    eprintln!("JPEG via zune-jpeg vs PIL decode: mllama pixel_values {dm}, llama4 {dl}");
+    // One uint8 level is 1/(255·std) in mllama units (≤ 0.0152) and 2/255
+    // for Llama 4; the bound is the decoder bound in levels.
+    let bound = f32::from(JPEG_DECODER_BOUND);
+    assert!(dm <= bound / (255.0 * 0.26) + 1e-4, "{dm}");
+    assert!(dl <= bound * 2.0 / 255.0 + 0.01, "{dl}");
+}
