@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value as Json;
 use spinel_runtime::tokenizer::{Tokenizer, Vocab};
 use spinel_runtime::vision::{
-    Llama4ImageTokens, ProcessorConfig, ProcessorKind, RgbImage, VisionError, decode_image,
+    HfWeights, Llama4ImageTokens, Llama4Vision, Llama4VisionConfig, MllamaVision,
+    MllamaVisionConfig, ProcessorConfig, ProcessorKind, RgbImage, VisionError, decode_image,
     decode_image_capped, llama4_expand_image_tokens, llama4_preprocess,
     mllama_cross_attention_mask, mllama_preprocess,
 };
@@ -460,4 +461,110 @@ fn processors_on_our_jpeg_decode_stay_close() {
     let bound = f32::from(JPEG_DECODER_BOUND);
     assert!(dm <= bound / (255.0 * 0.26) + 1e-4, "{dm}");
     assert!(dl <= bound * 2.0 / 255.0 + 0.01, "{dl}");
+}
+
+/// Tolerance of the f32 towers against HF's f32 eager forward.
+const TOWER_TOL: f32 = 1e-4;
+
+/// Compares a traced stage with its debug_*.npy (after an optional
+/// re-layout of the reference) and returns the max |diff|.
+fn check_stage(
+    dir: &Path,
+    stage: &str,
+    short: &str,
+    ours: &[f32],
+    reference: Option<Vec<f32>>,
+) -> f32 {
+    let npy = read_npy(&dir.join(format!("debug_{stage}_{short}.npy")));
+    let want = reference.unwrap_or(npy.data);
+    assert_eq!(want.len(), ours.len(), "{stage} {short}: length");
+    let d = max_abs_diff(&want, ours);
+    assert!(d <= TOWER_TOL, "{stage} {short}: max |diff| {d}");
+    d
+}
+
+#[test]
+fn mllama_tower_matches_reference() {
+    let dir = model_dir("mllama");
+    let reference = read_json(&dir.join("reference.json"));
+    let cfg = MllamaVisionConfig::from_hf_config(&read_json(&dir.join("config.json"))).unwrap();
+    let tower = MllamaVision::load(cfg.clone(), &HfWeights::open(&dir).unwrap()).unwrap();
+    for (file, short) in IMAGES {
+        let p = prompt(&reference, file);
+        let pv = read_npy(&dir.join(format!("pixel_values_{short}.npy")));
+        let mask: Vec<u8> = usizes(&p["aspect_ratio_mask"][0])
+            .iter()
+            .map(|&m| m as u8)
+            .collect();
+        let ar = p["aspect_ratio_ids"][0].as_u64().unwrap() as usize;
+        let mut stages: Vec<(String, Vec<f32>)> = Vec::new();
+        let out = tower
+            .encode(&pv.data, ar, &mask, &mut |n, v| {
+                stages.push((n.to_string(), v.to_vec()))
+            })
+            .unwrap();
+        let mut report = Vec::new();
+        for (stage, ours) in &stages {
+            let relayout = (stage == "patch_embedding_out").then(|| {
+                // HF: conv output [T, D, g, g]; ours [T, P, D].
+                let npy = read_npy(&dir.join(format!("debug_{stage}_{short}.npy")));
+                let (t, d, g) = (npy.shape[0], npy.shape[1], npy.shape[2]);
+                let mut v = vec![0f32; npy.data.len()];
+                for ti in 0..t {
+                    for c in 0..d {
+                        for pi in 0..g * g {
+                            v[(ti * g * g + pi) * d + c] = npy.data[(ti * d + c) * g * g + pi];
+                        }
+                    }
+                }
+                v
+            });
+            report.push((
+                stage.clone(),
+                check_stage(&dir, stage, short, ours, relayout),
+            ));
+        }
+        assert_eq!(stages.len(), 5, "{file}: traced stages");
+        let vo = read_npy(&dir.join(format!("vision_out_{short}.npy")));
+        let dv = max_abs_diff(&vo.data, &out.vision_out);
+        let feats = read_npy(&dir.join(format!("image_features_{short}.npy")));
+        let df = max_abs_diff(&feats.data, &out.features);
+        eprintln!("mllama {file}: {report:?} vision_out {dv:e} image_features {df:e}");
+        assert!(
+            dv <= TOWER_TOL && df <= TOWER_TOL,
+            "{file}: vision_out {dv}, features {df}"
+        );
+    }
+}
+
+#[test]
+fn llama4_tower_matches_reference() {
+    let dir = model_dir("llama4_vision");
+    let cfg = Llama4VisionConfig::from_hf_config(&read_json(&dir.join("config.json"))).unwrap();
+    let tower = Llama4Vision::load(cfg.clone(), &HfWeights::open(&dir).unwrap()).unwrap();
+    let per_tile = cfg.num_channels * cfg.image_size * cfg.image_size;
+    for (file, short) in IMAGES {
+        let pv = read_npy(&dir.join(format!("pixel_values_{short}.npy")));
+        let n_tiles = pv.data.len() / per_tile;
+        let mut stages: Vec<(String, Vec<f32>)> = Vec::new();
+        let out = tower
+            .encode(&pv.data, n_tiles, &mut |n, v| {
+                stages.push((n.to_string(), v.to_vec()))
+            })
+            .unwrap();
+        let report: Vec<(String, f32)> = stages
+            .iter()
+            .map(|(s, v)| (s.clone(), check_stage(&dir, s, short, v, None)))
+            .collect();
+        assert_eq!(stages.len(), 5, "{file}: traced stages");
+        let vo = read_npy(&dir.join(format!("vision_out_{short}.npy")));
+        let dv = max_abs_diff(&vo.data, &out.vision_out);
+        let feats = read_npy(&dir.join(format!("image_features_{short}.npy")));
+        let df = max_abs_diff(&feats.data, &out.features);
+        eprintln!("llama4 {file}: {report:?} vision_out {dv:e} image_features {df:e}");
+        assert!(
+            dv <= TOWER_TOL && df <= TOWER_TOL,
+            "{file}: vision_out {dv}, features {df}"
+        );
+    }
 }

@@ -59,7 +59,7 @@
 //! The checkpoint files are memory-mapped: they must not be modified while
 //! a conversion runs.
 
-mod checkpoint;
+pub(crate) mod checkpoint;
 mod config;
 mod error;
 mod llama;

@@ -39,7 +39,7 @@ mod config;
 mod error;
 mod forward;
 mod matmul;
-mod ops;
+pub(crate) mod ops;
 mod pool;
 mod residency;
 mod state;

@@ -13,3 +13,10 @@ pub use processor::{
     llama4_expand_image_tokens, llama4_preprocess, mllama_cross_attention_mask, mllama_preprocess,
 };
 pub use resize::resize_bilinear_aa;
+pub mod llama4;
+pub mod mllama;
+pub mod tensor;
+
+pub use llama4::{Llama4Vision, Llama4VisionConfig, Llama4VisionOutput};
+pub use mllama::{MllamaVision, MllamaVisionConfig, MllamaVisionOutput};
+pub use tensor::{HfWeights, Tensor, TensorSource};
