@@ -6,12 +6,13 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value as Json;
+use spinel_runtime::convert::{Conversion, ConvertOptions, OutType};
 use spinel_runtime::tokenizer::{Tokenizer, Vocab};
 use spinel_runtime::vision::{
     HfWeights, Llama4ImageTokens, Llama4Vision, Llama4VisionConfig, MllamaVision,
-    MllamaVisionConfig, ProcessorConfig, ProcessorKind, RgbImage, VisionError, decode_image,
-    decode_image_capped, llama4_expand_image_tokens, llama4_preprocess,
-    mllama_cross_attention_mask, mllama_preprocess,
+    MllamaVisionConfig, MmprojFile, ProcessorConfig, ProcessorKind, RgbImage, VisionError,
+    VisionTower, decode_image, decode_image_capped, llama4_expand_image_tokens, llama4_preprocess,
+    mllama_cross_attention_mask, mllama_preprocess, mmproj_tensor_name,
 };
 
 const IMAGES: [(&str, &str); 3] = [
@@ -567,4 +568,201 @@ fn llama4_tower_matches_reference() {
             "{file}: vision_out {dv}, features {df}"
         );
     }
+}
+
+/// A scratch folder for this test binary.
+fn scratch_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("spinel-vision-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Converts `model` to f32 GGUF + mmproj, returns (text path, mmproj path).
+fn convert_f32(model: &str) -> (PathBuf, PathBuf, Conversion) {
+    let dir = model_dir(model);
+    let opts = ConvertOptions {
+        outtype: OutType::F32,
+        name: None,
+    };
+    let conv = Conversion::plan(&dir, &opts).unwrap();
+    assert!(conv.has_mmproj(), "{model}: no mmproj planned");
+    let out = scratch_dir(model);
+    let (text, mmproj) = (out.join("model.gguf"), out.join("model.mmproj.gguf"));
+    conv.write(&text, &mut |_| {}).unwrap();
+    conv.write_mmproj(&mmproj, &mut |_| {})
+        .unwrap()
+        .expect("an mmproj");
+    (text, mmproj, conv)
+}
+
+fn open_mmproj(path: &Path) -> MmprojFile {
+    // SAFETY: the test's own file, not modified while mapped.
+    unsafe { MmprojFile::open(path) }.unwrap()
+}
+
+#[test]
+fn llama4_mmproj_round_trip() {
+    let dir = model_dir("llama4_vision");
+    let (text, mmproj, conv) = convert_f32("llama4_vision");
+    assert_eq!(conv.arch().name(), "llama4");
+    let f = open_mmproj(&mmproj);
+    let m = f.metadata();
+    assert_eq!(m.get_str("general.architecture").unwrap(), "clip");
+    assert_eq!(m.get_str("clip.projector_type").unwrap(), "llama4");
+    assert_eq!(m.get_uint("clip.vision.projector.scale_factor").unwrap(), 2);
+    assert_eq!(m.get_uint("clip.vision.projection_dim").unwrap(), 16);
+    // llama.cpp's tensor names.
+    let names: Vec<String> = conv.mmproj_tensors().into_iter().map(|t| t.name).collect();
+    for n in [
+        "v.patch_embd.weight",
+        "v.position_embd.weight",
+        "v.class_embd",
+        "v.pre_ln.weight",
+        "v.blk.0.attn_q.bias",
+        "v.blk.1.ffn_down.weight",
+        "mm.model.mlp.1.weight",
+        "mm.model.mlp.2.weight",
+        "mm.model.fc.weight",
+    ] {
+        assert!(names.iter().any(|x| x == n), "missing {n} in {names:?}");
+    }
+    assert_eq!(
+        f.processor().unwrap(),
+        ProcessorConfig::from_hf_dir(&dir).unwrap()
+    );
+    let VisionTower::Llama4(tower) = f.load_tower().unwrap() else {
+        panic!("not llama4")
+    };
+    let hf = Llama4Vision::load(tower.cfg.clone(), &HfWeights::open(&dir).unwrap()).unwrap();
+    let cfg = f.processor().unwrap();
+    for (file, short) in IMAGES {
+        let img = llama4_preprocess(&cfg, &reference_image(file)).unwrap();
+        let a = tower
+            .encode(&img.pixel_values, img.n_tiles, &mut |_, _| {})
+            .unwrap();
+        let b = hf
+            .encode(&img.pixel_values, img.n_tiles, &mut |_, _| {})
+            .unwrap();
+        assert_eq!(a.features, b.features, "{file}: GGUF vs safetensors tower");
+        let want = read_npy(&dir.join(format!("image_features_{short}.npy")));
+        let d = max_abs_diff(&want.data, &a.features);
+        eprintln!("llama4 mmproj {file}: image_features max |diff| {d:e}");
+        assert!(d <= TOWER_TOL);
+    }
+    std::fs::remove_file(text).ok();
+    std::fs::remove_file(mmproj).ok();
+}
+
+#[test]
+fn mllama_conversion_round_trip() {
+    let dir = model_dir("mllama");
+    let (text, mmproj, conv) = convert_f32("mllama");
+    assert_eq!(conv.arch().name(), "mllama");
+    // The text model: llama layout plus cross-attention layers.
+    let tnames: Vec<String> = conv.tensors().into_iter().map(|t| t.name).collect();
+    let cfg_json = read_json(&dir.join("config.json"));
+    let cross: Vec<usize> = usizes(&cfg_json["text_config"]["cross_attention_layers"]);
+    for &l in &cross {
+        for t in [
+            "cross_attn_q.weight",
+            "cross_attn_k_norm.weight",
+            "cross_attn_attn_gate",
+            "cross_attn_mlp_gate",
+            "ffn_gate.weight",
+        ] {
+            assert!(tnames.contains(&format!("blk.{l}.{t}")), "blk.{l}.{t}");
+        }
+        assert!(!tnames.contains(&format!("blk.{l}.attn_q.weight")));
+    }
+    assert!(tnames.contains(&"blk.0.attn_q.weight".to_string()));
+    assert!(
+        !tnames
+            .iter()
+            .any(|n| n.starts_with("v.") || n.starts_with("mm."))
+    );
+    let embd = conv
+        .tensors()
+        .into_iter()
+        .find(|t| t.name == "token_embd.weight")
+        .unwrap();
+    let out = conv
+        .tensors()
+        .into_iter()
+        .find(|t| t.name == "output.weight")
+        .unwrap();
+    assert_eq!(embd.dims[1], out.dims[1] + 8, "embedding rows = vocab + 8");
+    let meta = conv.metadata();
+    let layers = meta
+        .iter()
+        .find(|(k, _)| k == "mllama.attention.cross_attention_layers")
+        .unwrap();
+    let got: Vec<u32> = layers.1.as_array().unwrap().to_vec::<u32>().unwrap();
+    assert_eq!(got, cross.iter().map(|&l| l as u32).collect::<Vec<_>>());
+    // The mmproj.
+    let f = open_mmproj(&mmproj);
+    assert_eq!(
+        f.metadata().get_str("clip.projector_type").unwrap(),
+        "mllama"
+    );
+    assert_eq!(
+        f.processor().unwrap(),
+        ProcessorConfig::from_hf_dir(&dir).unwrap()
+    );
+    let VisionTower::Mllama(tower) = f.load_tower().unwrap() else {
+        panic!("not mllama")
+    };
+    let want_cfg = MllamaVisionConfig::from_hf_config(&cfg_json).unwrap();
+    assert_eq!(tower.cfg, want_cfg);
+    let pcfg = f.processor().unwrap();
+    for (file, short) in IMAGES {
+        let img = mllama_preprocess(&pcfg, &reference_image(file)).unwrap();
+        let out = tower
+            .encode(
+                &img.pixel_values,
+                img.aspect_ratio_id,
+                &img.aspect_ratio_mask,
+                &mut |_, _| {},
+            )
+            .unwrap();
+        let want = read_npy(&dir.join(format!("image_features_{short}.npy")));
+        let d = max_abs_diff(&want.data, &out.features);
+        eprintln!("mllama mmproj {file}: image_features max |diff| {d:e}");
+        assert!(d <= TOWER_TOL);
+    }
+    std::fs::remove_file(text).ok();
+    std::fs::remove_file(mmproj).ok();
+}
+
+#[test]
+fn mmproj_tensor_names() {
+    use spinel_runtime::vision::Projector;
+    let n = |p, s: &str| mmproj_tensor_name(p, s);
+    assert_eq!(
+        n(Projector::Llama4, "multi_modal_projector.linear_1.weight").unwrap(),
+        "mm.model.fc.weight"
+    );
+    assert_eq!(
+        n(
+            Projector::Llama4,
+            "vision_model.model.layers.12.self_attn.o_proj.bias"
+        )
+        .unwrap(),
+        "v.blk.12.attn_out.bias"
+    );
+    assert_eq!(
+        n(
+            Projector::Mllama,
+            "vision_model.global_transformer.layers.3.gate_ffn"
+        )
+        .unwrap(),
+        "v.global.blk.3.gate_ffn"
+    );
+    assert!(
+        n(
+            Projector::Llama4,
+            "vision_model.model.layers.x.mlp.fc1.weight"
+        )
+        .is_none()
+    );
+    assert!(n(Projector::Mllama, "vision_model.unknown").is_none());
 }

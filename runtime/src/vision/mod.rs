@@ -15,8 +15,10 @@ pub use processor::{
 pub use resize::resize_bilinear_aa;
 pub mod llama4;
 pub mod mllama;
+pub mod mmproj;
 pub mod tensor;
 
 pub use llama4::{Llama4Vision, Llama4VisionConfig, Llama4VisionOutput};
 pub use mllama::{MllamaVision, MllamaVisionConfig, MllamaVisionOutput};
+pub use mmproj::{MmprojFile, Projector, VisionTower, mmproj_tensor_name};
 pub use tensor::{HfWeights, Tensor, TensorSource};

@@ -132,11 +132,15 @@ impl ProcessorConfig {
         let patch_size = usize_of(outer, "patch_size")
             .or_else(|| usize_of(vision, "patch_size"))
             .unwrap_or(14);
-        let pixel_shuffle_ratio = outer
-            .get("pixel_shuffle_ratio")
-            .or_else(|| vision.get("pixel_shuffle_ratio"))
-            .and_then(Value::as_f64)
-            .unwrap_or(0.5);
+        // Only Llama 4 folds patches (its <|patch|> count depends on it).
+        let pixel_shuffle_ratio = match kind {
+            ProcessorKind::Mllama => 1.0,
+            ProcessorKind::Llama4 => outer
+                .get("pixel_shuffle_ratio")
+                .or_else(|| vision.get("pixel_shuffle_ratio"))
+                .and_then(Value::as_f64)
+                .unwrap_or(0.5),
+        };
         let cfg = ProcessorConfig {
             kind,
             tile_size,
