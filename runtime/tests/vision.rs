@@ -578,7 +578,7 @@ fn scratch_dir(tag: &str) -> PathBuf {
 }
 
 /// Converts `model` to f32 GGUF + mmproj, returns (text path, mmproj path).
-fn convert_f32(model: &str) -> (PathBuf, PathBuf, Conversion) {
+fn convert_f32(model: &str, test: &str) -> (PathBuf, PathBuf, Conversion) {
     let dir = model_dir(model);
     let opts = ConvertOptions {
         outtype: OutType::F32,
@@ -586,7 +586,7 @@ fn convert_f32(model: &str) -> (PathBuf, PathBuf, Conversion) {
     };
     let conv = Conversion::plan(&dir, &opts).unwrap();
     assert!(conv.has_mmproj(), "{model}: no mmproj planned");
-    let out = scratch_dir(model);
+    let out = scratch_dir(&format!("{model}-{test}"));
     let (text, mmproj) = (out.join("model.gguf"), out.join("model.mmproj.gguf"));
     conv.write(&text, &mut |_| {}).unwrap();
     conv.write_mmproj(&mmproj, &mut |_| {})
@@ -603,7 +603,7 @@ fn open_mmproj(path: &Path) -> MmprojFile {
 #[test]
 fn llama4_mmproj_round_trip() {
     let dir = model_dir("llama4_vision");
-    let (text, mmproj, conv) = convert_f32("llama4_vision");
+    let (text, mmproj, conv) = convert_f32("llama4_vision", "mmproj");
     assert_eq!(conv.arch().name(), "llama4");
     let f = open_mmproj(&mmproj);
     let m = f.metadata();
@@ -656,7 +656,7 @@ fn llama4_mmproj_round_trip() {
 #[test]
 fn mllama_conversion_round_trip() {
     let dir = model_dir("mllama");
-    let (text, mmproj, conv) = convert_f32("mllama");
+    let (text, mmproj, conv) = convert_f32("mllama", "mmproj");
     assert_eq!(conv.arch().name(), "mllama");
     // The text model: llama layout plus cross-attention layers.
     let tnames: Vec<String> = conv.tensors().into_iter().map(|t| t.name).collect();
@@ -765,4 +765,99 @@ fn mmproj_tensor_names() {
         .is_none()
     );
     assert!(n(Projector::Mllama, "vision_model.unknown").is_none());
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("bad base64 byte {c}"),
+    };
+    let bytes: Vec<u8> = s
+        .bytes()
+        .filter(|&c| c != b'=' && !c.is_ascii_whitespace())
+        .collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let v: Vec<u32> = chunk.iter().map(|&c| u32::from(val(c))).collect();
+        let n = v
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &x)| acc | (x << (18 - 6 * i)));
+        for i in 0..chunk.len() - 1 {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    out
+}
+
+fn last_logits(p: &Json) -> Vec<f32> {
+    let bytes = base64_decode(p["last_logits_b64"].as_str().unwrap());
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// Tolerance of the text model's last logits (f32 all through).
+const LOGITS_TOL: f32 = 1e-3;
+
+#[test]
+fn llama4_image_prompts_match_reference_logits() {
+    use spinel_runtime::model::{EmbeddingOverride, KvType, Model};
+    use spinel_runtime::vision::llama4_image_prompt;
+    let dir = model_dir("llama4_vision");
+    let reference = read_json(&dir.join("reference.json"));
+    let (text, mmproj, _) = convert_f32("llama4_vision", "logits");
+    let model = Model::load(&text).unwrap();
+    let tok = Tokenizer::from_gguf(model.gguf()).unwrap();
+    let special = Llama4ImageTokens::from_lookup(|s| tok.token_id(s)).unwrap();
+    let f = open_mmproj(&mmproj);
+    let VisionTower::Llama4(tower) = f.load_tower().unwrap() else {
+        panic!("not llama4")
+    };
+    let pcfg = f.processor().unwrap();
+    // The text-only prompt checks the text model on its own.
+    let p = prompt(&reference, "text_only");
+    let ids = tok
+        .encode(p["prompt_text"].as_str().unwrap(), false, true)
+        .unwrap();
+    assert_eq!(ids, ids_of(&p["input_ids"]));
+    let mut state = model.new_state(Some(ids.len()), KvType::F32).unwrap();
+    let d = max_abs_diff(model.forward(&mut state, &ids).unwrap(), &last_logits(&p));
+    eprintln!("llama4 text_only: last logits max |diff| {d:e}");
+    assert!(d <= LOGITS_TOL, "text_only: {d}");
+    for (file, _) in IMAGES {
+        let p = prompt(&reference, file);
+        let ids = tok
+            .encode(p["prompt_text"].as_str().unwrap(), false, true)
+            .unwrap();
+        let ip =
+            llama4_image_prompt(&tower, &pcfg, &special, &ids, &[reference_image(file)]).unwrap();
+        assert_eq!(ip.tokens, ids_of(&p["input_ids"]), "{file}");
+        let mut state = model.new_state(Some(ip.tokens.len()), KvType::F32).unwrap();
+        let over = EmbeddingOverride {
+            indices: &ip.embed_indices,
+            rows: &ip.embeds,
+        };
+        let logits = model
+            .forward_with_embeddings(&mut state, &ip.tokens, over)
+            .unwrap();
+        let want = last_logits(&p);
+        let d = max_abs_diff(logits, &want);
+        eprintln!("llama4 {file}: last logits max |diff| {d:e}");
+        assert!(d <= LOGITS_TOL, "{file}: {d}");
+        // The image matters: plain token embeddings give other logits.
+        let mut state = model.new_state(Some(ip.tokens.len()), KvType::F32).unwrap();
+        let plain = model.forward(&mut state, &ip.tokens).unwrap();
+        assert!(
+            max_abs_diff(plain, &want) > 0.1,
+            "{file}: the image changed nothing"
+        );
+    }
+    std::fs::remove_file(text).ok();
+    std::fs::remove_file(mmproj).ok();
 }

@@ -51,6 +51,7 @@ use crate::gguf::{GgufFile, MappedGguf};
 
 pub use config::{Arch, AttnTemperature, Config, MoeConfig, OnlineRotation};
 pub use error::ModelError;
+pub use forward::EmbeddingOverride;
 pub use residency::{LoadOptions, ResidencyReport};
 pub use state::{DEFAULT_MAX_CTX, KvType, State, StateOptions};
 

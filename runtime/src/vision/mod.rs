@@ -4,6 +4,7 @@
 pub mod error;
 pub mod image;
 pub mod processor;
+pub mod prompt;
 pub mod resize;
 
 pub use error::{Result, VisionError};
@@ -21,4 +22,5 @@ pub mod tensor;
 pub use llama4::{Llama4Vision, Llama4VisionConfig, Llama4VisionOutput};
 pub use mllama::{MllamaVision, MllamaVisionConfig, MllamaVisionOutput};
 pub use mmproj::{MmprojFile, Projector, VisionTower, mmproj_tensor_name};
+pub use prompt::{ImagePrompt, llama4_image_prompt};
 pub use tensor::{HfWeights, Tensor, TensorSource};
