@@ -861,3 +861,51 @@ fn llama4_image_prompts_match_reference_logits() {
     std::fs::remove_file(text).ok();
     std::fs::remove_file(mmproj).ok();
 }
+
+#[test]
+fn extreme_aspect_ratios_and_tiny_images_preprocess() {
+    let m = ProcessorConfig::from_hf_dir(model_dir("mllama")).unwrap();
+    let l = ProcessorConfig::from_hf_dir(model_dir("llama4_vision")).unwrap();
+    for (w, h) in [(1, 1), (1, 3000), (3000, 1), (2, 700), (57, 56), (56, 57)] {
+        let img = RgbImage {
+            width: w,
+            height: h,
+            data: vec![200; 3 * w * h],
+        };
+        let a = mllama_preprocess(&m, &img).unwrap();
+        assert!(a.num_tiles >= 1 && a.num_tiles <= m.max_tiles, "{w}x{h}");
+        assert!(a.resized.width >= 1 && a.resized.height >= 1, "{w}x{h}");
+        assert!(a.pixel_values.iter().all(|v| v.is_finite()));
+        let b = llama4_preprocess(&l, &img).unwrap();
+        assert!(b.n_tiles >= 1 && b.n_tiles <= l.max_tiles + 1, "{w}x{h}");
+        assert!(b.pixel_values.iter().all(|v| v.is_finite()));
+    }
+}
+
+#[test]
+fn f16_mmproj_stays_close() {
+    let dir = model_dir("llama4_vision");
+    let opts = ConvertOptions {
+        outtype: OutType::F16,
+        name: None,
+    };
+    let conv = Conversion::plan(&dir, &opts).unwrap();
+    let path = scratch_dir("llama4-f16").join("m.mmproj.gguf");
+    conv.write_mmproj(&path, &mut |_| {})
+        .unwrap()
+        .expect("an mmproj");
+    let f = open_mmproj(&path);
+    let VisionTower::Llama4(tower) = f.load_tower().unwrap() else {
+        panic!("not llama4")
+    };
+    let cfg = f.processor().unwrap();
+    let img = llama4_preprocess(&cfg, &reference_image("landscape_300x200.png")).unwrap();
+    let out = tower
+        .encode(&img.pixel_values, img.n_tiles, &mut |_, _| {})
+        .unwrap();
+    let want = read_npy(&dir.join("image_features_landscape.npy"));
+    let d = max_abs_diff(&want.data, &out.features);
+    eprintln!("llama4 f16 mmproj: image_features max |diff| {d:e}");
+    assert!(d > 0.0 && d < 1e-2, "{d}");
+    std::fs::remove_file(path).ok();
+}

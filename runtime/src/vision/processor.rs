@@ -170,6 +170,15 @@ impl ProcessorConfig {
         if self.rescale_factor.is_nan() || self.rescale_factor <= 0.0 {
             return Err(cfg_err("rescale_factor must be positive"));
         }
+        // Real processors use 336–560 px tiles and at most a few dozen;
+        // the bounds keep canvas arithmetic and buffers sane.
+        if self.tile_size == 0
+            || self.tile_size > 8192
+            || self.max_tiles == 0
+            || self.max_tiles > 64
+        {
+            return Err(cfg_err("tile size must be 1..=8192 and max tiles 1..=64"));
+        }
         if self.patch_size == 0 || self.tile_size % self.patch_size != 0 {
             return Err(cfg_err("tile size must be a multiple of patch_size"));
         }
