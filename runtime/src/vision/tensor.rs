@@ -118,20 +118,63 @@ pub(crate) enum Bias {
     Yes,
 }
 
+/// Activation rows per gemm task: the split depends only on the shapes,
+/// never on the thread count, so every thread count gives the same bits.
+const ROWS_PER_TASK: usize = 64;
+/// Products smaller than this many multiply-adds stay on one thread.
+const MIN_PARALLEL_WORK: usize = 1 << 20;
+
+fn n_threads() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(64)
+    })
+}
+
 /// `out[i * ldo + j] = dot(w_j, a_i)` for the rows of `w` and `a`, each `k`
-/// wide, on spinel-quant's f32 kernels.
+/// wide, on spinel-quant's f32 kernels; blocks of activation rows are
+/// spread over the machine's threads.
 pub(crate) fn gemm(w: &[f32], k: usize, a: &[f32], out: &mut [f32], ldo: usize) {
-    if a.is_empty() || w.is_empty() {
+    if a.is_empty() || w.is_empty() || k == 0 {
         return;
     }
-    Kernels::get().gemm(
-        GgmlType::F32,
-        k,
-        bytemuck::cast_slice(w),
-        bytemuck::cast_slice(a),
-        out,
-        ldo,
-    );
+    let (m, n) = (a.len() / k, w.len() / k);
+    let kern = Kernels::get();
+    let wb: &[u8] = bytemuck::cast_slice(w);
+    // One task per block of rows: (activation rows, their output rows).
+    let mut tasks = Vec::with_capacity(m.div_ceil(ROWS_PER_TASK));
+    let mut rest = out;
+    for (i, rows) in a.chunks(ROWS_PER_TASK * k).enumerate() {
+        let r = rows.len() / k;
+        let last = (i + 1) * ROWS_PER_TASK >= m;
+        let take = if last {
+            rest.len()
+        } else {
+            (r * ldo).min(rest.len())
+        };
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(take);
+        rest = tail;
+        tasks.push((rows, head));
+    }
+    let run = |(rows, o): (&[f32], &mut [f32])| {
+        kern.gemm(GgmlType::F32, k, wb, bytemuck::cast_slice(rows), o, ldo);
+    };
+    let threads = n_threads().min(tasks.len());
+    if threads <= 1 || m * n * k < MIN_PARALLEL_WORK {
+        tasks.into_iter().for_each(run);
+        return;
+    }
+    let mut per_thread: Vec<Vec<_>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        per_thread[i % threads].push(t);
+    }
+    std::thread::scope(|s| {
+        for mine in per_thread {
+            s.spawn(move || mine.into_iter().for_each(run));
+        }
+    });
 }
 
 /// LayerNorm over the last dimension.
@@ -186,16 +229,14 @@ pub(crate) fn erf(x: f64) -> f64 {
     let a = x.abs();
     let r = if a < 2.5 {
         // erf(x) = 2/√π Σ (-1)^n x^(2n+1) / (n! (2n+1))
+        // At |x| < 2.5 the terms fall below 1e-17 of the sum within 60
+        // terms; the fixed count keeps the loop bounded (x = 0 included).
         let x2 = a * a;
-        let (mut term, mut sum, mut n) = (a, a, 0.0f64);
-        loop {
-            n += 1.0;
+        let (mut term, mut sum) = (a, a);
+        for n in 1..=80 {
+            let n = f64::from(n);
             term *= -x2 / n;
-            let add = term / (2.0 * n + 1.0);
-            sum += add;
-            if add.abs() < 1e-17 * sum.abs() {
-                break;
-            }
+            sum += term / (2.0 * n + 1.0);
         }
         sum * std::f64::consts::FRAC_2_SQRT_PI
     } else if a < 6.0 {
@@ -431,4 +472,54 @@ pub(crate) fn patches(pixels: &[f32], n: usize, c: usize, size: usize, patch: us
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threaded_gemm_matches_a_plain_product() {
+        // Big enough for the threaded path; output rows strided (ldo > n)
+        // and a partial last block.
+        let (m, n, k, ldo) = (300, 64, 130, 70);
+        let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
+        let a: Vec<f32> = (0..m * k).map(val).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| val(i + 13)).collect();
+        let mut out = vec![f32::NAN; (m - 1) * ldo + n];
+        gemm(&w, k, &a, &mut out, ldo);
+        for i in 0..m {
+            for j in 0..n {
+                let want: f64 = (0..k)
+                    .map(|t| f64::from(a[i * k + t]) * f64::from(w[j * k + t]))
+                    .sum();
+                let got = out[i * ldo + j];
+                assert!(
+                    (f64::from(got) - want).abs() < 1e-3,
+                    "({i},{j}): {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn erf_and_gelu_match_known_values() {
+        for (x, want) in [
+            (0.0, 0.0),
+            (0.5, 0.520_499_877_813_046_5),
+            (1.0, 0.842_700_792_949_714_9),
+            (2.0, 0.995_322_265_018_952_7),
+            (3.0, 0.999_977_909_503_001_4),
+            (-1.5, -0.966_105_146_475_310_7),
+        ] {
+            assert!(
+                (erf(x) - want).abs() < 1e-12,
+                "erf({x}) = {} vs {want}",
+                erf(x)
+            );
+        }
+        assert_eq!(gelu(0.0), 0.0);
+        assert!((f64::from(gelu(1.0)) - 0.841_344_746_068_542_9).abs() < 1e-6);
+        assert!((gelu(-3.0) + 0.004_049_95).abs() < 1e-6);
+    }
 }
