@@ -909,3 +909,53 @@ fn f16_mmproj_stays_close() {
     assert!(d > 0.0 && d < 1e-2, "{d}");
     std::fs::remove_file(path).ok();
 }
+
+#[test]
+fn broken_mmproj_files_give_errors() {
+    use spinel_runtime::gguf::{GgufWriter, Value};
+    let dir = scratch_dir("broken-mmproj");
+    let write = |name: &str, w: &GgufWriter<'_>| {
+        let p = dir.join(name);
+        std::fs::write(&p, w.to_bytes()).unwrap();
+        p
+    };
+    // An unknown projector type.
+    let mut w = GgufWriter::new();
+    w.add_kv("general.architecture", Value::from("clip"))
+        .unwrap();
+    w.add_kv("clip.projector_type", Value::from("qwen2vl"))
+        .unwrap();
+    let p = write("unknown.gguf", &w);
+    assert!(matches!(
+        unsafe { MmprojFile::open(&p) },
+        Err(VisionError::Config(_))
+    ));
+    // A known type without its keys or tensors.
+    let mut w = GgufWriter::new();
+    w.add_kv("clip.projector_type", Value::from("llama4"))
+        .unwrap();
+    let p = write("bare.gguf", &w);
+    let f = open_mmproj(&p);
+    assert!(matches!(f.processor(), Err(VisionError::Config(_))));
+    assert!(matches!(f.load_tower(), Err(VisionError::Config(_))));
+    // Every key of a real mmproj but no tensors.
+    let (text, real, _) = convert_f32("llama4_vision", "broken");
+    let real_file = open_mmproj(&real);
+    let mut w = GgufWriter::new();
+    for (k, v) in real_file.metadata().iter() {
+        if k != "general.alignment" {
+            w.add_kv(k, v.clone()).unwrap();
+        }
+    }
+    let p = write("no-tensors.gguf", &w);
+    let f = open_mmproj(&p);
+    assert!(f.processor().is_ok());
+    match f.load_tower() {
+        Err(VisionError::Weights(m)) => assert!(m.contains("missing"), "{m}"),
+        Err(e) => panic!("expected a missing weight, got {e}"),
+        Ok(_) => panic!("a tower without weights loaded"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::remove_file(text).ok();
+    std::fs::remove_file(real).ok();
+}
