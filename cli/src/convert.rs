@@ -1,4 +1,5 @@
-//! `spinel convert HF_DIR -o OUT.gguf [--outtype f32|f16|bf16|q8_0]`.
+//! `spinel convert HF_DIR -o OUT.gguf [--outtype f32|f16|bf16|q8_0]
+//! [--mmproj-out PATH]`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,7 +8,9 @@ use clap::Args as ClapArgs;
 use indicatif::{ProgressBar, ProgressStyle};
 use spinel_runtime::convert::{Conversion, ConvertOptions, OutType, ProgressEvent};
 
-/// Convert a Hugging Face checkpoint (Llama, Llama 4 text) to GGUF.
+/// Convert a Hugging Face checkpoint (Llama, Llama 4, Llama 3.2 Vision) to
+/// GGUF. Multimodal checkpoints also give an mmproj file with the vision
+/// tower and projector.
 #[derive(ClapArgs)]
 pub struct Args {
     /// The checkpoint folder (config.json, *.safetensors, tokenizer files).
@@ -21,6 +24,20 @@ pub struct Args {
     /// `general.name` (default: the folder name).
     #[arg(long)]
     name: Option<String>,
+    /// Where the vision tower and projector of a multimodal checkpoint go
+    /// (default: OUT with `.gguf` replaced by `.mmproj.gguf`).
+    #[arg(long = "mmproj-out")]
+    mmproj_out: Option<PathBuf>,
+}
+
+/// `OUT.gguf` → `OUT.mmproj.gguf` (`OUT` → `OUT.mmproj.gguf`).
+fn default_mmproj_path(out: &std::path::Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".gguf").unwrap_or(&name);
+    out.with_file_name(format!("{stem}.mmproj.gguf"))
 }
 
 fn parse_outtype(s: &str) -> Result<OutType, String> {
@@ -79,5 +96,32 @@ pub fn run(args: &Args) -> Result<(), String> {
         args.out.display(),
         size as f64 / (1 << 20) as f64
     );
+    if conv.has_mmproj() {
+        let path = args
+            .mmproj_out
+            .clone()
+            .unwrap_or_else(|| default_mmproj_path(&args.out));
+        let n = conv.mmproj_tensors().len();
+        eprintln!(
+            "converting the vision tower → {} [{}]: {n} tensors",
+            path.display(),
+            args.outtype
+        );
+        if let Some(size) = conv
+            .write_mmproj(&path, &mut |_| {})
+            .map_err(|e| e.to_string())?
+        {
+            eprintln!(
+                "wrote {} ({:.1} MiB)",
+                path.display(),
+                size as f64 / (1 << 20) as f64
+            );
+        }
+    } else if args.mmproj_out.is_some() {
+        return Err(format!(
+            "--mmproj-out: {} has no vision tower",
+            conv.hf_architecture()
+        ));
+    }
     Ok(())
 }

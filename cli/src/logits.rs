@@ -1,9 +1,14 @@
-//! `spinel logits`: the logits after a prompt given as token ids, for tests
-//! and debugging.
+//! `spinel logits`: the logits after a prompt given as token ids or text
+//! (optionally with an image and the model's mmproj file), for tests and
+//! debugging.
 
 use std::path::PathBuf;
 
-use spinel_runtime::model::{KvType, Model, StateOptions};
+use spinel_runtime::model::{EmbeddingOverride, KvType, Model, StateOptions};
+use spinel_runtime::tokenizer::Tokenizer;
+use spinel_runtime::vision::{
+    ImagePrompt, Llama4ImageTokens, MmprojFile, VisionTower, decode_image, llama4_image_prompt,
+};
 
 use crate::run::KvArgs;
 
@@ -13,8 +18,19 @@ pub struct Args {
     #[arg(short = 'm', long)]
     model: PathBuf,
     /// The prompt as comma-separated token ids (nothing is added).
-    #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
+    #[arg(long, value_delimiter = ',', num_args = 1.., required_unless_present = "prompt", conflicts_with = "prompt")]
     prompt_ids: Vec<u32>,
+    /// The prompt as text: special tokens are parsed, nothing is added (a
+    /// chat-formatted prompt carries its own `<|begin_of_text|>`). With
+    /// `--image`, its `<|image|>` marks where the image goes.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// The vision tower (`OUT.mmproj.gguf` from `spinel convert`).
+    #[arg(long, requires = "image")]
+    mmproj: Option<PathBuf>,
+    /// A PNG or JPEG image for the prompt's `<|image|>` (needs --mmproj).
+    #[arg(long, requires = "mmproj", requires = "prompt")]
+    image: Option<PathBuf>,
     /// Context length (default: the prompt's length).
     #[arg(short = 'c', long)]
     ctx: Option<usize>,
@@ -32,12 +48,48 @@ pub struct Args {
     top: usize,
 }
 
+/// The prompt's tokens, and the image features that replace some of their
+/// embeddings.
+fn prompt_tokens(
+    args: &Args,
+    model: &Model<'_>,
+) -> Result<(Vec<u32>, Option<ImagePrompt>), String> {
+    let Some(text) = &args.prompt else {
+        return Ok((args.prompt_ids.clone(), None));
+    };
+    let tok = Tokenizer::from_gguf(model.gguf()).map_err(|e| e.to_string())?;
+    let ids = tok.encode(text, false, true).map_err(|e| e.to_string())?;
+    let (Some(mmproj), Some(image)) = (&args.mmproj, &args.image) else {
+        return Ok((ids, None));
+    };
+    // SAFETY: the mmproj file is only read; like the model file, it must
+    // not be changed while this command runs.
+    let file =
+        unsafe { MmprojFile::open(mmproj) }.map_err(|e| format!("{}: {e}", mmproj.display()))?;
+    let processor = file.processor().map_err(|e| e.to_string())?;
+    let tower = match file.load_tower().map_err(|e| e.to_string())? {
+        VisionTower::Llama4(t) => t,
+        VisionTower::Mllama(_) => {
+            return Err(
+                "mllama image prompts are not supported yet (only the vision tower is)".into(),
+            );
+        }
+    };
+    let bytes = std::fs::read(image).map_err(|e| format!("{}: {e}", image.display()))?;
+    let img = decode_image(&bytes).map_err(|e| format!("{}: {e}", image.display()))?;
+    let special = Llama4ImageTokens::from_lookup(|s| tok.token_id(s)).map_err(|e| e.to_string())?;
+    let ip = llama4_image_prompt(&tower, &processor, &special, &ids, &[img])
+        .map_err(|e| e.to_string())?;
+    Ok((ip.tokens.clone(), Some(ip)))
+}
+
 pub fn run(args: &Args) -> Result<(), String> {
     let (kv_type, kv_type_v) = args.kv.types(KvType::F32)?;
     let model = Model::load(&args.model).map_err(|e| format!("{}: {e}", args.model.display()))?;
+    let (tokens, image) = prompt_tokens(args, &model)?;
     let mut state = model
         .new_state_with(&StateOptions {
-            n_ctx: Some(args.ctx.unwrap_or(args.prompt_ids.len())),
+            n_ctx: Some(args.ctx.unwrap_or(tokens.len())),
             kv_type,
             kv_type_v: Some(kv_type_v),
             kv_rotation: args.kv.kv_rotation(),
@@ -45,9 +97,17 @@ pub fn run(args: &Args) -> Result<(), String> {
             ..StateOptions::default()
         })
         .map_err(|e| e.to_string())?;
-    let logits = model
-        .forward(&mut state, &args.prompt_ids)
-        .map_err(|e| e.to_string())?;
+    let logits = match &image {
+        Some(ip) => {
+            let over = EmbeddingOverride {
+                indices: &ip.embed_indices,
+                rows: &ip.embeds,
+            };
+            model.forward_with_embeddings(&mut state, &tokens, over)
+        }
+        None => model.forward(&mut state, &tokens),
+    }
+    .map_err(|e| e.to_string())?;
 
     if args.json {
         println!("{}", serde_json::json!({ "logits": logits }));
@@ -58,7 +118,7 @@ pub fn run(args: &Args) -> Result<(), String> {
     println!(
         "{} logits after {} tokens; the {} largest:",
         logits.len(),
-        args.prompt_ids.len(),
+        tokens.len(),
         args.top.min(logits.len())
     );
     for &id in order.iter().take(args.top) {

@@ -253,3 +253,95 @@ fn kv_cache_type_flags_choose_the_cache() {
     ]);
     assert!(!run.status.success());
 }
+
+/// Standard base64 (the reference logits are stored that way).
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("bad base64 byte {c}"),
+        }
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
+    let mut out = Vec::new();
+    for chunk in bytes.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &c)| acc | (val(c) << (18 - 6 * i)));
+        for i in 0..chunk.len() - 1 {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    out
+}
+
+#[test]
+fn llama4_image_prompt_logits_match_transformers() {
+    // `spinel convert` writes m.gguf and m.mmproj.gguf; `spinel logits`
+    // tokenizes the chat-formatted prompt, expands <|image|>, runs the
+    // vision tower and puts its features at the <|patch|> tokens.
+    let vision = testdata().join("vision");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("spinel-cli-logits")
+        .join(format!("{}-llama4-vision", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("m.gguf");
+    let model_dir = vision.join("dev/llama4_vision");
+    let run = spinel(&[
+        "convert".as_ref(),
+        model_dir.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "--outtype".as_ref(),
+        "f32".as_ref(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mmproj = dir.join("m.mmproj.gguf");
+    assert!(mmproj.is_file(), "no mmproj written");
+    let reference: Json =
+        serde_json::from_slice(&std::fs::read(model_dir.join("reference.json")).unwrap()).unwrap();
+    let image = "landscape_300x200.png";
+    let p = &reference["prompts"][image];
+    let run = spinel(&[
+        "logits".as_ref(),
+        "-m".as_ref(),
+        out.as_os_str(),
+        "--mmproj".as_ref(),
+        mmproj.as_os_str(),
+        "--image".as_ref(),
+        vision.join("images").join(image).as_os_str(),
+        "--prompt".as_ref(),
+        p["prompt_text"].as_str().unwrap().as_ref(),
+        "--json".as_ref(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let got: Vec<f32> =
+        serde_json::from_slice::<Json>(&run.stdout).expect("one JSON object")["logits"]
+            .as_array()
+            .expect("logits array")
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+    let want: Vec<f32> = base64_decode(p["last_logits_b64"].as_str().unwrap())
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(got.len(), want.len());
+    let d = max_abs_diff(&got, &want);
+    assert!(d <= 1e-3, "last logits differ by {d}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -19,3 +19,4 @@ pub mod sampling;
 #[doc(hidden)]
 pub mod synthetic;
 pub mod tokenizer;
+pub mod vision;

@@ -119,6 +119,9 @@ pub struct HfConfig {
     pub attn_temperature_tuning: Option<bool>,
     pub floor_scale: Option<u64>,
     pub attn_scale: Option<f64>,
+
+    // Mllama (text): the layers replaced by cross-attention blocks.
+    pub cross_attention_layers: Option<Vec<u64>>,
 }
 
 impl HfConfig {

@@ -22,6 +22,8 @@ type Result<T> = std::result::Result<T, ConvertError>;
 pub enum Arch {
     Llama,
     Llama4,
+    /// Llama 3.2 Vision's text model: Llama 3 with cross-attention layers.
+    Mllama,
 }
 
 impl Arch {
@@ -30,18 +32,21 @@ impl Arch {
         match self {
             Arch::Llama => "llama",
             Arch::Llama4 => "llama4",
+            Arch::Mllama => "mllama",
         }
     }
 }
 
 /// The HF `architectures` names this converter reads, and what they become.
-pub const ARCHITECTURES: [(&str, Arch); 4] = [
+pub const ARCHITECTURES: [(&str, Arch); 5] = [
     ("LlamaForCausalLM", Arch::Llama),
     ("LLaMAForCausalLM", Arch::Llama),
     ("Llama4ForCausalLM", Arch::Llama4),
     // The multimodal checkpoint: its text model only (as llama.cpp's text
     // conversion does); vision tensors are left out.
     ("Llama4ForConditionalGeneration", Arch::Llama4),
+    // Llama 3.2 Vision: the text model here, the tower in the mmproj.
+    ("MllamaForConditionalGeneration", Arch::Mllama),
 ];
 
 /// Metadata and tensors of the output file, before the tokenizer.
@@ -94,7 +99,7 @@ impl<'c> Tensors<'c> {
         }
         if dropped > 0 {
             notes.push(format!(
-                "left out {dropped} vision tensors (only the text model is converted)"
+                "{dropped} vision tensors are not part of the text model (they go to the mmproj file)"
             ));
         }
         Tensors {
@@ -387,6 +392,14 @@ pub fn plan(
             put(k(key), v);
         }
     }
+    let cross_layers = cross_attention_layers(cfg, arch, n_layer)?;
+    if arch == Arch::Mllama {
+        let l: Vec<u32> = cross_layers.iter().map(|&i| i as u32).collect();
+        put(
+            k("attention.cross_attention_layers"),
+            crate::gguf::Array::from_scalars(&l).into(),
+        );
+    }
     put("general.quantization_version".into(), 2u32.into());
 
     // Tensors.
@@ -419,12 +432,31 @@ pub fn plan(
             true,
         );
     }
+    // Mllama's embedding has extra rows past the vocabulary (the image
+    // token and 7 more); lm_head has vocab_size rows.
+    let embd_rows = match b.src.by_name.get("model.embed_tokens.weight") {
+        Some(t) if arch == Arch::Mllama && t.shape.len() == 2 && t.shape[0] >= n_vocab => {
+            t.shape[0]
+        }
+        _ => n_vocab,
+    };
     b.copy(
         "model.embed_tokens.weight",
-        &[n_vocab, n_embd],
+        &[embd_rows, n_embd],
         "token_embd.weight".into(),
     )?;
     for (i, &is_moe) in moe_layers.iter().enumerate() {
+        if cross_layers.contains(&i) {
+            let dims = CrossDims {
+                n_embd,
+                q_dim,
+                kv_dim,
+                head_dim,
+                n_ff,
+            };
+            mllama_cross_layer(&mut b, i, dims)?;
+            continue;
+        }
         let hf = |s: &str| format!("model.layers.{i}.{s}");
         let gg = |s: &str| format!("blk.{i}.{s}");
         b.copy(
@@ -586,6 +618,95 @@ pub fn plan(
         tensors: b.tensors,
         notes,
     })
+}
+
+/// Mllama's cross-attention layers (empty for other architectures).
+fn cross_attention_layers(cfg: &HfConfig, arch: Arch, n_layer: u64) -> Result<Vec<usize>> {
+    if arch != Arch::Mllama {
+        return Ok(Vec::new());
+    }
+    let layers = cfg
+        .cross_attention_layers
+        .clone()
+        .ok_or_else(|| config_err("cross_attention_layers", "missing for an mllama model"))?;
+    let mut out = Vec::with_capacity(layers.len());
+    for l in layers {
+        if l >= n_layer || out.contains(&(l as usize)) {
+            return Err(config_err(
+                "cross_attention_layers",
+                format!("layer {l} is out of range or listed twice ({n_layer} layers)"),
+            ));
+        }
+        out.push(l as usize);
+    }
+    Ok(out)
+}
+
+#[derive(Clone, Copy)]
+struct CrossDims {
+    n_embd: usize,
+    q_dim: usize,
+    kv_dim: usize,
+    head_dim: usize,
+    n_ff: usize,
+}
+
+/// An mllama cross-attention block: q from the text, k/v from the vision
+/// features, per-head q/k RMS norms, no RoPE (so q/k are not permuted),
+/// tanh gates on the attention and MLP branches, then a SwiGLU MLP.
+fn mllama_cross_layer(b: &mut Builder<'_>, i: usize, d: CrossDims) -> Result<()> {
+    let hf = |s: &str| format!("model.layers.{i}.{s}");
+    let gg = |s: &str| format!("blk.{i}.{s}");
+    b.copy(
+        &hf("input_layernorm.weight"),
+        &[d.n_embd],
+        gg("attn_norm.weight"),
+    )?;
+    for (p, g, shape) in [
+        ("q_proj", "cross_attn_q", [d.q_dim, d.n_embd]),
+        ("k_proj", "cross_attn_k", [d.kv_dim, d.n_embd]),
+        ("v_proj", "cross_attn_v", [d.kv_dim, d.n_embd]),
+        ("o_proj", "cross_attn_o", [d.n_embd, d.q_dim]),
+    ] {
+        b.copy(
+            &hf(&format!("cross_attn.{p}.weight")),
+            &shape,
+            gg(&format!("{g}.weight")),
+        )?;
+    }
+    b.copy(
+        &hf("cross_attn.q_norm.weight"),
+        &[d.head_dim],
+        gg("cross_attn_q_norm.weight"),
+    )?;
+    b.copy(
+        &hf("cross_attn.k_norm.weight"),
+        &[d.head_dim],
+        gg("cross_attn_k_norm.weight"),
+    )?;
+    b.copy_f32(
+        &hf("cross_attn_attn_gate"),
+        &[1],
+        gg("cross_attn_attn_gate"),
+    )?;
+    b.copy_f32(&hf("cross_attn_mlp_gate"), &[1], gg("cross_attn_mlp_gate"))?;
+    b.copy(
+        &hf("post_attention_layernorm.weight"),
+        &[d.n_embd],
+        gg("ffn_norm.weight"),
+    )?;
+    for (p, g, shape) in [
+        ("gate_proj", "ffn_gate", [d.n_ff, d.n_embd]),
+        ("up_proj", "ffn_up", [d.n_ff, d.n_embd]),
+        ("down_proj", "ffn_down", [d.n_embd, d.n_ff]),
+    ] {
+        b.copy(
+            &hf(&format!("mlp.{p}.weight")),
+            &shape,
+            gg(&format!("{g}.weight")),
+        )?;
+    }
+    Ok(())
 }
 
 /// Llama 4's attention layout as the keys Spinel's model loader reads

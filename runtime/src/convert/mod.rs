@@ -17,6 +17,12 @@
 //!   `Llama4ForConditionalGeneration`) → `llama4`: fused experts split and
 //!   transposed into `ffn_{gate,up,down}_exps`, the shared expert as
 //!   `ffn_*_shexp`, the router as `ffn_gate_inp`; q/k not permuted.
+//! * `MllamaForConditionalGeneration` (Llama 3.2 Vision) → `mllama`: the
+//!   `llama` layout plus cross-attention blocks in the layers listed by
+//!   `mllama.attention.cross_attention_layers` (see README.md).
+//! * Multimodal checkpoints (`MllamaForConditionalGeneration`,
+//!   `Llama4ForConditionalGeneration`) also give an mmproj file with the
+//!   vision tower and projector ([`Conversion::write_mmproj`]).
 //!
 //! Tensor types follow llama.cpp's rule ([`plan::tensor_type`]): 1-D
 //! tensors, norms, biases and the MoE router stay F32; other weights take
@@ -59,10 +65,11 @@
 //! The checkpoint files are memory-mapped: they must not be modified while
 //! a conversion runs.
 
-mod checkpoint;
+pub(crate) mod checkpoint;
 mod config;
 mod error;
 mod llama;
+mod mmproj;
 mod plan;
 mod tokenizer;
 mod write;
@@ -80,11 +87,12 @@ pub use llama::{Arch, llama3_rope_factors};
 pub use plan::{OutType, tensor_type};
 
 /// HF `architectures` names [`Conversion::plan`] accepts.
-pub const SUPPORTED_ARCHITECTURES: [&str; 4] = [
+pub const SUPPORTED_ARCHITECTURES: [&str; 5] = [
     llama::ARCHITECTURES[0].0,
     llama::ARCHITECTURES[1].0,
     llama::ARCHITECTURES[2].0,
     llama::ARCHITECTURES[3].0,
+    llama::ARCHITECTURES[4].0,
 ];
 
 /// How to convert.
@@ -149,6 +157,8 @@ pub struct Conversion {
     kv: Vec<(String, Value<'static>)>,
     tensors: Vec<plan::OutTensor>,
     notes: Vec<String>,
+    /// The vision tower and projector of a multimodal checkpoint.
+    mmproj: Option<mmproj::MmprojPlan>,
 }
 
 impl Conversion {
@@ -177,6 +187,20 @@ impl Conversion {
         let mut kv = model.kv;
         let mut notes = model.notes;
         tokenizer::add_tokenizer(dir, gen_cfg.as_ref(), &mut kv, &mut notes)?;
+        let mmproj = match mmproj::projector_of(&hf_arch) {
+            Some(projector) => {
+                let raw = checkpoint::read_json(&dir.join("config.json"))?;
+                Some(mmproj::plan(
+                    dir,
+                    &raw,
+                    &ckpt,
+                    projector,
+                    opts.outtype,
+                    &name,
+                )?)
+            }
+            None => None,
+        };
         Ok(Conversion {
             dir: dir.to_path_buf(),
             arch,
@@ -185,6 +209,7 @@ impl Conversion {
             kv,
             tensors: model.tensors,
             notes,
+            mmproj,
         })
     }
 
@@ -229,6 +254,39 @@ impl Conversion {
     /// Things worth telling the user (no tokenizer, left-out tensors …).
     pub fn notes(&self) -> &[String] {
         &self.notes
+    }
+
+    /// Whether the checkpoint has a vision tower (written by
+    /// [`Conversion::write_mmproj`]).
+    pub fn has_mmproj(&self) -> bool {
+        self.mmproj.is_some()
+    }
+
+    /// The metadata and tensors of the mmproj file, if any.
+    pub fn mmproj_tensors(&self) -> Vec<PlannedTensor> {
+        self.mmproj
+            .iter()
+            .flat_map(|m| m.tensors.iter())
+            .map(|t| PlannedTensor {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                ty: t.ty,
+                source: t.source().map(|s| s.name.clone()),
+            })
+            .collect()
+    }
+
+    /// Writes the vision tower and projector to `out` (an mmproj GGUF).
+    /// Returns `None` when the checkpoint has no vision tower.
+    pub fn write_mmproj(
+        &self,
+        out: &Path,
+        progress: &mut dyn FnMut(Progress<'_>),
+    ) -> Result<Option<u64>, ConvertError> {
+        match &self.mmproj {
+            Some(m) => write::write(out, &m.kv, &m.tensors, &self.ckpt, progress).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Writes the GGUF file to `out` (via `out.part`, renamed when

@@ -21,7 +21,59 @@ use super::pool::{Pool, SharedMut, chunk};
 use super::state::{Route, State};
 use super::weights::{Ffn, Lin, MoeFfn, Weight};
 
+/// Input embeddings that replace the token embeddings at some positions
+/// (image features at the `<|patch|>` tokens of a Llama 4 prompt).
+#[derive(Clone, Copy, Debug)]
+pub struct EmbeddingOverride<'a> {
+    /// Indices into the `tokens` of the call, ascending.
+    pub indices: &'a [usize],
+    /// `(indices.len(), dim)` row-major: the embedding of each.
+    pub rows: &'a [f32],
+}
+
+impl EmbeddingOverride<'_> {
+    /// Writes the rows whose index falls in `first..first + rows` into
+    /// `x` (`rows` rows of `dim`).
+    fn apply(&self, x: &mut [f32], dim: usize, first: usize) {
+        let n = x.len() / dim;
+        for (j, &i) in self.indices.iter().enumerate() {
+            if (first..first + n).contains(&i) {
+                let r = i - first;
+                x[r * dim..(r + 1) * dim].copy_from_slice(&self.rows[j * dim..(j + 1) * dim]);
+            }
+        }
+    }
+}
+
 impl Model<'_> {
+    /// Like [`forward`](Self::forward), with the input embeddings of the
+    /// tokens at `over.indices` replaced by `over.rows` before layer 0.
+    pub fn forward_with_embeddings<'s>(
+        &self,
+        state: &'s mut State,
+        tokens: &[u32],
+        over: EmbeddingOverride<'_>,
+    ) -> Result<&'s [f32], ModelError> {
+        let dim = self.config.dim;
+        let sorted = over.indices.windows(2).all(|w| w[0] < w[1]);
+        let in_range = over.indices.last().is_none_or(|&i| i < tokens.len());
+        if over.rows.len() != over.indices.len() * dim || !sorted || !in_range {
+            return Err(ModelError::BatchMismatch {
+                tokens: over.indices.len(),
+                sequences: over.rows.len() / dim.max(1),
+            });
+        }
+        state.reacquire()?;
+        self.check_input(state, tokens)?;
+        for (b, batch) in tokens.chunks(state.n_batch).enumerate() {
+            let first = b * state.n_batch;
+            self.forward_rows(state, &mut [], &[batch.len()], batch, Some((over, first)))?;
+        }
+        let last = (tokens.len() - 1) % state.n_batch;
+        self.logits_at(state, last)?;
+        Ok(&state.logits)
+    }
+
     /// Runs `tokens` at positions `state.n_past()..` and returns the logits
     /// of the last one (`n_vocab` values).
     ///
@@ -167,7 +219,7 @@ impl Model<'_> {
                 return Err(ModelError::StateMismatch);
             }
         }
-        self.forward_rows(state, others, lens, tokens)?;
+        self.forward_rows(state, others, lens, tokens, None)?;
         // The last row of each run, moved up to row `j` (never down: each
         // run has a row), is all the logits are needed for.
         let dim = self.config.dim;
@@ -267,18 +319,20 @@ impl Model<'_> {
     /// Pushes `tokens` (at most `n_batch`, checked) through every layer at
     /// positions `n_past..n_past + tokens.len()`.
     fn forward_batch(&self, s: &mut State, tokens: &[u32]) -> Result<(), ModelError> {
-        self.forward_rows(s, &mut [], &[tokens.len()], tokens)
+        self.forward_rows(s, &mut [], &[tokens.len()], tokens, None)
     }
 
     /// The layers for `tokens`: runs of `lens[0]` rows for `s` (positions
     /// `s.n_past..`) and `lens[i]` rows for `others[i - 1]` (from its own
-    /// `n_past`), one after the other.
+    /// `n_past`), one after the other. `over` replaces input embeddings:
+    /// its index `first + r` is row `r` of this batch.
     fn forward_rows(
         &self,
         s: &mut State,
         others: &mut [&mut State],
         lens: &[usize],
         tokens: &[u32],
+        over: Option<(EmbeddingOverride<'_>, usize)>,
     ) -> Result<(), ModelError> {
         let c = &self.config;
         let w = &self.weights;
@@ -295,6 +349,9 @@ impl Model<'_> {
             embd_to_float(embd.row(tok as usize), x);
         }
         self.gathered_embeddings(tokens);
+        if let Some((o, first)) = over {
+            o.apply(&mut s.x[..n * dim], dim, first);
+        }
         // RoPE angles of the batch's positions: each run from its
         // sequence's `n_past`.
         let starts = std::iter::once(pos0).chain(others.iter().map(|o| o.n_past));

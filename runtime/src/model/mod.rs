@@ -39,7 +39,7 @@ mod config;
 mod error;
 mod forward;
 mod matmul;
-mod ops;
+pub(crate) mod ops;
 mod pool;
 mod residency;
 mod state;
@@ -51,6 +51,7 @@ use crate::gguf::{GgufFile, MappedGguf};
 
 pub use config::{Arch, AttnTemperature, Config, MoeConfig, OnlineRotation};
 pub use error::ModelError;
+pub use forward::EmbeddingOverride;
 pub use residency::{LoadOptions, ResidencyReport};
 pub use state::{DEFAULT_MAX_CTX, KvType, State, StateOptions};
 

@@ -1,0 +1,69 @@
+//! Errors of image decoding, preprocessing and the vision towers.
+
+use std::fmt;
+
+/// What went wrong with an image or a vision model.
+#[derive(Debug)]
+pub enum VisionError {
+    /// The bytes are neither PNG nor JPEG.
+    UnknownFormat,
+    /// The decoder rejected the image (corrupt or truncated data).
+    Decode {
+        format: &'static str,
+        detail: String,
+    },
+    /// The header announces more pixels than the cap (a decompression bomb).
+    TooLarge {
+        width: u64,
+        height: u64,
+        max_pixels: u64,
+    },
+    /// Width or height is zero.
+    Empty,
+    /// A processor or model setting is missing or invalid.
+    Config(String),
+    /// Reading a configuration or weight file failed.
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    /// A weight is missing or has the wrong shape.
+    Weights(String),
+    /// The prompt and the images do not fit together.
+    Prompt(String),
+}
+
+impl fmt::Display for VisionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VisionError::UnknownFormat => write!(f, "image: not a PNG or JPEG file"),
+            VisionError::Decode { format, detail } => {
+                write!(f, "image: corrupt or truncated {format}: {detail}")
+            }
+            VisionError::TooLarge {
+                width,
+                height,
+                max_pixels,
+            } => write!(
+                f,
+                "image: {width}x{height} is over the cap of {max_pixels} pixels (refused before decoding)"
+            ),
+            VisionError::Empty => write!(f, "image: width or height is zero"),
+            VisionError::Config(s) => write!(f, "vision config: {s}"),
+            VisionError::Io { path, source } => write!(f, "{path}: {source}"),
+            VisionError::Weights(s) => write!(f, "vision weights: {s}"),
+            VisionError::Prompt(s) => write!(f, "vision prompt: {s}"),
+        }
+    }
+}
+
+impl std::error::Error for VisionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            VisionError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, VisionError>;
