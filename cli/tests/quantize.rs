@@ -15,7 +15,8 @@
 //!   and in llama.cpp (`llama-simple`);
 //! * with an importance matrix made by `llama-imatrix`, `spinel quantize
 //!   --imatrix` and `llama-quantize --imatrix` write byte-identical files
-//!   for q4_0, q4_1, q5_0, q5_1, q4_k_m, q5_k_m, q6_k, iq4_nl and iq4_xs;
+//!   for q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k, iq4_nl
+//!   and iq4_xs;
 //!   the same file in the legacy .dat format gives the same bytes; and
 //!   both tools accept the imatrix `spinel imatrix` writes.
 //!
@@ -253,7 +254,8 @@ fn assert_same_bytes(ty: &str, a: &Path, b: &Path) {
 fn imatrix_files_equal_llama_quantize() {
     let im = llama_imatrix("gguf");
     for ty in [
-        "q4_0", "q4_1", "q5_0", "q5_1", "q4_k_m", "q5_k_m", "q6_k", "iq4_nl", "iq4_xs",
+        "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_m", "q4_k_m", "q5_k_m", "q6_k", "iq4_nl",
+        "iq4_xs",
     ] {
         let (a, b) = quantize_both(ty, &im, "imatrix");
         assert_same_bytes(ty, &a, &b);

@@ -47,6 +47,8 @@ pub fn quantize_row_weighted(ty: crate::GgmlType, x: &[f32], qw: &[f32], out: &m
         T::Q4_1 => legacy::quantize_row_q4_1_weighted(x, cast(out), qw),
         T::Q5_0 => legacy::quantize_row_q5_0_weighted(x, cast(out), qw),
         T::Q5_1 => legacy::quantize_row_q5_1_weighted(x, cast(out), qw),
+        T::Q2K => k_quants::quantize_row_q2_k_weighted(x, cast(out), qw),
+        T::Q3K => k_quants::quantize_row_q3_k_weighted(x, cast(out), qw),
         T::Q4K => k_quants::quantize_row_q4_k_weighted(x, cast(out), qw),
         T::Q5K => k_quants::quantize_row_q5_k_weighted(x, cast(out), qw),
         T::Q6K => k_quants::quantize_row_q6_k_weighted(x, cast(out), qw),

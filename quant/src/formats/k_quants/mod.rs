@@ -23,8 +23,12 @@ mod q8_k;
 #[cfg(test)]
 mod tests;
 
-pub use q2_k::{dequantize_row_q2_k, quantize_row_q2_k, vec_dot_q2_k_q8_k};
-pub use q3_k::{dequantize_row_q3_k, quantize_row_q3_k, vec_dot_q3_k_q8_k};
+pub use q2_k::{
+    dequantize_row_q2_k, quantize_row_q2_k, quantize_row_q2_k_weighted, vec_dot_q2_k_q8_k,
+};
+pub use q3_k::{
+    dequantize_row_q3_k, quantize_row_q3_k, quantize_row_q3_k_weighted, vec_dot_q3_k_q8_k,
+};
 pub use q4_k::{
     dequantize_row_q4_k, quantize_row_q4_k, quantize_row_q4_k_weighted, vec_dot_q4_k_q8_k,
 };
