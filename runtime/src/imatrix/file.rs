@@ -159,7 +159,7 @@ impl Imatrix {
             let counts: Vec<i64> = f32s(c.data())
                 .into_iter()
                 .map(|v| {
-                    if v.is_finite() && v >= 0.0 && v < 9.0e15 {
+                    if (0.0..9.0e15).contains(&v) {
                         Ok(v.round() as i64)
                     } else {
                         invalid(format!("{name}: count {v} is not a non-negative number"))

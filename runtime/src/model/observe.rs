@@ -53,7 +53,7 @@ impl MatmulSite {
 }
 
 /// Receives the inputs of the forward pass's matrix products.
-pub trait ActivationObserver: Send {
+pub trait ActivationObserver: Send + Sync {
     /// `x`: the `n` rows (`x.len() / n` columns each) read by the products
     /// at `site` of layer `layer`.
     fn observe(&mut self, layer: usize, site: MatmulSite, x: &[f32], n: usize);

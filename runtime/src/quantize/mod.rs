@@ -716,8 +716,13 @@ fn tensor_weights<'w>(
     let Some(w) = imatrix.and_then(|im| im.weights.get(name)) else {
         return Ok(None);
     };
+    if dims.get(3).is_some_and(|&d| d > 1) {
+        return Err(QuantizeError::Imatrix(format!(
+            "{name}: importance weights for a 4-dimensional tensor"
+        )));
+    }
     let n_mat = dims.get(2).copied().unwrap_or(1);
-    let want = dims[0].saturating_mul(n_mat);
+    let want = dims.first().copied().unwrap_or(1).saturating_mul(n_mat);
     if w.len() as u64 != want {
         if category(name) == Category::TokenEmbd {
             return Ok(None);
