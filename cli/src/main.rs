@@ -8,6 +8,7 @@ mod bench;
 mod chat;
 mod convert;
 mod fetch;
+mod imatrix;
 mod inspect;
 mod logits;
 mod memory;
@@ -63,6 +64,8 @@ enum Command {
     Quantize(quantize::Args),
     /// Measure perplexity on a text the way llama-perplexity does.
     Perplexity(perplexity::Args),
+    /// Compute an importance matrix for `quantize --imatrix` (llama-imatrix's).
+    Imatrix(imatrix::Args),
     /// Write a synthetic ~2 GiB checkpoint (for tests of streaming).
     #[command(hide = true)]
     Synth(memory::SynthArgs),
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::Quantize(args) => quantize::run(&args),
         Command::Perplexity(args) => perplexity::run(&args),
+        Command::Imatrix(args) => imatrix::run(&args),
         Command::Synth(args) => memory::synth(&args),
     };
     match result {

@@ -7,8 +7,9 @@ use clap::Args as ClapArgs;
 use indicatif::{ProgressBar, ProgressStyle};
 use spinel_runtime::convert::{Conversion, ConvertOptions, OutType};
 use spinel_runtime::gguf::MappedGguf;
+use spinel_runtime::imatrix::Imatrix;
 use spinel_runtime::quantize::rotate::{RotateOptions, rotate_file};
-use spinel_runtime::quantize::{FileType, quantize_file};
+use spinel_runtime::quantize::{FileType, ImatrixUse, quantize_file_with};
 
 /// Quantize a GGUF file (or a Hugging Face checkpoint folder) with
 /// llama-quantize's per-tensor type choices.
@@ -52,6 +53,11 @@ pub struct Args {
     /// every channel (plain SpinQuant).
     #[arg(long, default_value_t = 16, value_name = "N")]
     rotate_keep_outliers: usize,
+    /// An importance matrix (`spinel imatrix` or `llama-imatrix`, GGUF or
+    /// legacy .dat): quantize as `llama-quantize --imatrix` does, each
+    /// weight's error weighted by the mean square of its input column.
+    #[arg(long, value_name = "FILE")]
+    imatrix: Option<PathBuf>,
 }
 
 fn parse_type(s: &str) -> Result<FileType, String> {
@@ -63,6 +69,13 @@ fn parse_type(s: &str) -> Result<FileType, String> {
 
 pub fn run(args: &Args) -> Result<(), String> {
     let t0 = Instant::now();
+    if args.imatrix.is_some() && (args.rotate || args.rotate_online) {
+        return Err(
+            "--imatrix cannot be combined with --rotate: the importance matrix \
+                    describes the unrotated weights' inputs"
+                .into(),
+        );
+    }
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -175,7 +188,45 @@ fn quantize(args: &Args, input: &Path, threads: usize, t0: Instant) -> Result<()
             .expect("valid template")
             .progress_chars("=> "),
     );
-    let summary = quantize_file(file, &args.out, args.ty, threads, &mut |p| {
+    let imatrix = match &args.imatrix {
+        Some(p) => {
+            let m = Imatrix::load(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            if !m.legacy && !m.has_metadata {
+                return Err(format!(
+                    "{}: missing imatrix metadata (imatrix.datasets, imatrix.chunk_count, \
+                     imatrix.chunk_size)",
+                    p.display()
+                ));
+            }
+            eprintln!(
+                "importance matrix {}: {} entries, {} chunks{}",
+                p.display(),
+                m.entries.len(),
+                m.chunk_count,
+                m.datasets
+                    .first()
+                    .map(|d| format!(", dataset {d}"))
+                    .unwrap_or_default()
+            );
+            Some(m)
+        }
+        None => None,
+    };
+    let weights = imatrix.as_ref().map(Imatrix::quant_weights);
+    let file_name = args
+        .imatrix
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned());
+    let im_use = match (&imatrix, &weights, &file_name) {
+        (Some(m), Some(w), Some(f)) => Some(ImatrixUse {
+            weights: w,
+            file: f,
+            dataset: m.datasets.first().map(String::as_str),
+            chunk_count: m.chunk_count,
+        }),
+        _ => None,
+    };
+    let progress = &mut |p: spinel_runtime::quantize::Progress<'_>| {
         bar.set_position(p.elems_done);
         bar.set_message(format!(
             "[{}/{}] {} {} → {}",
@@ -185,8 +236,9 @@ fn quantize(args: &Args, input: &Path, threads: usize, t0: Instant) -> Result<()
             p.from,
             p.to
         ));
-    })
-    .map_err(|e| e.to_string());
+    };
+    let summary = quantize_file_with(file, &args.out, args.ty, im_use.as_ref(), threads, progress)
+        .map_err(|e| e.to_string());
     bar.finish_and_clear();
     let s = summary?;
     let mib = |b: u64| b as f64 / (1 << 20) as f64;

@@ -12,7 +12,13 @@
 //! * iq4_nl and iq4_xs files are byte-identical to llama-quantize's, and
 //!   their i-quant tensors dequantize exactly as gguf-py does;
 //! * our q4_k_m, q4_0, w4a8 and iq4_xs files run in Spinel (finite logits)
-//!   and in llama.cpp (`llama-simple`).
+//!   and in llama.cpp (`llama-simple`);
+//! * with an importance matrix made by `llama-imatrix`, `spinel quantize
+//!   --imatrix` and `llama-quantize --imatrix` write byte-identical files
+//!   for q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k, iq4_nl
+//!   and iq4_xs;
+//!   the same file in the legacy .dat format gives the same bytes; and
+//!   both tools accept the imatrix `spinel imatrix` writes.
 //!
 //! Needs the model (`$SPINEL_TEST_MODEL` or the Spinel cache) and llama.cpp
 //! built by `../shared/peers/llama-cpp.sh` (run on first use, ~10 minutes,
@@ -149,6 +155,178 @@ fn quantize_like_llama_quantize() {
     w4a8_is_q4_0_with_8_bit_embeddings();
     iq4_bytes_equal_llama_quantize_and_dequantize_as_gguf_py();
     outputs_run_in_spinel_and_llama_cpp();
+}
+
+/// The importance-matrix checks (`cargo test --test quantize imatrix` runs
+/// them alone).
+#[test]
+fn quantize_with_imatrix_like_llama_quantize() {
+    imatrix_files_equal_llama_quantize();
+    our_imatrix_works_in_both_tools();
+}
+
+/// The text the importance matrices are computed on: the start of the
+/// evaluation text (as in the perplexity test).
+fn calibration_text() -> PathBuf {
+    let text = common::script("../scripts/fetch-eval-text.sh");
+    let full = std::fs::read(&text).unwrap();
+    let out = work_dir().join("calibration.txt");
+    std::fs::write(&out, &full[..8000]).unwrap();
+    out
+}
+
+/// `llama-imatrix` on the demo model, 4 chunks of 128 tokens, in `format`.
+fn llama_imatrix(format: &str) -> PathBuf {
+    let out = work_dir().join(format!("llama.imatrix.{format}"));
+    ok(
+        "llama-imatrix",
+        Command::new(llama_cpp_bin().join("llama-imatrix"))
+            .arg("-m")
+            .arg(spinel_runtime::cache::test_model())
+            .arg("-f")
+            .arg(calibration_text())
+            .arg("-o")
+            .arg(&out)
+            .args([
+                "-c",
+                "128",
+                "--chunks",
+                "4",
+                "-t",
+                "2",
+                "--output-format",
+                format,
+            ])
+            .output()
+            .unwrap(),
+    );
+    out
+}
+
+/// Both tools quantize the base with `imatrix` to `ty`; returns the files.
+fn quantize_both(ty: &str, imatrix: &Path, tag: &str) -> (PathBuf, PathBuf) {
+    let ours = work_dir().join(format!("ours.{tag}.{ty}.gguf"));
+    let theirs = work_dir().join(format!("llama.{tag}.{ty}.gguf"));
+    let (_, stderr) = ok(
+        &format!("spinel quantize --imatrix --type {ty}"),
+        Command::new(SPINEL)
+            .arg("quantize")
+            .arg(base())
+            .arg(&ours)
+            .args(["--type", ty, "-t", "2", "--imatrix"])
+            .arg(imatrix)
+            .output()
+            .unwrap(),
+    );
+    assert!(stderr.contains("importance matrix"), "{ty}: {stderr}");
+    ok(
+        &format!("llama-quantize --imatrix {ty}"),
+        Command::new(llama_cpp_bin().join("llama-quantize"))
+            .arg("--imatrix")
+            .arg(imatrix)
+            .arg(base())
+            .arg(&theirs)
+            .args([ty, "2"])
+            .output()
+            .unwrap(),
+    );
+    (ours, theirs)
+}
+
+fn assert_same_bytes(ty: &str, a: &Path, b: &Path) {
+    let (ma, mb) = (open(a), open(b));
+    for (x, y) in ma.file().tensors().iter().zip(mb.file().tensors()) {
+        assert_eq!(x.name(), y.name(), "{ty}: tensor order");
+        assert_eq!(x.ggml_type(), y.ggml_type(), "{ty}: type of {}", x.name());
+        assert!(x.data() == y.data(), "{ty}: {} bytes differ", x.name());
+    }
+    assert!(
+        std::fs::read(a).unwrap() == std::fs::read(b).unwrap(),
+        "{ty}: files differ (metadata)"
+    );
+}
+
+/// `--imatrix` with llama-imatrix's file: whole files byte-identical to
+/// llama-quantize's (weighted quantizers, the imatrix-dependent mixes —
+/// Q4_1 for the first ffn_down layers of q4_0, no Q5_K ones for iq4_xs —
+/// and the `quantize.imatrix.*` metadata). The legacy .dat file of the same
+/// data gives the same tensors.
+fn imatrix_files_equal_llama_quantize() {
+    let im = llama_imatrix("gguf");
+    for ty in [
+        "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_m", "q4_k_m", "q5_k_m", "q6_k", "iq4_nl",
+        "iq4_xs",
+    ] {
+        let (a, b) = quantize_both(ty, &im, "imatrix");
+        assert_same_bytes(ty, &a, &b);
+    }
+    // The importance matrix changes the result.
+    let plain = work_dir().join("ours.no-imatrix.q4_k_m.gguf");
+    ok(
+        "spinel quantize q4_k_m",
+        Command::new(SPINEL)
+            .arg("quantize")
+            .arg(base())
+            .arg(&plain)
+            .args(["--type", "q4_k_m", "-t", "2"])
+            .output()
+            .unwrap(),
+    );
+    let (ma, mp) = (
+        open(&work_dir().join("ours.imatrix.q4_k_m.gguf")),
+        open(&plain),
+    );
+    // Every tensor of a type with a weighted algorithm changes (Q8_0 and
+    // F32 ignore the importance matrix; SmolLM2: 30 layers × 7 matrices,
+    // 14 of them Q8_0).
+    let (mut changed, mut weighted) = (0, 0);
+    for (x, y) in ma.file().tensors().iter().zip(mp.file().tensors()) {
+        if !matches!(x.ggml_type().name(), "F32" | "Q8_0") {
+            weighted += 1;
+            changed += usize::from(x.data() != y.data());
+        }
+    }
+    assert_eq!(
+        (changed, weighted),
+        (196, 196),
+        "tensors changed by --imatrix"
+    );
+    let q4_0 = open(&work_dir().join("ours.imatrix.q4_0.gguf"));
+    let q4_1 = q4_0
+        .file()
+        .tensors()
+        .iter()
+        .filter(|t| t.ggml_type().name() == "Q4_1")
+        .count();
+    assert_eq!(
+        q4_1, 3,
+        "q4_0 with an imatrix: ffn_down of layers 0-2 in Q4_1"
+    );
+    let dat = llama_imatrix("dat");
+    let (a, b) = quantize_both("q4_k_m", &dat, "dat");
+    assert_same_bytes("q4_k_m (.dat)", &a, &b);
+}
+
+/// Interop: the GGUF imatrix `spinel imatrix` writes is accepted by
+/// llama-quantize, and both tools quantize with it to the same bytes.
+fn our_imatrix_works_in_both_tools() {
+    let im = work_dir().join("ours.imatrix.gguf");
+    ok(
+        "spinel imatrix",
+        Command::new(SPINEL)
+            .arg("imatrix")
+            .arg("-m")
+            .arg(spinel_runtime::cache::test_model())
+            .arg("-f")
+            .arg(calibration_text())
+            .arg("-o")
+            .arg(&im)
+            .args(["-c", "128", "--chunks", "4", "-t", "2"])
+            .output()
+            .unwrap(),
+    );
+    let (a, b) = quantize_both("q4_k_m", &im, "ours-imatrix");
+    assert_same_bytes("q4_k_m (our imatrix)", &a, &b);
 }
 
 /// IQ4_NL and IQ4_XS: byte for byte what llama-quantize writes (ggml's

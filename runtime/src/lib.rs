@@ -11,6 +11,7 @@ pub mod download;
 pub mod engine;
 pub mod gguf;
 pub mod grammar;
+pub mod imatrix;
 pub mod memory;
 pub mod model;
 pub mod perplexity;

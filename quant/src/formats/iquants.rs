@@ -67,7 +67,7 @@ fn fit(x: &[f32; QK], w: &[f32; QK], id: f32) -> (f32, f32) {
 /// The best scale of one block of 32 (`quantize_row_iq4_nl_impl`'s inner
 /// loop with `ntry = 7` and no importance matrix). The indices are chosen
 /// afterwards, from the final scale.
-fn block_scale(x: &[f32; QK]) -> f32 {
+fn block_scale(x: &[f32; QK], qw: Option<&[f32]>, sigma2: f32) -> f32 {
     let mut amax = 0f32;
     let mut max = 0f32;
     for &v in x {
@@ -79,7 +79,13 @@ fn block_scale(x: &[f32; QK]) -> f32 {
     if amax < GROUP_MAX_EPS {
         return 0.0;
     }
-    let w: [f32; QK] = core::array::from_fn(|j| x[j] * x[j]);
+    // With an importance matrix: `qw·sqrt(σ² + x²)` (σ² over the super-block).
+    let w: [f32; QK] = match qw {
+        Some(qw) => {
+            core::array::from_fn(|j| qw[j] * super::k_quants::common::sqrtf(sigma2 + x[j] * x[j]))
+        }
+        None => core::array::from_fn(|j| x[j] * x[j]),
+    };
     let v0 = KVALUES_IQ4NL[0] as f32;
     let d = -max / v0;
     let (sumqx, sumq2) = fit(x, &w, 1.0 / d);
@@ -113,10 +119,30 @@ fn pack(l: &[u8; QK], qs: &mut [u8; QK / 2]) {
 
 /// ggml's `quantize_iq4_nl` without an importance matrix.
 pub fn quantize_row_iq4_nl(x: &[f32], y: &mut [BlockIQ4NL]) {
+    quantize_iq4_nl(x, y, None);
+}
+
+/// ggml's `quantize_iq4_nl` with importance weights `qw` (one per value).
+pub fn quantize_row_iq4_nl_weighted(x: &[f32], y: &mut [BlockIQ4NL], qw: &[f32]) {
+    assert_eq!(qw.len(), x.len(), "one importance weight per value");
+    quantize_iq4_nl(x, y, Some(qw));
+}
+
+/// `σ²` of ggml's weighted i-quants: the mean square of a super-block,
+/// doubled.
+fn sigma2(x: &[f32]) -> f32 {
+    let mut s = 0f32;
+    for &v in x {
+        s += v * v;
+    }
+    s * (2.0 / x.len() as f32)
+}
+
+fn quantize_iq4_nl(x: &[f32], y: &mut [BlockIQ4NL], qw: Option<&[f32]>) {
     check_len(y.len(), QK, x.len());
-    for (xb, yb) in x.chunks_exact(QK).zip(y) {
+    for (ib, (xb, yb)) in x.chunks_exact(QK).zip(y).enumerate() {
         let xb: &[f32; QK] = xb.try_into().expect("32 values");
-        let d = block_scale(xb);
+        let d = block_scale(xb, qw.map(|w| &w[ib * QK..(ib + 1) * QK]), sigma2(xb));
         yb.d = f16::from_f32(d);
         // The indices from the f32 scale, not its f16 rounding; an all-zero
         // block gets the index nearest 0 (8), as in ggml.
@@ -128,15 +154,27 @@ pub fn quantize_row_iq4_nl(x: &[f32], y: &mut [BlockIQ4NL]) {
 
 /// ggml's `quantize_iq4_xs` without an importance matrix.
 pub fn quantize_row_iq4_xs(x: &[f32], y: &mut [BlockIQ4XS]) {
+    quantize_iq4_xs(x, y, None);
+}
+
+/// ggml's `quantize_iq4_xs` with importance weights `qw` (one per value).
+pub fn quantize_row_iq4_xs_weighted(x: &[f32], y: &mut [BlockIQ4XS], qw: &[f32]) {
+    assert_eq!(qw.len(), x.len(), "one importance weight per value");
+    quantize_iq4_xs(x, y, Some(qw));
+}
+
+fn quantize_iq4_xs(x: &[f32], y: &mut [BlockIQ4XS], qw: Option<&[f32]>) {
     check_len(y.len(), QK_K, x.len());
-    for (xs, yb) in x.chunks_exact(QK_K).zip(y) {
+    for (is, (xs, yb)) in x.chunks_exact(QK_K).zip(y).enumerate() {
+        let qs = qw.map(|w| &w[is * QK_K..(is + 1) * QK_K]);
+        let s2 = sigma2(xs);
         let blocks: [&[f32; QK]; QK_K / QK] =
             core::array::from_fn(|ib| xs[ib * QK..(ib + 1) * QK].try_into().expect("32 values"));
         let mut ls = [[0u8; QK]; QK_K / QK];
         let mut scales = [0f32; QK_K / QK];
         let (mut max_scale, mut amax_scale) = (0f32, 0f32);
         for (ib, xb) in blocks.iter().enumerate() {
-            let d = block_scale(xb);
+            let d = block_scale(xb, qs.map(|w| &w[ib * QK..(ib + 1) * QK]), s2);
             scales[ib] = d;
             if d.abs() > amax_scale {
                 amax_scale = d.abs();

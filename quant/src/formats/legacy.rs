@@ -1,6 +1,7 @@
 //! The 32-wide formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 (ggml-quants.c `_ref`).
 
 use super::check_len;
+use super::k_quants::common::{SEARCH_QKX3, make_qkx2_quants, make_qx_quants, sqrtf};
 use crate::blocks::*;
 use half::f16;
 
@@ -255,6 +256,96 @@ pub fn vec_dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
         sumf += (xb.d.to_f32() * yb.d.to_f32()) * sumi as f32 + xb.m.to_f32() * yb.s.to_f32();
     }
     sumf
+}
+
+/// The per-element weights of ggml's importance-weighted 32-wide quantizers
+/// (`quantize_row_q4_0_impl` …): `qw·sqrt(σ² + x²)` with `σ²` the row's
+/// mean square.
+fn row_sigma2(x: &[f32]) -> f32 {
+    let mut sum_x2 = 0.0f32;
+    for &v in x {
+        sum_x2 += v * v;
+    }
+    sum_x2 / x.len() as f32
+}
+
+fn block_weights(xb: &[f32], qw: &[f32], sigma2: f32) -> [f32; QK] {
+    core::array::from_fn(|j| qw[j] * sqrtf(sigma2 + xb[j] * xb[j]))
+}
+
+/// Walks a row's blocks with their importance weights.
+fn weighted_blocks<'a, B>(
+    x: &'a [f32],
+    y: &'a mut [B],
+    qw: &'a [f32],
+) -> impl Iterator<Item = (&'a [f32], [f32; QK], &'a mut B)> {
+    check_len(y.len(), QK, x.len());
+    assert_eq!(qw.len(), x.len(), "one importance weight per value");
+    let sigma2 = row_sigma2(x);
+    x.chunks_exact(QK)
+        .zip(qw.chunks_exact(QK))
+        .zip(y.iter_mut())
+        .map(move |((xb, wb), yb)| (xb, block_weights(xb, wb, sigma2), yb))
+}
+
+/// Packs 5-bit quants (low nibbles in `qs`, fifth bits in `qh`).
+fn pack_q5(l: &[u8; QK], qs: &mut [u8; QK / 2]) -> [u8; 4] {
+    let mut qh = 0u32;
+    for j in 0..QK / 2 {
+        let (xi0, xi1) = (l[j], l[j + QK / 2]);
+        qs[j] = (xi0 & 0x0f) | ((xi1 & 0x0f) << 4);
+        qh |= (((xi0 & 0x10) >> 4) as u32) << j;
+        qh |= (((xi1 & 0x10) >> 4) as u32) << (j + QK / 2);
+    }
+    qh.to_le_bytes()
+}
+
+/// ggml's `quantize_row_q4_0_impl` with importance weights `qw` (one per
+/// element of the row): `make_qx_quants` per block.
+pub fn quantize_row_q4_0_weighted(x: &[f32], y: &mut [BlockQ4_0], qw: &[f32]) {
+    for (xb, w, yb) in weighted_blocks(x, y, qw) {
+        let mut l = [0i8; QK];
+        let d = make_qx_quants(8, xb, &mut l, Some(&w));
+        yb.d = f16::from_f32(d);
+        for j in 0..QK / 2 {
+            yb.qs[j] = l[j] as u8 | ((l[j + QK / 2] as u8) << 4);
+        }
+    }
+}
+
+/// ggml's `quantize_row_q4_1_impl` with importance weights `qw`:
+/// `make_qkx3_quants` per block.
+pub fn quantize_row_q4_1_weighted(x: &[f32], y: &mut [BlockQ4_1], qw: &[f32]) {
+    for (xb, w, yb) in weighted_blocks(x, y, qw) {
+        let (mut l, mut aux) = ([0u8; QK], [0u8; QK]);
+        let (d, the_min) = make_qkx2_quants(15, xb, &w, &mut l, &mut aux, SEARCH_QKX3);
+        yb.d = f16::from_f32(d);
+        yb.m = f16::from_f32(-the_min);
+        for j in 0..QK / 2 {
+            yb.qs[j] = l[j] | (l[j + QK / 2] << 4);
+        }
+    }
+}
+
+/// ggml's `quantize_row_q5_0_impl` with importance weights `qw`.
+pub fn quantize_row_q5_0_weighted(x: &[f32], y: &mut [BlockQ5_0], qw: &[f32]) {
+    for (xb, w, yb) in weighted_blocks(x, y, qw) {
+        let mut l = [0i8; QK];
+        let d = make_qx_quants(16, xb, &mut l, Some(&w));
+        yb.d = f16::from_f32(d);
+        yb.qh = pack_q5(&l.map(|v| v as u8), &mut yb.qs);
+    }
+}
+
+/// ggml's `quantize_row_q5_1_impl` with importance weights `qw`.
+pub fn quantize_row_q5_1_weighted(x: &[f32], y: &mut [BlockQ5_1], qw: &[f32]) {
+    for (xb, w, yb) in weighted_blocks(x, y, qw) {
+        let (mut l, mut aux) = ([0u8; QK], [0u8; QK]);
+        let (d, the_min) = make_qkx2_quants(31, xb, &w, &mut l, &mut aux, SEARCH_QKX3);
+        yb.d = f16::from_f32(d);
+        yb.m = f16::from_f32(-the_min);
+        yb.qh = pack_q5(&l, &mut yb.qs);
+    }
 }
 
 pub fn quantize_row_q8_0(x: &[f32], y: &mut [BlockQ8_0]) {

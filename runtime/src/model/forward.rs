@@ -16,6 +16,7 @@ use super::Model;
 use super::attention::Attention;
 use super::error::ModelError;
 use super::matmul::{Norm, Product};
+use super::observe::MatmulSite;
 use super::ops::{add, rmsnorm_heads, rope, rope_angles};
 use super::pool::{Pool, SharedMut, chunk};
 use super::state::{Route, State};
@@ -376,6 +377,7 @@ impl Model<'_> {
             };
             let types = [wq.w.w.ty, wk.w.w.ty, wv.w.w.ty];
             s.mm.prepare(&mut s.pool, &s.x, n, dim, Some(norm), &types)?;
+            s.observer.see(il, MatmulSite::AttnQkv, &s.xb, n, dim);
             s.mm.run(
                 &mut s.pool,
                 n,
@@ -396,6 +398,8 @@ impl Model<'_> {
                 r0 += len;
             }
             s.mm.prepare(&mut s.pool, &s.att_out, n, q_dim, None, &[wo.w.w.ty])?;
+            s.observer
+                .see(il, MatmulSite::AttnOutput, &s.att_out, n, q_dim);
             s.mm.run(&mut s.pool, n, [Product::Add(wo, &mut s.x)])?;
 
             // ---- Feed-forward: x += ffn(norm(x)) ----
@@ -410,16 +414,19 @@ impl Model<'_> {
                     let ff = gate.w.w.rows;
                     let types = [gate.w.w.ty, up.w.w.ty];
                     s.mm.prepare(&mut s.pool, &s.x, n, dim, Some(norm), &types)?;
+                    s.observer.see(il, MatmulSite::FfnGateUp, &s.xb, n, dim);
                     s.mm.run(&mut s.pool, n, [Product::SwiGlu(gate, up, &mut s.hb)])?;
                     if c.rotation.r4 {
                         let what = "online rotation R4";
                         hadamard_rows(&mut s.pool, &mut s.hb, (n, ff), ff, false, what)?;
                     }
                     s.mm.prepare(&mut s.pool, &s.hb, n, ff, None, &[down.w.w.ty])?;
+                    s.observer.see(il, MatmulSite::FfnDown, &s.hb, n, ff);
                     s.mm.run(&mut s.pool, n, [Product::Add(down, &mut s.x)])?;
                 }
                 Ffn::Moe(m) => {
                     s.mm.prepare(&mut s.pool, &s.x, n, dim, Some(norm), &[m.router.ty])?;
+                    s.observer.see(il, MatmulSite::Router, &s.xb, n, dim);
                     self.moe(s, m, il, n)?;
                 }
             }
@@ -666,9 +673,11 @@ impl Model<'_> {
         );
         let types = [sg.w.w.ty, su.w.w.ty];
         s.mm.prepare(&mut s.pool, &s.xb, n, dim, None, &types)?;
+        s.observer.see(il, MatmulSite::SharedGateUp, &s.xb, n, dim);
         s.mm.run(&mut s.pool, n, [Product::SwiGlu(sg, su, &mut s.hb)])?;
         let sff = sg.w.w.rows;
         s.mm.prepare(&mut s.pool, &s.hb, n, sff, None, &[sd.w.w.ty])?;
+        s.observer.see(il, MatmulSite::SharedDown, &s.hb, n, sff);
         s.mm.run(&mut s.pool, n, [Product::Add(sd, &mut s.x)])?;
 
         // Each routed expert runs once on all of its tokens.
@@ -699,8 +708,11 @@ impl Model<'_> {
                 None,
                 &[g.w.w.ty, u.w.w.ty],
             )?;
+            s.observer
+                .see(il, MatmulSite::ExpertsGateUp(e), &s.expert_in, m, dim);
             s.mm.run(&mut s.pool, m, [Product::SwiGlu(g, u, &mut s.hb)])?;
             s.mm.prepare(&mut s.pool, &s.hb, m, ff, None, &[d.w.w.ty])?;
+            s.observer.see(il, MatmulSite::ExpertsDown(e), &s.hb, m, ff);
             s.mm.run(&mut s.pool, m, [Product::Set(d, &mut s.expert_out)])?;
             for (i, &t) in s.expert_tokens.iter().enumerate() {
                 add(

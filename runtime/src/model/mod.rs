@@ -39,6 +39,7 @@ mod config;
 mod error;
 mod forward;
 mod matmul;
+mod observe;
 pub(crate) mod ops;
 mod pool;
 mod residency;
@@ -52,6 +53,7 @@ use crate::gguf::{GgufFile, MappedGguf};
 pub use config::{Arch, AttnTemperature, Config, MoeConfig, OnlineRotation};
 pub use error::ModelError;
 pub use forward::EmbeddingOverride;
+pub use observe::{ActivationObserver, MatmulSite};
 pub use residency::{LoadOptions, ResidencyReport};
 pub use state::{DEFAULT_MAX_CTX, KvType, State, StateOptions};
 

@@ -298,6 +298,8 @@ pub struct State {
     /// Per thread: attention's converted queries, scores and accumulators.
     pub(crate) attn: AlignedBuf,
     pub(crate) mm: Matmul,
+    /// Sees the inputs of every matrix product, when set.
+    pub(crate) observer: super::observe::Observer,
     /// The threads every parallel step runs on.
     pub(crate) pool: Pool,
     /// `(n_vocab)`: logits of the last position.
@@ -379,6 +381,7 @@ impl State {
             expert_out: vec![0.0; if n_expert > 0 { n_batch * c.dim } else { 0 }],
             attn: AlignedBuf::zeroed(n_threads * attention::scratch_bytes(c.head_dim)),
             mm: Matmul::new(n_threads, n_batch, layout.max_act_row_bytes),
+            observer: super::observe::Observer::default(),
             pool,
             logits: vec![0.0; c.n_vocab],
             layout,
@@ -469,9 +472,21 @@ impl State {
     /// forward pass and [`read_cache`](Self::read_cache) call it).
     pub(crate) fn reacquire(&mut self) -> Result<(), ModelError> {
         if self.released {
+            let observer = std::mem::take(&mut self.observer);
             *self = State::new(self.layout.clone(), &self.opts)?;
+            self.observer = observer;
         }
         Ok(())
+    }
+
+    /// Sets (or, with `None`, removes) the observer of the inputs of every
+    /// matrix product of the forward passes run with this state; returns
+    /// the previous one.
+    pub fn set_observer(
+        &mut self,
+        observer: Option<Box<dyn super::observe::ActivationObserver>>,
+    ) -> Option<Box<dyn super::observe::ActivationObserver>> {
+        std::mem::replace(&mut self.observer.0, observer)
     }
 
     /// Threads used for matrix products and attention.

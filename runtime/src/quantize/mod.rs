@@ -10,6 +10,7 @@
 
 pub mod rotate;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -233,6 +234,8 @@ struct State {
     i_ffn_gate: i64,
     i_ffn_up: i64,
     has_tied_embeddings: bool,
+    /// Quantizing with an importance matrix (a few choices depend on it).
+    has_imatrix: bool,
 }
 
 fn use_more_bits(i: i64, n: i64) -> bool {
@@ -314,10 +317,15 @@ impl State {
                     }
                 }
                 F::Q4KM if use_more_bits(i_layer, n_layer) => new_type = T::Q6K,
-                // Without an importance matrix.
-                F::IQ4NL | F::IQ4XS if i_layer < n_layer / 8 => new_type = T::Q5K,
+                F::IQ4NL | F::IQ4XS if !self.has_imatrix && i_layer < n_layer / 8 => {
+                    new_type = T::Q5K
+                }
                 F::Q5KM if use_more_bits(i_layer, n_layer) => new_type = T::Q6K,
                 F::Q4KS if i_layer < n_layer / 8 => new_type = T::Q5K,
+                // llama.cpp guards the first ffn_down layers of Q4_0/Q5_0
+                // only when an importance matrix is given.
+                F::Q4_0 if self.has_imatrix && i_layer < n_layer / 8 => new_type = T::Q4_1,
+                F::Q5_0 if self.has_imatrix && i_layer < n_layer / 8 => new_type = T::Q5_1,
                 _ => {}
             }
             self.i_ffn_down += 1;
@@ -404,8 +412,13 @@ pub fn llama_order(file: &GgufFile<'_>) -> Vec<usize> {
 }
 
 /// The type every tensor of `file` gets for `ftype` (in file order), as
-/// llama-quantize chooses it.
+/// llama-quantize chooses it without an importance matrix.
 pub fn plan_types(file: &GgufFile<'_>, ftype: FileType) -> Vec<GgmlType> {
+    plan_types_with(file, ftype, false)
+}
+
+/// [`plan_types`], with or without an importance matrix.
+pub fn plan_types_with(file: &GgufFile<'_>, ftype: FileType, has_imatrix: bool) -> Vec<GgmlType> {
     let md = file.metadata();
     let arch = md.get_str("general.architecture").unwrap_or("llama");
     let key = |k: &str| format!("{arch}.{k}");
@@ -427,6 +440,7 @@ pub fn plan_types(file: &GgufFile<'_>, ftype: FileType) -> Vec<GgmlType> {
         i_ffn_gate: 0,
         i_ffn_up: 0,
         has_tied_embeddings: true,
+        has_imatrix,
     };
     for t in file.tensors() {
         let c = category(t.name());
@@ -494,6 +508,8 @@ pub enum QuantizeError {
     },
     /// `--rotate` cannot rotate this model (the message says why).
     Rotate(String),
+    /// The importance matrix does not fit the model (the message says why).
+    Imatrix(String),
 }
 
 impl fmt::Display for QuantizeError {
@@ -502,6 +518,7 @@ impl fmt::Display for QuantizeError {
             QuantizeError::Gguf(e) => e.fmt(f),
             QuantizeError::Io { path, source } => write!(f, "{}: {source}", path.display()),
             QuantizeError::Rotate(m) => write!(f, "cannot rotate: {m}"),
+            QuantizeError::Imatrix(m) => write!(f, "importance matrix: {m}"),
         }
     }
 }
@@ -523,6 +540,28 @@ pub fn convert_tensor(
     to: GgmlType,
     threads: usize,
 ) -> Vec<u8> {
+    convert_tensor_weighted(data, row_len, from, to, None, threads)
+}
+
+/// Importance weights for one tensor: one per column of each matrix
+/// (`rows_per_matrix` rows each; more than one matrix for stacked experts).
+#[derive(Clone, Copy, Debug)]
+pub struct TensorWeights<'a> {
+    pub weights: &'a [f32],
+    pub rows_per_matrix: usize,
+}
+
+/// [`convert_tensor`] with importance weights, quantizing as ggml's
+/// `ggml_quantize_chunk` does when given them (the weighted algorithm of
+/// each type; types that ignore them use their `from_float`).
+pub fn convert_tensor_weighted(
+    data: &[u8],
+    row_len: usize,
+    from: GgmlType,
+    to: GgmlType,
+    weights: Option<TensorWeights<'_>>,
+    threads: usize,
+) -> Vec<u8> {
     if from == to {
         return data.to_vec();
     }
@@ -535,22 +574,39 @@ pub fn convert_tensor(
         .expect("row length fits the chosen type");
     let n_rows = data.len() / in_row;
     let mut out = vec![0u8; n_rows * out_row];
-    let work = |src: &[u8], dst: &mut [u8]| {
+    let work = |first_row: usize, src: &[u8], dst: &mut [u8]| {
         let mut tmp = vec![0f32; row_len];
-        for (s, d) in src.chunks_exact(in_row).zip(dst.chunks_exact_mut(out_row)) {
+        for (i, (s, d)) in src
+            .chunks_exact(in_row)
+            .zip(dst.chunks_exact_mut(out_row))
+            .enumerate()
+        {
             to_float(s, &mut tmp);
-            from_float(&tmp, d);
+            let qw = weights.map(|w| {
+                let m = (first_row + i) / w.rows_per_matrix.max(1);
+                &w.weights[m * row_len..(m + 1) * row_len]
+            });
+            let done =
+                qw.is_some_and(|qw| spinel_quant::formats::quantize_row_weighted(to, &tmp, qw, d));
+            if !done {
+                from_float(&tmp, d);
+            }
         }
     };
     let threads = threads.max(1).min(n_rows.max(1));
     if threads == 1 || n_rows * row_len < 1 << 15 {
-        work(data, &mut out);
+        work(0, data, &mut out);
         return out;
     }
     let per = n_rows.div_ceil(threads);
     std::thread::scope(|s| {
-        for (src, dst) in data.chunks(per * in_row).zip(out.chunks_mut(per * out_row)) {
-            s.spawn(move || work(src, dst));
+        for (i, (src, dst)) in data
+            .chunks(per * in_row)
+            .zip(out.chunks_mut(per * out_row))
+            .enumerate()
+        {
+            let work = &work;
+            s.spawn(move || work(i * per, src, dst));
         }
     });
     out
@@ -573,21 +629,138 @@ pub fn quantize_file(
     threads: usize,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<Summary, QuantizeError> {
-    let types = plan_types(input, ftype);
-    let mut w = GgufWriter::new();
-    // As gguf_set_val_u32 does: the key is removed and appended.
+    quantize_file_with(input, out, ftype, None, threads, progress)
+}
+
+/// An importance matrix as [`quantize_file_with`] uses it.
+#[derive(Clone, Copy, Debug)]
+pub struct ImatrixUse<'a> {
+    /// Per weight name, one importance per column (per expert for stacked
+    /// experts): [`crate::imatrix::Imatrix::quant_weights`].
+    pub weights: &'a HashMap<String, Vec<f32>>,
+    /// Recorded as `quantize.imatrix.file` (llama-quantize records the path
+    /// as it was given).
+    pub file: &'a str,
+    /// The first dataset, recorded as `quantize.imatrix.dataset`.
+    pub dataset: Option<&'a str>,
+    /// Recorded as `quantize.imatrix.chunks_count` when positive.
+    pub chunk_count: u32,
+}
+
+/// The metadata llama-quantize records about an importance matrix.
+const KEY_IMATRIX_FILE: &str = "quantize.imatrix.file";
+const KEY_IMATRIX_DATASET: &str = "quantize.imatrix.dataset";
+const KEY_IMATRIX_ENTRIES: &str = "quantize.imatrix.entries_count";
+const KEY_IMATRIX_CHUNKS: &str = "quantize.imatrix.chunks_count";
+
+/// llama-quantize copies override strings into a 128-byte buffer.
+fn truncate_127(s: &str) -> &str {
+    let mut end = s.len().min(127);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The metadata of the output: the input's, `general.quantization_version`
+/// and `general.file_type` set, then the importance-matrix keys (each set
+/// key removed and appended, as `gguf_set_val_*` does).
+fn output_metadata<'a>(
+    input: &GgufFile<'a>,
+    ftype: FileType,
+    imatrix: Option<&ImatrixUse<'_>>,
+) -> Result<GgufWriter<'a>, QuantizeError> {
     const QV: &str = "general.quantization_version";
     const FT: &str = "general.file_type";
+    let mut set: Vec<(&str, Value<'a>)> = vec![(QV, Value::U32(2)), (FT, Value::U32(ftype.id()))];
+    if ftype == FileType::W4A8 {
+        set.push((PRESET_KEY, Value::String(ftype.name().into())));
+    }
+    if let Some(im) = imatrix {
+        set.push((
+            KEY_IMATRIX_FILE,
+            Value::String(truncate_127(im.file).to_string().into()),
+        ));
+        if let Some(d) = im.dataset {
+            set.push((
+                KEY_IMATRIX_DATASET,
+                Value::String(truncate_127(d).to_string().into()),
+            ));
+        }
+        set.push((KEY_IMATRIX_ENTRIES, Value::U32(im.weights.len() as u32)));
+        if im.chunk_count > 0 {
+            set.push((KEY_IMATRIX_CHUNKS, Value::U32(im.chunk_count)));
+        }
+    }
+    let mut w = GgufWriter::new();
     for (k, v) in input.metadata().iter() {
-        if !DROPPED_KEYS.contains(&k) && k != QV && k != FT && k != PRESET_KEY {
+        let replaced = set.iter().any(|(s, _)| *s == k);
+        if !DROPPED_KEYS.contains(&k) && !replaced && k != PRESET_KEY {
             w.add_kv(k, v.clone())?;
         }
     }
-    w.add_kv(QV, Value::U32(2))?;
-    w.add_kv(FT, Value::U32(ftype.id()))?;
-    if ftype == FileType::W4A8 {
-        w.add_kv(PRESET_KEY, Value::String(ftype.name().into()))?;
+    for (k, v) in set {
+        w.add_kv(k, v)?;
     }
+    Ok(w)
+}
+
+/// The importance weights of tensor `t`, as llama-quantize looks them up:
+/// none when the matrix has no entry; an entry of the wrong size is an
+/// error (but for the token embeddings, which then go without).
+fn tensor_weights<'w>(
+    imatrix: Option<&ImatrixUse<'w>>,
+    name: &str,
+    dims: &[u64],
+) -> Result<Option<TensorWeights<'w>>, QuantizeError> {
+    let Some(w) = imatrix.and_then(|im| im.weights.get(name)) else {
+        return Ok(None);
+    };
+    if dims.get(3).is_some_and(|&d| d > 1) {
+        return Err(QuantizeError::Imatrix(format!(
+            "{name}: importance weights for a 4-dimensional tensor"
+        )));
+    }
+    let n_mat = dims.get(2).copied().unwrap_or(1);
+    let want = dims.first().copied().unwrap_or(1).saturating_mul(n_mat);
+    if w.len() as u64 != want {
+        if category(name) == Category::TokenEmbd {
+            return Ok(None);
+        }
+        return Err(QuantizeError::Imatrix(format!(
+            "{} values for {name}, which needs {want}",
+            w.len()
+        )));
+    }
+    Ok(Some(TensorWeights {
+        weights: w,
+        rows_per_matrix: dims.get(1).copied().unwrap_or(1) as usize,
+    }))
+}
+
+/// [`quantize_file`], optionally with an importance matrix (as
+/// `llama-quantize --imatrix`: weighted quantizers, a few imatrix-dependent
+/// type choices, and the `quantize.imatrix.*` metadata).
+pub fn quantize_file_with(
+    input: &GgufFile<'_>,
+    out: &Path,
+    ftype: FileType,
+    imatrix: Option<&ImatrixUse<'_>>,
+    threads: usize,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<Summary, QuantizeError> {
+    let imatrix = imatrix.filter(|im| !im.weights.is_empty());
+    if let Some(im) = imatrix {
+        for (name, w) in im.weights {
+            if let Some(v) = w.iter().find(|v| !v.is_finite()) {
+                return Err(QuantizeError::Imatrix(format!(
+                    "{name}: non-finite value {v}"
+                )));
+            }
+        }
+    }
+    let types = plan_types_with(input, ftype, imatrix.is_some());
+    let mut w = output_metadata(input, ftype, imatrix)?;
 
     let order = llama_order(input);
     let tensors: Vec<_> = order.iter().map(|&i| input.tensors()[i].clone()).collect();
@@ -604,7 +777,12 @@ pub fn quantize_file(
             requantized += 1;
         }
         let row_len = t.dims().first().copied().unwrap_or(1) as usize;
-        let data = convert_tensor(t.data(), row_len, from, to, threads);
+        let weights = if from != to {
+            tensor_weights(imatrix, t.name(), t.dims())?
+        } else {
+            None
+        };
+        let data = convert_tensor_weighted(t.data(), row_len, from, to, weights, threads);
         data_bytes_in += t.size() as u64;
         data_bytes_out += data.len() as u64;
         elems_done += t.n_elements();

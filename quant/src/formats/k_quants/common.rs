@@ -18,7 +18,7 @@ pub(super) const GROUP_MAX_EPS: f32 = 1e-15;
 /// `sqrtf`, correctly rounded (IEEE 754 round to nearest), without `std`.
 ///
 /// Negative inputs and NaN give NaN; ±0 and +∞ are returned unchanged.
-pub(super) fn sqrtf(x: f32) -> f32 {
+pub(crate) fn sqrtf(x: f32) -> f32 {
     if x.is_nan() || x < 0.0 {
         return f32::NAN;
     }
@@ -89,27 +89,32 @@ pub(super) fn signed_absmax(x: &[f32]) -> (f32, f32) {
     (max, amax)
 }
 
-/// ggml's `make_qx_quants` with `rmse_type = 1` and no importance weights
-/// (weights `x²`), as used by Q6_K: symmetric quants `l ∈ [-nmax, nmax)`,
-/// stored in `levels` offset by `nmax`. Tries 19 scales around `nmax / max`
-/// and keeps the one with the best weighted least-squares fit; returns the
-/// scale (may be negative).
-pub(super) fn make_qx_quants(nmax: i32, x: &[f32], levels: &mut [i8]) -> f32 {
+/// ggml's `make_qx_quants` with `rmse_type = 1`: symmetric quants
+/// `l ∈ [-nmax, nmax)`, stored in `levels` offset by `nmax`. Tries 19
+/// scales around `nmax / max` and keeps the one with the best weighted
+/// least-squares fit; returns the scale (may be negative). The weights are
+/// `qw` (an importance matrix) or, without one, `x²` (Q6_K's reference).
+pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], levels: &mut [i8], qw: Option<&[f32]>) -> f32 {
     debug_assert_eq!(x.len(), levels.len());
+    debug_assert!(qw.is_none_or(|w| w.len() == x.len()));
     let (max, amax) = signed_absmax(x);
     if amax < GROUP_MAX_EPS {
         levels.fill(0);
         return 0.0;
     }
     let quant = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+    let weight = |i: usize, v: f32| match qw {
+        Some(w) => w[i],
+        None => v * v,
+    };
 
     let mut iscale = -(nmax as f32) / max;
     let mut sumlx = 0.0f32;
     let mut suml2 = 0.0f32;
-    for (&v, q) in x.iter().zip(levels.iter_mut()) {
+    for (i, (&v, q)) in x.iter().zip(levels.iter_mut()).enumerate() {
         let l = quant(iscale, v);
         *q = (l + nmax) as i8;
-        let w = v * v;
+        let w = weight(i, v);
         sumlx += w * v * l as f32;
         suml2 += w * l as f32 * l as f32;
     }
@@ -122,9 +127,9 @@ pub(super) fn make_qx_quants(nmax: i32, x: &[f32], levels: &mut [i8]) -> f32 {
         iscale = -(nmax as f32 + 0.1f32 * is as f32) / max;
         sumlx = 0.0;
         suml2 = 0.0;
-        for &v in x {
+        for (i, &v) in x.iter().enumerate() {
             let l = quant(iscale, v);
-            let w = v * v;
+            let w = weight(i, v);
             sumlx += w * v * l as f32;
             suml2 += w * l as f32 * l as f32;
         }
@@ -137,6 +142,91 @@ pub(super) fn make_qx_quants(nmax: i32, x: &[f32], levels: &mut [i8]) -> f32 {
         }
     }
     scale
+}
+
+/// ggml's `make_qp_quants`: non-negative quants `l ≤ nmax` of non-negative
+/// `x` (the sub-block scales of the importance-weighted K-quants), fitted
+/// by `qw`-weighted least squares: 9 trial scales, then up to 5 greedy
+/// sweeps moving single quants. `levels` are `uint8_t` as in ggml (a
+/// negative quant wraps). Returns the scale.
+pub(super) fn make_qp_quants(nmax: i32, x: &[f32], levels: &mut [u8], qw: &[f32]) -> f32 {
+    let n = x.len();
+    debug_assert!(levels.len() == n && qw.len() == n);
+    let mut max = 0.0f32;
+    for &v in x {
+        // C's MAX(max, v): v when max < v.
+        if max < v {
+            max = v;
+        }
+    }
+    if max < GROUP_MAX_EPS {
+        levels.fill(0);
+        return 0.0;
+    }
+    let mut iscale = nmax as f32 / max;
+    for (l, &v) in levels.iter_mut().zip(x) {
+        *l = nearest_int(iscale * v) as u8;
+    }
+    let scale = 1.0 / iscale;
+    let mut best_mse = 0.0f32;
+    for i in 0..n {
+        let diff = x[i] - scale * levels[i] as f32;
+        best_mse += qw[i] * diff * diff;
+    }
+    for is in -4i32..=4 {
+        if is == 0 {
+            continue;
+        }
+        let iscale_is = (0.1f32 * is as f32 + nmax as f32) / max;
+        let scale_is = 1.0 / iscale_is;
+        let mut mse = 0.0f32;
+        for i in 0..n {
+            let l = nearest_int(iscale_is * x[i]).min(nmax);
+            let diff = x[i] - scale_is * l as f32;
+            mse += qw[i] * diff * diff;
+        }
+        if mse < best_mse {
+            best_mse = mse;
+            iscale = iscale_is;
+        }
+    }
+    let mut sumlx = 0.0f32;
+    let mut suml2 = 0.0f32;
+    for i in 0..n {
+        let l = nearest_int(iscale * x[i]).min(nmax);
+        levels[i] = l as u8;
+        // The sums use the int, the sweeps below the stored byte.
+        let (w, lf) = (qw[i], l as f32);
+        sumlx += w * x[i] * lf;
+        suml2 += w * lf * lf;
+    }
+    for _ in 0..5 {
+        let mut n_changed = 0;
+        for i in 0..n {
+            let w = qw[i];
+            let cur = levels[i] as f32;
+            let mut slx = sumlx - w * x[i] * cur;
+            let mut sl2 = suml2 - w * cur * cur;
+            if slx > 0.0 && sl2 > 0.0 {
+                let new_l = nearest_int(x[i] * sl2 / slx).min(nmax);
+                if new_l != i32::from(levels[i]) {
+                    let nl = new_l as f32;
+                    slx += w * x[i] * nl;
+                    sl2 += w * nl * nl;
+                    if slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        levels[i] = new_l as u8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        n_changed += 1;
+                    }
+                }
+            }
+        }
+        if n_changed == 0 {
+            break;
+        }
+    }
+    if suml2 > 0.0 { sumlx / suml2 } else { 0.0 }
 }
 
 /// ggml's `make_q3_quants` with `do_rmse = true` (Q3_K): start from
@@ -195,7 +285,7 @@ pub(super) fn make_q3_quants(nmax: i32, x: &[f32], levels: &mut [i8]) -> f32 {
 /// The scale grid searched by [`make_qkx2_quants`]: `nstep + 1` candidate
 /// inverse scales `(rmin + rdelta · is + nmax) / (max − min)`.
 #[derive(Clone, Copy)]
-pub(super) struct ScaleSearch {
+pub(crate) struct ScaleSearch {
     pub rmin: f32,
     pub rdelta: f32,
     pub nstep: i32,
@@ -207,7 +297,7 @@ pub(super) struct ScaleSearch {
 /// `x ≈ scale · l − the_min`, fitted by weighted least squares over a grid
 /// of starting scales. Writes the quants to `levels` (using `scratch` for
 /// candidates) and returns `(scale, the_min)`; `the_min ≥ 0`.
-pub(super) fn make_qkx2_quants(
+pub(crate) fn make_qkx2_quants(
     nmax: i32,
     x: &[f32],
     weights: &[f32],
@@ -383,12 +473,25 @@ pub(super) fn quantize_superblock_qkx(
     let packed = pack_scale_min_k4(&ls, &lm);
     let d = f16::from_f32(max_scale / 63.0);
     let dmin = f16::from_f32(max_min / 63.0);
+    requantize_qkx(x, nmax, d, dmin, &packed, &mut levels);
+    (d, dmin, packed, levels)
+}
 
+/// The quants of a Q4_K/Q5_K super-block recomputed with its rounded
+/// scales and mins; groups with a zero scale keep the quants of the search
+/// (they dequantize to `-dm`).
+fn requantize_qkx(
+    x: &[f32],
+    nmax: i32,
+    d: half::f16,
+    dmin: half::f16,
+    packed: &[u8; 12],
+    levels: &mut [u8; QK_K],
+) {
     for (j, xg) in x.chunks_exact(32).enumerate() {
-        let (sc, m) = get_scale_min_k4(j, &packed);
+        let (sc, m) = get_scale_min_k4(j, packed);
         let dg = d.to_f32() * sc as f32;
         if dg == 0.0 {
-            // Keep the quants of the search (the group dequantizes to -dm).
             continue;
         }
         let dm = dmin.to_f32() * m as f32;
@@ -396,6 +499,70 @@ pub(super) fn quantize_superblock_qkx(
             *q = nearest_int((v + dm) / dg).clamp(0, nmax) as u8;
         }
     }
+}
+
+/// The search of the importance-weighted Q4_K/Q5_K and Q4_1/Q5_1
+/// (`make_qkx3_quants(…, -0.9f, 0.05f, 36, false)`; with weights given it
+/// is the same algorithm as `make_qkx2_quants`).
+pub(crate) const SEARCH_QKX3: ScaleSearch = ScaleSearch {
+    rmin: -0.9,
+    rdelta: 0.05,
+    nstep: 36,
+    use_mad: false,
+};
+
+/// `quantize_row_q4_K_impl` / `quantize_row_q5_K_impl` for one super-block
+/// with importance weights `qw`: per 32-group `make_qkx3_quants` with
+/// weights `qw·sqrt(σ² + x²)`, the group scales and mins quantized to 6
+/// bits by `make_qp_quants` (weighted by each group's weight sum), then the
+/// quants recomputed. `clamp_63`: Q5_K clamps the 6-bit values to 63,
+/// Q4_K stores them as they come.
+pub(super) fn quantize_superblock_qkx_weighted(
+    x: &[f32],
+    qw: &[f32],
+    nmax: i32,
+    clamp_63: bool,
+) -> (half::f16, half::f16, [u8; 12], [u8; QK_K]) {
+    use half::f16;
+    debug_assert!(x.len() == QK_K && qw.len() == QK_K);
+    let mut levels = [0u8; QK_K];
+    let mut scratch = [0u8; 32];
+    let mut weights = [0.0f32; 32];
+    let mut scales = [0.0f32; QK_K / 32];
+    let mut mins = [0.0f32; QK_K / 32];
+    let mut sw = [0.0f32; QK_K / 32];
+    let mut sum_x2 = 0.0f32;
+    for &v in x {
+        sum_x2 += v * v;
+    }
+    let sigma2 = 2.0 * sum_x2 / QK_K as f32;
+    for (j, (xg, wg)) in x.chunks_exact(32).zip(qw.chunks_exact(32)).enumerate() {
+        for ((w, &v), &q) in weights.iter_mut().zip(xg).zip(wg) {
+            *w = q * sqrtf(sigma2 + v * v);
+        }
+        let mut sumw = 0.0f32;
+        for &w in &weights {
+            sumw += w;
+        }
+        sw[j] = sumw;
+        let lg = &mut levels[32 * j..32 * (j + 1)];
+        let (scale, min) = make_qkx2_quants(nmax, xg, &weights, lg, &mut scratch, SEARCH_QKX3);
+        scales[j] = scale;
+        mins[j] = min;
+    }
+    let mut ls = [0u8; 8];
+    let mut lm = [0u8; 8];
+    let d_block = make_qp_quants(63, &scales, &mut ls, &sw);
+    let m_block = make_qp_quants(63, &mins, &mut lm, &sw);
+    if clamp_63 {
+        for v in ls.iter_mut().chain(lm.iter_mut()) {
+            *v = (*v).min(63);
+        }
+    }
+    let packed = pack_scale_min_k4(&ls, &lm);
+    let d = f16::from_f32(d_block);
+    let dmin = f16::from_f32(m_block);
+    requantize_qkx(x, nmax, d, dmin, &packed, &mut levels);
     (d, dmin, packed, levels)
 }
 

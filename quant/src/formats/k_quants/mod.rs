@@ -12,7 +12,7 @@
 //! dequantization and the dot products are bit-exact with ggml's scalar
 //! code.
 
-mod common;
+pub(crate) mod common;
 mod q2_k;
 mod q3_k;
 mod q4_k;
@@ -23,9 +23,19 @@ mod q8_k;
 #[cfg(test)]
 mod tests;
 
-pub use q2_k::{dequantize_row_q2_k, quantize_row_q2_k, vec_dot_q2_k_q8_k};
-pub use q3_k::{dequantize_row_q3_k, quantize_row_q3_k, vec_dot_q3_k_q8_k};
-pub use q4_k::{dequantize_row_q4_k, quantize_row_q4_k, vec_dot_q4_k_q8_k};
-pub use q5_k::{dequantize_row_q5_k, quantize_row_q5_k, vec_dot_q5_k_q8_k};
-pub use q6_k::{dequantize_row_q6_k, quantize_row_q6_k, vec_dot_q6_k_q8_k};
+pub use q2_k::{
+    dequantize_row_q2_k, quantize_row_q2_k, quantize_row_q2_k_weighted, vec_dot_q2_k_q8_k,
+};
+pub use q3_k::{
+    dequantize_row_q3_k, quantize_row_q3_k, quantize_row_q3_k_weighted, vec_dot_q3_k_q8_k,
+};
+pub use q4_k::{
+    dequantize_row_q4_k, quantize_row_q4_k, quantize_row_q4_k_weighted, vec_dot_q4_k_q8_k,
+};
+pub use q5_k::{
+    dequantize_row_q5_k, quantize_row_q5_k, quantize_row_q5_k_weighted, vec_dot_q5_k_q8_k,
+};
+pub use q6_k::{
+    dequantize_row_q6_k, quantize_row_q6_k, quantize_row_q6_k_weighted, vec_dot_q6_k_q8_k,
+};
 pub use q8_k::{dequantize_row_q8_k, quantize_row_q8_k, vec_dot_q8_k_q8_k};

@@ -1,7 +1,10 @@
 //! Q2_K: 2-bit quants in 16 groups of 16, each with a 4-bit scale and a
 //! 4-bit min; `x = d·sc·q − dmin·m` (2.625 bits per weight).
 
-use super::common::{ScaleSearch, make_qkx2_quants, nearest_int, pack_2bit, unpack_2bit};
+use super::common::{
+    SEARCH_QKX3, ScaleSearch, make_qkx2_quants, make_qp_quants, nearest_int, pack_2bit, sqrtf,
+    unpack_2bit,
+};
 use crate::blocks::{BlockQ2K, BlockQ8K};
 use crate::formats::check_len;
 use crate::types::QK_K;
@@ -82,6 +85,67 @@ fn quantize_block(x: &[f32], y: &mut BlockQ2K) {
         let dm = dmin * (y.scales[j] >> 4) as f32;
         for (q, &v) in levels[16 * j..16 * (j + 1)].iter_mut().zip(xg) {
             *q = nearest_int((v + dm) / dg).clamp(0, 3) as u8;
+        }
+    }
+    pack_2bit(&levels, &mut y.qs);
+}
+
+/// ggml's `quantize_row_q2_K_impl` with importance weights `qw` (one per
+/// element of the row): `make_qkx3_quants` per group of 16 with weights
+/// `qw·sqrt(σ² + x²)`, the 4-bit scales and mins by `make_qp_quants`.
+pub fn quantize_row_q2_k_weighted(x: &[f32], y: &mut [BlockQ2K], qw: &[f32]) {
+    check_len(y.len(), QK_K, x.len());
+    assert_eq!(qw.len(), x.len(), "one importance weight per value");
+    for ((xb, yb), wb) in x
+        .chunks_exact(QK_K)
+        .zip(y.iter_mut())
+        .zip(qw.chunks_exact(QK_K))
+    {
+        quantize_block_weighted(xb, yb, wb);
+    }
+}
+
+fn quantize_block_weighted(x: &[f32], y: &mut BlockQ2K, qw: &[f32]) {
+    let mut levels = [0u8; QK_K];
+    let mut scratch = [0u8; 16];
+    let mut weights = [0.0f32; 16];
+    let mut scales = [0.0f32; QK_K / 16];
+    let mut mins = [0.0f32; QK_K / 16];
+    let mut sw = [0.0f32; QK_K / 16];
+    let mut sumx2 = 0.0f32;
+    for &v in x {
+        sumx2 += v * v;
+    }
+    let sigma2 = sumx2 / QK_K as f32;
+    for (j, (xg, wg)) in x.chunks_exact(16).zip(qw.chunks_exact(16)).enumerate() {
+        for ((w, &v), &q) in weights.iter_mut().zip(xg).zip(wg) {
+            *w = q * sqrtf(sigma2 + v * v);
+        }
+        for &w in &weights {
+            sw[j] += w;
+        }
+        let lg = &mut levels[16 * j..16 * (j + 1)];
+        let (scale, min) = make_qkx2_quants(3, xg, &weights, lg, &mut scratch, SEARCH_QKX3);
+        scales[j] = scale;
+        mins[j] = min;
+    }
+    let (mut ls, mut lm) = ([0u8; QK_K / 16], [0u8; QK_K / 16]);
+    let dm = make_qp_quants(15, &scales, &mut ls, &sw);
+    let mm = make_qp_quants(15, &mins, &mut lm, &sw);
+    y.d = f16::from_f32(dm);
+    y.dmin = f16::from_f32(mm);
+    let (dm, mm) = (y.d.to_f32(), y.dmin.to_f32());
+    for (s, (&l, &m)) in y.scales.iter_mut().zip(ls.iter().zip(&lm)) {
+        *s = l | (m << 4);
+    }
+    for (j, xg) in x.chunks_exact(16).enumerate() {
+        let d = dm * (y.scales[j] & 0xf) as f32;
+        if d == 0.0 {
+            continue;
+        }
+        let m = mm * (y.scales[j] >> 4) as f32;
+        for (q, &v) in levels[16 * j..16 * (j + 1)].iter_mut().zip(xg) {
+            *q = nearest_int((v + m) / d).clamp(0, 3) as u8;
         }
     }
     pack_2bit(&levels, &mut y.qs);

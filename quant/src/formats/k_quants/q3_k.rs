@@ -3,7 +3,8 @@
 //! (packed like Q2_K), the third bit in `hmask` (3.4375 bits per weight).
 
 use super::common::{
-    accumulate_lanes, add_scaled_lanes, make_q3_quants, nearest_int, pack_2bit, unpack_2bit,
+    accumulate_lanes, add_scaled_lanes, make_q3_quants, make_qx_quants, nearest_int, pack_2bit,
+    sqrtf, unpack_2bit,
 };
 use crate::blocks::{BlockQ3K, BlockQ8K};
 use crate::formats::check_len;
@@ -15,6 +16,44 @@ pub fn quantize_row_q3_k(x: &[f32], y: &mut [BlockQ3K]) {
     check_len(y.len(), QK_K, x.len());
     for (xb, yb) in x.chunks_exact(QK_K).zip(y.iter_mut()) {
         quantize_block(xb, yb);
+    }
+}
+
+/// ggml's `quantize_row_q3_K_impl` with importance weights `qw` (one per
+/// element of the row): `make_qx_quants` per group of 16 with weights
+/// `qw·sqrt(σ² + x²)`, the 6-bit scales by `make_qx_quants` weighted by the
+/// groups' weight sums.
+pub fn quantize_row_q3_k_weighted(x: &[f32], y: &mut [BlockQ3K], qw: &[f32]) {
+    check_len(y.len(), QK_K, x.len());
+    assert_eq!(qw.len(), x.len(), "one importance weight per value");
+    for ((xb, yb), wb) in x
+        .chunks_exact(QK_K)
+        .zip(y.iter_mut())
+        .zip(qw.chunks_exact(QK_K))
+    {
+        let mut levels = [0i8; QK_K];
+        let mut scales = [0.0f32; QK_K / 16];
+        let mut sw = [0.0f32; QK_K / 16];
+        let mut sumx2 = 0.0f32;
+        for &v in xb {
+            sumx2 += v * v;
+        }
+        let sigma2 = 2.0 * sumx2 / QK_K as f32;
+        for (j, (xg, wg)) in xb.chunks_exact(16).zip(wb.chunks_exact(16)).enumerate() {
+            let w: [f32; 16] = core::array::from_fn(|l| wg[l] * sqrtf(sigma2 + xg[l] * xg[l]));
+            let mut sumw = 0.0f32;
+            for &v in &w {
+                sumw += v;
+            }
+            sw[j] = sumw;
+            let lg = &mut levels[16 * j..16 * (j + 1)];
+            scales[j] = make_qx_quants(4, xg, lg, Some(&w));
+        }
+        let mut ls = [0i8; QK_K / 16];
+        let d_block = make_qx_quants(32, &scales, &mut ls, Some(&sw));
+        yb.scales = pack_scales(&ls.map(|l| l as u8));
+        yb.d = f16::from_f32(d_block);
+        requantize_and_pack(xb, yb, &mut levels);
     }
 }
 
@@ -81,8 +120,12 @@ fn quantize_block(x: &[f32], y: &mut BlockQ3K) {
         y.d = f16::from_f32(0.0);
     }
 
-    // Requantize with the rounded scales; groups with a zero scale keep the
-    // quants of the search.
+    requantize_and_pack(x, y, &mut levels);
+}
+
+/// Requantizes `levels` with the block's rounded scales (groups with a zero
+/// scale keep the quants of the search) and packs them.
+fn requantize_and_pack(x: &[f32], y: &mut BlockQ3K, levels: &mut [i8; QK_K]) {
     let d_all = y.d.to_f32();
     for (j, xg) in x.chunks_exact(16).enumerate() {
         let sc = i32::from(scale6(&y.scales, j)) - 32;

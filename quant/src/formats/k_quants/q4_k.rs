@@ -3,6 +3,7 @@
 
 use super::common::{
     ScaleSearch, accumulate_lanes, add_scaled_lanes, get_scale_min_k4, quantize_superblock_qkx,
+    quantize_superblock_qkx_weighted,
 };
 use crate::blocks::{BlockQ4K, BlockQ8K};
 use crate::formats::check_len;
@@ -21,6 +22,24 @@ pub fn quantize_row_q4_k(x: &[f32], y: &mut [BlockQ4K]) {
     check_len(y.len(), QK_K, x.len());
     for (xb, yb) in x.chunks_exact(QK_K).zip(y.iter_mut()) {
         let (d, dmin, scales, levels) = quantize_superblock_qkx(xb, 15, SEARCH);
+        yb.d = d;
+        yb.dmin = dmin;
+        yb.scales = scales;
+        yb.qs = pack_nibbles(&levels);
+    }
+}
+
+/// ggml's `quantize_row_q4_K_impl` with importance weights `qw` (one per
+/// element of the row).
+pub fn quantize_row_q4_k_weighted(x: &[f32], y: &mut [BlockQ4K], qw: &[f32]) {
+    check_len(y.len(), QK_K, x.len());
+    assert_eq!(qw.len(), x.len(), "one importance weight per value");
+    for ((xb, yb), wb) in x
+        .chunks_exact(QK_K)
+        .zip(y.iter_mut())
+        .zip(qw.chunks_exact(QK_K))
+    {
+        let (d, dmin, scales, levels) = quantize_superblock_qkx_weighted(xb, wb, 15, false);
         yb.d = d;
         yb.dmin = dmin;
         yb.scales = scales;

@@ -4,6 +4,7 @@
 
 use super::common::{
     ScaleSearch, accumulate_lanes, add_scaled_lanes, get_scale_min_k4, quantize_superblock_qkx,
+    quantize_superblock_qkx_weighted,
 };
 use super::q4_k::{min_correction, nibble, unpack_scales_mins};
 use crate::blocks::{BlockQ5K, BlockQ8K};
@@ -23,18 +24,37 @@ pub fn quantize_row_q5_k(x: &[f32], y: &mut [BlockQ5K]) {
     check_len(y.len(), QK_K, x.len());
     for (xb, yb) in x.chunks_exact(QK_K).zip(y.iter_mut()) {
         let (d, dmin, scales, levels) = quantize_superblock_qkx(xb, 31, SEARCH);
-        yb.d = d;
-        yb.dmin = dmin;
-        yb.scales = scales;
-        yb.qh = [0; QK_K / 8];
-        yb.qs = [0; QK_K / 2];
-        for (e, &q) in levels.iter().enumerate() {
-            let byte = 32 * (e / 64) + e % 32;
-            let shift = if e % 64 < 32 { 0 } else { 4 };
-            yb.qs[byte] |= (q & 0xf) << shift;
-            if q > 15 {
-                yb.qh[e % 32] |= 1 << (e / 32);
-            }
+        pack(yb, d, dmin, scales, &levels);
+    }
+}
+
+/// ggml's `quantize_row_q5_K_impl` with importance weights `qw` (one per
+/// element of the row).
+pub fn quantize_row_q5_k_weighted(x: &[f32], y: &mut [BlockQ5K], qw: &[f32]) {
+    check_len(y.len(), QK_K, x.len());
+    assert_eq!(qw.len(), x.len(), "one importance weight per value");
+    for ((xb, yb), wb) in x
+        .chunks_exact(QK_K)
+        .zip(y.iter_mut())
+        .zip(qw.chunks_exact(QK_K))
+    {
+        let (d, dmin, scales, levels) = quantize_superblock_qkx_weighted(xb, wb, 31, true);
+        pack(yb, d, dmin, scales, &levels);
+    }
+}
+
+fn pack(yb: &mut BlockQ5K, d: half::f16, dmin: half::f16, scales: [u8; 12], levels: &[u8; QK_K]) {
+    yb.d = d;
+    yb.dmin = dmin;
+    yb.scales = scales;
+    yb.qh = [0; QK_K / 8];
+    yb.qs = [0; QK_K / 2];
+    for (e, &q) in levels.iter().enumerate() {
+        let byte = 32 * (e / 64) + e % 32;
+        let shift = if e % 64 < 32 { 0 } else { 4 };
+        yb.qs[byte] |= (q & 0xf) << shift;
+        if q > 15 {
+            yb.qh[e % 32] |= 1 << (e / 32);
         }
     }
 }

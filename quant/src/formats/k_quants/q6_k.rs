@@ -15,17 +15,37 @@ use half::f16;
 pub fn quantize_row_q6_k(x: &[f32], y: &mut [BlockQ6K]) {
     check_len(y.len(), QK_K, x.len());
     for (xb, yb) in x.chunks_exact(QK_K).zip(y.iter_mut()) {
-        quantize_block(xb, yb);
+        quantize_block(xb, yb, None);
     }
 }
 
-fn quantize_block(x: &[f32], y: &mut BlockQ6K) {
+/// ggml's `quantize_row_q6_K_impl` with importance weights `qw` (one per
+/// element of the row): the reference algorithm with `qw` in place of `x²`
+/// as the fit's weights.
+pub fn quantize_row_q6_k_weighted(x: &[f32], y: &mut [BlockQ6K], qw: &[f32]) {
+    check_len(y.len(), QK_K, x.len());
+    assert_eq!(qw.len(), x.len(), "one importance weight per value");
+    for ((xb, yb), wb) in x
+        .chunks_exact(QK_K)
+        .zip(y.iter_mut())
+        .zip(qw.chunks_exact(QK_K))
+    {
+        quantize_block(xb, yb, Some(wb));
+    }
+}
+
+fn quantize_block(x: &[f32], y: &mut BlockQ6K, qw: Option<&[f32]>) {
     let mut levels = [0i8; QK_K];
     let mut scales = [0.0f32; QK_K / 16];
     let mut max_scale = 0.0f32;
     let mut max_abs_scale = 0.0f32;
     for (ib, xg) in x.chunks_exact(16).enumerate() {
-        let scale = make_qx_quants(32, xg, &mut levels[16 * ib..16 * (ib + 1)]);
+        let scale = make_qx_quants(
+            32,
+            xg,
+            &mut levels[16 * ib..16 * (ib + 1)],
+            qw.map(|w| &w[16 * ib..16 * (ib + 1)]),
+        );
         scales[ib] = scale;
         if scale.abs() > max_abs_scale {
             max_abs_scale = scale.abs();

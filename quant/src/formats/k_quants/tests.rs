@@ -360,7 +360,7 @@ fn symmetric_searches_fit_a_scaled_grid() {
     }
     let x: Vec<f32> = (0..16).map(|i| (i as f32 - 8.0) * 4.0).collect();
     let mut l = [0i8; 16];
-    let scale = make_qx_quants(32, &x, &mut l);
+    let scale = make_qx_quants(32, &x, &mut l, None);
     for (&v, &q) in x.iter().zip(&l) {
         assert!(
             (scale * (q as f32 - 32.0) - v).abs() <= 1e-4 * 32.0,
@@ -368,7 +368,7 @@ fn symmetric_searches_fit_a_scaled_grid() {
         );
     }
     // All zeros: scale 0, quants 0.
-    assert_eq!(make_qx_quants(32, &[0.0; 16], &mut l), 0.0);
+    assert_eq!(make_qx_quants(32, &[0.0; 16], &mut l, None), 0.0);
     assert!(l.iter().all(|&q| q == 0));
     assert_eq!(make_q3_quants(4, &[0.0; 16], &mut l), 0.0);
     assert!(l.iter().all(|&q| q == 0));
