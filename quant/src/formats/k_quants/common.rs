@@ -18,7 +18,7 @@ pub(super) const GROUP_MAX_EPS: f32 = 1e-15;
 /// `sqrtf`, correctly rounded (IEEE 754 round to nearest), without `std`.
 ///
 /// Negative inputs and NaN give NaN; ±0 and +∞ are returned unchanged.
-pub(super) fn sqrtf(x: f32) -> f32 {
+pub(crate) fn sqrtf(x: f32) -> f32 {
     if x.is_nan() || x < 0.0 {
         return f32::NAN;
     }

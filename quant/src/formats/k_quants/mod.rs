@@ -12,7 +12,7 @@
 //! dequantization and the dot products are bit-exact with ggml's scalar
 //! code.
 
-mod common;
+pub(crate) mod common;
 mod q2_k;
 mod q3_k;
 mod q4_k;
