@@ -19,8 +19,10 @@ pub struct Args {
     /// The GGUF file to write.
     out: PathBuf,
     /// f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_m, q4_k_s,
-    /// q4_k_m, q5_k_m, q6_k; or w4a8 (Meta's quantized Llama 3.2 recipe:
-    /// Q4_0 for every linear layer, Q8_0 embeddings and output layer).
+    /// q4_k_m, q5_k_m, q6_k, iq4_nl, iq4_xs, iq3_s, iq3_m; iq3_xs, iq3_xxs,
+    /// iq2_m, iq2_s, iq2_xs, iq2_xxs, iq1_m, iq1_s (these need an importance
+    /// matrix, as in llama-quantize); or w4a8 (Meta's quantized Llama 3.2
+    /// recipe: Q4_0 for every linear layer, Q8_0 embeddings and output layer).
     #[arg(long = "type", value_parser = parse_type)]
     ty: FileType,
     /// Threads (default: all cores).
@@ -175,7 +177,7 @@ fn quantize(args: &Args, input: &Path, threads: usize, t0: Instant) -> Result<()
             .expect("valid template")
             .progress_chars("=> "),
     );
-    let summary = quantize_file(file, &args.out, args.ty, threads, &mut |p| {
+    let summary = quantize_file(file, &args.out, args.ty, threads, None, &mut |p| {
         bar.set_position(p.elems_done);
         bar.set_message(format!(
             "[{}/{}] {} {} → {}",

@@ -205,7 +205,7 @@ pub(crate) fn iq1_grid(idx: usize) -> [i8; 8] {
 
 /// IQ1_S block `ib`: the four grid indices, the scale `2s + 1`, and whether
 /// the shift is negative.
-fn iq1s_block(b: &BlockIQ1S, ib: usize) -> ([usize; 4], i32, bool) {
+pub(crate) fn iq1s_block(b: &BlockIQ1S, ib: usize) -> ([usize; 4], i32, bool) {
     let qh = b.qh[ib];
     let idx = core::array::from_fn(|l| {
         usize::from(b.qs[4 * ib + l]) | (usize::from((qh >> (3 * l)) & 7) << 8)
@@ -269,7 +269,7 @@ pub(crate) fn iq1m_d(b: &BlockIQ1M) -> f32 {
 
 /// IQ1_M block `ib`: the four grid indices, their shift signs (negative
 /// when set) and the scales `2s + 1` of the two halves.
-fn iq1m_block(b: &BlockIQ1M, ib: usize) -> ([usize; 4], [bool; 4], [i32; 2]) {
+pub(crate) fn iq1m_block(b: &BlockIQ1M, ib: usize) -> ([usize; 4], [bool; 4], [i32; 2]) {
     let sc = iq1m_sc(b);
     let qh = [u16::from(b.qh[2 * ib]), u16::from(b.qh[2 * ib + 1])];
     let idx = core::array::from_fn(|l| {

@@ -16,6 +16,8 @@ pub mod tables;
 
 use crate::GgmlType;
 
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports))]
+pub(crate) use decode::{IQ1_DELTA, SignedGrid, iq1_grid, iq1m_block, iq1m_d, iq1s_block};
 pub use decode::{
     dequantize_row_iq1_m, dequantize_row_iq1_s, dequantize_row_iq2_s, dequantize_row_iq2_xs,
     dequantize_row_iq2_xxs, dequantize_row_iq3_s, dequantize_row_iq3_xxs, vec_dot_iq1_m_q8_k,
