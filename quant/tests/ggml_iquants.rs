@@ -27,11 +27,10 @@ const TYPES: [GgmlType; 7] = [
 ];
 
 fn peer_root() -> PathBuf {
-    let root = std::env::var_os("SPINEL_PEERS")
+    std::env::var_os("SPINEL_PEERS")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/spinel-peers")))
-        .expect("HOME or SPINEL_PEERS is set");
-    root
+        .expect("HOME or SPINEL_PEERS is set")
 }
 
 /// The compiled driver (built once per test binary).
