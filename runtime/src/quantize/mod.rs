@@ -759,16 +759,15 @@ pub fn convert_tensor(
     if from == to {
         return Ok(data.to_vec());
     }
-    if let Some(w) = weights
-        && w.len() != row_len
-    {
-        return Err(E::WeightsLength {
-            expected: row_len,
-            got: w.len(),
-        });
-    }
-    if weights.is_none() && requires_imatrix(to) {
-        return Err(E::NeedsImatrix);
+    match weights {
+        Some(w) if w.len() != row_len => {
+            return Err(E::WeightsLength {
+                expected: row_len,
+                got: w.len(),
+            });
+        }
+        None if requires_imatrix(to) => return Err(E::NeedsImatrix),
+        _ => {}
     }
     let to_float = Kernels::get().of(from).to_float;
     let in_row = from.row_size(row_len).expect("valid row");
