@@ -4,7 +4,8 @@
 //! (`../shared/peers/llama-cpp.sh`, which CI runs first) quantizes rows
 //! with `ggml_quantize_chunk` — with and without an importance matrix —
 //! and dequantizes with ggml's `to_float`. Our bytes and floats must be
-//! identical. Without the peer build these tests fail, saying why.
+//! identical. Dequantization is also checked against gguf-py's numpy code.
+//! Without the peer build (or Python's `gguf`) these tests fail, saying why.
 
 mod common;
 
@@ -375,4 +376,73 @@ fn fix_scale(ty: GgmlType, b: &mut [u8]) {
     } else {
         b[..2].copy_from_slice(&h);
     }
+}
+
+/// Our dequantization equals gguf-py's (`gguf.quants.dequantize`, numpy),
+/// bit for bit, on quantized rows and random blocks of every type.
+#[test]
+fn dequantization_matches_gguf_py() {
+    let k = Kernels::for_isa(spinel_quant::Isa::Scalar).unwrap();
+    let dir = driver().parent().unwrap().join("gguf-py");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = r#"
+import sys, numpy as np
+from gguf.constants import GGMLQuantizationType
+from gguf.quants import dequantize
+for line in sys.stdin:
+    name, src, dst = line.split()
+    q = np.fromfile(src, dtype=np.uint8)
+    dequantize(q, GGMLQuantizationType[name]).astype("<f4").tofile(dst)
+"#;
+    let mut jobs = String::new();
+    let mut cases = Vec::new();
+    for ty in TYPES {
+        let (_, x) = rows()
+            .into_iter()
+            .find(|(n, _)| n == "weights_like_4096")
+            .unwrap();
+        let w = imatrix(x.len());
+        for (name, q) in [
+            ("row", ours(ty, &x, Some(&w)).unwrap()),
+            ("random", random_blocks(ty, 64)),
+        ] {
+            let (src, dst) = (
+                dir.join(format!("{ty}.{name}.q")),
+                dir.join(format!("{ty}.{name}.f32")),
+            );
+            std::fs::write(&src, &q).unwrap();
+            jobs += &format!("{} {} {}\n", ty.name(), src.display(), dst.display());
+            cases.push((ty, name, q, dst));
+        }
+    }
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 with the gguf package (scripts/test.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(jobs.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "gguf-py dequantize failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (ty, name, q, dst) in cases {
+        let want = f32s(&std::fs::read(&dst).unwrap());
+        let mut got = vec![0f32; q.len() / ty.type_size() * QK_K];
+        (k.of(ty).to_float)(&q, &mut got);
+        let same = got.len() == want.len()
+            && got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{ty} {name}: dequantization differs from gguf-py's");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
