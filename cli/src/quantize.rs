@@ -9,7 +9,7 @@ use spinel_runtime::convert::{Conversion, ConvertOptions, OutType};
 use spinel_runtime::gguf::MappedGguf;
 use spinel_runtime::imatrix::Imatrix;
 use spinel_runtime::quantize::rotate::{RotateOptions, rotate_file};
-use spinel_runtime::quantize::{FileType, ImatrixUse, quantize_file_with};
+use spinel_runtime::quantize::{FileType, ImatrixUse, quantize_file};
 
 /// Quantize a GGUF file (or a Hugging Face checkpoint folder) with
 /// llama-quantize's per-tensor type choices.
@@ -20,8 +20,10 @@ pub struct Args {
     /// The GGUF file to write.
     out: PathBuf,
     /// f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_m, q4_k_s,
-    /// q4_k_m, q5_k_m, q6_k; or w4a8 (Meta's quantized Llama 3.2 recipe:
-    /// Q4_0 for every linear layer, Q8_0 embeddings and output layer).
+    /// q4_k_m, q5_k_m, q6_k, iq4_nl, iq4_xs, iq3_s, iq3_m; iq3_xs, iq3_xxs,
+    /// iq2_m, iq2_s, iq2_xs, iq2_xxs, iq1_m, iq1_s (these need an importance
+    /// matrix, as in llama-quantize); or w4a8 (Meta's quantized Llama 3.2
+    /// recipe: Q4_0 for every linear layer, Q8_0 embeddings and output layer).
     #[arg(long = "type", value_parser = parse_type)]
     ty: FileType,
     /// Threads (default: all cores).
@@ -237,7 +239,7 @@ fn quantize(args: &Args, input: &Path, threads: usize, t0: Instant) -> Result<()
             p.to
         ));
     };
-    let summary = quantize_file_with(file, &args.out, args.ty, im_use.as_ref(), threads, progress)
+    let summary = quantize_file(file, &args.out, args.ty, threads, im_use.as_ref(), progress)
         .map_err(|e| e.to_string());
     bar.finish_and_clear();
     let s = summary?;

@@ -58,6 +58,18 @@ fn json_reports_the_kernel_table_of_each_pinned_isa() {
                 assert_eq!(k["gemv"], false, "{isa} {ty}");
             }
         }
+        // The grid i-quants: an AVX2 vec_dot inherited by every x86 level,
+        // the scalar one on ARM (NEON inherits it), no blocked kernels.
+        for ty in [
+            "IQ3_XXS", "IQ3_S", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M",
+        ] {
+            let own = isa == "scalar" || isa.starts_with("avx");
+            assert_eq!(
+                kernels[ty],
+                serde_json::json!({"vec_dot": own, "gemv": false, "gemm": false}),
+                "{isa} {ty}"
+            );
+        }
         // The x86 levels have their own Q4_0 kernels of every kind.
         if isa.starts_with("avx") {
             assert_eq!(

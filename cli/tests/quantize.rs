@@ -19,6 +19,12 @@
 //!   and iq4_xs;
 //!   the same file in the legacy .dat format gives the same bytes; and
 //!   both tools accept the imatrix `spinel imatrix` writes.
+//! * iq3_s and iq3_m (the grid i-quant mixes llama-quantize makes without
+//!   an importance matrix) are byte-identical to llama-quantize's, their
+//!   IQ3_S tensors dequantize as gguf-py does, and the iq3_m file's
+//!   perplexity equals llama-perplexity's within 2%; iq3_xxs and iq3_xs
+//!   (which on SmolLM2 need no importance matrix) are byte-identical too,
+//!   and the mixes that need one are refused by both tools.
 //!
 //! Needs the model (`$SPINEL_TEST_MODEL` or the Spinel cache) and llama.cpp
 //! built by `../shared/peers/llama-cpp.sh` (run on first use, ~10 minutes,
@@ -398,6 +404,180 @@ with open(sys.argv[2], "wb") as f:
         seen.contains_key("IQ4_NL") && seen.contains_key("IQ4_XS"),
         "{seen:?}"
     );
+}
+
+/// Dequantizes the first rows of every tensor of type `names` in `path`
+/// with gguf-py and with every ISA's `to_float`: equal bits. Returns how
+/// many tensors of each type were seen.
+fn dequantizes_as_gguf_py(
+    path: &Path,
+    names: &[&str],
+) -> std::collections::BTreeMap<&'static str, usize> {
+    let py_out = path.with_extension("gguf_py.f32");
+    let script = r#"
+import sys, numpy as np, gguf
+from gguf.quants import dequantize
+r = gguf.GGUFReader(sys.argv[1])
+names = sys.argv[3].split(",")
+with open(sys.argv[2], "wb") as f:
+    for t in r.tensors:
+        if t.tensor_type.name in names:
+            f.write(dequantize(t.data[:4], t.tensor_type).astype("<f4").tobytes())
+"#;
+    ok(
+        "gguf-py dequantize",
+        Command::new("python3")
+            .args(["-c", script])
+            .arg(path)
+            .arg(&py_out)
+            .arg(names.join(","))
+            .output()
+            .expect("python3 with the gguf package (scripts/test.sh installs it)"),
+    );
+    let want: Vec<f32> = std::fs::read(&py_out)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let m = open(path);
+    let mut seen = std::collections::BTreeMap::new();
+    for kern in spinel_quant::Kernels::all_supported() {
+        let mut got = Vec::new();
+        seen.clear();
+        for t in m.file().tensors() {
+            let ty = t.ggml_type();
+            if !names.contains(&ty.name()) {
+                continue;
+            }
+            let n = t.dims()[0] as usize;
+            let row = ty.row_size(n).unwrap();
+            for r in t.data().chunks_exact(row).take(4) {
+                let mut y = vec![0f32; n];
+                (kern.of(ty).to_float)(r, &mut y);
+                got.extend(y);
+            }
+            *seen.entry(ty.name()).or_insert(0) += 1;
+        }
+        assert_eq!(got.len(), want.len(), "{}: values compared", kern.isa());
+        let same = got
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(
+            same,
+            "{}: {names:?} dequantization differs from gguf-py",
+            kern.isa()
+        );
+    }
+    seen
+}
+
+/// The grid i-quants: IQ3_S and IQ3_M byte for byte what llama-quantize
+/// writes (ggml's `quantize_iq3_s`, Q4_K/Q6_K where its rules say, IQ4_NL
+/// for SmolLM2's 576-wide rows), dequantized as gguf-py does, running with
+/// llama-perplexity's perplexity; the mixes needing an importance matrix
+/// refused by both tools.
+#[test]
+fn grid_iquants_like_llama_quantize() {
+    compare("iq3_s", true);
+    compare("iq3_m", true);
+    let seen = dequantizes_as_gguf_py(&ours("iq3_s"), &["IQ3_S", "IQ4_NL"]);
+    // ffn_down (1536 wide) is IQ3_S; the 576-wide matrices fall back.
+    assert!(seen.get("IQ3_S").copied().unwrap_or(0) >= 30, "{seen:?}");
+
+    // llama-quantize refuses a mix without an importance matrix when a
+    // tensor would get IQ3_XXS, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S or IQ1_M
+    // after its fallbacks. On SmolLM2 the 576-wide matrices fall back to
+    // IQ4_NL, so iq3_xxs and iq3_xs go through (ffn_down is Q3_K/Q4_K or
+    // IQ3_S): byte-identical files; the 2- and 1-bit mixes are refused.
+    for (ty, accepted) in [
+        ("iq3_xxs", true),
+        ("iq3_xs", true),
+        ("iq2_m", false),
+        ("iq2_xxs", false),
+        ("iq1_m", false),
+    ] {
+        let out = work_dir().join(format!("refused.{ty}.gguf"));
+        let theirs = Command::new(llama_cpp_bin().join("llama-quantize"))
+            .arg(base())
+            .arg(&out)
+            .args([ty, "2"])
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&out);
+        assert_eq!(
+            theirs.status.success(),
+            accepted,
+            "llama-quantize {ty} without an importance matrix:\n{}",
+            String::from_utf8_lossy(&theirs.stderr)
+        );
+        if accepted {
+            compare(ty, true);
+            continue;
+        }
+        let run = Command::new(SPINEL)
+            .arg("quantize")
+            .arg(base())
+            .arg(&out)
+            .args(["--type", ty])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            !run.status.success() && stderr.contains("requires an importance matrix"),
+            "spinel quantize {ty} without an importance matrix:\n{stderr}"
+        );
+        assert!(!out.exists(), "{ty}: refused, yet a file was written");
+    }
+
+    // The iq3_m file runs: its perplexity on a piece of the evaluation
+    // text (6 chunks of 128 tokens) equals llama-perplexity's on the same
+    // file within 2%.
+    let path = ours("iq3_m");
+    let text = common::script("../scripts/fetch-eval-text.sh");
+    let short = work_dir().join("short.txt");
+    std::fs::write(&short, &std::fs::read(&text).unwrap()[..8000]).unwrap();
+    let args = [
+        "-m".as_ref(),
+        path.as_os_str(),
+        "-f".as_ref(),
+        short.as_os_str(),
+        "-c".as_ref(),
+        "128".as_ref(),
+        "--chunks".as_ref(),
+        "6".as_ref(),
+    ];
+    let (stdout, _) = ok(
+        "spinel perplexity (iq3_m)",
+        Command::new(SPINEL)
+            .arg("perplexity")
+            .args(args)
+            .arg("--json")
+            .output()
+            .unwrap(),
+    );
+    let ours: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let ppl = ours["ppl"].as_f64().unwrap();
+    let (_, stderr) = ok(
+        "llama-perplexity (iq3_m)",
+        Command::new(llama_cpp_bin().join("llama-perplexity"))
+            .args(args)
+            .args(["-b", "128", "-t", "2"])
+            .output()
+            .unwrap(),
+    );
+    let theirs: f64 = stderr
+        .lines()
+        .find_map(|l| l.split("Final estimate: PPL = ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no final PPL from llama-perplexity:\n{stderr}"));
+    let rel = (ppl - theirs).abs() / theirs;
+    assert!(
+        ppl.is_finite() && rel < 0.02,
+        "iq3_m PPL ours {ppl} llama.cpp {theirs}"
+    );
+    eprintln!("iq3_m PPL: spinel {ppl:.3}, llama-perplexity {theirs:.3}");
 }
 
 fn q4_0_and_q8_0_bytes_equal_llama_quantize() {

@@ -148,8 +148,90 @@ pub struct BlockIQ4XS {
     pub qs: [u8; QK_K / 2],
 }
 
+/// 2.0625 bpw: per block of 32, `qs[4b..4b+2]` read as two little-endian
+/// u32 hold four 8-bit indices into `IQ2XXS_GRID` (first word) and four
+/// 7-bit sign indices into `KSIGNS_IQ2XS` plus a 4-bit scale (second word).
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockIQ2XXS {
+    pub d: f16,
+    pub qs: [u16; QK_K / 8],
+}
+
+/// 2.3125 bpw: each `qs` entry is a 9-bit `IQ2XS_GRID` index and a 7-bit
+/// sign index; two 4-bit scales per block of 32.
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockIQ2XS {
+    pub d: f16,
+    pub qs: [u16; QK_K / 8],
+    pub scales: [u8; QK_K / 32],
+}
+
+/// 2.5625 bpw: 10-bit `IQ2S_GRID` indices (low 8 bits in the first half of
+/// `qs`, high 2 in `qh`), explicit sign bytes in the second half of `qs`,
+/// two 4-bit scales per block of 32.
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockIQ2S {
+    pub d: f16,
+    pub qs: [u8; QK_K / 4],
+    pub qh: [u8; QK_K / 32],
+    pub scales: [u8; QK_K / 32],
+}
+
+/// 3.0625 bpw: 8-bit `IQ3XXS_GRID` indices (`qs[..64]`), then per block of
+/// 32 a little-endian u32 of four 7-bit sign indices and a 4-bit scale.
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockIQ3XXS {
+    pub d: f16,
+    pub qs: [u8; 3 * QK_K / 8],
+}
+
+/// 3.4375 bpw: 9-bit `IQ3S_GRID` indices (low 8 in `qs`, high bit in `qh`),
+/// explicit sign bits, two 4-bit scales per 64 elements.
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockIQ3S {
+    pub d: f16,
+    pub qs: [u8; QK_K / 4],
+    pub qh: [u8; QK_K / 32],
+    pub signs: [u8; QK_K / 8],
+    pub scales: [u8; QK_K / 64],
+}
+
+/// 1.5625 bpw: 11-bit `IQ1S_GRID` indices (low 8 in `qs`, high 3 in `qh`),
+/// and per block of 32 in `qh` a 3-bit scale and the sign of the ±1/8 shift.
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockIQ1S {
+    pub d: f16,
+    pub qs: [u8; QK_K / 8],
+    pub qh: [u16; QK_K / 32],
+}
+
+/// 1.75 bpw: 11-bit `IQ1S_GRID` indices (high 3 bits and the shift sign of
+/// each group of 8 in a nibble of `qh`), 3-bit scales per 16 elements, and
+/// the f16 super-block scale spread over the top nibbles of the four
+/// little-endian u16s of `scales`.
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockIQ1M {
+    pub qs: [u8; QK_K / 8],
+    pub qh: [u8; QK_K / 16],
+    pub scales: [u8; QK_K / 32],
+}
+
 const _: () = {
     use core::mem::size_of;
+    assert!(size_of::<BlockIQ2XXS>() == 66);
+    assert!(size_of::<BlockIQ2XS>() == 74);
+    assert!(size_of::<BlockIQ2S>() == 82);
+    assert!(size_of::<BlockIQ3XXS>() == 98);
+    assert!(size_of::<BlockIQ3S>() == 110);
+    assert!(size_of::<BlockIQ1S>() == 50);
+    assert!(size_of::<BlockIQ1M>() == 56);
     assert!(size_of::<BlockIQ4NL>() == 18);
     assert!(size_of::<BlockIQ4XS>() == 136);
     assert!(size_of::<BlockQ4_0>() == 18);
@@ -197,6 +279,13 @@ impl_block! {
     BlockQ8K => Q8K, QK_K;
     BlockIQ4NL => IQ4NL, QK;
     BlockIQ4XS => IQ4XS, QK_K;
+    BlockIQ2XXS => IQ2XXS, QK_K;
+    BlockIQ2XS => IQ2XS, QK_K;
+    BlockIQ2S => IQ2S, QK_K;
+    BlockIQ3XXS => IQ3XXS, QK_K;
+    BlockIQ3S => IQ3S, QK_K;
+    BlockIQ1S => IQ1S, QK_K;
+    BlockIQ1M => IQ1M, QK_K;
     f32 => F32, 1;
     f16 => F16, 1;
     half::bf16 => BF16, 1;

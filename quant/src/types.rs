@@ -23,10 +23,24 @@ pub enum GgmlType {
     Q5K = 13,
     Q6K = 14,
     Q8K = 15,
+    /// 2.0625 bpw i-quant (E8 lattice grid, 256 points).
+    IQ2XXS = 16,
+    /// 2.3125 bpw i-quant (512-point grid, 4-bit scales per 16).
+    IQ2XS = 17,
+    /// 3.0625 bpw i-quant (D4 lattice grid, 256 points).
+    IQ3XXS = 18,
+    /// 1.5625 bpw i-quant (values −1, 0, 1 shifted by ±1/8).
+    IQ1S = 19,
     /// Non-linear 4-bit quants (ggml's `kvalues_iq4nl`), blocks of 32.
     IQ4NL = 20,
+    /// 3.4375 bpw i-quant (512-point grid, explicit signs).
+    IQ3S = 21,
+    /// 2.5625 bpw i-quant (1024-point grid, explicit signs).
+    IQ2S = 22,
     /// IQ4_NL values in 256-element super-blocks with 6-bit block scales.
     IQ4XS = 23,
+    /// 1.75 bpw i-quant (IQ1_S grid, scales per 16).
+    IQ1M = 29,
     BF16 = 30,
 }
 
@@ -35,7 +49,7 @@ pub const QK_K: usize = 256;
 
 impl GgmlType {
     /// Every supported type, in id order.
-    pub const ALL: [GgmlType; 17] = [
+    pub const ALL: [GgmlType; 24] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
@@ -50,8 +64,15 @@ impl GgmlType {
         GgmlType::Q5K,
         GgmlType::Q6K,
         GgmlType::Q8K,
+        GgmlType::IQ2XXS,
+        GgmlType::IQ2XS,
+        GgmlType::IQ3XXS,
+        GgmlType::IQ1S,
         GgmlType::IQ4NL,
+        GgmlType::IQ3S,
+        GgmlType::IQ2S,
         GgmlType::IQ4XS,
+        GgmlType::IQ1M,
         GgmlType::BF16,
     ];
 
@@ -72,8 +93,15 @@ impl GgmlType {
             13 => GgmlType::Q5K,
             14 => GgmlType::Q6K,
             15 => GgmlType::Q8K,
+            16 => GgmlType::IQ2XXS,
+            17 => GgmlType::IQ2XS,
+            18 => GgmlType::IQ3XXS,
+            19 => GgmlType::IQ1S,
             20 => GgmlType::IQ4NL,
+            21 => GgmlType::IQ3S,
+            22 => GgmlType::IQ2S,
             23 => GgmlType::IQ4XS,
+            29 => GgmlType::IQ1M,
             30 => GgmlType::BF16,
             _ => return None,
         })
@@ -86,18 +114,11 @@ impl GgmlType {
             return Some(t.name());
         }
         Some(match id {
-            16 => "IQ2_XXS",
-            17 => "IQ2_XS",
-            18 => "IQ3_XXS",
-            19 => "IQ1_S",
-            21 => "IQ3_S",
-            22 => "IQ2_S",
             24 => "I8",
             25 => "I16",
             26 => "I32",
             27 => "I64",
             28 => "F64",
-            29 => "IQ1_M",
             // llama.cpp's old ARM-repacked Q4_0 layouts (ggml dropped them
             // from files: it repacks Q4_0 at load time instead).
             31 => "Q4_0_4_4",
@@ -134,6 +155,13 @@ impl GgmlType {
             GgmlType::Q8K => "Q8_K",
             GgmlType::IQ4NL => "IQ4_NL",
             GgmlType::IQ4XS => "IQ4_XS",
+            GgmlType::IQ2XXS => "IQ2_XXS",
+            GgmlType::IQ2XS => "IQ2_XS",
+            GgmlType::IQ2S => "IQ2_S",
+            GgmlType::IQ3XXS => "IQ3_XXS",
+            GgmlType::IQ3S => "IQ3_S",
+            GgmlType::IQ1S => "IQ1_S",
+            GgmlType::IQ1M => "IQ1_M",
             GgmlType::BF16 => "BF16",
         }
     }
@@ -162,7 +190,14 @@ impl GgmlType {
             | GgmlType::Q5K
             | GgmlType::Q6K
             | GgmlType::Q8K
-            | GgmlType::IQ4XS => QK_K,
+            | GgmlType::IQ4XS
+            | GgmlType::IQ2XXS
+            | GgmlType::IQ2XS
+            | GgmlType::IQ2S
+            | GgmlType::IQ3XXS
+            | GgmlType::IQ3S
+            | GgmlType::IQ1S
+            | GgmlType::IQ1M => QK_K,
         }
     }
 
@@ -187,6 +222,13 @@ impl GgmlType {
             GgmlType::Q8K => size_of::<BlockQ8K>(),
             GgmlType::IQ4NL => size_of::<BlockIQ4NL>(),
             GgmlType::IQ4XS => size_of::<BlockIQ4XS>(),
+            GgmlType::IQ2XXS => size_of::<BlockIQ2XXS>(),
+            GgmlType::IQ2XS => size_of::<BlockIQ2XS>(),
+            GgmlType::IQ2S => size_of::<BlockIQ2S>(),
+            GgmlType::IQ3XXS => size_of::<BlockIQ3XXS>(),
+            GgmlType::IQ3S => size_of::<BlockIQ3S>(),
+            GgmlType::IQ1S => size_of::<BlockIQ1S>(),
+            GgmlType::IQ1M => size_of::<BlockIQ1M>(),
         }
     }
 
@@ -211,7 +253,14 @@ impl GgmlType {
             | GgmlType::Q5K
             | GgmlType::Q6K
             | GgmlType::Q8K
-            | GgmlType::IQ4XS => GgmlType::Q8K,
+            | GgmlType::IQ4XS
+            | GgmlType::IQ2XXS
+            | GgmlType::IQ2XS
+            | GgmlType::IQ2S
+            | GgmlType::IQ3XXS
+            | GgmlType::IQ3S
+            | GgmlType::IQ1S
+            | GgmlType::IQ1M => GgmlType::Q8K,
         }
     }
 
@@ -273,6 +322,13 @@ mod tests {
             (GgmlType::Q8K, 256, 292),
             (GgmlType::IQ4NL, 32, 18),
             (GgmlType::IQ4XS, 256, 136),
+            (GgmlType::IQ2XXS, 256, 66),
+            (GgmlType::IQ2XS, 256, 74),
+            (GgmlType::IQ2S, 256, 82),
+            (GgmlType::IQ3XXS, 256, 98),
+            (GgmlType::IQ3S, 256, 110),
+            (GgmlType::IQ1S, 256, 50),
+            (GgmlType::IQ1M, 256, 56),
         ];
         for (t, bs, ts) in expect {
             assert_eq!((t.block_size(), t.type_size()), (bs, ts), "{t}");

@@ -13,6 +13,7 @@
 
 use proptest::prelude::*;
 use spinel_quant::blocks::{BlockQ8_0, BlockQ8_1, BlockQ8K};
+use spinel_quant::formats::iq_grid;
 use spinel_quant::{GgmlType, Isa, Kernels, QK_K};
 
 fn scalar() -> &'static Kernels {
@@ -25,8 +26,16 @@ fn others() -> Vec<&'static Kernels> {
         .collect()
 }
 
+/// `x` quantized by `k`'s `from_float`; the types ggml only quantizes with
+/// an importance matrix get uneven importance weights instead (their
+/// `from_float` refuses).
 fn quantize(k: &Kernels, ty: GgmlType, x: &[f32]) -> Vec<u8> {
     let mut q = vec![0u8; ty.row_size(x.len()).unwrap()];
+    if iq_grid::requires_imatrix(ty) {
+        let w: Vec<f32> = (0..x.len()).map(|i| 0.5 + (i % 7) as f32).collect();
+        iq_grid::quantize_weighted(ty, x, &mut q, Some(&w)).unwrap();
+        return q;
+    }
     (k.of(ty).from_float)(x, &mut q);
     q
 }
@@ -54,6 +63,11 @@ fn check_to_float(k: &Kernels, ty: GgmlType, q: &[u8], n: usize) -> Result<(), S
 }
 
 fn check_from_float(k: &Kernels, ty: GgmlType, x: &[f32]) -> Result<(), String> {
+    if iq_grid::requires_imatrix(ty) {
+        // No `from_float` to compare: these are quantized through
+        // `quantize_weighted` only, which is the same code on every ISA.
+        return Ok(());
+    }
     let want = quantize(scalar(), ty, x);
     let got = quantize(k, ty, x);
     if got == want {
@@ -540,6 +554,38 @@ fn several_rows_give_each_row_its_one_row_bits() {
                         );
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The grid i-quants' SIMD dot products keep the scalar code's exact
+/// integer sums and its float combination: equal bits on every ISA.
+#[test]
+fn grid_iquant_dots_are_bit_identical_on_every_isa() {
+    let rows = edge_rows(4 * QK_K);
+    let (_, act) = rows.last().expect("the gauss row");
+    for ty in [
+        GgmlType::IQ3XXS,
+        GgmlType::IQ3S,
+        GgmlType::IQ2XXS,
+        GgmlType::IQ2XS,
+        GgmlType::IQ2S,
+        GgmlType::IQ1S,
+        GgmlType::IQ1M,
+    ] {
+        let aq = quantize(scalar(), GgmlType::Q8K, act);
+        for (name, w) in &rows {
+            let wq = quantize(scalar(), ty, w);
+            let want = (scalar().of(ty).vec_dot)(&wq, &aq);
+            for k in others() {
+                let got = (k.of(ty).vec_dot)(&wq, &aq);
+                assert_eq!(
+                    got.to_bits(),
+                    want.to_bits(),
+                    "{} {ty} {name}: {got} vs {want}",
+                    k.isa()
+                );
             }
         }
     }

@@ -51,6 +51,7 @@ fn f32_engine(tag: &str) -> Engine {
                 &f32_path,
                 FileType::from_name("f32").unwrap(),
                 2,
+                None,
                 &mut |_| {},
             )
             .unwrap();

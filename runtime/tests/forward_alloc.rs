@@ -67,7 +67,7 @@ fn online_rotations(path: &std::path::Path) {
     let (base, rotated) = (dir.join("base.gguf"), dir.join("rot.gguf"));
     // SAFETY: read-only files nothing else writes.
     let m = unsafe { MappedGguf::open(path) }.unwrap();
-    quantize_file(m.file(), &base, FileType::F32, 2, &mut |_| {}).unwrap();
+    quantize_file(m.file(), &base, FileType::F32, 2, None, &mut |_| {}).unwrap();
     // SAFETY: as above.
     let m = unsafe { MappedGguf::open(&base) }.unwrap();
     let opts = RotateOptions {

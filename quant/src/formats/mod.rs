@@ -7,6 +7,7 @@
 //! panic when lengths disagree (a caller bug, never a property of input data).
 
 pub mod float;
+pub mod iq_grid;
 pub mod iquants;
 pub mod k_quants;
 pub mod legacy;

@@ -229,6 +229,13 @@ const fn slot(t: GgmlType) -> usize {
         GgmlType::BF16 => 14,
         GgmlType::IQ4NL => 15,
         GgmlType::IQ4XS => 16,
+        GgmlType::IQ2XXS => 17,
+        GgmlType::IQ2XS => 18,
+        GgmlType::IQ2S => 19,
+        GgmlType::IQ3XXS => 20,
+        GgmlType::IQ3S => 21,
+        GgmlType::IQ1S => 22,
+        GgmlType::IQ1M => 23,
     }
 }
 

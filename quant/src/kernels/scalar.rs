@@ -2,6 +2,7 @@
 
 use super::{Isa, Kernels, TypeKernels, from_float, to_float, vec_dot};
 use crate::blocks::*;
+use crate::formats::iq_grid::{self as g, row};
 use crate::formats::{float, iquants as iq, k_quants as k, legacy as l};
 use half::{bf16, f16};
 
@@ -140,6 +141,55 @@ pub(crate) const TABLE: Kernels = Kernels {
             iq::quantize_row_iq4_xs,
             iq::dequantize_row_iq4_xs,
             iq::vec_dot_iq4_xs_q8_k
+        ),
+        entry!(
+            BlockIQ2XXS,
+            BlockQ8K,
+            row::iq2_xxs,
+            g::dequantize_row_iq2_xxs,
+            g::vec_dot_iq2_xxs_q8_k
+        ),
+        entry!(
+            BlockIQ2XS,
+            BlockQ8K,
+            row::iq2_xs,
+            g::dequantize_row_iq2_xs,
+            g::vec_dot_iq2_xs_q8_k
+        ),
+        entry!(
+            BlockIQ2S,
+            BlockQ8K,
+            row::iq2_s,
+            g::dequantize_row_iq2_s,
+            g::vec_dot_iq2_s_q8_k
+        ),
+        entry!(
+            BlockIQ3XXS,
+            BlockQ8K,
+            row::iq3_xxs,
+            g::dequantize_row_iq3_xxs,
+            g::vec_dot_iq3_xxs_q8_k
+        ),
+        entry!(
+            BlockIQ3S,
+            BlockQ8K,
+            row::iq3_s,
+            g::dequantize_row_iq3_s,
+            g::vec_dot_iq3_s_q8_k
+        ),
+        entry!(
+            BlockIQ1S,
+            BlockQ8K,
+            row::iq1_s,
+            g::dequantize_row_iq1_s,
+            g::vec_dot_iq1_s_q8_k
+        ),
+        entry!(
+            BlockIQ1M,
+            BlockQ8K,
+            row::iq1_m,
+            g::dequantize_row_iq1_m,
+            g::vec_dot_iq1_m_q8_k
         ),
     ],
 };

@@ -39,6 +39,27 @@ pub enum FileType {
     IQ4NL,
     /// Non-linear 4-bit super-blocks with 6-bit block scales (4.25 bpw).
     IQ4XS,
+    /// IQ3_S everywhere, Q4_K/Q5_K for a few tensors (3.44 bpw).
+    IQ3S,
+    /// IQ3_S with Q4_K attention values, outputs and early ffn_down (3.66 bpw).
+    IQ3M,
+    /// IQ3_S, IQ3_XXS for attention q/k and the middle ffn gate/up (3.3 bpw;
+    /// needs an importance matrix).
+    IQ3XS,
+    /// IQ3_XXS with IQ2_S attention q/k (3.06 bpw; needs an importance matrix).
+    IQ3XXS,
+    /// IQ2_S with IQ3_S for sensitive tensors (2.7 bpw; importance matrix).
+    IQ2M,
+    /// IQ2_XS with IQ3_S for sensitive tensors (2.5 bpw; importance matrix).
+    IQ2S,
+    /// 2.31 bpw (importance matrix).
+    IQ2XS,
+    /// 2.06 bpw (importance matrix).
+    IQ2XXS,
+    /// 1.75 bpw (importance matrix).
+    IQ1M,
+    /// 1.56 bpw (importance matrix).
+    IQ1S,
     /// Meta's W4A8 recipe for its quantized Llama 3.2 (QAT/SpinQuant):
     /// every linear layer in 4-bit groups of 32 with a symmetric scale
     /// (Q4_0 blocks, dotted with Q8_0 per-block activations at run time),
@@ -49,7 +70,7 @@ pub enum FileType {
 
 impl FileType {
     /// Every target.
-    pub const ALL: [FileType; 17] = [
+    pub const ALL: [FileType; 27] = [
         FileType::F32,
         FileType::F16,
         FileType::BF16,
@@ -66,6 +87,16 @@ impl FileType {
         FileType::Q6K,
         FileType::IQ4NL,
         FileType::IQ4XS,
+        FileType::IQ3S,
+        FileType::IQ3M,
+        FileType::IQ3XS,
+        FileType::IQ3XXS,
+        FileType::IQ2M,
+        FileType::IQ2S,
+        FileType::IQ2XS,
+        FileType::IQ2XXS,
+        FileType::IQ1M,
+        FileType::IQ1S,
         FileType::W4A8,
     ];
 
@@ -88,6 +119,16 @@ impl FileType {
             FileType::Q6K => "q6_k",
             FileType::IQ4NL => "iq4_nl",
             FileType::IQ4XS => "iq4_xs",
+            FileType::IQ3S => "iq3_s",
+            FileType::IQ3M => "iq3_m",
+            FileType::IQ3XS => "iq3_xs",
+            FileType::IQ3XXS => "iq3_xxs",
+            FileType::IQ2M => "iq2_m",
+            FileType::IQ2S => "iq2_s",
+            FileType::IQ2XS => "iq2_xs",
+            FileType::IQ2XXS => "iq2_xxs",
+            FileType::IQ1M => "iq1_m",
+            FileType::IQ1S => "iq1_s",
             FileType::W4A8 => "w4a8",
         }
     }
@@ -119,6 +160,16 @@ impl FileType {
             FileType::Q6K => 18,
             FileType::IQ4NL => 25,
             FileType::IQ4XS => 30,
+            FileType::IQ2XXS => 19,
+            FileType::IQ2XS => 20,
+            FileType::IQ3XS => 22,
+            FileType::IQ3XXS => 23,
+            FileType::IQ1S => 24,
+            FileType::IQ3S => 26,
+            FileType::IQ3M => 27,
+            FileType::IQ2S => 28,
+            FileType::IQ2M => 29,
+            FileType::IQ1M => 31,
             FileType::BF16 => 32,
         }
     }
@@ -142,6 +193,13 @@ impl FileType {
             FileType::Q6K => GgmlType::Q6K,
             FileType::IQ4NL => GgmlType::IQ4NL,
             FileType::IQ4XS => GgmlType::IQ4XS,
+            FileType::IQ3S | FileType::IQ3M | FileType::IQ3XS => GgmlType::IQ3S,
+            FileType::IQ3XXS => GgmlType::IQ3XXS,
+            FileType::IQ2M => GgmlType::IQ2S,
+            FileType::IQ2S | FileType::IQ2XS => GgmlType::IQ2XS,
+            FileType::IQ2XXS => GgmlType::IQ2XXS,
+            FileType::IQ1M => GgmlType::IQ1M,
+            FileType::IQ1S => GgmlType::IQ1S,
         }
     }
 }
@@ -234,7 +292,7 @@ struct State {
     i_ffn_gate: i64,
     i_ffn_up: i64,
     has_tied_embeddings: bool,
-    /// Quantizing with an importance matrix (a few choices depend on it).
+    /// Whether an importance matrix is given (llama.cpp's `has_imatrix`).
     has_imatrix: bool,
 }
 
@@ -245,6 +303,15 @@ fn use_more_bits(i: i64, n: i64) -> bool {
 /// ggml's block size of a type.
 fn blck(t: GgmlType) -> u64 {
     t.block_size() as u64
+}
+
+/// The 1- and 2-bit i-quant mixes, which llama.cpp treats apart.
+fn is_low_bit_iq(ftype: FileType) -> bool {
+    use FileType as F;
+    matches!(
+        ftype,
+        F::IQ2XXS | F::IQ2XS | F::IQ1S | F::IQ2S | F::IQ2M | F::IQ1M
+    )
 }
 
 impl State {
@@ -258,7 +325,6 @@ impl State {
     ) -> GgmlType {
         use FileType as F;
         use GgmlType as T;
-        let hp = self.hp;
         if ftype == F::W4A8 {
             // No mixes: 8 bits for the embeddings and the output layer,
             // 4 for every other matrix.
@@ -270,88 +336,199 @@ impl State {
         if cat == Category::Output || (self.has_tied_embeddings && cat == Category::TokenEmbd) {
             if nx % blck(new_type) != 0 {
                 new_type = T::Q8_0;
+            } else if is_low_bit_iq(ftype) || ftype == F::IQ3XXS {
+                new_type = T::Q5K;
             } else if new_type != T::Q8_0 {
                 new_type = T::Q6K;
             }
         } else if cat == Category::TokenEmbd {
             // Only the IQ and TQ types change untied token embeddings.
-        } else if is_attn_v(cat) {
             match ftype {
-                F::Q2K => new_type = if hp.n_gqa >= 4 { T::Q4K } else { T::Q3K },
-                F::Q3KM => {
-                    new_type = if self.i_attention_wv < 2 {
-                        T::Q5K
-                    } else {
-                        T::Q4K
-                    }
-                }
-                F::IQ4NL | F::IQ4XS if hp.n_gqa >= 4 => new_type = T::Q5K,
-                F::Q4KM | F::Q5KM if use_more_bits(self.i_attention_wv, self.n_attention_wv) => {
-                    new_type = T::Q6K
-                }
-                F::Q4KS if self.i_attention_wv < 4 => new_type = T::Q5K,
+                F::IQ2XXS | F::IQ2XS | F::IQ1S | F::IQ1M => new_type = T::Q2K,
+                F::IQ2S | F::IQ2M | F::IQ3XXS => new_type = T::IQ3S,
                 _ => {}
             }
-            // llama.cpp's LLM_TYPE_70B: a Llama with 80 layers and GQA.
-            if hp.n_layer == 80 && hp.n_gqa > 1 && (new_type == T::Q3K || new_type == T::Q4K) {
-                new_type = T::Q5K;
-            }
-            if hp.n_expert == 8 {
+        } else if is_low_bit_iq(ftype) {
+            new_type = self.choose_low_bit(new_type, ftype, cat);
+        } else if is_attn_v(cat) {
+            new_type = self.choose_attn_v(new_type, ftype);
+        } else if cat == Category::AttnK || cat == Category::AttnQ {
+            if cat == Category::AttnK && self.hp.n_expert == 8 {
                 new_type = T::Q8_0;
-            }
-            self.i_attention_wv += 1;
-        } else if cat == Category::AttnK {
-            if hp.n_expert == 8 {
-                new_type = T::Q8_0;
+            } else if ftype == F::IQ3XS {
+                new_type = T::IQ3XXS;
+            } else if ftype == F::IQ3XXS {
+                new_type = T::IQ2S;
             }
         } else if cat == Category::FfnDown {
-            let (i_layer, n_layer) = (self.i_ffn_down, hp.n_layer);
-            match ftype {
-                F::Q2K => new_type = T::Q3K,
-                F::Q3KM => {
-                    // Not Falcon: use_more_bits is always taken.
-                    new_type = if i_layer < n_layer / 16 {
-                        T::Q5K
-                    } else {
-                        T::Q4K
-                    }
-                }
-                F::Q4KM if use_more_bits(i_layer, n_layer) => new_type = T::Q6K,
-                F::IQ4NL | F::IQ4XS if !self.has_imatrix && i_layer < n_layer / 8 => {
-                    new_type = T::Q5K
-                }
-                F::Q5KM if use_more_bits(i_layer, n_layer) => new_type = T::Q6K,
-                F::Q4KS if i_layer < n_layer / 8 => new_type = T::Q5K,
-                // llama.cpp guards the first ffn_down layers of Q4_0/Q5_0
-                // only when an importance matrix is given.
-                F::Q4_0 if self.has_imatrix && i_layer < n_layer / 8 => new_type = T::Q4_1,
-                F::Q5_0 if self.has_imatrix && i_layer < n_layer / 8 => new_type = T::Q5_1,
-                _ => {}
-            }
-            self.i_ffn_down += 1;
+            new_type = self.choose_ffn_down(new_type, ftype);
         } else if cat == Category::AttnOutput {
-            if hp.n_expert == 8 {
+            if self.hp.n_expert == 8 {
                 if matches!(
                     ftype,
-                    F::Q2K | F::Q3KM | F::Q4KS | F::Q4KM | F::IQ4NL | F::IQ4XS
+                    F::Q2K
+                        | F::Q3KM
+                        | F::Q4KS
+                        | F::Q4KM
+                        | F::IQ4NL
+                        | F::IQ4XS
+                        | F::IQ3XS
+                        | F::IQ3XXS
+                        | F::IQ3S
+                        | F::IQ3M
                 ) {
                     new_type = T::Q5K;
                 }
-            } else if ftype == F::Q2K {
-                new_type = T::Q3K;
-            } else if ftype == F::Q3KM {
-                new_type = T::Q4K;
+            } else {
+                match ftype {
+                    F::Q2K => new_type = T::Q3K,
+                    F::IQ3XXS => new_type = T::IQ3S,
+                    F::Q3KM | F::IQ3M => new_type = T::Q4K,
+                    _ => {}
+                }
             }
         } else if cat == Category::AttnQkv {
             match ftype {
+                F::Q3KM | F::IQ3M => new_type = T::Q4K,
                 F::Q4KM => new_type = T::Q5K,
                 F::Q5KM => new_type = T::Q6K,
                 _ => {}
             }
-        } else if cat == Category::FfnGate {
-            self.i_ffn_gate += 1;
-        } else if cat == Category::FfnUp {
-            self.i_ffn_up += 1;
+        } else if cat == Category::FfnGate || cat == Category::FfnUp {
+            let i_layer = if cat == Category::FfnGate {
+                &mut self.i_ffn_gate
+            } else {
+                &mut self.i_ffn_up
+            };
+            let n_layer = self.hp.n_layer;
+            if ftype == F::IQ3XS && *i_layer >= n_layer / 8 && *i_layer < 7 * n_layer / 8 {
+                new_type = T::IQ3XXS;
+            }
+            *i_layer += 1;
+        }
+        new_type
+    }
+
+    /// The attention value projections outside the 1-/2-bit mixes.
+    fn choose_attn_v(&mut self, mut new_type: GgmlType, ftype: FileType) -> GgmlType {
+        use FileType as F;
+        use GgmlType as T;
+        let hp = self.hp;
+        match ftype {
+            F::Q2K => new_type = if hp.n_gqa >= 4 { T::Q4K } else { T::Q3K },
+            F::IQ3XXS => {
+                new_type = if hp.n_gqa >= 4 {
+                    T::Q4K
+                } else if !self.has_imatrix {
+                    T::IQ3S
+                } else {
+                    T::IQ3XXS
+                }
+            }
+            F::IQ3XS | F::IQ3S if hp.n_gqa >= 4 => new_type = T::Q4K,
+            F::IQ3M => new_type = T::Q4K,
+            F::Q3KM => {
+                new_type = if self.i_attention_wv < 2 {
+                    T::Q5K
+                } else {
+                    T::Q4K
+                }
+            }
+            F::IQ4NL | F::IQ4XS if hp.n_gqa >= 4 => new_type = T::Q5K,
+            F::Q4KM | F::Q5KM if use_more_bits(self.i_attention_wv, self.n_attention_wv) => {
+                new_type = T::Q6K
+            }
+            F::Q4KS if self.i_attention_wv < 4 => new_type = T::Q5K,
+            _ => {}
+        }
+        // llama.cpp's LLM_TYPE_70B: a Llama with 80 layers and GQA.
+        if hp.n_layer == 80 && hp.n_gqa > 1 && (new_type == T::Q3K || new_type == T::Q4K) {
+            new_type = T::Q5K;
+        }
+        if hp.n_expert == 8 {
+            new_type = T::Q8_0;
+        }
+        self.i_attention_wv += 1;
+        new_type
+    }
+
+    /// The feed-forward down projections outside the 1-/2-bit mixes.
+    fn choose_ffn_down(&mut self, mut new_type: GgmlType, ftype: FileType) -> GgmlType {
+        use FileType as F;
+        use GgmlType as T;
+        let (i_layer, n_layer) = (self.i_ffn_down, self.hp.n_layer);
+        match ftype {
+            F::Q2K => new_type = T::Q3K,
+            F::IQ3XXS if !self.has_imatrix => {
+                new_type = if i_layer < n_layer / 8 {
+                    T::Q4K
+                } else {
+                    T::Q3K
+                }
+            }
+            F::Q3KM => {
+                // Not Falcon: use_more_bits is always taken.
+                new_type = if i_layer < n_layer / 16 {
+                    T::Q5K
+                } else {
+                    T::Q4K
+                }
+            }
+            F::IQ3M
+                if i_layer < n_layer / 8
+                    || (self.hp.n_expert == 8 && use_more_bits(i_layer, n_layer)) =>
+            {
+                new_type = T::Q4K
+            }
+            F::Q4KM if use_more_bits(i_layer, n_layer) => new_type = T::Q6K,
+            F::IQ4NL | F::IQ4XS if i_layer < n_layer / 8 && !self.has_imatrix => new_type = T::Q5K,
+            F::Q5KM if use_more_bits(i_layer, n_layer) => new_type = T::Q6K,
+            F::Q4KS if i_layer < n_layer / 8 => new_type = T::Q5K,
+            F::Q4_0 if self.has_imatrix && i_layer < n_layer / 8 => new_type = T::Q4_1,
+            F::Q5_0 if self.has_imatrix && i_layer < n_layer / 8 => new_type = T::Q5_1,
+            _ => {}
+        }
+        self.i_ffn_down += 1;
+        new_type
+    }
+
+    /// The 1- and 2-bit i-quant mixes (IQ2_XXS, IQ2_XS, IQ2_S, IQ2_M,
+    /// IQ1_S, IQ1_M): sensitive tensors get Q2_K/IQ3_S/Q4_K; the
+    /// feed-forward gate and up counters do not advance.
+    fn choose_low_bit(
+        &mut self,
+        mut new_type: GgmlType,
+        ftype: FileType,
+        cat: Category,
+    ) -> GgmlType {
+        use FileType as F;
+        use GgmlType as T;
+        let hp = self.hp;
+        let iq2_sm = matches!(ftype, F::IQ2S | F::IQ2M);
+        if is_attn_v(cat) {
+            new_type = if hp.n_gqa >= 4 || hp.n_expert >= 4 {
+                T::Q4K
+            } else if iq2_sm {
+                T::IQ3S
+            } else {
+                T::Q2K
+            };
+            self.i_attention_wv += 1;
+        } else if hp.n_expert == 8 && cat == Category::AttnK {
+            new_type = T::Q4K;
+        } else if cat == Category::FfnDown {
+            if self.i_ffn_down < hp.n_layer / 8 {
+                new_type = if iq2_sm { T::IQ3S } else { T::Q2K };
+            }
+            self.i_ffn_down += 1;
+        } else if cat == Category::AttnOutput {
+            if hp.n_expert == 8 {
+                new_type = T::Q5K;
+            } else if matches!(ftype, F::IQ1S | F::IQ1M) {
+                new_type = T::IQ2XXS;
+            } else if iq2_sm {
+                new_type = T::IQ3S;
+            }
         }
         new_type
     }
@@ -377,7 +554,9 @@ fn fallback(_name: &str, ncols: u64, target: GgmlType) -> GgmlType {
         return target;
     }
     let mut t = match target {
-        T::IQ4XS => T::IQ4NL,
+        T::IQ1S | T::IQ1M | T::IQ2XXS | T::IQ2XS | T::IQ2S | T::IQ3XXS | T::IQ3S | T::IQ4XS => {
+            T::IQ4NL
+        }
         T::Q2K | T::Q3K => T::Q4_0,
         T::Q4K => T::Q5_0,
         T::Q5K => T::Q5_1,
@@ -412,13 +591,8 @@ pub fn llama_order(file: &GgufFile<'_>) -> Vec<usize> {
 }
 
 /// The type every tensor of `file` gets for `ftype` (in file order), as
-/// llama-quantize chooses it without an importance matrix.
-pub fn plan_types(file: &GgufFile<'_>, ftype: FileType) -> Vec<GgmlType> {
-    plan_types_with(file, ftype, false)
-}
-
-/// [`plan_types`], with or without an importance matrix.
-pub fn plan_types_with(file: &GgufFile<'_>, ftype: FileType, has_imatrix: bool) -> Vec<GgmlType> {
+/// llama-quantize chooses it with or without an importance matrix.
+pub fn plan_types(file: &GgufFile<'_>, ftype: FileType, has_imatrix: bool) -> Vec<GgmlType> {
     let md = file.metadata();
     let arch = md.get_str("general.architecture").unwrap_or("llama");
     let key = |k: &str| format!("{arch}.{k}");
@@ -460,6 +634,22 @@ pub fn plan_types_with(file: &GgufFile<'_>, ftype: FileType, has_imatrix: bool) 
         }
     }
     types
+}
+
+/// llama-quantize's `tensor_requires_imatrix`: quantizing tensor `name` to
+/// `ty` needs an importance matrix (the token embeddings and the output
+/// layer never do).
+pub fn tensor_requires_imatrix(name: &str, ty: GgmlType) -> bool {
+    use GgmlType as T;
+    let embd_or_output = matches!(
+        name,
+        "token_embd.weight" | "per_layer_token_embd.weight" | "output.weight"
+    );
+    !embd_or_output
+        && matches!(
+            ty,
+            T::IQ3XXS | T::IQ2XXS | T::IQ2XS | T::IQ2S | T::IQ1M | T::IQ1S
+        )
 }
 
 /// A tensor finished (for progress reports).
@@ -508,8 +698,20 @@ pub enum QuantizeError {
     },
     /// `--rotate` cannot rotate this model (the message says why).
     Rotate(String),
+    /// The file type needs an importance matrix for this tensor, as in
+    /// llama-quantize (ggml's quantizer of the type would refuse).
+    NeedsImatrix {
+        ftype: FileType,
+        tensor: String,
+        ty: GgmlType,
+    },
     /// The importance matrix does not fit the model (the message says why).
     Imatrix(String),
+    /// Quantizing one tensor failed (the importance weights do not fit it).
+    Tensor {
+        tensor: String,
+        source: spinel_quant::formats::iq_grid::QuantizeError,
+    },
 }
 
 impl fmt::Display for QuantizeError {
@@ -518,7 +720,14 @@ impl fmt::Display for QuantizeError {
             QuantizeError::Gguf(e) => e.fmt(f),
             QuantizeError::Io { path, source } => write!(f, "{}: {source}", path.display()),
             QuantizeError::Rotate(m) => write!(f, "cannot rotate: {m}"),
+            QuantizeError::NeedsImatrix { ftype, tensor, ty } => write!(
+                f,
+                "{ftype} requires an importance matrix: {tensor} would be {ty}, which ggml \
+                 only quantizes with one (as llama-quantize, Spinel refuses; \
+                 iq3_s, iq3_m and the k-quants work without)"
+            ),
             QuantizeError::Imatrix(m) => write!(f, "importance matrix: {m}"),
+            QuantizeError::Tensor { tensor, source } => write!(f, "{tensor}: {source}"),
         }
     }
 }
@@ -531,18 +740,6 @@ impl From<GgufError> for QuantizeError {
     }
 }
 
-/// Converts one tensor's data from `from` to `to` (row by row, over
-/// `threads` threads).
-pub fn convert_tensor(
-    data: &[u8],
-    row_len: usize,
-    from: GgmlType,
-    to: GgmlType,
-    threads: usize,
-) -> Vec<u8> {
-    convert_tensor_weighted(data, row_len, from, to, None, threads)
-}
-
 /// Importance weights for one tensor: one per column of each matrix
 /// (`rows_per_matrix` rows each; more than one matrix for stacked experts).
 #[derive(Clone, Copy, Debug)]
@@ -551,65 +748,74 @@ pub struct TensorWeights<'a> {
     pub rows_per_matrix: usize,
 }
 
-/// [`convert_tensor`] with importance weights, quantizing as ggml's
-/// `ggml_quantize_chunk` does when given them (the weighted algorithm of
-/// each type; types that ignore them use their `from_float`).
-pub fn convert_tensor_weighted(
+/// Converts one tensor's data from `from` to `to` (row by row, over
+/// `threads` threads), quantizing as ggml's `ggml_quantize_chunk` does:
+/// with the tensor's importance `weights` if given (the weighted algorithm
+/// of each type; types without one ignore them).
+pub fn convert_tensor(
     data: &[u8],
     row_len: usize,
     from: GgmlType,
     to: GgmlType,
-    weights: Option<TensorWeights<'_>>,
     threads: usize,
-) -> Vec<u8> {
+    weights: Option<TensorWeights<'_>>,
+) -> Result<Vec<u8>, spinel_quant::formats::iq_grid::QuantizeError> {
+    use spinel_quant::formats::iq_grid::{QuantizeError as E, quantize_weighted, requires_imatrix};
     if from == to {
-        return data.to_vec();
+        return Ok(data.to_vec());
     }
-    let k = Kernels::get();
-    let to_float = k.of(from).to_float;
-    let from_float = k.of(to).from_float;
     let in_row = from.row_size(row_len).expect("valid row");
+    let n_rows = data.len() / in_row;
+    match weights {
+        Some(w) => {
+            let n_mat = n_rows.div_ceil(w.rows_per_matrix.max(1)).max(1);
+            if w.weights.len() != row_len * n_mat {
+                return Err(E::WeightsLength {
+                    expected: row_len * n_mat,
+                    got: w.weights.len(),
+                });
+            }
+        }
+        None if requires_imatrix(to) => return Err(E::NeedsImatrix),
+        None => {}
+    }
+    let to_float = Kernels::get().of(from).to_float;
     let out_row = to
         .row_size(row_len)
         .expect("row length fits the chosen type");
-    let n_rows = data.len() / in_row;
     let mut out = vec![0u8; n_rows * out_row];
-    let work = |first_row: usize, src: &[u8], dst: &mut [u8]| {
+    let work = |first_row: usize, src: &[u8], dst: &mut [u8]| -> Result<(), E> {
         let mut tmp = vec![0f32; row_len];
-        for (i, (s, d)) in src
-            .chunks_exact(in_row)
-            .zip(dst.chunks_exact_mut(out_row))
-            .enumerate()
-        {
+        let rows = src.chunks_exact(in_row).zip(dst.chunks_exact_mut(out_row));
+        for (i, (s, d)) in rows.enumerate() {
             to_float(s, &mut tmp);
             let qw = weights.map(|w| {
                 let m = (first_row + i) / w.rows_per_matrix.max(1);
                 &w.weights[m * row_len..(m + 1) * row_len]
             });
-            let done =
-                qw.is_some_and(|qw| spinel_quant::formats::quantize_row_weighted(to, &tmp, qw, d));
-            if !done {
-                from_float(&tmp, d);
-            }
+            quantize_weighted(to, &tmp, d, qw)?;
         }
+        Ok(())
     };
     let threads = threads.max(1).min(n_rows.max(1));
     if threads == 1 || n_rows * row_len < 1 << 15 {
-        work(0, data, &mut out);
-        return out;
+        work(0, data, &mut out)?;
+        return Ok(out);
     }
     let per = n_rows.div_ceil(threads);
     std::thread::scope(|s| {
-        for (i, (src, dst)) in data
+        let work = &work;
+        let handles: Vec<_> = data
             .chunks(per * in_row)
             .zip(out.chunks_mut(per * out_row))
             .enumerate()
-        {
-            let work = &work;
-            s.spawn(move || work(i * per, src, dst));
-        }
-    });
-    out
+            .map(|(i, (src, dst))| s.spawn(move || work(i * per, src, dst)))
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().expect("quantization thread panicked"))
+    })?;
+    Ok(out)
 }
 
 /// The Spinel preset a file was quantized with, where `general.file_type`
@@ -619,20 +825,7 @@ pub const PRESET_KEY: &str = "spinel.quantize.preset";
 /// The metadata keys llama-quantize drops.
 const DROPPED_KEYS: [&str; 3] = ["split.no", "split.count", "split.tensors.count"];
 
-/// Quantizes `input` to `out` (written through `out.part`, renamed at the
-/// end), tensors in llama-quantize's order. The metadata is copied, `general.quantization_version` and
-/// `general.file_type` set as llama-quantize sets them.
-pub fn quantize_file(
-    input: &GgufFile<'_>,
-    out: &Path,
-    ftype: FileType,
-    threads: usize,
-    progress: &mut dyn FnMut(Progress<'_>),
-) -> Result<Summary, QuantizeError> {
-    quantize_file_with(input, out, ftype, None, threads, progress)
-}
-
-/// An importance matrix as [`quantize_file_with`] uses it.
+/// An importance matrix as [`quantize_file`] uses it.
 #[derive(Clone, Copy, Debug)]
 pub struct ImatrixUse<'a> {
     /// Per weight name, one importance per column (per expert for stacked
@@ -738,15 +931,19 @@ fn tensor_weights<'w>(
     }))
 }
 
-/// [`quantize_file`], optionally with an importance matrix (as
+/// Quantizes `input` to `out` (written through `out.part`, renamed at the
+/// end), tensors in llama-quantize's order. The metadata is copied,
+/// `general.quantization_version` and `general.file_type` set as
+/// llama-quantize sets them. With an importance matrix, as
 /// `llama-quantize --imatrix`: weighted quantizers, a few imatrix-dependent
-/// type choices, and the `quantize.imatrix.*` metadata).
-pub fn quantize_file_with(
+/// type choices, and the `quantize.imatrix.*` metadata; without one, the
+/// types that need one are refused.
+pub fn quantize_file(
     input: &GgufFile<'_>,
     out: &Path,
     ftype: FileType,
-    imatrix: Option<&ImatrixUse<'_>>,
     threads: usize,
+    imatrix: Option<&ImatrixUse<'_>>,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<Summary, QuantizeError> {
     let imatrix = imatrix.filter(|im| !im.weights.is_empty());
@@ -759,7 +956,18 @@ pub fn quantize_file_with(
             }
         }
     }
-    let types = plan_types_with(input, ftype, imatrix.is_some());
+    let types = plan_types(input, ftype, imatrix.is_some());
+    if imatrix.is_none() {
+        for (t, &ty) in input.tensors().iter().zip(&types) {
+            if allows_quantization(t.name(), t.dims()) && tensor_requires_imatrix(t.name(), ty) {
+                return Err(QuantizeError::NeedsImatrix {
+                    ftype,
+                    tensor: t.name().to_owned(),
+                    ty,
+                });
+            }
+        }
+    }
     let mut w = output_metadata(input, ftype, imatrix)?;
 
     let order = llama_order(input);
@@ -782,7 +990,13 @@ pub fn quantize_file_with(
         } else {
             None
         };
-        let data = convert_tensor_weighted(t.data(), row_len, from, to, weights, threads);
+        let data =
+            convert_tensor(t.data(), row_len, from, to, threads, weights).map_err(|source| {
+                QuantizeError::Tensor {
+                    tensor: t.name().to_owned(),
+                    source,
+                }
+            })?;
         data_bytes_in += t.size() as u64;
         data_bytes_out += data.len() as u64;
         elems_done += t.n_elements();
@@ -854,6 +1068,47 @@ mod tests {
         assert_eq!(fallback("x", 576, GgmlType::Q2K), GgmlType::Q4_0);
         assert_eq!(fallback("x", 1536, GgmlType::Q4K), GgmlType::Q4K);
         assert_eq!(fallback("x", 40, GgmlType::Q4_0), GgmlType::F16);
+    }
+
+    #[test]
+    fn iquant_fallbacks_for_576_columns() {
+        // llama.cpp's tensor_type_fallback: every i-quant of 256 falls
+        // back to IQ4_NL, and 40 columns fit no block type.
+        for t in [
+            GgmlType::IQ1S,
+            GgmlType::IQ1M,
+            GgmlType::IQ2XXS,
+            GgmlType::IQ2XS,
+            GgmlType::IQ2S,
+            GgmlType::IQ3XXS,
+            GgmlType::IQ3S,
+        ] {
+            assert_eq!(fallback("x", 576, t), GgmlType::IQ4NL, "{t}");
+            assert_eq!(fallback("x", 1536, t), t, "{t}");
+            assert_eq!(fallback("x", 40, t), GgmlType::F16, "{t}");
+        }
+    }
+
+    #[test]
+    fn imatrix_requirement_follows_llama_quantize() {
+        for t in [
+            GgmlType::IQ3XXS,
+            GgmlType::IQ2S,
+            GgmlType::IQ1M,
+            GgmlType::IQ1S,
+        ] {
+            assert!(tensor_requires_imatrix("blk.0.attn_q.weight", t), "{t}");
+            assert!(!tensor_requires_imatrix("token_embd.weight", t), "{t}");
+            assert!(!tensor_requires_imatrix("output.weight", t), "{t}");
+        }
+        assert!(!tensor_requires_imatrix(
+            "blk.0.attn_q.weight",
+            GgmlType::IQ3S
+        ));
+        assert!(!tensor_requires_imatrix(
+            "blk.0.attn_q.weight",
+            GgmlType::Q2K
+        ));
     }
 
     #[test]

@@ -14,6 +14,11 @@
 //! has a `gemm` at every level: the same panels as Q8_0, its nibbles looked
 //! up while repacking. IQ4_XS products loop over `vec_dot`.
 //!
+//! The grid i-quants (IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S,
+//! IQ1_M) have AVX2 `vec_dot` kernels (`iq_grid.rs`: grid lookups, then
+//! `vpsignb` + `vpmaddubsw`), inherited by every level, bit-identical to
+//! the scalar ones; their products loop over `vec_dot`.
+//!
 //! Every level also has register-blocked `gemm` kernels (`gemm.rs`) for
 //! Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K and F32 F16 BF16: weight rows
 //! repacked on the fly into interleaved panels (16 rows per register with
@@ -64,6 +69,7 @@ mod avx512;
 mod avx512_vnni;
 mod avx_vnni;
 mod iq4;
+mod iq_grid;
 #[cfg(test)]
 mod tests;
 mod util;
@@ -209,6 +215,34 @@ const AVX2_TABLE: Kernels = gemvs!(
                 .set_vec_dot(
                     T::IQ4XS,
                     vec_dot!(unsafe BlockIQ4XS, BlockQ8K, iq4::vec_dot_iq4_xs_q8_k)
+                )
+                .set_vec_dot(
+                    T::IQ2XXS,
+                    vec_dot!(unsafe BlockIQ2XXS, BlockQ8K, iq_grid::vec_dot_iq2_xxs_q8_k)
+                )
+                .set_vec_dot(
+                    T::IQ2XS,
+                    vec_dot!(unsafe BlockIQ2XS, BlockQ8K, iq_grid::vec_dot_iq2_xs_q8_k)
+                )
+                .set_vec_dot(
+                    T::IQ2S,
+                    vec_dot!(unsafe BlockIQ2S, BlockQ8K, iq_grid::vec_dot_iq2_s_q8_k)
+                )
+                .set_vec_dot(
+                    T::IQ3XXS,
+                    vec_dot!(unsafe BlockIQ3XXS, BlockQ8K, iq_grid::vec_dot_iq3_xxs_q8_k)
+                )
+                .set_vec_dot(
+                    T::IQ3S,
+                    vec_dot!(unsafe BlockIQ3S, BlockQ8K, iq_grid::vec_dot_iq3_s_q8_k)
+                )
+                .set_vec_dot(
+                    T::IQ1S,
+                    vec_dot!(unsafe BlockIQ1S, BlockQ8K, iq_grid::vec_dot_iq1_s_q8_k)
+                )
+                .set_vec_dot(
+                    T::IQ1M,
+                    vec_dot!(unsafe BlockIQ1M, BlockQ8K, iq_grid::vec_dot_iq1_m_q8_k)
                 ),
             avx2
         ),
