@@ -958,3 +958,114 @@ fn broken_mmproj_files_give_errors() {
     std::fs::remove_file(text).ok();
     std::fs::remove_file(real).ok();
 }
+
+/// Greedy decoding from `logits` for `steps` tokens (plain `forward` per
+/// step: an mllama image context reuses the prompt's last mask row).
+fn greedy_steps(
+    model: &spinel_runtime::model::Model<'_>,
+    state: &mut spinel_runtime::model::State,
+    logits: &[f32],
+    steps: usize,
+) -> Vec<u32> {
+    let argmax = |l: &[f32]| {
+        (0..l.len())
+            .max_by(|&a, &b| l[a].total_cmp(&l[b]).then(b.cmp(&a)))
+            .unwrap() as u32
+    };
+    let mut out = vec![argmax(logits)];
+    while out.len() < steps {
+        let l = model.forward(state, &[*out.last().unwrap()]).unwrap();
+        out.push(argmax(l));
+    }
+    out
+}
+
+/// The reference greedy tokens up to (and including) the first step whose
+/// top-2 margin is below 1e-2 (later steps could then differ).
+fn reliable_greedy(p: &Json) -> Vec<u32> {
+    let g = &p["greedy"];
+    let tokens = ids_of(&g["generate"]);
+    let margins = g["step_top1_minus_top2"].as_array().unwrap();
+    let n = margins
+        .iter()
+        .position(|m| m.as_f64().unwrap() < 1e-2)
+        .map_or(tokens.len(), |i| i + 1);
+    tokens[..n].to_vec()
+}
+
+#[test]
+fn mllama_image_prompts_match_reference_logits() {
+    use spinel_runtime::model::{KvType, Model, ModelError};
+    use spinel_runtime::vision::mllama_image_prompt;
+    let dir = model_dir("mllama");
+    let reference = read_json(&dir.join("reference.json"));
+    let (text, mmproj, _) = convert_f32("mllama", "logits");
+    let model = Model::load(&text).unwrap();
+    let tok = Tokenizer::from_gguf(model.gguf()).unwrap();
+    let image_token = tok.token_id("<|image|>").unwrap();
+    let f = open_mmproj(&mmproj);
+    let VisionTower::Mllama(tower) = f.load_tower().unwrap() else {
+        panic!("not mllama")
+    };
+    let pcfg = f.processor().unwrap();
+    // Text only: the cross-attention layers are skipped.
+    let p = prompt(&reference, "text_only");
+    let ids = tok
+        .encode(p["prompt_text"].as_str().unwrap(), false, true)
+        .unwrap();
+    assert_eq!(ids, ids_of(&p["input_ids"]));
+    let want = reliable_greedy(&p);
+    let mut state = model
+        .new_state(Some(ids.len() + want.len()), KvType::F32)
+        .unwrap();
+    let logits = model.forward(&mut state, &ids).unwrap().to_vec();
+    let d = max_abs_diff(&logits, &last_logits(&p));
+    eprintln!("mllama text_only: last logits max |diff| {d:e}");
+    assert!(d <= LOGITS_TOL, "text_only: {d}");
+    assert_eq!(greedy_steps(&model, &mut state, &logits, want.len()), want);
+    for (file, _) in IMAGES {
+        let p = prompt(&reference, file);
+        let ids = tok
+            .encode(p["prompt_text"].as_str().unwrap(), false, true)
+            .unwrap();
+        assert_eq!(ids, ids_of(&p["input_ids"]), "{file}");
+        let ip = mllama_image_prompt(&tower, &pcfg, image_token, &ids, &[reference_image(file)])
+            .unwrap();
+        let want_mask: Vec<u8> = p["cross_attention_mask"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| row[0].as_array().unwrap().clone())
+            .map(|v| v.as_u64().unwrap() as u8)
+            .collect();
+        assert_eq!(ip.mask, want_mask, "{file}");
+        let want = reliable_greedy(&p);
+        let mut state = model
+            .new_state(Some(ids.len() + want.len()), KvType::F32)
+            .unwrap();
+        model
+            .set_image_context(&mut state, &ip.cross_states, ip.n_tiles)
+            .unwrap();
+        let logits = model
+            .forward_with_cross_mask(&mut state, &ip.tokens, &ip.mask)
+            .unwrap()
+            .to_vec();
+        let d = max_abs_diff(&logits, &last_logits(&p));
+        eprintln!("mllama {file}: last logits max |diff| {d:e}");
+        assert!(d <= LOGITS_TOL, "{file}: {d}");
+        let got = greedy_steps(&model, &mut state, &logits, want.len());
+        eprintln!("mllama {file}: greedy {got:?}");
+        assert_eq!(got, want, "{file}");
+        // The image matters: without it the logits differ.
+        let mut plain = model.new_state(Some(ids.len()), KvType::F32).unwrap();
+        let l = model.forward(&mut plain, &ids).unwrap();
+        assert!(max_abs_diff(l, &last_logits(&p)) > 0.1, "{file}");
+        // A mask of the wrong size and states of the wrong width are errors.
+        let e = model.forward_with_cross_mask(&mut state, &ids, &ip.mask[1..]);
+        assert!(matches!(e, Err(ModelError::BadImageInput { .. })), "{e:?}");
+        let e = model.set_image_context(&mut state, &ip.cross_states[1..], ip.n_tiles);
+        assert!(matches!(e, Err(ModelError::BadImageInput { .. })), "{e:?}");
+    }
+    std::fs::remove_file(text).ok();
+    std::fs::remove_file(mmproj).ok();
+}

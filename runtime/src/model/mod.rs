@@ -36,6 +36,7 @@ mod attention;
 #[doc(hidden)]
 pub mod bench;
 mod config;
+mod cross;
 mod error;
 mod forward;
 mod matmul;

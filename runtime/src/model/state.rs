@@ -302,6 +302,8 @@ pub struct State {
     pub(crate) pool: Pool,
     /// `(n_vocab)`: logits of the last position.
     pub(crate) logits: Vec<f32>,
+    /// Mllama: the image's cross-attention keys and values and mask row.
+    pub(crate) cross: Option<Box<super::cross::CrossContext>>,
 }
 
 impl State {
@@ -381,6 +383,7 @@ impl State {
             mm: Matmul::new(n_threads, n_batch, layout.max_act_row_bytes),
             pool,
             logits: vec![0.0; c.n_vocab],
+            cross: None,
             layout,
         };
         Ok(state)
@@ -505,9 +508,11 @@ impl State {
         &self.logits
     }
 
-    /// Forgets everything: the next token goes to position 0.
+    /// Forgets everything (an image context too): the next token goes to
+    /// position 0.
     pub fn reset(&mut self) {
         self.n_past = 0;
+        self.cross = None;
     }
 
     /// Keeps the first `n` positions and forgets the rest (to regenerate or

@@ -22,5 +22,5 @@ pub mod tensor;
 pub use llama4::{Llama4Vision, Llama4VisionConfig, Llama4VisionOutput};
 pub use mllama::{MllamaVision, MllamaVisionConfig, MllamaVisionOutput};
 pub use mmproj::{MmprojFile, Projector, VisionTower, mmproj_tensor_name};
-pub use prompt::{ImagePrompt, llama4_image_prompt};
+pub use prompt::{ImagePrompt, MllamaImagePrompt, llama4_image_prompt, mllama_image_prompt};
 pub use tensor::{HfWeights, Tensor, TensorSource};
