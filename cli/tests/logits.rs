@@ -280,19 +280,16 @@ fn base64_decode(s: &str) -> Vec<u8> {
     out
 }
 
-#[test]
-fn llama4_image_prompt_logits_match_transformers() {
-    // `spinel convert` writes m.gguf and m.mmproj.gguf; `spinel logits`
-    // tokenizes the chat-formatted prompt, expands <|image|>, runs the
-    // vision tower and puts its features at the <|patch|> tokens.
-    let vision = testdata().join("vision");
+/// Converts the dev vision model `name` with `spinel convert` (m.gguf and
+/// m.mmproj.gguf) into a fresh directory.
+fn convert_vision(name: &str) -> (PathBuf, PathBuf, PathBuf) {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join("spinel-cli-logits")
-        .join(format!("{}-llama4-vision", std::process::id()));
+        .join(format!("{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("m.gguf");
-    let model_dir = vision.join("dev/llama4_vision");
+    let model_dir = testdata().join("vision/dev").join(name);
     let run = spinel(&[
         "convert".as_ref(),
         model_dir.as_os_str(),
@@ -308,22 +305,35 @@ fn llama4_image_prompt_logits_match_transformers() {
     );
     let mmproj = dir.join("m.mmproj.gguf");
     assert!(mmproj.is_file(), "no mmproj written");
-    let reference: Json =
-        serde_json::from_slice(&std::fs::read(model_dir.join("reference.json")).unwrap()).unwrap();
-    let image = "landscape_300x200.png";
-    let p = &reference["prompts"][image];
-    let run = spinel(&[
-        "logits".as_ref(),
-        "-m".as_ref(),
-        out.as_os_str(),
-        "--mmproj".as_ref(),
-        mmproj.as_os_str(),
-        "--image".as_ref(),
-        vision.join("images").join(image).as_os_str(),
+    (dir, out, mmproj)
+}
+
+/// `spinel logits --json` for the reference prompt `name` of the dev
+/// vision model (with its image, unless `text_only`): the largest
+/// difference from transformers' last logits.
+fn vision_logits_diff(model: &str, gguf: &Path, mmproj: &Path, name: &str) -> f32 {
+    let vision = testdata().join("vision");
+    let reference: Json = serde_json::from_slice(
+        &std::fs::read(vision.join("dev").join(model).join("reference.json")).unwrap(),
+    )
+    .unwrap();
+    let p = &reference["prompts"][name];
+    let image = vision.join("images").join(name);
+    let mut args: Vec<&std::ffi::OsStr> = vec!["logits".as_ref(), "-m".as_ref(), gguf.as_os_str()];
+    if name != "text_only" {
+        args.extend::<[&std::ffi::OsStr; 4]>([
+            "--mmproj".as_ref(),
+            mmproj.as_os_str(),
+            "--image".as_ref(),
+            image.as_os_str(),
+        ]);
+    }
+    args.extend::<[&std::ffi::OsStr; 3]>([
         "--prompt".as_ref(),
         p["prompt_text"].as_str().unwrap().as_ref(),
         "--json".as_ref(),
     ]);
+    let run = spinel(&args);
     assert!(
         run.status.success(),
         "{}",
@@ -341,7 +351,60 @@ fn llama4_image_prompt_logits_match_transformers() {
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect();
     assert_eq!(got.len(), want.len());
-    let d = max_abs_diff(&got, &want);
+    max_abs_diff(&got, &want)
+}
+
+#[test]
+fn llama4_image_prompt_logits_match_transformers() {
+    // `spinel logits` tokenizes the chat-formatted prompt, expands
+    // <|image|>, runs the vision tower and puts its features at the
+    // <|patch|> tokens.
+    let (dir, gguf, mmproj) = convert_vision("llama4_vision");
+    let d = vision_logits_diff("llama4_vision", &gguf, &mmproj, "landscape_300x200.png");
     assert!(d <= 1e-3, "last logits differ by {d}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn mllama_image_prompt_logits_match_transformers() {
+    // The image's features become the cross-attention layers' keys and
+    // values; the text-only prompt skips those layers.
+    let (dir, gguf, mmproj) = convert_vision("mllama");
+    for name in [
+        "landscape_300x200.png",
+        "portrait_160x400.png",
+        "small_64x48.jpg",
+        "text_only",
+    ] {
+        let d = vision_logits_diff("mllama", &gguf, &mmproj, name);
+        eprintln!("mllama {name}: last logits max |diff| {d:e}");
+        // The JPEG decoder is not PIL's: pixels differ by up to a few
+        // uint8 levels (vision.rs checks these logits to 1e-3 on PIL's
+        // decoded pixels), which moves these logits by about 0.03.
+        let tol = if name.ends_with(".jpg") { 0.1 } else { 1e-3 };
+        assert!(d <= tol, "{name}: last logits differ by {d}");
+    }
+    // The other family's mmproj does not fit: a clear error.
+    let (dir4, _, mmproj4) = convert_vision("llama4_vision");
+    let prompt = "<|begin_of_text|><|image|>What?";
+    let image = testdata().join("vision/images/small_64x48.jpg");
+    let run = spinel(&[
+        "logits".as_ref(),
+        "-m".as_ref(),
+        gguf.as_os_str(),
+        "--mmproj".as_ref(),
+        mmproj4.as_os_str(),
+        "--image".as_ref(),
+        image.as_os_str(),
+        "--prompt".as_ref(),
+        prompt.as_ref(),
+    ]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        err.contains("llama4 projector does not fit a mllama text model"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&dir4);
 }

@@ -3,12 +3,14 @@
 
 pub mod error;
 pub mod image;
+pub mod input;
 pub mod processor;
 pub mod prompt;
 pub mod resize;
 
 pub use error::{Result, VisionError};
 pub use image::{DEFAULT_MAX_PIXELS, RgbImage, decode_image, decode_image_capped};
+pub use input::{IMAGE_MARKER, Vision, VisionPrompt};
 pub use processor::{
     Llama4Image, Llama4ImageTokens, MllamaImage, ProcessorConfig, ProcessorKind,
     llama4_expand_image_tokens, llama4_preprocess, mllama_cross_attention_mask, mllama_preprocess,
