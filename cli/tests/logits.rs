@@ -281,11 +281,11 @@ fn base64_decode(s: &str) -> Vec<u8> {
 }
 
 /// Converts the dev vision model `name` with `spinel convert` (m.gguf and
-/// m.mmproj.gguf) into a fresh directory.
-fn convert_vision(name: &str) -> (PathBuf, PathBuf, PathBuf) {
+/// m.mmproj.gguf) into a fresh directory of its own for `test`.
+fn convert_vision(name: &str, test: &str) -> (PathBuf, PathBuf, PathBuf) {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join("spinel-cli-logits")
-        .join(format!("{}-{name}", std::process::id()));
+        .join(format!("{}-{name}-{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("m.gguf");
@@ -359,7 +359,7 @@ fn llama4_image_prompt_logits_match_transformers() {
     // `spinel logits` tokenizes the chat-formatted prompt, expands
     // <|image|>, runs the vision tower and puts its features at the
     // <|patch|> tokens.
-    let (dir, gguf, mmproj) = convert_vision("llama4_vision");
+    let (dir, gguf, mmproj) = convert_vision("llama4_vision", "logits");
     let d = vision_logits_diff("llama4_vision", &gguf, &mmproj, "landscape_300x200.png");
     assert!(d <= 1e-3, "last logits differ by {d}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -369,7 +369,7 @@ fn llama4_image_prompt_logits_match_transformers() {
 fn mllama_image_prompt_logits_match_transformers() {
     // The image's features become the cross-attention layers' keys and
     // values; the text-only prompt skips those layers.
-    let (dir, gguf, mmproj) = convert_vision("mllama");
+    let (dir, gguf, mmproj) = convert_vision("mllama", "logits");
     for name in [
         "landscape_300x200.png",
         "portrait_160x400.png",
@@ -385,7 +385,7 @@ fn mllama_image_prompt_logits_match_transformers() {
         assert!(d <= tol, "{name}: last logits differ by {d}");
     }
     // The other family's mmproj does not fit: a clear error.
-    let (dir4, _, mmproj4) = convert_vision("llama4_vision");
+    let (dir4, _, mmproj4) = convert_vision("llama4_vision", "mismatch");
     let prompt = "<|begin_of_text|><|image|>What?";
     let image = testdata().join("vision/images/small_64x48.jpg");
     let run = spinel(&[
@@ -407,4 +407,123 @@ fn mllama_image_prompt_logits_match_transformers() {
     );
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&dir4);
+}
+
+/// `spinel run --temp 0 -n 8 --ignore-eos --json` with `--mmproj` and one
+/// `--image` per path, on the reference prompt text of `name`.
+fn run_with_images(gguf: &Path, mmproj: &Path, images: &[PathBuf], prompt: &str) -> Output {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "run".as_ref(),
+        "-m".as_ref(),
+        gguf.as_os_str(),
+        "--mmproj".as_ref(),
+        mmproj.as_os_str(),
+    ];
+    for image in images {
+        args.extend::<[&std::ffi::OsStr; 2]>(["--image".as_ref(), image.as_os_str()]);
+    }
+    args.extend::<[&std::ffi::OsStr; 9]>([
+        "--prompt".as_ref(),
+        prompt.as_ref(),
+        "--temp".as_ref(),
+        "0".as_ref(),
+        "-n".as_ref(),
+        "8".as_ref(),
+        "--ignore-eos".as_ref(),
+        "--json".as_ref(),
+        "-t".as_ref(),
+    ]);
+    args.push("2".as_ref());
+    spinel(&args)
+}
+
+/// Ids of a JSON array.
+fn ids(v: &Json) -> Vec<u64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn run_with_an_image_generates_the_reference_greedy_tokens() {
+    // Both families, on the PNG images (the JPEG decoder is not PIL's):
+    // the expanded prompt is the processor's, and every greedy token is
+    // transformers' (every reference step's margin is above 1e-2).
+    let vision = testdata().join("vision");
+    for model in ["mllama", "llama4_vision"] {
+        let (dir, gguf, mmproj) = convert_vision(model, "run");
+        let reference: Json = serde_json::from_slice(
+            &std::fs::read(vision.join("dev").join(model).join("reference.json")).unwrap(),
+        )
+        .unwrap();
+        for name in ["landscape_300x200.png", "portrait_160x400.png"] {
+            let p = &reference["prompts"][name];
+            let image = vision.join("images").join(name);
+            let run = run_with_images(&gguf, &mmproj, &[image], p["prompt_text"].as_str().unwrap());
+            assert!(
+                run.status.success(),
+                "{model} {name}: {}",
+                String::from_utf8_lossy(&run.stderr)
+            );
+            let doc: Json = serde_json::from_slice(&run.stdout).expect("one JSON object");
+            assert_eq!(
+                ids(&doc["prompt_ids"]),
+                ids(&p["input_ids"]),
+                "{model} {name}"
+            );
+            let margins = p["greedy"]["step_top1_minus_top2"].as_array().unwrap();
+            assert!(margins.iter().all(|m| m.as_f64().unwrap() > 1e-2));
+            assert_eq!(
+                ids(&doc["generated_ids"]),
+                ids(&p["greedy"]["generate"]),
+                "{model} {name}"
+            );
+            let ms = doc["stats"]["image_encode_ms"].as_f64().unwrap();
+            assert!(ms > 0.0, "{model} {name}: image_encode_ms {ms}");
+        }
+        // Two images for a prompt with one <|image|>: a named error.
+        let p = &reference["prompts"]["landscape_300x200.png"];
+        let image = vision.join("images/landscape_300x200.png");
+        let run = run_with_images(
+            &gguf,
+            &mmproj,
+            &[image.clone(), image],
+            p["prompt_text"].as_str().unwrap(),
+        );
+        assert!(!run.status.success());
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(err.contains("image"), "{model}: {err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn images_on_a_text_only_model_are_refused() {
+    // SmolLM2 (arch llama, with its tokenizer).
+    let text = spinel_runtime::cache::test_model();
+    let (dir, _, mmproj) = convert_vision("mllama", "text-only");
+    let image = testdata().join("vision/images/small_64x48.jpg");
+    // Without an mmproj.
+    let run = spinel(&[
+        "run".as_ref(),
+        "-m".as_ref(),
+        text.as_os_str(),
+        "--image".as_ref(),
+        image.as_os_str(),
+        "--prompt".as_ref(),
+        "<|image|>Hi".as_ref(),
+        "-n".as_ref(),
+        "1".as_ref(),
+    ]);
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("images need a vision model"), "{err}");
+    // With one.
+    let run = run_with_images(&text, &mmproj, &[image], "<|image|>Hi");
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("text-only"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -164,6 +164,12 @@ impl<'a> Model<'a> {
         &self.config
     }
 
+    /// Token ids the model takes as input: `n_vocab`, or more where the
+    /// embedding has rows past the vocabulary (mllama's `<|image|>`).
+    pub fn n_input_tokens(&self) -> usize {
+        self.weights.token_embd.rows
+    }
+
     /// The GGUF file (metadata for tokenizers and chat templates).
     pub fn gguf(&self) -> &GgufFile<'_> {
         match &self.source {
