@@ -1069,3 +1069,58 @@ fn mllama_image_prompts_match_reference_logits() {
     std::fs::remove_file(text).ok();
     std::fs::remove_file(mmproj).ok();
 }
+
+#[test]
+fn engine_sessions_take_images_and_forget_them() {
+    use spinel_runtime::engine::{Engine, EngineError, GenerateOptions, SessionOptions};
+    use spinel_runtime::sampling::SamplingParams;
+    use std::sync::Arc;
+    let dir = model_dir("mllama");
+    let reference = read_json(&dir.join("reference.json"));
+    let (text, mmproj, _) = convert_f32("mllama", "engine");
+    let mut engine = Engine::load(&text).unwrap();
+    let tok = Tokenizer::from_gguf(engine.model().gguf()).unwrap();
+    let encode = |p: &Json| {
+        tok.encode(p["prompt_text"].as_str().unwrap(), false, true)
+            .unwrap()
+    };
+    let opts = GenerateOptions {
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        },
+        max_tokens: Some(8),
+        ignore_eog: true,
+        ..GenerateOptions::default()
+    };
+    let img = reference_image("landscape_300x200.png");
+    let p = prompt(&reference, "landscape_300x200.png");
+    // Without an mmproj images are refused.
+    {
+        let engine = Arc::new(Engine::load(&text).unwrap());
+        let mut s = engine.session(&SessionOptions::default()).unwrap();
+        let e = s.complete_with_images(&encode(&p), std::slice::from_ref(&img), &opts, |_| {});
+        assert!(matches!(e, Err(EngineError::NoVision)), "{e:?}");
+    }
+    engine.load_mmproj(&mmproj).unwrap();
+    let engine = Arc::new(engine);
+    let mut s = engine.session(&SessionOptions::default()).unwrap();
+    let g = s
+        .complete_with_images(&encode(&p), std::slice::from_ref(&img), &opts, |_| {})
+        .unwrap();
+    assert_eq!(g.generated_ids, ids_of(&p["greedy"]["generate"]));
+    assert!(g.stats.image_encode_secs > 0.0);
+    // The image is not saved with a session.
+    let saved = scratch_dir("engine").join("s.session");
+    assert!(matches!(
+        s.save(&saved),
+        Err(EngineError::SessionFile { .. })
+    ));
+    // A text prompt after it starts over: the text-only reference.
+    let t = prompt(&reference, "text_only");
+    let g = s.complete(&encode(&t), &opts, |_| {}).unwrap();
+    assert_eq!(g.stats.cached_tokens, 0);
+    assert_eq!(g.generated_ids, ids_of(&t["greedy"]["generate"]));
+    std::fs::remove_file(text).ok();
+    std::fs::remove_file(mmproj).ok();
+}

@@ -167,7 +167,7 @@ pub(super) struct Core {
     /// Through the engine's [`Batcher`](super::Batcher).
     batched: bool,
     /// The cache holds an image prompt: nothing of it is reused.
-    image_in_cache: bool,
+    pub(super) image_in_cache: bool,
 }
 
 /// One sequence over an [`Engine`]: a KV cache, the tokens in it and, for
