@@ -21,6 +21,7 @@ use super::Model;
 use super::error::ModelError;
 use super::matmul::{Norm, Product};
 use super::ops::{exp, rmsnorm};
+use super::pool::SharedMut;
 use super::state::State;
 use super::weights::{CrossAttn, Layer};
 
@@ -42,15 +43,23 @@ pub(crate) struct CrossContext {
     rows: Vec<u8>,
     /// The mask row of the last token run (decode steps reuse it).
     last_row: Vec<u8>,
+    /// `(threads, n_tokens)`: each thread's attention scores.
+    scores: Vec<f32>,
 }
 
 impl CrossContext {
     fn row(&self, r: usize) -> &[u8] {
-        if self.rows.is_empty() {
-            &self.last_row
-        } else {
-            &self.rows[r * self.n_tiles..(r + 1) * self.n_tiles]
-        }
+        mask_row(&self.rows, &self.last_row, r)
+    }
+}
+
+/// Row `r` of the running batch's mask, or the last row when there is none.
+fn mask_row<'a>(rows: &'a [u8], last_row: &'a [u8], r: usize) -> &'a [u8] {
+    let n_tiles = last_row.len();
+    if rows.is_empty() {
+        last_row
+    } else {
+        &rows[r * n_tiles..(r + 1) * n_tiles]
     }
 }
 
@@ -96,6 +105,7 @@ impl Model<'_> {
             v: Vec::new(),
             rows: Vec::new(),
             last_row: vec![0; n_tiles],
+            scores: vec![0.0; state.pool.n_threads() * n_tokens],
         };
         let bytes = self.bytes();
         let s = state;
@@ -196,17 +206,14 @@ impl Model<'_> {
         let c = &self.config;
         let bytes = self.bytes();
         let (dim, q_dim) = (c.dim, c.q_dim());
-        let Some(ctx) = s.cross.take() else {
+        let Some(mut ctx) = s.cross.take() else {
             return Ok(());
         };
         let slot = c.cross_attention_layers.iter().position(|&l| l == il);
-        let (Some(keys), Some(values)) = (
-            slot.and_then(|i| ctx.k.get(i)),
-            slot.and_then(|i| ctx.v.get(i)),
-        ) else {
+        if slot.is_none_or(|i| i >= ctx.k.len()) {
             s.cross = Some(ctx);
             return Err(ModelError::StateMismatch);
-        };
+        }
         let run = (|| -> Result<(), ModelError> {
             // q = norm_heads(Wq · norm(x)), no RoPE.
             let wq = layer.wq.view(bytes);
@@ -218,18 +225,7 @@ impl Model<'_> {
             s.mm.prepare(&mut s.pool, &s.x, n, dim, Some(norm), &[wq.w.w.ty])?;
             s.mm.run(&mut s.pool, n, [Product::Set(wq, &mut s.q)])?;
             norm_heads(&mut s.q[..n * q_dim], &cross.q_norm, c.rms_eps);
-            for r in 0..n {
-                let out = &mut s.att_out[r * q_dim..(r + 1) * q_dim];
-                attend_row(
-                    c,
-                    &ctx,
-                    keys,
-                    values,
-                    &s.q[r * q_dim..(r + 1) * q_dim],
-                    r,
-                    out,
-                );
-            }
+            self.cross_attend(s, &mut ctx, slot.unwrap_or(0), n)?;
             // x += tanh(attn_gate) · Wo · attention.
             let wo = layer.wo.view(bytes);
             s.mm.prepare(&mut s.pool, &s.att_out, n, q_dim, None, &[wo.w.w.ty])?;
@@ -270,52 +266,86 @@ impl Model<'_> {
     }
 }
 
-/// Attention of one query row over the vision tokens its mask row allows
-/// (every one when it allows no tile), into `out` (`q_dim`).
-fn attend_row(
-    c: &super::Config,
-    ctx: &CrossContext,
-    keys: &[f32],
-    values: &[f32],
-    q: &[f32],
-    r: usize,
-    out: &mut [f32],
-) {
-    let hd = c.head_dim;
-    let kv_dim = c.kv_dim();
-    let group = c.n_head / c.n_head_kv;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let row = ctx.row(r);
-    let any = row.iter().any(|&m| m != 0);
-    let seen = |j: usize| !any || row[j / ctx.per_tile] != 0;
-    let mut scores = vec![0.0f32; ctx.n_tokens];
-    for h in 0..c.n_head {
-        let kvh = h / group;
-        let qh = &q[h * hd..(h + 1) * hd];
-        let mut max = f32::NEG_INFINITY;
-        for (j, sc) in scores.iter_mut().enumerate() {
-            if seen(j) {
-                let k = &keys[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
-                *sc = qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
-                max = max.max(*sc);
-            }
+impl Model<'_> {
+    /// Attention of the batch's `n` query rows (`s.q`) over the vision
+    /// tokens of cross-attention layer `slot`, into `s.att_out`: a pool
+    /// task per (row, head).
+    fn cross_attend(
+        &self,
+        s: &mut State,
+        ctx: &mut CrossContext,
+        slot: usize,
+        n: usize,
+    ) -> Result<(), ModelError> {
+        let c = &self.config;
+        let (hd, q_dim, kv_dim) = (c.head_dim, c.q_dim(), c.kv_dim());
+        let group = c.n_head / c.n_head_kv;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let CrossContext {
+            n_tokens,
+            per_tile,
+            k,
+            v,
+            rows,
+            last_row,
+            scores,
+            ..
+        } = ctx;
+        let (nt, per_tile) = (*n_tokens, *per_tile);
+        // Sized when the image was set; a pool of another size gets more.
+        let need = s.pool.n_threads() * nt;
+        if scores.len() < need {
+            scores.resize(need, 0.0);
         }
-        let mut sum = 0.0f64;
-        for (j, sc) in scores.iter_mut().enumerate() {
-            *sc = if seen(j) { exp(*sc - max) } else { 0.0 };
-            sum += *sc as f64;
-        }
-        let inv = (1.0 / sum) as f32;
-        let o = &mut out[h * hd..(h + 1) * hd];
-        o.fill(0.0);
-        for (j, &p) in scores.iter().enumerate() {
-            if p != 0.0 {
-                let v = &values[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
-                for (o, &v) in o.iter_mut().zip(v) {
-                    *o += p * inv * v;
+        let (keys, values) = (&k[slot], &v[slot]);
+        let q = &s.q;
+        let out = SharedMut::new(&mut s.att_out[..n * q_dim]);
+        let scratch = SharedMut::new(&mut scores[..]);
+        let head = |thread: usize, task: usize| {
+            let (r, h) = (task / c.n_head, task % c.n_head);
+            let kvh = h / group;
+            // SAFETY: each thread has its own score row, each task its own
+            // head of its own output row.
+            let (sc, o) = unsafe {
+                (
+                    scratch.slice(thread * nt..(thread + 1) * nt),
+                    out.slice(r * q_dim + h * hd..r * q_dim + (h + 1) * hd),
+                )
+            };
+            let qh = &q[r * q_dim + h * hd..r * q_dim + (h + 1) * hd];
+            let row = mask_row(rows, last_row, r);
+            let any = row.iter().any(|&m| m != 0);
+            let seen = |j: usize| !any || row[j / per_tile] != 0;
+            let span = |j: usize| j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd;
+            let mut max = f32::NEG_INFINITY;
+            for (j, x) in sc.iter_mut().enumerate() {
+                if seen(j) {
+                    *x = qh
+                        .iter()
+                        .zip(&keys[span(j)])
+                        .map(|(a, b)| a * b)
+                        .sum::<f32>()
+                        * scale;
+                    max = max.max(*x);
                 }
             }
-        }
+            let mut sum = 0.0f64;
+            for (j, x) in sc.iter_mut().enumerate() {
+                *x = if seen(j) { exp(*x - max) } else { 0.0 };
+                sum += *x as f64;
+            }
+            let inv = (1.0 / sum) as f32;
+            o.fill(0.0);
+            for (j, &p) in sc.iter().enumerate() {
+                if p != 0.0 {
+                    for (o, &v) in o.iter_mut().zip(&values[span(j)]) {
+                        *o += p * inv * v;
+                    }
+                }
+            }
+        };
+        s.pool.run(n * c.n_head, &head)?;
+        Ok(())
     }
 }
 
