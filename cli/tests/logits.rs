@@ -527,3 +527,41 @@ fn images_on_a_text_only_model_are_refused() {
     assert!(err.contains("text-only"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn chat_takes_images_by_flag_and_command() {
+    use std::io::Write as _;
+    let (dir, gguf, mmproj) = convert_vision("mllama", "chat");
+    let image = testdata().join("vision/images/landscape_300x200.png");
+    let missing = dir.join("missing.png");
+    let mut child = Command::new(SPINEL)
+        .args(["chat", "-m"])
+        .arg(&gguf)
+        .arg("--mmproj")
+        .arg(&mmproj)
+        .args(["--temp", "0", "-n", "4", "--stats", "-t", "2"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let script = format!(
+        "/image {}\nWhat is in this image?\n/image {}\nAnd now?\n",
+        image.display(),
+        missing.display()
+    );
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Two answers, each with the image encoded; the missing file is named
+    // (and counts as a failed turn).
+    assert_eq!(err.matches("image encode:").count(), 2, "{err}");
+    assert!(err.contains("missing.png"), "{err}");
+    assert!(!out.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1124,3 +1124,45 @@ fn engine_sessions_take_images_and_forget_them() {
     std::fs::remove_file(text).ok();
     std::fs::remove_file(mmproj).ok();
 }
+
+#[test]
+fn chat_turns_with_images_render_as_transformers_does() {
+    use spinel_runtime::engine::{Engine, GenerateOptions, SessionOptions};
+    use spinel_runtime::sampling::SamplingParams;
+    use std::sync::Arc;
+    let opts = GenerateOptions {
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        },
+        max_tokens: Some(8),
+        ignore_eog: true,
+        ..GenerateOptions::default()
+    };
+    for model in ["mllama", "llama4_vision"] {
+        let reference = read_json(&model_dir(model).join("reference.json"));
+        let (text, mmproj, _) = convert_f32(model, "chat");
+        let mut engine = Engine::load(&text).unwrap();
+        engine.load_mmproj(&mmproj).unwrap();
+        let engine = Arc::new(engine);
+        let mut s = engine.session(&SessionOptions::default()).unwrap();
+        let file = "landscape_300x200.png";
+        let p = prompt(&reference, file);
+        let question = p["messages"][0]["content"][1]["text"].as_str().unwrap();
+        let g = s
+            .chat_with_images(question, vec![reference_image(file)], &opts, |_| {})
+            .unwrap();
+        assert_eq!(g.prompt_ids, ids_of(&p["input_ids"]), "{model}");
+        assert_eq!(g.generated_ids, ids_of(&p["greedy"]["generate"]), "{model}");
+        // The next turn still sees the image (the whole conversation runs
+        // again).
+        let g2 = s
+            .chat_with_images("And?", Vec::new(), &opts, |_| {})
+            .unwrap();
+        assert_eq!(g2.stats.cached_tokens, 0, "{model}");
+        assert!(g2.prompt_ids.starts_with(&g.prompt_ids), "{model}");
+        assert!(g2.stats.image_encode_secs > 0.0, "{model}");
+        std::fs::remove_file(text).ok();
+        std::fs::remove_file(mmproj).ok();
+    }
+}

@@ -168,6 +168,8 @@ pub(super) struct Core {
     batched: bool,
     /// The cache holds an image prompt: nothing of it is reused.
     pub(super) image_in_cache: bool,
+    /// The conversation's images, in order (each chat turn runs them all).
+    images: Vec<RgbImage>,
 }
 
 /// One sequence over an [`Engine`]: a KV cache, the tokens in it and, for
@@ -216,6 +218,7 @@ impl Session {
                 draft: None,
                 batched: opts.batched,
                 image_in_cache: false,
+                images: Vec::new(),
             },
         })
     }
@@ -268,6 +271,7 @@ impl Session {
     /// starts the same way reuses it).
     pub fn clear_history(&mut self) {
         self.core.messages.clear();
+        self.core.images.clear();
     }
 
     /// Gives back the KV cache and the activation buffers (an app sent to
@@ -297,6 +301,7 @@ impl Session {
         self.core.state.reset();
         self.core.draft = None;
         self.core.image_in_cache = false;
+        self.core.images.clear();
     }
 
     /// Generates a continuation of `prompt`, the whole context the model
@@ -346,6 +351,28 @@ impl Session {
         images: &[RgbImage],
         opts: &GenerateOptions,
     ) -> Result<Stream<'_>, EngineError> {
+        self.open_with_images(prompt, images, opts, false)
+    }
+
+    fn open_with_images(
+        &mut self,
+        prompt: &[u32],
+        images: &[RgbImage],
+        opts: &GenerateOptions,
+        chat: bool,
+    ) -> Result<Stream<'_>, EngineError> {
+        let prepared = self.prepare_images(prompt, images, opts)?;
+        Ok(self.open_images(prepared, opts, chat))
+    }
+
+    /// Encodes the images of `prompt` and prepares the generation over an
+    /// empty cache (everything that can fail before a stream opens).
+    fn prepare_images(
+        &mut self,
+        prompt: &[u32],
+        images: &[RgbImage],
+        opts: &GenerateOptions,
+    ) -> Result<(Prepared, VisionPrompt, f64), EngineError> {
         let engine = self.engine.clone();
         let vision = engine.vision().ok_or(EngineError::NoVision)?;
         if self.core.batched {
@@ -358,10 +385,19 @@ impl Session {
         let image_encode_secs = t0.elapsed().as_secs_f64();
         self.forget_cache();
         let prep = self.prepare(vp.tokens().to_vec(), opts)?;
-        let mut stream = self.open(prep, opts, false);
+        Ok((prep, vp, image_encode_secs))
+    }
+
+    fn open_images(
+        &mut self,
+        (prep, vp, image_encode_secs): (Prepared, VisionPrompt, f64),
+        opts: &GenerateOptions,
+        chat: bool,
+    ) -> Stream<'_> {
+        let mut stream = self.open(prep, opts, chat);
         stream.stats.image_encode_secs = image_encode_secs;
         stream.image = Some(vp);
-        Ok(stream)
+        stream
     }
 
     fn forget_cache(&mut self) {
@@ -392,7 +428,54 @@ impl Session {
         user: &str,
         opts: &GenerateOptions,
     ) -> Result<Stream<'_>, EngineError> {
-        self.core.messages.push(Message::user(user));
+        self.chat_stream_with_images(user, Vec::new(), opts)
+    }
+
+    /// A chat turn with `images` shown before the user's text (as Hugging
+    /// Face's image chats render them). Needs the engine's vision tower.
+    /// The conversation keeps its images: each later turn runs them all
+    /// again, from an empty cache.
+    pub fn chat_with_images(
+        &mut self,
+        user: &str,
+        images: Vec<RgbImage>,
+        opts: &GenerateOptions,
+        mut on_piece: impl FnMut(&Piece),
+    ) -> Result<Generation, EngineError> {
+        let mut stream = self.chat_stream_with_images(user, images, opts)?;
+        drive(&mut stream, &mut on_piece)
+    }
+
+    /// [`chat_with_images`](Session::chat_with_images) as a stream.
+    pub fn chat_stream_with_images(
+        &mut self,
+        user: &str,
+        images: Vec<RgbImage>,
+        opts: &GenerateOptions,
+    ) -> Result<Stream<'_>, EngineError> {
+        if !images.is_empty() && self.engine.vision().is_none() {
+            return Err(EngineError::NoVision);
+        }
+        let (n_msgs, n_images) = (self.core.messages.len(), self.core.images.len());
+        self.core
+            .messages
+            .push(Message::user_with_images(user, images.len()));
+        self.core.images.extend(images);
+        if !self.core.images.is_empty() {
+            let all = std::mem::take(&mut self.core.images);
+            let prepared = self
+                .chat_prompt()
+                .and_then(|p| self.prepare_images(&p, &all, opts));
+            self.core.images = all;
+            return match prepared {
+                Ok(prepared) => Ok(self.open_images(prepared, opts, true)),
+                Err(e) => {
+                    self.core.messages.truncate(n_msgs);
+                    self.core.images.truncate(n_images);
+                    Err(e)
+                }
+            };
+        }
         let prompt = match &opts.tools {
             Some(tools) => self
                 .engine
