@@ -19,7 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use spinel_runtime::engine::{CancelHandle, EngineError, GenerateOptions, StopReason};
 
 use crate::fetch;
-use crate::run::{SamplingArgs, SessionArgs, SpeculativeArgs, load_engine, max_tokens, stats_line};
+use crate::run::{
+    SamplingArgs, SessionArgs, SpeculativeArgs, load_engine_with_vision, max_tokens, read_images,
+    stats_line,
+};
 
 /// Chat with a model (default: the SmolLM2-135M-Instruct demo model,
 /// fetched into the cache on first use).
@@ -47,6 +50,13 @@ pub struct Args {
     /// and go on from it if it exists (same model and KV cache type).
     #[arg(long)]
     session: Option<PathBuf>,
+    /// An image for the first turn (repeatable; `/image PATH` adds one to
+    /// the next turn). Needs --mmproj.
+    #[arg(long, value_name = "PATH")]
+    image: Vec<PathBuf>,
+    /// The vision model (`OUT.mmproj.gguf` from `spinel convert`).
+    #[arg(long, value_name = "PATH")]
+    mmproj: Option<PathBuf>,
     #[command(flatten)]
     sampling: SamplingArgs,
     #[command(flatten)]
@@ -71,7 +81,9 @@ pub fn run(args: &Args) -> Result<(), String> {
     if interactive {
         eprintln!("spinel: loading {}", path.display());
     }
-    let engine = load_engine(&path, &args.session_args)?;
+    let engine = load_engine_with_vision(&path, args.mmproj.as_deref(), &args.session_args)?;
+    // Images for the next turn.
+    let mut images = read_images(&args.image)?;
     engine
         .chat_template()
         .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -161,6 +173,21 @@ pub fn run(args: &Args) -> Result<(), String> {
             break;
         }
         let text = line.trim_end_matches(['\n', '\r']);
+        if let Some(path) = text.trim().strip_prefix("/image ") {
+            match read_images(&[PathBuf::from(path.trim())]) {
+                Ok(img) => {
+                    images.extend(img);
+                    if interactive {
+                        eprintln!("spinel: {} image(s) for the next turn", images.len());
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    eprintln!("spinel: {e}");
+                }
+            }
+            continue;
+        }
         match text.trim() {
             "" => continue,
             "/exit" | "/quit" => break,
@@ -181,7 +208,8 @@ pub fn run(args: &Args) -> Result<(), String> {
         interrupt.generating.store(true, Ordering::Release);
         let mut out = stdout.lock();
         let mut broken = false;
-        let result = session.chat(text, &opts, |piece| {
+        let turn_images = std::mem::take(&mut images);
+        let result = session.chat_with_images(text, turn_images, &opts, |piece| {
             if !broken && !piece.text.is_empty() {
                 broken = out
                     .write_all(piece.text.as_bytes())

@@ -4,11 +4,9 @@
 
 use std::path::PathBuf;
 
-use spinel_runtime::model::{EmbeddingOverride, KvType, Model, StateOptions};
+use spinel_runtime::model::{KvType, Model, StateOptions};
 use spinel_runtime::tokenizer::Tokenizer;
-use spinel_runtime::vision::{
-    ImagePrompt, Llama4ImageTokens, MmprojFile, VisionTower, decode_image, llama4_image_prompt,
-};
+use spinel_runtime::vision::{MmprojFile, Vision, VisionPrompt, decode_image};
 
 use crate::run::KvArgs;
 
@@ -48,12 +46,11 @@ pub struct Args {
     top: usize,
 }
 
-/// The prompt's tokens, and the image features that replace some of their
-/// embeddings.
+/// The prompt's tokens, with its image encoded when there is one.
 fn prompt_tokens(
     args: &Args,
     model: &Model<'_>,
-) -> Result<(Vec<u32>, Option<ImagePrompt>), String> {
+) -> Result<(Vec<u32>, Option<VisionPrompt>), String> {
     let Some(text) = &args.prompt else {
         return Ok((args.prompt_ids.clone(), None));
     };
@@ -66,21 +63,14 @@ fn prompt_tokens(
     // not be changed while this command runs.
     let file =
         unsafe { MmprojFile::open(mmproj) }.map_err(|e| format!("{}: {e}", mmproj.display()))?;
-    let processor = file.processor().map_err(|e| e.to_string())?;
-    let tower = match file.load_tower().map_err(|e| e.to_string())? {
-        VisionTower::Llama4(t) => t,
-        VisionTower::Mllama(_) => {
-            return Err(
-                "mllama image prompts are not supported yet (only the vision tower is)".into(),
-            );
-        }
-    };
+    let vision =
+        Vision::new(&file, model.config()).map_err(|e| format!("{}: {e}", mmproj.display()))?;
     let bytes = std::fs::read(image).map_err(|e| format!("{}: {e}", image.display()))?;
     let img = decode_image(&bytes).map_err(|e| format!("{}: {e}", image.display()))?;
-    let special = Llama4ImageTokens::from_lookup(|s| tok.token_id(s)).map_err(|e| e.to_string())?;
-    let ip = llama4_image_prompt(&tower, &processor, &special, &ids, &[img])
+    let vp = vision
+        .prompt(&tok, &ids, &[img])
         .map_err(|e| e.to_string())?;
-    Ok((ip.tokens.clone(), Some(ip)))
+    Ok((vp.tokens().to_vec(), Some(vp)))
 }
 
 pub fn run(args: &Args) -> Result<(), String> {
@@ -98,13 +88,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?;
     let logits = match &image {
-        Some(ip) => {
-            let over = EmbeddingOverride {
-                indices: &ip.embed_indices,
-                rows: &ip.embeds,
-            };
-            model.forward_with_embeddings(&mut state, &tokens, over)
-        }
+        Some(vp) => vp.prefill(&model, &mut state),
         None => model.forward(&mut state, &tokens),
     }
     .map_err(|e| e.to_string())?;

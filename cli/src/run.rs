@@ -11,6 +11,7 @@ use spinel_runtime::engine::{
 };
 use spinel_runtime::model::KvType;
 use spinel_runtime::sampling::SamplingParams;
+use spinel_runtime::vision::{RgbImage, decode_image};
 
 /// Sampling flags shared by `run` and `chat` (llama.cpp's names and
 /// defaults).
@@ -290,6 +291,13 @@ pub struct Args {
     /// "stop", "seed", "stats"} instead of streaming the text.
     #[arg(long)]
     json: bool,
+    /// A PNG or JPEG image for the prompt (repeatable): the prompt has one
+    /// `<|image|>` per image, in order. Needs --mmproj.
+    #[arg(long, value_name = "PATH")]
+    image: Vec<PathBuf>,
+    /// The vision model (`OUT.mmproj.gguf` from `spinel convert`).
+    #[arg(long, value_name = "PATH")]
+    mmproj: Option<PathBuf>,
     #[command(flatten)]
     sampling: SamplingArgs,
     #[command(flatten)]
@@ -301,12 +309,25 @@ pub struct Args {
 /// Loads the engine under the `--memory-budget`, saying what failed with
 /// the path; reports the memory plan when weights are streamed.
 pub fn load_engine(path: &Path, session: &SessionArgs) -> Result<Arc<Engine>, String> {
+    load_engine_with_vision(path, None, session)
+}
+
+/// [`load_engine`], with the vision model of `mmproj` when given.
+pub fn load_engine_with_vision(
+    path: &Path,
+    mmproj: Option<&Path>,
+    session: &SessionArgs,
+) -> Result<Arc<Engine>, String> {
     let opts = crate::memory::load_options(session.memory_budget.as_deref())?;
-    let engine = Engine::load_with(path, &opts)
-        .map(Arc::new)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut engine =
+        Engine::load_with(path, &opts).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(m) = mmproj {
+        engine
+            .load_mmproj(m)
+            .map_err(|e| format!("{}: {e}", m.display()))?;
+    }
     crate::memory::report_load(engine.model(), session.verbose);
-    Ok(engine)
+    Ok(Arc::new(engine))
 }
 
 /// `-n`: a negative count is no limit.
@@ -314,8 +335,20 @@ pub fn max_tokens(n: i64) -> Option<usize> {
     usize::try_from(n).ok()
 }
 
+/// Reads and decodes image files.
+pub fn read_images(paths: &[PathBuf]) -> Result<Vec<RgbImage>, String> {
+    paths
+        .iter()
+        .map(|p| {
+            let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            decode_image(&bytes).map_err(|e| format!("{}: {e}", p.display()))
+        })
+        .collect()
+}
+
 pub fn run(args: &Args) -> Result<(), String> {
-    let engine = load_engine(&args.model, &args.session)?;
+    let engine = load_engine_with_vision(&args.model, args.mmproj.as_deref(), &args.session)?;
+    let images = read_images(&args.image)?;
     let prompt = match (&args.prompt, &args.prompt_ids) {
         (_, Some(ids)) => ids.clone(),
         (Some(text), None) => engine.tokenize_prompt(text).map_err(|e| e.to_string())?,
@@ -340,19 +373,23 @@ pub fn run(args: &Args) -> Result<(), String> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut write_error = None;
-    let g = session
-        .complete(&prompt, &opts, |piece| {
-            if args.json || piece.text.is_empty() || write_error.is_some() {
-                return;
-            }
-            if let Err(e) = out
-                .write_all(piece.text.as_bytes())
-                .and_then(|()| out.flush())
-            {
-                write_error = Some(e);
-            }
-        })
-        .map_err(|e| e.to_string())?;
+    let on_piece = |piece: &spinel_runtime::engine::Piece| {
+        if args.json || piece.text.is_empty() || write_error.is_some() {
+            return;
+        }
+        if let Err(e) = out
+            .write_all(piece.text.as_bytes())
+            .and_then(|()| out.flush())
+        {
+            write_error = Some(e);
+        }
+    };
+    let g = if images.is_empty() {
+        session.complete(&prompt, &opts, on_piece)
+    } else {
+        session.complete_with_images(&prompt, &images, &opts, on_piece)
+    }
+    .map_err(|e| e.to_string())?;
     if let Some(e) = write_error {
         // A closed pipe (`spinel run … | head`) is not worth a message.
         if e.kind() == std::io::ErrorKind::BrokenPipe {
@@ -411,6 +448,7 @@ pub fn stats_json(g: &Generation, threads: usize) -> serde_json::Value {
         "accepted_tokens": s.accepted_tokens,
         "acceptance_rate": s.acceptance_rate(),
         "tokens_per_pass": s.tokens_per_pass(),
+        "image_encode_ms": s.image_encode_secs * 1e3,
         "prompt_secs": s.prompt_secs,
         "prompt_tokens_per_sec": s.prompt_tokens_per_sec(),
         "generation_secs": s.generation_secs,
@@ -442,8 +480,13 @@ pub fn stats_line(g: &Generation) -> String {
     } else {
         String::new()
     };
+    let image = if s.image_encode_secs > 0.0 {
+        format!(" | image encode: {:.0} ms", s.image_encode_secs * 1e3)
+    } else {
+        String::new()
+    };
     format!(
-        "[prompt: {} tokens{cached}, {:.1} tok/s | generated: {} tokens, {:.1} tok/s | \
+        "[prompt: {} tokens{cached}, {:.1} tok/s{image} | generated: {} tokens, {:.1} tok/s | \
          first token: {ttft}{drafts} | stop: {}]",
         s.prompt_tokens,
         s.prompt_tokens_per_sec(),

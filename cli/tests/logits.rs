@@ -280,19 +280,16 @@ fn base64_decode(s: &str) -> Vec<u8> {
     out
 }
 
-#[test]
-fn llama4_image_prompt_logits_match_transformers() {
-    // `spinel convert` writes m.gguf and m.mmproj.gguf; `spinel logits`
-    // tokenizes the chat-formatted prompt, expands <|image|>, runs the
-    // vision tower and puts its features at the <|patch|> tokens.
-    let vision = testdata().join("vision");
+/// Converts the dev vision model `name` with `spinel convert` (m.gguf and
+/// m.mmproj.gguf) into a fresh directory of its own for `test`.
+fn convert_vision(name: &str, test: &str) -> (PathBuf, PathBuf, PathBuf) {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join("spinel-cli-logits")
-        .join(format!("{}-llama4-vision", std::process::id()));
+        .join(format!("{}-{name}-{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("m.gguf");
-    let model_dir = vision.join("dev/llama4_vision");
+    let model_dir = testdata().join("vision/dev").join(name);
     let run = spinel(&[
         "convert".as_ref(),
         model_dir.as_os_str(),
@@ -308,22 +305,35 @@ fn llama4_image_prompt_logits_match_transformers() {
     );
     let mmproj = dir.join("m.mmproj.gguf");
     assert!(mmproj.is_file(), "no mmproj written");
-    let reference: Json =
-        serde_json::from_slice(&std::fs::read(model_dir.join("reference.json")).unwrap()).unwrap();
-    let image = "landscape_300x200.png";
-    let p = &reference["prompts"][image];
-    let run = spinel(&[
-        "logits".as_ref(),
-        "-m".as_ref(),
-        out.as_os_str(),
-        "--mmproj".as_ref(),
-        mmproj.as_os_str(),
-        "--image".as_ref(),
-        vision.join("images").join(image).as_os_str(),
+    (dir, out, mmproj)
+}
+
+/// `spinel logits --json` for the reference prompt `name` of the dev
+/// vision model (with its image, unless `text_only`): the largest
+/// difference from transformers' last logits.
+fn vision_logits_diff(model: &str, gguf: &Path, mmproj: &Path, name: &str) -> f32 {
+    let vision = testdata().join("vision");
+    let reference: Json = serde_json::from_slice(
+        &std::fs::read(vision.join("dev").join(model).join("reference.json")).unwrap(),
+    )
+    .unwrap();
+    let p = &reference["prompts"][name];
+    let image = vision.join("images").join(name);
+    let mut args: Vec<&std::ffi::OsStr> = vec!["logits".as_ref(), "-m".as_ref(), gguf.as_os_str()];
+    if name != "text_only" {
+        args.extend::<[&std::ffi::OsStr; 4]>([
+            "--mmproj".as_ref(),
+            mmproj.as_os_str(),
+            "--image".as_ref(),
+            image.as_os_str(),
+        ]);
+    }
+    args.extend::<[&std::ffi::OsStr; 3]>([
         "--prompt".as_ref(),
         p["prompt_text"].as_str().unwrap().as_ref(),
         "--json".as_ref(),
     ]);
+    let run = spinel(&args);
     assert!(
         run.status.success(),
         "{}",
@@ -341,7 +351,217 @@ fn llama4_image_prompt_logits_match_transformers() {
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect();
     assert_eq!(got.len(), want.len());
-    let d = max_abs_diff(&got, &want);
+    max_abs_diff(&got, &want)
+}
+
+#[test]
+fn llama4_image_prompt_logits_match_transformers() {
+    // `spinel logits` tokenizes the chat-formatted prompt, expands
+    // <|image|>, runs the vision tower and puts its features at the
+    // <|patch|> tokens.
+    let (dir, gguf, mmproj) = convert_vision("llama4_vision", "logits");
+    let d = vision_logits_diff("llama4_vision", &gguf, &mmproj, "landscape_300x200.png");
     assert!(d <= 1e-3, "last logits differ by {d}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn mllama_image_prompt_logits_match_transformers() {
+    // The image's features become the cross-attention layers' keys and
+    // values; the text-only prompt skips those layers.
+    let (dir, gguf, mmproj) = convert_vision("mllama", "logits");
+    for name in [
+        "landscape_300x200.png",
+        "portrait_160x400.png",
+        "small_64x48.jpg",
+        "text_only",
+    ] {
+        let d = vision_logits_diff("mllama", &gguf, &mmproj, name);
+        eprintln!("mllama {name}: last logits max |diff| {d:e}");
+        // The JPEG decoder is not PIL's: pixels differ by up to a few
+        // uint8 levels (vision.rs checks these logits to 1e-3 on PIL's
+        // decoded pixels), which moves these logits by about 0.03.
+        let tol = if name.ends_with(".jpg") { 0.1 } else { 1e-3 };
+        assert!(d <= tol, "{name}: last logits differ by {d}");
+    }
+    // The other family's mmproj does not fit: a clear error.
+    let (dir4, _, mmproj4) = convert_vision("llama4_vision", "mismatch");
+    let prompt = "<|begin_of_text|><|image|>What?";
+    let image = testdata().join("vision/images/small_64x48.jpg");
+    let run = spinel(&[
+        "logits".as_ref(),
+        "-m".as_ref(),
+        gguf.as_os_str(),
+        "--mmproj".as_ref(),
+        mmproj4.as_os_str(),
+        "--image".as_ref(),
+        image.as_os_str(),
+        "--prompt".as_ref(),
+        prompt.as_ref(),
+    ]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        err.contains("llama4 projector does not fit a mllama text model"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&dir4);
+}
+
+/// `spinel run --temp 0 -n 8 --ignore-eos --json` with `--mmproj` and one
+/// `--image` per path, on the reference prompt text of `name`.
+fn run_with_images(gguf: &Path, mmproj: &Path, images: &[PathBuf], prompt: &str) -> Output {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "run".as_ref(),
+        "-m".as_ref(),
+        gguf.as_os_str(),
+        "--mmproj".as_ref(),
+        mmproj.as_os_str(),
+    ];
+    for image in images {
+        args.extend::<[&std::ffi::OsStr; 2]>(["--image".as_ref(), image.as_os_str()]);
+    }
+    args.extend::<[&std::ffi::OsStr; 9]>([
+        "--prompt".as_ref(),
+        prompt.as_ref(),
+        "--temp".as_ref(),
+        "0".as_ref(),
+        "-n".as_ref(),
+        "8".as_ref(),
+        "--ignore-eos".as_ref(),
+        "--json".as_ref(),
+        "-t".as_ref(),
+    ]);
+    args.push("2".as_ref());
+    spinel(&args)
+}
+
+/// Ids of a JSON array.
+fn ids(v: &Json) -> Vec<u64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn run_with_an_image_generates_the_reference_greedy_tokens() {
+    // Both families, on the PNG images (the JPEG decoder is not PIL's):
+    // the expanded prompt is the processor's, and every greedy token is
+    // transformers' (every reference step's margin is above 1e-2).
+    let vision = testdata().join("vision");
+    for model in ["mllama", "llama4_vision"] {
+        let (dir, gguf, mmproj) = convert_vision(model, "run");
+        let reference: Json = serde_json::from_slice(
+            &std::fs::read(vision.join("dev").join(model).join("reference.json")).unwrap(),
+        )
+        .unwrap();
+        for name in ["landscape_300x200.png", "portrait_160x400.png"] {
+            let p = &reference["prompts"][name];
+            let image = vision.join("images").join(name);
+            let run = run_with_images(&gguf, &mmproj, &[image], p["prompt_text"].as_str().unwrap());
+            assert!(
+                run.status.success(),
+                "{model} {name}: {}",
+                String::from_utf8_lossy(&run.stderr)
+            );
+            let doc: Json = serde_json::from_slice(&run.stdout).expect("one JSON object");
+            assert_eq!(
+                ids(&doc["prompt_ids"]),
+                ids(&p["input_ids"]),
+                "{model} {name}"
+            );
+            let margins = p["greedy"]["step_top1_minus_top2"].as_array().unwrap();
+            assert!(margins.iter().all(|m| m.as_f64().unwrap() > 1e-2));
+            assert_eq!(
+                ids(&doc["generated_ids"]),
+                ids(&p["greedy"]["generate"]),
+                "{model} {name}"
+            );
+            let ms = doc["stats"]["image_encode_ms"].as_f64().unwrap();
+            assert!(ms > 0.0, "{model} {name}: image_encode_ms {ms}");
+        }
+        // Two images for a prompt with one <|image|>: a named error.
+        let p = &reference["prompts"]["landscape_300x200.png"];
+        let image = vision.join("images/landscape_300x200.png");
+        let run = run_with_images(
+            &gguf,
+            &mmproj,
+            &[image.clone(), image],
+            p["prompt_text"].as_str().unwrap(),
+        );
+        assert!(!run.status.success());
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(err.contains("image"), "{model}: {err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn images_on_a_text_only_model_are_refused() {
+    // SmolLM2 (arch llama, with its tokenizer).
+    let text = spinel_runtime::cache::test_model();
+    let (dir, _, mmproj) = convert_vision("mllama", "text-only");
+    let image = testdata().join("vision/images/small_64x48.jpg");
+    // Without an mmproj.
+    let run = spinel(&[
+        "run".as_ref(),
+        "-m".as_ref(),
+        text.as_os_str(),
+        "--image".as_ref(),
+        image.as_os_str(),
+        "--prompt".as_ref(),
+        "<|image|>Hi".as_ref(),
+        "-n".as_ref(),
+        "1".as_ref(),
+    ]);
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("images need a vision model"), "{err}");
+    // With one.
+    let run = run_with_images(&text, &mmproj, &[image], "<|image|>Hi");
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("text-only"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn chat_takes_images_by_flag_and_command() {
+    use std::io::Write as _;
+    let (dir, gguf, mmproj) = convert_vision("mllama", "chat");
+    let image = testdata().join("vision/images/landscape_300x200.png");
+    let missing = dir.join("missing.png");
+    let mut child = Command::new(SPINEL)
+        .args(["chat", "-m"])
+        .arg(&gguf)
+        .arg("--mmproj")
+        .arg(&mmproj)
+        .args(["--temp", "0", "-n", "4", "--stats", "-t", "2"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let script = format!(
+        "/image {}\nWhat is in this image?\n/image {}\nAnd now?\n",
+        image.display(),
+        missing.display()
+    );
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Two answers, each with the image encoded; the missing file is named
+    // (and counts as a failed turn).
+    assert_eq!(err.matches("image encode:").count(), 2, "{err}");
+    assert!(err.contains("missing.png"), "{err}");
+    assert!(!out.status.success());
     let _ = std::fs::remove_dir_all(&dir);
 }

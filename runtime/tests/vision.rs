@@ -958,3 +958,211 @@ fn broken_mmproj_files_give_errors() {
     std::fs::remove_file(text).ok();
     std::fs::remove_file(real).ok();
 }
+
+/// Greedy decoding from `logits` for `steps` tokens (plain `forward` per
+/// step: an mllama image context reuses the prompt's last mask row).
+fn greedy_steps(
+    model: &spinel_runtime::model::Model<'_>,
+    state: &mut spinel_runtime::model::State,
+    logits: &[f32],
+    steps: usize,
+) -> Vec<u32> {
+    let argmax = |l: &[f32]| {
+        (0..l.len())
+            .max_by(|&a, &b| l[a].total_cmp(&l[b]).then(b.cmp(&a)))
+            .unwrap() as u32
+    };
+    let mut out = vec![argmax(logits)];
+    while out.len() < steps {
+        let l = model.forward(state, &[*out.last().unwrap()]).unwrap();
+        out.push(argmax(l));
+    }
+    out
+}
+
+/// The reference greedy tokens up to (and including) the first step whose
+/// top-2 margin is below 1e-2 (later steps could then differ).
+fn reliable_greedy(p: &Json) -> Vec<u32> {
+    let g = &p["greedy"];
+    let tokens = ids_of(&g["generate"]);
+    let margins = g["step_top1_minus_top2"].as_array().unwrap();
+    let n = margins
+        .iter()
+        .position(|m| m.as_f64().unwrap() < 1e-2)
+        .map_or(tokens.len(), |i| i + 1);
+    tokens[..n].to_vec()
+}
+
+#[test]
+fn mllama_image_prompts_match_reference_logits() {
+    use spinel_runtime::model::{KvType, Model, ModelError};
+    use spinel_runtime::vision::mllama_image_prompt;
+    let dir = model_dir("mllama");
+    let reference = read_json(&dir.join("reference.json"));
+    let (text, mmproj, _) = convert_f32("mllama", "logits");
+    let model = Model::load(&text).unwrap();
+    let tok = Tokenizer::from_gguf(model.gguf()).unwrap();
+    let image_token = tok.token_id("<|image|>").unwrap();
+    let f = open_mmproj(&mmproj);
+    let VisionTower::Mllama(tower) = f.load_tower().unwrap() else {
+        panic!("not mllama")
+    };
+    let pcfg = f.processor().unwrap();
+    // Text only: the cross-attention layers are skipped.
+    let p = prompt(&reference, "text_only");
+    let ids = tok
+        .encode(p["prompt_text"].as_str().unwrap(), false, true)
+        .unwrap();
+    assert_eq!(ids, ids_of(&p["input_ids"]));
+    let want = reliable_greedy(&p);
+    let mut state = model
+        .new_state(Some(ids.len() + want.len()), KvType::F32)
+        .unwrap();
+    let logits = model.forward(&mut state, &ids).unwrap().to_vec();
+    let d = max_abs_diff(&logits, &last_logits(&p));
+    eprintln!("mllama text_only: last logits max |diff| {d:e}");
+    assert!(d <= LOGITS_TOL, "text_only: {d}");
+    assert_eq!(greedy_steps(&model, &mut state, &logits, want.len()), want);
+    for (file, _) in IMAGES {
+        let p = prompt(&reference, file);
+        let ids = tok
+            .encode(p["prompt_text"].as_str().unwrap(), false, true)
+            .unwrap();
+        assert_eq!(ids, ids_of(&p["input_ids"]), "{file}");
+        let ip = mllama_image_prompt(&tower, &pcfg, image_token, &ids, &[reference_image(file)])
+            .unwrap();
+        let want_mask: Vec<u8> = p["cross_attention_mask"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| row[0].as_array().unwrap().clone())
+            .map(|v| v.as_u64().unwrap() as u8)
+            .collect();
+        assert_eq!(ip.mask, want_mask, "{file}");
+        let want = reliable_greedy(&p);
+        let mut state = model
+            .new_state(Some(ids.len() + want.len()), KvType::F32)
+            .unwrap();
+        model
+            .set_image_context(&mut state, &ip.cross_states, ip.n_tiles)
+            .unwrap();
+        let logits = model
+            .forward_with_cross_mask(&mut state, &ip.tokens, &ip.mask)
+            .unwrap()
+            .to_vec();
+        let d = max_abs_diff(&logits, &last_logits(&p));
+        eprintln!("mllama {file}: last logits max |diff| {d:e}");
+        assert!(d <= LOGITS_TOL, "{file}: {d}");
+        let got = greedy_steps(&model, &mut state, &logits, want.len());
+        eprintln!("mllama {file}: greedy {got:?}");
+        assert_eq!(got, want, "{file}");
+        // The image matters: without it the logits differ.
+        let mut plain = model.new_state(Some(ids.len()), KvType::F32).unwrap();
+        let l = model.forward(&mut plain, &ids).unwrap();
+        assert!(max_abs_diff(l, &last_logits(&p)) > 0.1, "{file}");
+        // A mask of the wrong size and states of the wrong width are errors.
+        let e = model.forward_with_cross_mask(&mut state, &ids, &ip.mask[1..]);
+        assert!(matches!(e, Err(ModelError::BadImageInput { .. })), "{e:?}");
+        let e = model.set_image_context(&mut state, &ip.cross_states[1..], ip.n_tiles);
+        assert!(matches!(e, Err(ModelError::BadImageInput { .. })), "{e:?}");
+    }
+    std::fs::remove_file(text).ok();
+    std::fs::remove_file(mmproj).ok();
+}
+
+#[test]
+fn engine_sessions_take_images_and_forget_them() {
+    use spinel_runtime::engine::{Engine, EngineError, GenerateOptions, SessionOptions};
+    use spinel_runtime::sampling::SamplingParams;
+    use std::sync::Arc;
+    let dir = model_dir("mllama");
+    let reference = read_json(&dir.join("reference.json"));
+    let (text, mmproj, _) = convert_f32("mllama", "engine");
+    let mut engine = Engine::load(&text).unwrap();
+    let tok = Tokenizer::from_gguf(engine.model().gguf()).unwrap();
+    let encode = |p: &Json| {
+        tok.encode(p["prompt_text"].as_str().unwrap(), false, true)
+            .unwrap()
+    };
+    let opts = GenerateOptions {
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        },
+        max_tokens: Some(8),
+        ignore_eog: true,
+        ..GenerateOptions::default()
+    };
+    let img = reference_image("landscape_300x200.png");
+    let p = prompt(&reference, "landscape_300x200.png");
+    // Without an mmproj images are refused.
+    {
+        let engine = Arc::new(Engine::load(&text).unwrap());
+        let mut s = engine.session(&SessionOptions::default()).unwrap();
+        let e = s.complete_with_images(&encode(&p), std::slice::from_ref(&img), &opts, |_| {});
+        assert!(matches!(e, Err(EngineError::NoVision)), "{e:?}");
+    }
+    engine.load_mmproj(&mmproj).unwrap();
+    let engine = Arc::new(engine);
+    let mut s = engine.session(&SessionOptions::default()).unwrap();
+    let g = s
+        .complete_with_images(&encode(&p), std::slice::from_ref(&img), &opts, |_| {})
+        .unwrap();
+    assert_eq!(g.generated_ids, ids_of(&p["greedy"]["generate"]));
+    assert!(g.stats.image_encode_secs > 0.0);
+    // The image is not saved with a session.
+    let saved = scratch_dir("engine").join("s.session");
+    assert!(matches!(
+        s.save(&saved),
+        Err(EngineError::SessionFile { .. })
+    ));
+    // A text prompt after it starts over: the text-only reference.
+    let t = prompt(&reference, "text_only");
+    let g = s.complete(&encode(&t), &opts, |_| {}).unwrap();
+    assert_eq!(g.stats.cached_tokens, 0);
+    assert_eq!(g.generated_ids, ids_of(&t["greedy"]["generate"]));
+    std::fs::remove_file(text).ok();
+    std::fs::remove_file(mmproj).ok();
+}
+
+#[test]
+fn chat_turns_with_images_render_as_transformers_does() {
+    use spinel_runtime::engine::{Engine, GenerateOptions, SessionOptions};
+    use spinel_runtime::sampling::SamplingParams;
+    use std::sync::Arc;
+    let opts = GenerateOptions {
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        },
+        max_tokens: Some(8),
+        ignore_eog: true,
+        ..GenerateOptions::default()
+    };
+    for model in ["mllama", "llama4_vision"] {
+        let reference = read_json(&model_dir(model).join("reference.json"));
+        let (text, mmproj, _) = convert_f32(model, "chat");
+        let mut engine = Engine::load(&text).unwrap();
+        engine.load_mmproj(&mmproj).unwrap();
+        let engine = Arc::new(engine);
+        let mut s = engine.session(&SessionOptions::default()).unwrap();
+        let file = "landscape_300x200.png";
+        let p = prompt(&reference, file);
+        let question = p["messages"][0]["content"][1]["text"].as_str().unwrap();
+        let g = s
+            .chat_with_images(question, vec![reference_image(file)], &opts, |_| {})
+            .unwrap();
+        assert_eq!(g.prompt_ids, ids_of(&p["input_ids"]), "{model}");
+        assert_eq!(g.generated_ids, ids_of(&p["greedy"]["generate"]), "{model}");
+        // The next turn still sees the image (the whole conversation runs
+        // again).
+        let g2 = s
+            .chat_with_images("And?", Vec::new(), &opts, |_| {})
+            .unwrap();
+        assert_eq!(g2.stats.cached_tokens, 0, "{model}");
+        assert!(g2.prompt_ids.starts_with(&g.prompt_ids), "{model}");
+        assert!(g2.stats.image_encode_secs > 0.0, "{model}");
+        std::fs::remove_file(text).ok();
+        std::fs::remove_file(mmproj).ok();
+    }
+}

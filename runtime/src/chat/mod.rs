@@ -60,6 +60,9 @@ pub struct Message {
     /// `system`, `user`, `assistant`, `tool`, … as the template expects.
     pub role: String,
     pub content: String,
+    /// Images before the text (rendered as `{"type": "image"}` parts, the
+    /// content then a list of parts as in Hugging Face's image chats).
+    pub images: usize,
 }
 
 impl Message {
@@ -67,6 +70,15 @@ impl Message {
         Message {
             role: role.into(),
             content: content.into(),
+            images: 0,
+        }
+    }
+
+    /// A user message with `images` images before its text.
+    pub fn user_with_images(content: impl Into<String>, images: usize) -> Self {
+        Message {
+            images,
+            ..Message::user(content)
         }
     }
 
@@ -451,10 +463,21 @@ impl ChatTemplate {
         let messages: Vec<Value> = messages
             .iter()
             .map(|m| {
-                Value::from_pairs([
-                    ("role", Value::from(m.role.as_str())),
-                    ("content", Value::from(m.content.as_str())),
-                ])
+                let content = if m.images == 0 {
+                    Value::from(m.content.as_str())
+                } else {
+                    let image = || Value::from_pairs([("type", "image")]);
+                    let text = Value::from_pairs([
+                        ("type", Value::from("text")),
+                        ("text", Value::from(m.content.as_str())),
+                    ]);
+                    let parts: Vec<Value> = std::iter::repeat_with(image)
+                        .take(m.images)
+                        .chain([text])
+                        .collect();
+                    Value::from(parts)
+                };
+                Value::from_pairs([("role", Value::from(m.role.as_str())), ("content", content)])
             })
             .collect();
         self.render_values(Value::from(messages), add_generation_prompt, extra)

@@ -189,6 +189,15 @@ fn content_text(content: Option<&Value>, param: &str) -> Result<String, InvalidR
             for part in parts {
                 match part.get("text") {
                     Some(Value::String(t)) => text.push_str(t),
+                    _ if part.get("type").and_then(Value::as_str) == Some("image_url") => {
+                        return Err(InvalidRequest::new(
+                            format!(
+                                "{param}.content has an image, which this server does not take \
+                                 (it has no vision model)"
+                            ),
+                            format!("{param}.content"),
+                        ));
+                    }
                     _ => {
                         return Err(InvalidRequest::new(
                             format!("{param}.content parts must be text parts"),
@@ -392,6 +401,13 @@ mod tests {
             assert_eq!(e.param.as_deref(), Some(param), "{body}: {e}");
             assert!(!e.message.is_empty());
         }
+        // An image part says why it is refused.
+        let body = json!({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            {"type": "text", "text": "What is this?"}
+        ]}]});
+        let e = chat_input(&obj(body), true).unwrap_err();
+        assert!(e.message.contains("no vision model"), "{e}");
     }
 
     #[test]

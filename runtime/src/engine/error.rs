@@ -41,6 +41,11 @@ pub enum EngineError {
     /// Speculative decoding settings are unusable (a draft model with
     /// another vocabulary, a zero draft length …).
     Speculative { reason: String },
+    /// Images were given to an engine without a vision model
+    /// ([`Engine::load_mmproj`](super::Engine::load_mmproj)).
+    NoVision,
+    /// An image, the mmproj file or an image prompt is unusable.
+    Vision(crate::vision::VisionError),
 }
 
 impl fmt::Display for EngineError {
@@ -58,6 +63,12 @@ impl fmt::Display for EngineError {
             EngineError::Grammar { reason } => write!(f, "{reason}"),
             EngineError::Speculative { reason } => write!(f, "speculative decoding: {reason}"),
             EngineError::EmptyPrompt => write!(f, "the prompt has no tokens"),
+            EngineError::NoVision => write!(
+                f,
+                "images need a vision model: this engine has no mmproj (a text-only model \
+                 takes no images)"
+            ),
+            EngineError::Vision(e) => write!(f, "{e}"),
             EngineError::PromptTooLong {
                 prompt_tokens,
                 n_ctx,
@@ -117,5 +128,11 @@ impl From<SamplingError> for EngineError {
 impl From<EmptyStopString> for EngineError {
     fn from(_: EmptyStopString) -> Self {
         EngineError::EmptyStopString
+    }
+}
+
+impl From<crate::vision::VisionError> for EngineError {
+    fn from(e: crate::vision::VisionError) -> Self {
+        EngineError::Vision(e)
     }
 }

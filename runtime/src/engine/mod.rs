@@ -214,6 +214,8 @@ pub struct Engine {
     tokenizer: Tokenizer,
     template: Result<ChatTemplate, String>,
     batcher: Batcher,
+    /// The vision tower of an mmproj file, when images are supported.
+    vision: Option<crate::vision::Vision>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -254,7 +256,27 @@ impl Engine {
             tokenizer,
             template,
             batcher: Batcher::new(),
+            vision: None,
         })
+    }
+
+    /// Loads the vision tower of the mmproj file at `path` (written by
+    /// `spinel convert` next to the text model), so that sessions take
+    /// images. An mmproj that does not fit the model (another family or
+    /// width, or a text-only model) is refused. Like the model file, it
+    /// must not change while the engine lives.
+    pub fn load_mmproj(&mut self, path: impl AsRef<Path>) -> Result<(), EngineError> {
+        // SAFETY: `MmprojFile::open` needs the file unchanged while mapped:
+        // the same contract as the model file (see `Model::load`), stated on
+        // this function; the mapping is dropped once the tower is loaded.
+        let file = unsafe { crate::vision::MmprojFile::open(path) }?;
+        self.vision = Some(crate::vision::Vision::new(&file, self.model.config())?);
+        Ok(())
+    }
+
+    /// The vision tower, when an mmproj is loaded.
+    pub fn vision(&self) -> Option<&crate::vision::Vision> {
+        self.vision.as_ref()
     }
 
     /// Replaces the chat template (a user's Jinja source, say).

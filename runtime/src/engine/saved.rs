@@ -99,6 +99,12 @@ impl Session {
     /// as `PATH.part`, flushed to the disk and renamed, so an interrupted
     /// save leaves the old file).
     pub fn save(&self, path: &Path) -> Result<(), EngineError> {
+        if self.core.image_in_cache {
+            return Err(err(
+                path,
+                "the cache holds an image prompt, which a session file cannot carry",
+            ));
+        }
         let io = |e: std::io::Error| err(path, e.to_string());
         let part = crate::download::part_path(path);
         let result = self.write_saved(path, &part);

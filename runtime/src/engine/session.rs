@@ -11,6 +11,7 @@ use crate::grammar::TokenConstraint;
 use crate::model::{ModelError, State, StateOptions};
 use crate::sampling::{Sampler, SamplingError, StopStrings};
 use crate::tokenizer::{Detokenizer, TokenType, Tokenizer};
+use crate::vision::{RgbImage, VisionPrompt};
 
 use super::speculative::{Draft, DraftState, SpeculativeOptions, lookup_draft};
 use super::{Batcher, CancelHandle, Engine, EngineError, GenerateOptions, SessionOptions};
@@ -78,6 +79,9 @@ pub struct Stats {
     pub drafted_tokens: usize,
     /// Drafted tokens the model accepted.
     pub accepted_tokens: usize,
+    /// Seconds spent encoding the prompt's images (preprocessing and the
+    /// vision tower).
+    pub image_encode_secs: f64,
     /// Seconds spent processing the prompt.
     pub prompt_secs: f64,
     /// Seconds spent in the decode steps (forward pass and sampling).
@@ -162,6 +166,10 @@ pub(super) struct Core {
     draft: Option<DraftState>,
     /// Through the engine's [`Batcher`](super::Batcher).
     batched: bool,
+    /// The cache holds an image prompt: nothing of it is reused.
+    pub(super) image_in_cache: bool,
+    /// The conversation's images, in order (each chat turn runs them all).
+    images: Vec<RgbImage>,
 }
 
 /// One sequence over an [`Engine`]: a KV cache, the tokens in it and, for
@@ -209,6 +217,8 @@ impl Session {
                 n_batch,
                 draft: None,
                 batched: opts.batched,
+                image_in_cache: false,
+                images: Vec::new(),
             },
         })
     }
@@ -261,6 +271,7 @@ impl Session {
     /// starts the same way reuses it).
     pub fn clear_history(&mut self) {
         self.core.messages.clear();
+        self.core.images.clear();
     }
 
     /// Gives back the KV cache and the activation buffers (an app sent to
@@ -289,6 +300,8 @@ impl Session {
         self.core.cached.clear();
         self.core.state.reset();
         self.core.draft = None;
+        self.core.image_in_cache = false;
+        self.core.images.clear();
     }
 
     /// Generates a continuation of `prompt`, the whole context the model
@@ -315,6 +328,84 @@ impl Session {
         Ok(self.open(prep, opts, false))
     }
 
+    /// Like [`complete`](Session::complete) with images: `prompt` holds one
+    /// `<|image|>` token per image, in order (Llama 4 expands each into its
+    /// tiles' tokens, as the Hugging Face processor does). Needs the
+    /// engine's vision tower ([`Engine::load_mmproj`](super::Engine::load_mmproj)).
+    /// The cache is not reused across image prompts.
+    pub fn complete_with_images(
+        &mut self,
+        prompt: &[u32],
+        images: &[RgbImage],
+        opts: &GenerateOptions,
+        mut on_piece: impl FnMut(&Piece),
+    ) -> Result<Generation, EngineError> {
+        let mut stream = self.stream_with_images(prompt, images, opts)?;
+        drive(&mut stream, &mut on_piece)
+    }
+
+    /// [`complete_with_images`](Session::complete_with_images) as a stream.
+    pub fn stream_with_images(
+        &mut self,
+        prompt: &[u32],
+        images: &[RgbImage],
+        opts: &GenerateOptions,
+    ) -> Result<Stream<'_>, EngineError> {
+        self.open_with_images(prompt, images, opts, false)
+    }
+
+    fn open_with_images(
+        &mut self,
+        prompt: &[u32],
+        images: &[RgbImage],
+        opts: &GenerateOptions,
+        chat: bool,
+    ) -> Result<Stream<'_>, EngineError> {
+        let prepared = self.prepare_images(prompt, images, opts)?;
+        Ok(self.open_images(prepared, opts, chat))
+    }
+
+    /// Encodes the images of `prompt` and prepares the generation over an
+    /// empty cache (everything that can fail before a stream opens).
+    fn prepare_images(
+        &mut self,
+        prompt: &[u32],
+        images: &[RgbImage],
+        opts: &GenerateOptions,
+    ) -> Result<(Prepared, VisionPrompt, f64), EngineError> {
+        let engine = self.engine.clone();
+        let vision = engine.vision().ok_or(EngineError::NoVision)?;
+        if self.core.batched {
+            return Err(EngineError::Model(ModelError::Unsupported {
+                what: "image prompts in batched sessions".into(),
+            }));
+        }
+        let t0 = Instant::now();
+        let vp = vision.prompt(engine.tokenizer(), prompt, images)?;
+        let image_encode_secs = t0.elapsed().as_secs_f64();
+        self.forget_cache();
+        let prep = self.prepare(vp.tokens().to_vec(), opts)?;
+        Ok((prep, vp, image_encode_secs))
+    }
+
+    fn open_images(
+        &mut self,
+        (prep, vp, image_encode_secs): (Prepared, VisionPrompt, f64),
+        opts: &GenerateOptions,
+        chat: bool,
+    ) -> Stream<'_> {
+        let mut stream = self.open(prep, opts, chat);
+        stream.stats.image_encode_secs = image_encode_secs;
+        stream.image = Some(vp);
+        stream
+    }
+
+    fn forget_cache(&mut self) {
+        self.core.cached.clear();
+        self.core.state.reset();
+        self.core.image_in_cache = false;
+    }
+
     /// One chat turn: adds `user` to the conversation, renders it with the
     /// model's template, generates the answer (streamed to `on_piece`) and
     /// adds it to the conversation.
@@ -337,7 +428,54 @@ impl Session {
         user: &str,
         opts: &GenerateOptions,
     ) -> Result<Stream<'_>, EngineError> {
-        self.core.messages.push(Message::user(user));
+        self.chat_stream_with_images(user, Vec::new(), opts)
+    }
+
+    /// A chat turn with `images` shown before the user's text (as Hugging
+    /// Face's image chats render them). Needs the engine's vision tower.
+    /// The conversation keeps its images: each later turn runs them all
+    /// again, from an empty cache.
+    pub fn chat_with_images(
+        &mut self,
+        user: &str,
+        images: Vec<RgbImage>,
+        opts: &GenerateOptions,
+        mut on_piece: impl FnMut(&Piece),
+    ) -> Result<Generation, EngineError> {
+        let mut stream = self.chat_stream_with_images(user, images, opts)?;
+        drive(&mut stream, &mut on_piece)
+    }
+
+    /// [`chat_with_images`](Session::chat_with_images) as a stream.
+    pub fn chat_stream_with_images(
+        &mut self,
+        user: &str,
+        images: Vec<RgbImage>,
+        opts: &GenerateOptions,
+    ) -> Result<Stream<'_>, EngineError> {
+        if !images.is_empty() && self.engine.vision().is_none() {
+            return Err(EngineError::NoVision);
+        }
+        let (n_msgs, n_images) = (self.core.messages.len(), self.core.images.len());
+        self.core
+            .messages
+            .push(Message::user_with_images(user, images.len()));
+        self.core.images.extend(images);
+        if !self.core.images.is_empty() {
+            let all = std::mem::take(&mut self.core.images);
+            let prepared = self
+                .chat_prompt()
+                .and_then(|p| self.prepare_images(&p, &all, opts));
+            self.core.images = all;
+            return match prepared {
+                Ok(prepared) => Ok(self.open_images(prepared, opts, true)),
+                Err(e) => {
+                    self.core.messages.truncate(n_msgs);
+                    self.core.images.truncate(n_images);
+                    Err(e)
+                }
+            };
+        }
         let prompt = match &opts.tools {
             Some(tools) => self
                 .engine
@@ -369,6 +507,9 @@ impl Session {
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
+        if self.core.image_in_cache {
+            self.forget_cache();
+        }
         let n_ctx = self.n_ctx();
         if prompt.len() > n_ctx {
             return Err(EngineError::PromptTooLong {
@@ -377,15 +518,17 @@ impl Session {
             });
         }
         let n_vocab = self.engine.model().config().n_vocab;
+        // Input tokens may go past the vocabulary (mllama's <|image|>).
+        let n_input = self.engine.model().n_input_tokens();
         if let Some((index, &token)) = prompt
             .iter()
             .enumerate()
-            .find(|&(_, &t)| t as usize >= n_vocab)
+            .find(|&(_, &t)| t as usize >= n_input)
         {
             return Err(ModelError::TokenOutOfRange {
                 token,
                 index,
-                n_vocab,
+                n_vocab: n_input,
             }
             .into());
         }
@@ -409,8 +552,13 @@ impl Session {
         }
         let stops = StopStrings::new(opts.stop.iter().cloned())?;
         // Prompt tokens count for the repetition penalties, as in llama.cpp.
+        // Input-only ids past the vocabulary (mllama's <|image|>) are never
+        // sampled: nothing to penalize.
         let window = opts.sampling.penalty_last_n.min(prompt.len());
-        sampler.accept_all(&prompt[prompt.len() - window..])?;
+        let sampled = |t: &&u32| (**t as usize) < n_vocab;
+        for &t in prompt[prompt.len() - window..].iter().filter(sampled) {
+            sampler.accept(t)?;
+        }
 
         // Keep what the cache shares with the prompt, but process at least
         // the last token: its logits are where generation starts.
@@ -479,6 +627,7 @@ impl Session {
             recorded: false,
             start: Instant::now(),
             generating: None,
+            image: None,
         }
     }
 }
@@ -533,6 +682,8 @@ pub struct Stream<'s> {
     start: Instant,
     /// While a batched session generates: counted by the batcher.
     generating: Option<super::batch::Generating<'s>>,
+    /// An image prompt, run whole by the first step.
+    image: Option<VisionPrompt>,
 }
 
 impl std::fmt::Debug for Stream<'_> {
@@ -649,6 +800,14 @@ impl Stream<'_> {
     fn process_prompt(&mut self) -> Result<bool, EngineError> {
         let model = self.engine.model();
         let t0 = Instant::now();
+        if let Some(vp) = self.image.take() {
+            // An image prompt runs whole, from an empty cache.
+            vp.prefill(model, &mut self.core.state)?;
+            self.core.cached.extend_from_slice(vp.tokens());
+            self.core.image_in_cache = true;
+            self.stats.prompt_secs = t0.elapsed().as_secs_f64();
+            return Ok(true);
+        }
         let todo = &self.prompt[self.stats.cached_tokens..];
         // Batched: chunked prefill, each chunk sharing a forward pass with
         // the other sessions' decode steps.

@@ -32,6 +32,9 @@ pub enum Arch {
     Llama,
     /// `llama4`: the Llama 4 text model (MoE, iRoPE, chunked attention).
     Llama4,
+    /// `mllama`: the Llama 3.2 Vision text model, Llama 3 layers with
+    /// gated cross-attention blocks (to the image) in place of some.
+    Mllama,
 }
 
 impl Arch {
@@ -39,6 +42,7 @@ impl Arch {
         match self {
             Arch::Llama => "llama",
             Arch::Llama4 => "llama4",
+            Arch::Mllama => "mllama",
         }
     }
 }
@@ -98,6 +102,8 @@ pub struct Config {
     pub attn_temperature: Option<AttnTemperature>,
     /// The online rotations of a `spinel quantize --rotate-online` file.
     pub rotation: OnlineRotation,
+    /// Mllama: the layers that are cross-attention blocks (ascending).
+    pub cross_attention_layers: Vec<usize>,
 }
 
 /// Online rotations the forward pass applies (`spinel.rotation.*` keys;
@@ -118,6 +124,7 @@ impl Config {
         let arch = match arch_name {
             "llama" => Arch::Llama,
             "llama4" => Arch::Llama4,
+            "mllama" => Arch::Mllama,
             other => {
                 return Err(ModelError::UnsupportedArchitecture {
                     arch: other.to_string(),
@@ -235,11 +242,12 @@ impl Config {
             qk_norm: false,
             attn_temperature: None,
             rotation: OnlineRotation::default(),
+            cross_attention_layers: Vec::new(),
         };
         config.rotation = online_rotation(md, n_expert, n_ff, head_dim)?;
 
         match arch {
-            Arch::Llama => {
+            Arch::Llama | Arch::Mllama => {
                 if n_expert > 0 {
                     return Err(ModelError::Unsupported {
                         what: format!("llama with {n_expert} experts (Mixtral-style MoE)"),
@@ -290,7 +298,16 @@ impl Config {
                 }
             }
         }
+        if arch == Arch::Mllama {
+            config.cross_attention_layers =
+                cross_attention_layers(md, &k("attention.cross_attention_layers"), n_layer)?;
+        }
         Ok(config)
+    }
+
+    /// Whether layer `il` is an mllama cross-attention block.
+    pub fn layer_is_cross(&self, il: usize) -> bool {
+        self.cross_attention_layers.binary_search(&il).is_ok()
     }
 
     /// Width of all query heads together.
@@ -373,6 +390,25 @@ fn online_rotation(
         });
     }
     Ok(r)
+}
+
+/// The cross-attention layers of an mllama file: distinct, in range, sorted.
+fn cross_attention_layers(md: &Metadata<'_>, key: &str, n_layer: usize) -> Result<Vec<usize>> {
+    let layers: Vec<u32> = md
+        .value(key)?
+        .as_array()
+        .and_then(|a| a.to_vec::<u32>())
+        .ok_or_else(|| bad(key, "not an array of u32".into()))?;
+    let mut out: Vec<usize> = layers.iter().map(|&l| l as usize).collect();
+    out.sort_unstable();
+    out.dedup();
+    if out.len() != layers.len() || out.last().is_some_and(|&l| l >= n_layer) {
+        return Err(bad(
+            key,
+            format!("{layers:?}: layers out of range or listed twice ({n_layer} layers)"),
+        ));
+    }
+    Ok(out)
 }
 
 fn bad(key: &str, reason: String) -> ModelError {

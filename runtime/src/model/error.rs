@@ -75,6 +75,9 @@ pub enum ModelError {
     /// A step of the forward pass panicked on one of the state's threads
     /// (a bug); the state's cache may hold a partial batch.
     WorkerPanicked { message: String },
+    /// Image input (cross-attention states or mask) that does not fit the
+    /// model or the prompt.
+    BadImageInput { reason: String },
 }
 
 impl fmt::Display for ModelError {
@@ -83,7 +86,7 @@ impl fmt::Display for ModelError {
             ModelError::Gguf(e) => write!(f, "{e}"),
             ModelError::UnsupportedArchitecture { arch } => write!(
                 f,
-                "unsupported architecture {arch:?} (supported: \"llama\", \"llama4\")"
+                "unsupported architecture {arch:?} (supported: \"llama\", \"llama4\", \"mllama\")"
             ),
             ModelError::Unsupported { what } => write!(f, "unsupported model feature: {what}"),
             ModelError::BadHyperparameter { key, reason } => {
@@ -102,6 +105,7 @@ impl fmt::Display for ModelError {
                 f,
                 "tensor {name:?} ({ty}) is not aligned in memory for its type"
             ),
+            ModelError::BadImageInput { reason } => write!(f, "bad image input: {reason}"),
             ModelError::EmptyInput => write!(f, "no tokens to process"),
             ModelError::TokenOutOfRange {
                 token,

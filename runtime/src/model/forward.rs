@@ -242,14 +242,15 @@ impl Model<'_> {
         Ok(())
     }
 
-    fn check_input(&self, state: &State, tokens: &[u32]) -> Result<(), ModelError> {
+    pub(super) fn check_input(&self, state: &State, tokens: &[u32]) -> Result<(), ModelError> {
         if state.layout != self.layout {
             return Err(ModelError::StateMismatch);
         }
         if tokens.is_empty() {
             return Err(ModelError::EmptyInput);
         }
-        let n_vocab = self.config.n_vocab;
+        // Mllama's embedding has rows past the vocabulary (the image token).
+        let n_vocab = self.weights.token_embd.rows;
         if let Some((index, &token)) = tokens
             .iter()
             .enumerate()
@@ -272,7 +273,7 @@ impl Model<'_> {
     }
 
     /// `state.logits = output · norm(x[t])` for row `t` of the last batch.
-    fn logits_at(&self, s: &mut State, t: usize) -> Result<(), ModelError> {
+    pub(super) fn logits_at(&self, s: &mut State, t: usize) -> Result<(), ModelError> {
         let (dim, w) = (self.config.dim, &self.weights);
         let norm = Norm {
             weight: &w.output_norm,
@@ -327,7 +328,7 @@ impl Model<'_> {
     /// `s.n_past..`) and `lens[i]` rows for `others[i - 1]` (from its own
     /// `n_past`), one after the other. `over` replaces input embeddings:
     /// its index `first + r` is row `r` of this batch.
-    fn forward_rows(
+    pub(super) fn forward_rows(
         &self,
         s: &mut State,
         others: &mut [&mut State],
@@ -361,8 +362,22 @@ impl Model<'_> {
             rope_angles(cs, p as f32, &self.rope_inv_freq);
         }
 
+        let with_image = s.cross.is_some() || others.iter().any(|o| o.cross.is_some());
+        if with_image && !others.is_empty() {
+            return Err(ModelError::Unsupported {
+                what: "batching a sequence that has an image with others".into(),
+            });
+        }
         for (il, layer) in w.layers.iter().enumerate() {
             self.enter_stage(il);
+            if let Some(cross) = &layer.cross {
+                // Without an image the cross-attention layers are skipped.
+                if with_image {
+                    self.cross_layer(s, layer, cross, il, n)?;
+                }
+                self.leave_stage(il);
+                continue;
+            }
             // ---- Attention: x += Wo · attention(q, k, v) ----
             let (wq, wk, wv, wo) = (
                 layer.wq.view(bytes),

@@ -36,6 +36,7 @@ mod attention;
 #[doc(hidden)]
 pub mod bench;
 mod config;
+mod cross;
 mod error;
 mod forward;
 mod matmul;
@@ -163,6 +164,12 @@ impl<'a> Model<'a> {
     /// The hyperparameters.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Token ids the model takes as input: `n_vocab`, or more where the
+    /// embedding has rows past the vocabulary (mllama's `<|image|>`).
+    pub fn n_input_tokens(&self) -> usize {
+        self.weights.token_embd.rows
     }
 
     /// The GGUF file (metadata for tokenizers and chat templates).

@@ -304,6 +304,8 @@ pub struct State {
     pub(crate) pool: Pool,
     /// `(n_vocab)`: logits of the last position.
     pub(crate) logits: Vec<f32>,
+    /// Mllama: the image's cross-attention keys and values and mask row.
+    pub(crate) cross: Option<Box<super::cross::CrossContext>>,
 }
 
 impl State {
@@ -384,6 +386,7 @@ impl State {
             observer: super::observe::Observer::default(),
             pool,
             logits: vec![0.0; c.n_vocab],
+            cross: None,
             layout,
         };
         Ok(state)
@@ -520,9 +523,11 @@ impl State {
         &self.logits
     }
 
-    /// Forgets everything: the next token goes to position 0.
+    /// Forgets everything (an image context too): the next token goes to
+    /// position 0.
     pub fn reset(&mut self) {
         self.n_past = 0;
+        self.cross = None;
     }
 
     /// Keeps the first `n` positions and forgets the rest (to regenerate or

@@ -5,7 +5,7 @@ use spinel_quant::{GgmlType, Kernels};
 
 use crate::gguf::GgufFile;
 
-use super::config::{Config, MoeConfig};
+use super::config::{Arch, Config, MoeConfig};
 use super::error::ModelError;
 
 type Result<T> = std::result::Result<T, ModelError>;
@@ -132,8 +132,23 @@ pub(crate) struct MoeFfn {
     pub shared_down: Linear,
 }
 
+/// What an mllama cross-attention block adds to a layer's weights (its
+/// `wq`..`wo` are the cross-attention projections: q from the text, k/v
+/// from the image's cross-attention states).
+#[derive(Debug)]
+pub(crate) struct CrossAttn {
+    /// `[head_dim]`: RMS norm weights of each query / key head.
+    pub q_norm: Vec<f32>,
+    pub k_norm: Vec<f32>,
+    /// `tanh` of the attention and feed-forward gates.
+    pub attn_gate: f32,
+    pub mlp_gate: f32,
+}
+
 #[derive(Debug)]
 pub(crate) struct Layer {
+    /// Mllama: this layer is a cross-attention block.
+    pub cross: Option<CrossAttn>,
     pub attn_norm: Vec<f32>,
     pub wq: Linear,
     pub wk: Linear,
@@ -185,10 +200,24 @@ pub(crate) fn load(file: &GgufFile<'_>, cfg: &Config) -> Result<Weights> {
     let l = Loader { file };
     let (dim, vocab) = (cfg.dim, cfg.n_vocab);
 
-    let token_embd = l.matrix("token_embd.weight", &[dim, vocab])?;
+    // Mllama's embedding has rows past the vocabulary (the image token);
+    // its output projection then has to be a tensor of its own.
+    let embd_rows = match (cfg.arch, l.file.tensor("token_embd.weight")) {
+        (Arch::Mllama, Some(t)) => match t.dims() {
+            &[_, n] => usize::try_from(n).unwrap_or(vocab).max(vocab),
+            _ => vocab,
+        },
+        _ => vocab,
+    };
+    let token_embd = l.matrix("token_embd.weight", &[dim, embd_rows])?;
     let output = match l.file.tensor("output.weight") {
         Some(_) => l.matrix("output.weight", &[dim, vocab])?,
-        None => token_embd,
+        None if embd_rows == vocab => token_embd,
+        None => {
+            return Err(ModelError::MissingTensor {
+                name: "output.weight".into(),
+            });
+        }
     };
     let output_norm = l.vector("output_norm.weight", dim)?;
     let rope_freqs = match l.file.tensor("rope_freqs.weight") {
@@ -225,12 +254,31 @@ pub(crate) fn load(file: &GgufFile<'_>, cfg: &Config) -> Result<Weights> {
                 down: linear("ffn_down", cfg.n_ff, dim)?,
             }
         };
+        let (cross, [q, k, v, o]) = if cfg.layer_is_cross(il) {
+            let gate = |t: &str| -> Result<f32> { Ok(l.vector(&name(t), 1)?[0].tanh()) };
+            let cross = CrossAttn {
+                q_norm: l.vector(&name("cross_attn_q_norm.weight"), cfg.head_dim)?,
+                k_norm: l.vector(&name("cross_attn_k_norm.weight"), cfg.head_dim)?,
+                attn_gate: gate("cross_attn_attn_gate")?,
+                mlp_gate: gate("cross_attn_mlp_gate")?,
+            };
+            let names = [
+                "cross_attn_q",
+                "cross_attn_k",
+                "cross_attn_v",
+                "cross_attn_o",
+            ];
+            (Some(cross), names)
+        } else {
+            (None, ["attn_q", "attn_k", "attn_v", "attn_output"])
+        };
         layers.push(Layer {
+            cross,
             attn_norm: l.vector(&name("attn_norm.weight"), dim)?,
-            wq: linear("attn_q", dim, cfg.q_dim())?,
-            wk: linear("attn_k", dim, cfg.kv_dim())?,
-            wv: linear("attn_v", dim, cfg.kv_dim())?,
-            wo: linear("attn_output", cfg.q_dim(), dim)?,
+            wq: linear(q, dim, cfg.q_dim())?,
+            wk: linear(k, dim, cfg.kv_dim())?,
+            wv: linear(v, dim, cfg.kv_dim())?,
+            wo: linear(o, cfg.q_dim(), dim)?,
             ffn_norm: l.vector(&name("ffn_norm.weight"), dim)?,
             ffn,
         });

@@ -31,6 +31,9 @@ pub enum VisionError {
     Weights(String),
     /// The prompt and the images do not fit together.
     Prompt(String),
+    /// The mmproj file does not fit the text model (family or width), or
+    /// the text model takes no images.
+    Mismatch(String),
 }
 
 impl fmt::Display for VisionError {
@@ -53,6 +56,7 @@ impl fmt::Display for VisionError {
             VisionError::Io { path, source } => write!(f, "{path}: {source}"),
             VisionError::Weights(s) => write!(f, "vision weights: {s}"),
             VisionError::Prompt(s) => write!(f, "vision prompt: {s}"),
+            VisionError::Mismatch(s) => write!(f, "vision model: {s}"),
         }
     }
 }

@@ -4,8 +4,10 @@
 use super::error::{Result, VisionError};
 use super::image::RgbImage;
 use super::llama4::Llama4Vision;
+use super::mllama::MllamaVision;
 use super::processor::{
     Llama4ImageTokens, ProcessorConfig, llama4_expand_image_tokens, llama4_preprocess,
+    mllama_cross_attention_mask, mllama_preprocess,
 };
 
 /// A Llama 4 prompt with its images encoded.
@@ -62,5 +64,58 @@ pub fn llama4_image_prompt(
         tokens,
         embed_indices,
         embeds,
+    })
+}
+
+/// An mllama prompt with its images encoded: the tokens are unchanged (one
+/// `<|image|>` per image); the images enter the text model as the keys and
+/// values of its cross-attention layers.
+#[derive(Clone, Debug)]
+pub struct MllamaImagePrompt {
+    pub tokens: Vec<u32>,
+    /// `cross_attention_states` of all images, `(n_tiles · tokens_per_tile,
+    /// text_hidden)`: each image's `max_tiles` tile slots in order.
+    pub cross_states: Vec<f32>,
+    /// Tile slots of all images (`images · max_tiles`).
+    pub n_tiles: usize,
+    /// `(tokens.len(), n_tiles)`: 1 where the token may see the tile.
+    pub mask: Vec<u8>,
+}
+
+/// Encodes the images of an mllama prompt (`ids` holds one `image_token`
+/// per image, in order) and makes its cross-attention mask.
+pub fn mllama_image_prompt(
+    tower: &MllamaVision,
+    processor: &ProcessorConfig,
+    image_token: u32,
+    ids: &[u32],
+    images: &[RgbImage],
+) -> Result<MllamaImagePrompt> {
+    if processor.max_tiles != tower.cfg.max_num_tiles {
+        return Err(VisionError::Config(format!(
+            "the processor makes {} tile slots, the tower takes {}",
+            processor.max_tiles, tower.cfg.max_num_tiles
+        )));
+    }
+    let mut cross_states = Vec::new();
+    let mut num_tiles = Vec::with_capacity(images.len());
+    for img in images {
+        let p = mllama_preprocess(processor, img)?;
+        let out = tower.encode(
+            &p.pixel_values,
+            p.aspect_ratio_id,
+            &p.aspect_ratio_mask,
+            &mut |_, _| {},
+        )?;
+        cross_states.extend_from_slice(&out.features);
+        num_tiles.push(p.num_tiles);
+    }
+    let max_tiles = processor.max_tiles;
+    let mask = mllama_cross_attention_mask(ids, image_token, &num_tiles, max_tiles)?;
+    Ok(MllamaImagePrompt {
+        tokens: ids.to_vec(),
+        cross_states,
+        n_tiles: images.len() * max_tiles,
+        mask,
     })
 }

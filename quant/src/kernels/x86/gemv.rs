@@ -336,10 +336,10 @@ macro_rules! gemv_512 {
         /// `$name`'s on that row alone.
         macro_rules! gemv_fn {
             (
-                                $name:ident, $rows_name:ident, $w:ty, $a:ty, $prep:expr,
-                                |$p:ident, $valid:ident| $dec:expr,
-                                |$d:pat, $q:ident, $acc:ident| $body:expr
-                            ) => {
+                                        $name:ident, $rows_name:ident, $w:ty, $a:ty, $prep:expr,
+                                        |$p:ident, $valid:ident| $dec:expr,
+                                        |$d:pat, $q:ident, $acc:ident| $body:expr
+                                    ) => {
                 /// One activation row (`$a`) times the `n` weight rows in `w`.
                 ///
                 /// # Safety
