@@ -5,12 +5,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args as ClapArgs;
-use spinel_runtime::gguf::MappedGguf;
 use spinel_runtime::imatrix::{Options, compute};
-use spinel_runtime::model::{KvType, Model};
-use spinel_runtime::perplexity::prepare_text;
-use spinel_runtime::tokenizer::Tokenizer;
+use spinel_runtime::model::KvType;
 
+use crate::perplexity::load_text;
 use crate::run::KvArgs;
 
 /// Compute an importance matrix (llama-imatrix's): per weight matrix, the
@@ -46,17 +44,7 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<(), String> {
     let t0 = Instant::now();
     let (kv_type, kv_type_v) = args.kv.types(KvType::F32)?;
-    let text =
-        std::fs::read_to_string(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
-    // SAFETY: model files are read-only while mapped (Spinel's contract).
-    let mapped = unsafe { MappedGguf::open(&args.model) }
-        .map_err(|e| format!("{}: {e}", args.model.display()))?;
-    let tok = Tokenizer::from_gguf(mapped.file()).map_err(|e| e.to_string())?;
-    let model = Model::from_mapped(mapped).map_err(|e| e.to_string())?;
-    let tokens = tok
-        .encode(prepare_text(&text), true, false)
-        .map_err(|e| e.to_string())?;
-    let bos = if tok.add_bos() { tok.bos() } else { None };
+    let (model, tokens, bos) = load_text(&args.model, &args.file)?;
     let opts = Options {
         n_ctx: args.ctx,
         n_chunks: args.chunks,

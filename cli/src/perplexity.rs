@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args as ClapArgs;
@@ -49,17 +49,7 @@ pub struct Args {
 
 pub fn run(args: &Args) -> Result<(), String> {
     let (kv_type, kv_type_v) = args.kv.types(KvType::F32)?;
-    let text =
-        std::fs::read_to_string(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
-    // SAFETY: model files are read-only while mapped (Spinel's contract).
-    let mapped = unsafe { MappedGguf::open(&args.model) }
-        .map_err(|e| format!("{}: {e}", args.model.display()))?;
-    let tok = Tokenizer::from_gguf(mapped.file()).map_err(|e| e.to_string())?;
-    let model = Model::from_mapped(mapped).map_err(|e| e.to_string())?;
-    let tokens = tok
-        .encode(prepare_text(&text), true, false)
-        .map_err(|e| e.to_string())?;
-    let bos = if tok.add_bos() { tok.bos() } else { None };
+    let (model, tokens, bos) = load_text(&args.model, &args.file)?;
     let opts = Options {
         n_ctx: args.ctx,
         n_chunks: args.chunks,
@@ -133,4 +123,24 @@ pub fn run(args: &Args) -> Result<(), String> {
     }
     let _ = std::io::stdout().flush();
     Ok(())
+}
+
+/// The model at `model` and the text at `file` tokenized for evaluation
+/// (as llama-perplexity and llama-imatrix prepare it), with the BOS token
+/// the model adds, if any.
+pub(crate) fn load_text(
+    model: &Path,
+    file: &Path,
+) -> Result<(Model<'static>, Vec<u32>, Option<u32>), String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    // SAFETY: model files are read-only while mapped (Spinel's contract).
+    let mapped =
+        unsafe { MappedGguf::open(model) }.map_err(|e| format!("{}: {e}", model.display()))?;
+    let tok = Tokenizer::from_gguf(mapped.file()).map_err(|e| e.to_string())?;
+    let model = Model::from_mapped(mapped).map_err(|e| e.to_string())?;
+    let tokens = tok
+        .encode(prepare_text(&text), true, false)
+        .map_err(|e| e.to_string())?;
+    let bos = if tok.add_bos() { tok.bos() } else { None };
+    Ok((model, tokens, bos))
 }
