@@ -449,14 +449,14 @@ fn cases() -> Vec<Case> {
             "tensor \"t\": unknown tensor type id 99"
         ),
         case!(
-            "unsupported-tensor-type-iq2_xxs.gguf",
-            one_tensor("t", &[256], 16, 0, 66),
+            "unsupported-tensor-type-tq1_0.gguf",
+            one_tensor("t", &[256], 34, 0, 54),
             GgufError::UnknownTensorType {
-                id: 16,
-                name: Some("IQ2_XXS"),
+                id: 34,
+                name: Some("TQ1_0"),
                 ..
             },
-            "type IQ2_XXS (id 16) is not supported"
+            "type TQ1_0 (id 34) is not supported"
         ),
         case!(
             "arm-repacked-q4_0_4_4.gguf",
