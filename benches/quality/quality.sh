@@ -21,8 +21,8 @@ CHUNKS=${CHUNKS:-16}
 mkdir -p "$W"; cd "$W"
 TEXT=$("$ROOT/scripts/fetch-eval-text.sh")
 MODEL=${SPINEL_TEST_MODEL:-$HOME/.cache/spinel/models/SmolLM2-135M-Instruct.Q4_1.gguf}
-head -c 200000 "$TEXT" > eval.txt
-head -c 800000 "$TEXT" | tail -c 100000 > calib.txt
+head -c 200000 "$TEXT" | iconv -c -f utf-8 -t utf-8 > eval.txt
+head -c 800000 "$TEXT" | tail -c 100000 | iconv -c -f utf-8 -t utf-8 > calib.txt
 
 [[ -f base.f32.gguf ]] || "$S" quantize "$MODEL" base.f32.gguf --type f32 -t "$T" 2>/dev/null
 [[ -f llama.imatrix.gguf ]] || "$B/llama-imatrix" -m base.f32.gguf -f calib.txt -o llama.imatrix.gguf \
