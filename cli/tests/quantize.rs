@@ -18,7 +18,9 @@
 //!   for q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k, iq4_nl
 //!   and iq4_xs;
 //!   the same file in the legacy .dat format gives the same bytes; and
-//!   both tools accept the imatrix `spinel imatrix` writes.
+//!   both tools accept the imatrix `spinel imatrix` writes;
+//!   likewise for the grid i-quant mixes iq2_xxs, iq2_xs, iq2_s, iq2_m,
+//!   iq1_s, iq1_m, iq3_xxs and iq3_m.
 //! * iq3_s and iq3_m (the grid i-quant mixes llama-quantize makes without
 //!   an importance matrix) are byte-identical to llama-quantize's, their
 //!   IQ3_S tensors dequantize as gguf-py does, and the iq3_m file's
@@ -181,6 +183,12 @@ fn calibration_text() -> PathBuf {
     out
 }
 
+/// `llama-imatrix`'s GGUF importance matrix, made once for every test.
+fn llama_imatrix_gguf() -> &'static Path {
+    static M: OnceLock<PathBuf> = OnceLock::new();
+    M.get_or_init(|| llama_imatrix("gguf"))
+}
+
 /// `llama-imatrix` on the demo model, 4 chunks of 128 tokens, in `format`.
 fn llama_imatrix(format: &str) -> PathBuf {
     let out = work_dir().join(format!("llama.imatrix.{format}"));
@@ -258,12 +266,12 @@ fn assert_same_bytes(ty: &str, a: &Path, b: &Path) {
 /// and the `quantize.imatrix.*` metadata). The legacy .dat file of the same
 /// data gives the same tensors.
 fn imatrix_files_equal_llama_quantize() {
-    let im = llama_imatrix("gguf");
+    let im = llama_imatrix_gguf();
     for ty in [
         "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_m", "q4_k_m", "q5_k_m", "q6_k", "iq4_nl",
         "iq4_xs",
     ] {
-        let (a, b) = quantize_both(ty, &im, "imatrix");
+        let (a, b) = quantize_both(ty, im, "imatrix");
         assert_same_bytes(ty, &a, &b);
     }
     // The importance matrix changes the result.
@@ -311,6 +319,22 @@ fn imatrix_files_equal_llama_quantize() {
     let dat = llama_imatrix("dat");
     let (a, b) = quantize_both("q4_k_m", &dat, "dat");
     assert_same_bytes("q4_k_m (.dat)", &a, &b);
+}
+
+/// The grid i-quant mixes with llama-imatrix's importance matrix (those
+/// llama-quantize only makes with one, and iq3_m whose IQ3_S tensors now
+/// use it): whole files byte-identical to `llama-quantize --imatrix`. One
+/// file per mix: iq3_s and iq3_xs share their quantizers with iq3_m and
+/// iq3_xxs.
+#[test]
+fn grid_iquants_with_imatrix_like_llama_quantize() {
+    let im = llama_imatrix_gguf();
+    for ty in [
+        "iq2_xxs", "iq2_xs", "iq2_s", "iq2_m", "iq1_s", "iq1_m", "iq3_xxs", "iq3_m",
+    ] {
+        let (a, b) = quantize_both(ty, im, "imatrix");
+        assert_same_bytes(ty, &a, &b);
+    }
 }
 
 /// Interop: the GGUF imatrix `spinel imatrix` writes is accepted by

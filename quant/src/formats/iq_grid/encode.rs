@@ -101,20 +101,29 @@ struct SuperBlock {
 }
 
 /// ggml's `make_qp_quants` (levels `0..=nmax`) as IQ2_XXS uses it.
+///
+/// ggml keeps the levels in a `uint8_t` array, and the parity flip can leave
+/// a negative magnitude in `x`: its level rounds to -1, stored as 255, and
+/// that 255 is what the error sums and the refinement read back. The levels
+/// are kept as bytes here too, and handed back as ggml's caller sees them
+/// (as `int8_t`).
 fn make_qp_quants(nmax: i32, x: &[f32], l: &mut [i8], w: &[f32]) -> f32 {
     let max = x.iter().fold(0f32, |m, &v| if m > v { m } else { v });
     if max < 1e-15 {
         l.fill(0);
         return 0.0;
     }
+    let n = x.len();
+    let mut lu = [0u8; 32];
+    let lu = &mut lu[..n];
     let mut iscale = nmax as f32 / max;
-    for (l, &x) in l.iter_mut().zip(x) {
-        *l = nearest_int(iscale * x) as i8;
+    for (l, &x) in lu.iter_mut().zip(x) {
+        *l = nearest_int(iscale * x) as u8;
     }
     let scale = 1.0 / iscale;
     let mut best_mse = 0f32;
-    for i in 0..x.len() {
-        let diff = x[i] - scale * f32::from(l[i]);
+    for i in 0..n {
+        let diff = x[i] - scale * f32::from(lu[i]);
         best_mse += w[i] * diff * diff;
     }
     for is in -4..=4 {
@@ -124,7 +133,7 @@ fn make_qp_quants(nmax: i32, x: &[f32], l: &mut [i8], w: &[f32]) -> f32 {
         let iscale_is = (0.1 * is as f32 + nmax as f32) / max;
         let scale_is = 1.0 / iscale_is;
         let mut mse = 0f32;
-        for i in 0..x.len() {
+        for i in 0..n {
             let q = nearest_int(iscale_is * x[i]).min(nmax);
             let diff = x[i] - scale_is * q as f32;
             mse += w[i] * diff * diff;
@@ -135,25 +144,25 @@ fn make_qp_quants(nmax: i32, x: &[f32], l: &mut [i8], w: &[f32]) -> f32 {
         }
     }
     let (mut sumlx, mut suml2) = (0f32, 0f32);
-    for i in 0..x.len() {
+    for i in 0..n {
         let q = nearest_int(iscale * x[i]).min(nmax);
-        l[i] = q as i8;
+        lu[i] = q as u8;
         sumlx += w[i] * x[i] * q as f32;
         suml2 += w[i] * q as f32 * q as f32;
     }
     for _ in 0..5 {
         let mut n_changed = 0;
-        for i in 0..x.len() {
-            let li = f32::from(l[i]);
+        for i in 0..n {
+            let li = f32::from(lu[i]);
             let mut slx = sumlx - w[i] * x[i] * li;
             let mut sl2 = suml2 - w[i] * li * li;
             if slx > 0.0 && sl2 > 0.0 {
                 let new_l = nearest_int(x[i] * sl2 / slx).min(nmax);
-                if new_l != i32::from(l[i]) {
+                if new_l != i32::from(lu[i]) {
                     slx += w[i] * x[i] * new_l as f32;
                     sl2 += w[i] * new_l as f32 * new_l as f32;
                     if slx * slx * suml2 > sumlx * sumlx * sl2 {
-                        l[i] = new_l as i8;
+                        lu[i] = new_l as u8;
                         sumlx = slx;
                         suml2 = sl2;
                         n_changed += 1;
@@ -164,6 +173,9 @@ fn make_qp_quants(nmax: i32, x: &[f32], l: &mut [i8], w: &[f32]) -> f32 {
         if n_changed == 0 {
             break;
         }
+    }
+    for (l, &u) in l.iter_mut().zip(lu.iter()) {
+        *l = u as i8;
     }
     if suml2 > 0.0 { sumlx / suml2 } else { 0.0 }
 }
