@@ -71,3 +71,11 @@ impl std::error::Error for VisionError {
 }
 
 pub type Result<T> = std::result::Result<T, VisionError>;
+
+/// The non-negative integer `key` of a Hugging Face vision config object.
+pub(super) fn field(v: &serde_json::Value, key: &str) -> Result<usize> {
+    v.get(key)
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|x| usize::try_from(x).ok())
+        .ok_or_else(|| VisionError::Config(format!("{key} missing or not an integer")))
+}

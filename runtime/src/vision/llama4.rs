@@ -8,7 +8,7 @@
 
 use serde_json::Value;
 
-use super::error::{Result, VisionError};
+use super::error::{Result, VisionError, field};
 use super::tensor::{
     Bias, EncoderLayer, LayerDims, LayerInputs, LayerNorm, Linear, Scratch, TensorSource, gelu,
     load, patches,
@@ -29,13 +29,6 @@ pub struct Llama4VisionConfig {
     pub projector_output_dim: usize,
     pub rope_theta: f32,
     pub text_hidden_size: usize,
-}
-
-fn field(v: &Value, key: &str) -> Result<usize> {
-    v.get(key)
-        .and_then(Value::as_u64)
-        .and_then(|x| usize::try_from(x).ok())
-        .ok_or_else(|| VisionError::Config(format!("{key} missing or not an integer")))
 }
 
 impl Llama4VisionConfig {

@@ -9,7 +9,7 @@
 
 use serde_json::Value;
 
-use super::error::{Result, VisionError};
+use super::error::{Result, VisionError, field};
 use super::tensor::{
     Bias, EncoderLayer, LayerDims, LayerInputs, LayerNorm, Linear, Scratch, TensorSource, load,
     load_gate, patches,
@@ -33,13 +33,6 @@ pub struct MllamaVisionConfig {
     pub norm_eps: f32,
     /// The text model's hidden size (the projector's output).
     pub text_hidden_size: usize,
-}
-
-fn field(v: &Value, key: &str) -> Result<usize> {
-    v.get(key)
-        .and_then(Value::as_u64)
-        .and_then(|x| usize::try_from(x).ok())
-        .ok_or_else(|| VisionError::Config(format!("{key} missing or not an integer")))
 }
 
 impl MllamaVisionConfig {
