@@ -58,7 +58,8 @@ impl From<DownloadError> for SpinelError {
             DownloadError::BadUrl(_) => SpinelError::InvalidArgument { reason },
             DownloadError::Http { .. }
             | DownloadError::Network(_)
-            | DownloadError::Truncated { .. } => SpinelError::Download { reason },
+            | DownloadError::Truncated { .. }
+            | DownloadError::TooLarge { .. } => SpinelError::Download { reason },
         }
     }
 }

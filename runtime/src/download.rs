@@ -36,6 +36,8 @@ pub enum DownloadError {
     Cancelled,
     /// Reading or writing the local file failed.
     Io { path: PathBuf, reason: String },
+    /// A [`fetch`] body is longer than its limit.
+    TooLarge { limit: u64 },
 }
 
 impl fmt::Display for DownloadError {
@@ -54,6 +56,9 @@ impl fmt::Display for DownloadError {
             ),
             DownloadError::Cancelled => write!(f, "the download was cancelled"),
             DownloadError::Io { path, reason } => write!(f, "{}: {reason}", path.display()),
+            DownloadError::TooLarge { limit } => {
+                write!(f, "the body is larger than the {limit}-byte limit")
+            }
         }
     }
 }
@@ -64,6 +69,34 @@ impl std::error::Error for DownloadError {}
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most time between two progress reports.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
+/// Fetches a small file (an image a request points at) into memory: at
+/// most `limit` bytes, within `timeout` in all, following redirects.
+pub fn fetch(url: &str, limit: u64, timeout: Duration) -> Result<Vec<u8>, DownloadError> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(DownloadError::BadUrl(url.to_string()));
+    }
+    let agent = ureq::AgentBuilder::new().timeout(timeout).build();
+    let resp = match agent.get(url).call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(status, _)) => {
+            return Err(DownloadError::Http {
+                status,
+                url: url.to_string(),
+            });
+        }
+        Err(e) => return Err(DownloadError::Network(e.to_string())),
+    };
+    let mut body = Vec::new();
+    resp.into_reader()
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut body)
+        .map_err(|e| DownloadError::Network(e.to_string()))?;
+    if body.len() as u64 > limit {
+        return Err(DownloadError::TooLarge { limit });
+    }
+    Ok(body)
+}
 
 /// `DEST.part`: where a file is written before it is renamed to `DEST`
 /// (downloads, saved sessions).

@@ -13,10 +13,12 @@ use std::time::Instant;
 
 use hyper::body::Bytes;
 use serde_json::{Map, Value, json};
+use spinel_runtime::chat::openai::{ChatImage, ImageSource};
 use spinel_runtime::engine::{
     EngineError, GenerateOptions, Piece, PoolError, PooledSession, Session, Stats,
 };
 use spinel_runtime::sampling::SamplingParams;
+use spinel_runtime::vision::{RgbImage, decode_image};
 use tokio::sync::mpsc;
 
 use super::http::Msg;
@@ -44,6 +46,8 @@ const HOLD_FOR: std::time::Duration = std::time::Duration::from_secs(3);
 struct Job {
     chat: bool,
     prompt: Vec<u32>,
+    /// The images of a chat prompt, in order (its image markers).
+    images: Vec<RgbImage>,
     opts: GenerateOptions,
     settings: Settings,
     tools_offered: bool,
@@ -104,7 +108,7 @@ pub fn work(
             });
             answer.finish(&done, &mut reply);
         }
-        Ok(Err(e)) => reply.error(&ApiError::server(e.to_string())),
+        Ok(Err(e)) => reply.error(&engine_error(&e)),
         Err(panicked) => {
             ctx.metrics.panicked();
             eprintln!("spinel serve: {panicked}; the session was reset");
@@ -112,6 +116,20 @@ pub fn work(
                 "internal error: {panicked} (the server goes on)"
             )));
         }
+    }
+}
+
+/// A failed generation: the request's fault (an image prompt that does not
+/// fit, say; caught before anything was sent) is a 400, anything else 500.
+fn engine_error(e: &EngineError) -> ApiError {
+    match e {
+        EngineError::Vision(_) | EngineError::NoVision => {
+            ApiError::invalid(e.to_string(), Some("messages"))
+        }
+        EngineError::PromptTooLong { .. } => {
+            ApiError::invalid(e.to_string(), Some("messages")).with_code("context_length_exceeded")
+        }
+        _ => ApiError::server(e.to_string()),
     }
 }
 
@@ -152,7 +170,10 @@ fn generate(
     answer: &mut Answer,
 ) -> Result<Done, EngineError> {
     let cancel = session.cancel_handle();
-    let mut stream = session.stream(&job.prompt, &job.opts)?;
+    let mut stream = match job.images.is_empty() {
+        true => session.stream(&job.prompt, &job.opts)?,
+        false => session.stream_with_images(&job.prompt, &job.images, &job.opts)?,
+    };
     ticket.attach(cancel.clone());
     if job.settings.stream && !answer.start(reply) {
         cancel.cancel();
@@ -371,6 +392,7 @@ impl Answer {
                 }
             };
             let mut v = self.base(json!({"choices": [choice], "usage": usage}));
+            v["timings"] = timings(s);
             if self.return_tokens {
                 v["tokens"] = json!(self.ids);
             }
@@ -400,6 +422,7 @@ impl Answer {
             // Not OpenAI's, but harmless; clients ignore unknown fields.
             last["usage"] = usage.clone();
         }
+        last["timings"] = timings(s);
         if self.return_tokens {
             last["tokens"] = json!(self.ids);
         }
@@ -410,9 +433,35 @@ impl Answer {
     }
 }
 
-/// The prompt of a chat request: its messages rendered with the template.
-fn chat_prompt(ctx: &Ctx, body: &Map<String, Value>) -> Result<(String, bool), ApiError> {
+/// llama.cpp's server's `timings` (not OpenAI's; clients ignore it), with
+/// the image encoding time.
+fn timings(s: &Stats) -> Value {
+    json!({
+        "prompt_n": s.processed_prompt_tokens(),
+        "prompt_ms": s.prompt_secs * 1e3,
+        "predicted_n": s.generated_tokens,
+        "predicted_ms": s.generation_secs * 1e3,
+        "image_encode_ms": s.image_encode_secs * 1e3,
+    })
+}
+
+/// What a request asks the model: the prompt's text, whether tools are
+/// offered, and the images of a chat.
+struct Prompt {
+    text: String,
+    tools_offered: bool,
+    images: Vec<RgbImage>,
+}
+
+/// The prompt of a chat request: its messages rendered with the template,
+/// and its images decoded.
+fn chat_prompt(ctx: &Ctx, body: &Map<String, Value>) -> Result<Prompt, ApiError> {
     let input = openai::chat_input(body, ctx.ipython)?;
+    let images = input
+        .images
+        .iter()
+        .map(|image| load_image(ctx, image))
+        .collect::<Result<Vec<_>, _>>()?;
     let template = ctx
         .engine
         .chat_template()
@@ -425,7 +474,53 @@ fn chat_prompt(ctx: &Ctx, body: &Map<String, Value>) -> Result<(String, bool), A
     let text = template
         .render_json(&input.messages, true, &extra)
         .map_err(|e| ApiError::invalid(format!("cannot render the chat: {e}"), Some("messages")))?;
-    Ok((text, tools_offered))
+    Ok(Prompt {
+        text,
+        tools_offered,
+        images,
+    })
+}
+
+/// Largest image a request may point at with an http(s) URL.
+const MAX_IMAGE_BYTES: u64 = 20 << 20;
+
+/// An image part's pixels: its data: URL's bytes, or its URL's where the
+/// server allows fetching, decoded.
+fn load_image(ctx: &Ctx, image: &ChatImage) -> Result<RgbImage, ApiError> {
+    let param = Some(image.param.as_str());
+    if ctx.engine.vision().is_none() {
+        return Err(ApiError::invalid(
+            format!(
+                "{}: this server takes no images (its model has no vision tower; a vision \
+                 model is served with --mmproj)",
+                image.param
+            ),
+            param,
+        ));
+    }
+    let fetched;
+    let bytes = match &image.source {
+        ImageSource::Data(bytes) => bytes,
+        ImageSource::Url(url) if ctx.allow_image_urls => {
+            let timeout = std::time::Duration::from_secs(30);
+            fetched =
+                spinel_runtime::download::fetch(url, MAX_IMAGE_BYTES, timeout).map_err(|e| {
+                    ApiError::invalid(format!("{}: cannot fetch {url}: {e}", image.param), param)
+                })?;
+            &fetched
+        }
+        ImageSource::Url(_) => {
+            return Err(ApiError::invalid(
+                format!(
+                    "{}: this server does not fetch image URLs (start it with \
+                     --allow-image-urls); send the image as a base64 data: URL",
+                    image.param
+                ),
+                param,
+            ));
+        }
+    };
+    decode_image(bytes).map_err(|e| ApiError::invalid(format!("{}: {e}", image.param), param))
 }
 
 /// The prompt of a text completion.
@@ -454,9 +549,17 @@ fn prepare(
     let settings = openai::settings(body)?;
     let grammar = openai::constraint(body)?;
     let engine = &ctx.engine;
-    let (text, tools_offered) = match chat {
+    let Prompt {
+        text,
+        tools_offered,
+        images,
+    } = match chat {
         true => chat_prompt(ctx, body)?,
-        false => (completion_prompt(body)?, false),
+        false => Prompt {
+            text: completion_prompt(body)?,
+            tools_offered: false,
+            images: Vec::new(),
+        },
     };
     let prompt = match chat {
         true => engine.tokenize_chat(&text),
@@ -486,6 +589,7 @@ fn prepare(
     Ok(Job {
         chat,
         prompt,
+        images,
         opts,
         settings,
         tools_offered,

@@ -34,7 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use spinel_runtime::chat::ChatTemplate;
 use spinel_runtime::engine::{Engine, Session, SessionPool, SpeculativeOptions};
 
-use crate::run::{SessionArgs, SpeculativeArgs, load_engine};
+use crate::run::{SessionArgs, SpeculativeArgs, load_engine_with_vision};
 use http::Limits;
 use metrics::{Gauges, Metrics};
 use requests::Requests;
@@ -115,6 +115,15 @@ pub struct Args {
     /// before they are cancelled.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     shutdown_grace: f64,
+    /// The vision tower for image input (`OUT.mmproj.gguf` from `spinel
+    /// convert`): chat requests may then carry OpenAI `image_url` parts
+    /// with base64 `data:` URLs.
+    #[arg(long)]
+    mmproj: Option<PathBuf>,
+    /// Also fetch `image_url` parts that are http(s) URLs (at most 20 MiB,
+    /// 30 s each); without it such requests get 400.
+    #[arg(long)]
+    allow_image_urls: bool,
     /// Serve Prometheus metrics at /metrics (requests, tokens, queue,
     /// time to first token, batching, speculative decoding).
     #[arg(long)]
@@ -135,6 +144,8 @@ struct Ctx {
     ipython: bool,
     /// `--ignore-eos`: every request generates past end-of-generation tokens.
     ignore_eos: bool,
+    /// `--allow-image-urls`: image parts may be fetched from http(s) URLs.
+    allow_image_urls: bool,
     /// Speculative decoding for every request.
     speculative: Option<SpeculativeOptions>,
     created: u64,
@@ -227,7 +238,7 @@ impl Args {
 /// Loads the model (with `--chat-template-file`'s template) and opens the
 /// `--parallel` sessions.
 fn load(args: &Args) -> Result<(Arc<Engine>, Vec<Session>), String> {
-    let mut engine = load_engine(&args.model, &args.session)?;
+    let mut engine = load_engine_with_vision(&args.model, args.mmproj.as_deref(), &args.session)?;
     if let Some(path) = &args.chat_template_file {
         let source = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -276,6 +287,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         n_ctx,
         ipython,
         ignore_eos: args.ignore_eos,
+        allow_image_urls: args.allow_image_urls,
         speculative,
         created: now_secs(),
         limits,

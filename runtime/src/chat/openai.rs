@@ -78,19 +78,44 @@ pub fn uses_ipython_role(template: &ChatTemplate) -> bool {
 }
 
 /// What a chat template is told: the messages (OpenAI's shape turned into
-/// what Hugging Face templates expect) and the tools.
+/// what Hugging Face templates expect) and the tools, and the images the
+/// messages carry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatInput {
     pub messages: Value,
     /// The function declarations offered (`None`: none, or `tool_choice`
     /// is `"none"`).
     pub tools: Option<Value>,
+    /// The `image_url` parts of the user messages, in conversation order:
+    /// the template shows each as `{"type": "image"}` in its message, which
+    /// image templates render as the model's image marker.
+    pub images: Vec<ChatImage>,
+}
+
+/// An `image_url` content part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatImage {
+    pub source: ImageSource,
+    /// Where it is in the request (`messages[1].content[0]`), for errors.
+    pub param: String,
+}
+
+/// Where an image's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageSource {
+    /// A base64 `data:` URL, decoded.
+    Data(Vec<u8>),
+    /// An `http://` or `https://` URL: the caller decides whether to fetch
+    /// it.
+    Url(String),
 }
 
 /// Turns a request's OpenAI `messages` (and `tools`) into template input.
 ///
 /// * `content` may be a string, null, or a list of `{"type": "text"}` parts
-///   (joined);
+///   (joined); a user message's list may hold `{"type": "image_url"}` parts
+///   too (a base64 `data:` URL or an http(s) URL, see [`ChatInput::images`]),
+///   and the content is then the list of `image` and `text` parts in order;
 /// * `developer` messages are `system` ones;
 /// * assistant `tool_calls` keep their shape, with `function.arguments`
 ///   (a JSON string in OpenAI's API) parsed into an object, as Hugging Face
@@ -115,10 +140,11 @@ pub fn chat_input(body: &Map<String, Value>, ipython: bool) -> Result<ChatInput,
             ));
         }
     };
+    let mut images = Vec::new();
     let messages = list
         .iter()
         .enumerate()
-        .map(|(i, m)| template_message(m, &format!("messages[{i}]"), ipython))
+        .map(|(i, m)| template_message(m, &format!("messages[{i}]"), ipython, &mut images))
         .collect::<Result<Vec<_>, _>>()?;
     let tools = match body.get("tool_choice").and_then(Value::as_str) {
         Some("none") => None,
@@ -127,11 +153,17 @@ pub fn chat_input(body: &Map<String, Value>, ipython: bool) -> Result<ChatInput,
     Ok(ChatInput {
         messages: Value::Array(messages),
         tools,
+        images,
     })
 }
 
 /// One message in the template's shape; `param` names it in errors.
-fn template_message(m: &Value, param: &str, ipython: bool) -> Result<Value, InvalidRequest> {
+fn template_message(
+    m: &Value,
+    param: &str,
+    ipython: bool,
+    images: &mut Vec<ChatImage>,
+) -> Result<Value, InvalidRequest> {
     let Value::Object(m) = m else {
         return Err(InvalidRequest::new(
             format!("{param} must be an object, not {}", json_kind(m)),
@@ -162,10 +194,15 @@ fn template_message(m: &Value, param: &str, ipython: bool) -> Result<Value, Inva
     };
     let mut msg = Map::new();
     msg.insert("role".into(), role.into());
-    msg.insert(
-        "content".into(),
-        content_text(m.get("content"), param)?.into(),
-    );
+    let n_images = images.len();
+    let content = message_content(m.get("content"), param, images)?;
+    if role != "user" && images.len() > n_images {
+        return Err(InvalidRequest::new(
+            format!("{param}.content: only user messages may carry images"),
+            format!("{param}.content"),
+        ));
+    }
+    msg.insert("content".into(), content);
     if role == "assistant" {
         if let Some(calls) = m.get("tool_calls").filter(|v| !v.is_null()) {
             msg.insert("tool_calls".into(), template_tool_calls(calls, param)?);
@@ -179,40 +216,94 @@ fn template_message(m: &Value, param: &str, ipython: bool) -> Result<Value, Inva
     Ok(Value::Object(msg))
 }
 
-/// A message's `content` as text: a string, null (empty), or text parts.
-fn content_text(content: Option<&Value>, param: &str) -> Result<String, InvalidRequest> {
-    match content {
-        None | Some(Value::Null) => Ok(String::new()),
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Array(parts)) => {
-            let mut text = String::new();
-            for part in parts {
-                match part.get("text") {
-                    Some(Value::String(t)) => text.push_str(t),
-                    _ if part.get("type").and_then(Value::as_str) == Some("image_url") => {
-                        return Err(InvalidRequest::new(
-                            format!(
-                                "{param}.content has an image, which this server does not take \
-                                 (it has no vision model)"
-                            ),
-                            format!("{param}.content"),
-                        ));
-                    }
-                    _ => {
-                        return Err(InvalidRequest::new(
-                            format!("{param}.content parts must be text parts"),
-                            format!("{param}.content"),
-                        ));
-                    }
-                }
-            }
-            Ok(text)
+/// A message's `content`: a string, null (empty), or parts. Text parts
+/// alone are joined into one string; with images, the content is the list
+/// of `{"type": "image"}` and `{"type": "text"}` parts in order, and the
+/// images are added to `images`.
+fn message_content(
+    content: Option<&Value>,
+    param: &str,
+    images: &mut Vec<ChatImage>,
+) -> Result<Value, InvalidRequest> {
+    let parts = match content {
+        None | Some(Value::Null) => return Ok(Value::from("")),
+        Some(Value::String(s)) => return Ok(Value::from(s.as_str())),
+        Some(Value::Array(parts)) => parts,
+        Some(v) => {
+            return Err(InvalidRequest::new(
+                format!("{param}.content must be a string, not {}", json_kind(v)),
+                format!("{param}.content"),
+            ));
         }
-        Some(v) => Err(InvalidRequest::new(
-            format!("{param}.content must be a string, not {}", json_kind(v)),
-            format!("{param}.content"),
-        )),
+    };
+    let mut text = String::new();
+    let mut out = Vec::new();
+    for (j, part) in parts.iter().enumerate() {
+        let part_param = format!("{param}.content[{j}]");
+        match (part.get("type").and_then(Value::as_str), part.get("text")) {
+            (Some("text") | None, Some(Value::String(t))) => {
+                text.push_str(t);
+                out.push(json!({"type": "text", "text": t}));
+            }
+            (Some("image_url"), _) => {
+                let source = image_source(part.get("image_url"), &part_param)?;
+                images.push(ChatImage {
+                    source,
+                    param: part_param,
+                });
+                out.push(json!({"type": "image"}));
+            }
+            _ => {
+                return Err(InvalidRequest::new(
+                    format!("{part_param} must be a text or an image_url part"),
+                    part_param,
+                ));
+            }
+        }
     }
+    Ok(match out.iter().any(|p| p["type"] == "image") {
+        true => Value::Array(out),
+        false => Value::from(text),
+    })
+}
+
+/// An `image_url` part's image: `{"url": URL}` (or the URL alone), a base64
+/// `data:` URL of an image type, or an http(s) URL.
+fn image_source(image_url: Option<&Value>, param: &str) -> Result<ImageSource, InvalidRequest> {
+    use base64::Engine as _;
+    let bad = |why: String| InvalidRequest::new(format!("{param}: {why}"), param);
+    let url = match image_url {
+        Some(Value::String(u)) => u.as_str(),
+        Some(Value::Object(o)) => match o.get("url") {
+            Some(Value::String(u)) => u.as_str(),
+            _ => return Err(bad("image_url.url must be a string".into())),
+        },
+        _ => return Err(bad("image_url must be {\"url\": \"data:image/...\"}".into())),
+    };
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Ok(ImageSource::Url(url.to_string()));
+    }
+    let Some(rest) = url.strip_prefix("data:") else {
+        let shown: String = url.chars().take(40).collect();
+        return Err(bad(format!(
+            "the image URL must be a base64 data: URL or an http(s) URL, not {shown:?}"
+        )));
+    };
+    let Some((meta, data)) = rest.split_once(',') else {
+        return Err(bad("the data: URL has no ',' before its data".into()));
+    };
+    let Some(media) = meta.strip_suffix(";base64") else {
+        return Err(bad(
+            "only base64 data: URLs are taken (data:image/png;base64,...)".into(),
+        ));
+    };
+    if !media.is_empty() && !media.starts_with("image/") {
+        return Err(bad(format!("the data: URL is {media:?}, not an image")));
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map(ImageSource::Data)
+        .map_err(|e| bad(format!("the data: URL's base64 does not decode: {e}")))
 }
 
 /// The `tools` offered: each must name its function.
@@ -382,7 +473,11 @@ mod tests {
             ),
             (
                 json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
-                "messages[0].content",
+                "messages[0].content[0]",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "audio"}]}]}),
+                "messages[0].content[0]",
             ),
             (
                 json!({"messages": [{"role": "assistant", "tool_calls": [{"function": {}}]}]}),
@@ -401,13 +496,68 @@ mod tests {
             assert_eq!(e.param.as_deref(), Some(param), "{body}: {e}");
             assert!(!e.message.is_empty());
         }
-        // An image part says why it is refused.
-        let body = json!({"messages": [{"role": "user", "content": [
+    }
+
+    #[test]
+    fn image_parts_become_image_entries_in_order() {
+        let body = json!({"messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [
+                {"type": "text", "text": "Compare "},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0K"}},
+                {"type": "text", "text": "with"},
+                {"type": "image_url", "image_url": "https://example.org/b.jpg"},
+            ]},
+        ]});
+        let input = chat_input(&obj(body), true).unwrap();
+        assert_eq!(
+            input.messages[1]["content"],
+            json!([
+                {"type": "text", "text": "Compare "},
+                {"type": "image"},
+                {"type": "text", "text": "with"},
+                {"type": "image"},
+            ])
+        );
+        assert_eq!(input.messages[0]["content"], "Be brief.");
+        assert_eq!(
+            input.images,
+            vec![
+                ChatImage {
+                    source: ImageSource::Data(vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a]),
+                    param: "messages[1].content[1]".into(),
+                },
+                ChatImage {
+                    source: ImageSource::Url("https://example.org/b.jpg".into()),
+                    param: "messages[1].content[3]".into(),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_image_parts_say_what_is_wrong() {
+        for (url, why) in [
+            (json!("data:image/png,abc"), "only base64"),
+            (json!("data:text/plain;base64,aGk="), "not an image"),
+            (json!("data:image/png;base64,@@@"), "does not decode"),
+            (json!("data:image/png;base64"), "no ','"),
+            (json!("file:///etc/passwd"), "must be a base64 data: URL"),
+            (json!(5), "image_url must be"),
+        ] {
+            let body = json!({"messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": url},
+            ]}]});
+            let e = chat_input(&obj(body), true).unwrap_err();
+            assert!(e.message.contains(why), "{url}: {e}");
+            assert_eq!(e.param.as_deref(), Some("messages[0].content[0]"));
+        }
+        // Only user messages carry images.
+        let body = json!({"messages": [{"role": "assistant", "content": [
             {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
-            {"type": "text", "text": "What is this?"}
         ]}]});
         let e = chat_input(&obj(body), true).unwrap_err();
-        assert!(e.message.contains("no vision model"), "{e}");
+        assert!(e.message.contains("only user messages"), "{e}");
     }
 
     #[test]

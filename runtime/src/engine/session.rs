@@ -375,11 +375,6 @@ impl Session {
     ) -> Result<(Prepared, VisionPrompt, f64), EngineError> {
         let engine = self.engine.clone();
         let vision = engine.vision().ok_or(EngineError::NoVision)?;
-        if self.core.batched {
-            return Err(EngineError::Model(ModelError::Unsupported {
-                what: "image prompts in batched sessions".into(),
-            }));
-        }
         let t0 = Instant::now();
         let vp = vision.prompt(engine.tokenizer(), prompt, images)?;
         let image_encode_secs = t0.elapsed().as_secs_f64();
@@ -801,11 +796,19 @@ impl Stream<'_> {
         let model = self.engine.model();
         let t0 = Instant::now();
         if let Some(vp) = self.image.take() {
-            // An image prompt runs whole, from an empty cache.
-            vp.prefill(model, &mut self.core.state)?;
+            // An image prompt runs whole, from an empty cache; batched, with
+            // no step beside it.
+            let state = &mut self.core.state;
+            match self.core.batched {
+                true => self.engine.batcher().exclusive(|| vp.prefill(model, state)),
+                false => vp.prefill(model, state),
+            }?;
             self.core.cached.extend_from_slice(vp.tokens());
             self.core.image_in_cache = true;
             self.stats.prompt_secs = t0.elapsed().as_secs_f64();
+            if self.core.batched && !self.decodes_alone() {
+                self.generating = Some(self.engine.batcher().generating());
+            }
             return Ok(true);
         }
         let todo = &self.prompt[self.stats.cached_tokens..];
@@ -836,6 +839,20 @@ impl Stream<'_> {
         Ok(true)
     }
 
+    /// Whether this batched session's steps run alone rather than in a
+    /// shared pass: an mllama image's cross-attention is per sequence, so
+    /// its decode steps are not batched with others (a Llama 4 image is in
+    /// the KV cache like text, and batches as text does).
+    fn decodes_alone(&self) -> bool {
+        self.core.image_in_cache
+            && !self
+                .engine
+                .model()
+                .config()
+                .cross_attention_layers
+                .is_empty()
+    }
+
     /// One decode round: a speculative one when a draft is at hand, else
     /// one forward pass of the last token. Returns the next token (more may
     /// wait in the speculative queue).
@@ -849,12 +866,16 @@ impl Stream<'_> {
             unreachable!("a decode step follows a sampled token")
         };
         let model = self.engine.model();
-        if self.core.batched {
+        let alone = self.decodes_alone();
+        let state = &mut self.core.state;
+        if self.core.batched && alone {
             self.engine
                 .batcher()
-                .decode(model, &mut self.core.state, last)?;
+                .exclusive(|| model.forward(state, &[last]))?;
+        } else if self.core.batched {
+            self.engine.batcher().decode(model, state, last)?;
         } else {
-            model.forward(&mut self.core.state, &[last])?;
+            model.forward(state, &[last])?;
         }
         self.core.cached.push(last);
         self.stats.decode_tokens += 1;
