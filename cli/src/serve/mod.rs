@@ -78,9 +78,10 @@ pub struct Args {
     /// dialect: `messages`, `tools`, `add_generation_prompt` …).
     #[arg(long)]
     chat_template_file: Option<PathBuf>,
-    /// Largest request body in bytes.
-    #[arg(long, default_value_t = 4 << 20)]
-    max_body: usize,
+    /// Largest request body in bytes (default: 4 MiB, or 32 MiB with
+    /// --mmproj, room for base64 photos).
+    #[arg(long)]
+    max_body: Option<usize>,
     /// Most open connections; beyond them new ones wait to be accepted.
     #[arg(long, default_value_t = 512)]
     max_connections: usize,
@@ -215,7 +216,10 @@ impl Args {
         }
         Ok(Limits {
             max_connections: self.max_connections,
-            max_body: self.max_body,
+            max_body: self.max_body.unwrap_or(match self.mmproj {
+                Some(_) => 32 << 20,
+                None => 4 << 20,
+            }),
             header: secs("timeout-header", self.timeout_header)?,
             body: secs("timeout-body", self.timeout_body)?,
             idle: secs("timeout-idle", self.timeout_idle)?,

@@ -222,7 +222,11 @@ fn model_json(ctx: &Ctx) -> Value {
         "object": "model",
         "created": ctx.created,
         "owned_by": "spinel",
-        "meta": {"n_ctx": ctx.n_ctx, "parallel": ctx.pool.size()},
+        "meta": {
+            "n_ctx": ctx.n_ctx,
+            "parallel": ctx.pool.size(),
+            "vision": ctx.engine.vision().is_some(),
+        },
     })
 }
 

@@ -1,7 +1,7 @@
 // The web chat page end to end in headless Chromium (Debian's `chromium`,
 // driven by npm's `playwright-core`):
 //
-//   node chat_page.cjs BASE_URL PLAYWRIGHT_CORE_DIR
+//   node chat_page.cjs BASE_URL PLAYWRIGHT_CORE_DIR [IMAGE]
 //
 // Loads the page from a running `spinel serve --ignore-eos` (answers go on
 // until stopped), checks the model info, types a question, sees the answer
@@ -9,9 +9,13 @@
 // presses Stop (the text stops growing, the buttons flip back, the server
 // frees the session), asks again, and checks the page never requested
 // anything but this server. Exits non-zero on any failure.
+//
+// With IMAGE, the server serves a vision model (`--mmproj`): the page offers
+// to attach an image, shows it, sends it with the question, and shows the
+// encode time the server reports for it; a new chat then sends none.
 "use strict";
 
-const [base, pwDir] = process.argv.slice(2);
+const [base, pwDir, image] = process.argv.slice(2);
 const { chromium } = require(pwDir);
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 
@@ -58,13 +62,44 @@ async function askAndStop(page, question, n) {
   return stopped;
 }
 
+async function askWithImage(page) {
+  await page.waitForFunction(() => document.getElementById("info").textContent.includes("images"), null, {
+    timeout: 10000,
+  });
+  check(await page.isVisible("#attach"), "the Image button is shown for a vision model");
+  await page.setInputFiles("#file", image);
+  await page.waitForSelector("#preview img", { timeout: 10000 });
+  await page.fill("#input", "What is in this image?");
+  await page.press("#input", "Enter");
+  await page.waitForFunction(() => !document.getElementById("send").disabled, null, { timeout: 60000 });
+  check(await page.isHidden("#preview"), "the attachment is cleared once sent");
+  const shown = await page.locator(".msg.user img").count();
+  check(shown === 1, "the user message shows its image");
+  const answer = await page.locator(".msg.assistant span").nth(0).textContent();
+  check(answer.length > 0, "an answer about the image");
+  const speed = await page.textContent("#speed");
+  check(/image encoded in \d+ ms/.test(speed), "the image's encode time shown: " + speed);
+  const errs = await page.locator(".msg.error").allTextContents();
+  check(errs.length === 0, "no errors: " + errs.join("; "));
+  // The random dev model runs to the end of the context, so a follow-up
+  // would not fit: a new chat instead, whose text question has no image.
+  await page.click("#reset");
+  await page.fill("#input", "Say something.");
+  await page.press("#input", "Enter");
+  await page.waitForFunction(() => !document.getElementById("send").disabled, null, { timeout: 60000 });
+  check(!/image encoded/.test(await page.textContent("#speed")), "a new chat sends no image");
+  check((await page.locator(".msg.error").count()) === 0, "no errors after a new chat");
+  return answer;
+}
+
 (async () => {
   const browser = await chromium.launch({ executablePath, headless: true, args: ["--no-sandbox"] });
   try {
     const page = await browser.newPage();
     const foreign = [];
     page.on("request", (r) => {
-      if (!r.url().startsWith(base)) foreign.push(r.url());
+      const url = r.url();
+      if (!url.startsWith(base) && !url.startsWith("data:")) foreign.push(url);
     });
     const errors = [];
     page.on("pageerror", (e) => errors.push(String(e)));
@@ -75,6 +110,13 @@ async function askAndStop(page, question, n) {
       timeout: 10000,
     });
 
+    if (image) {
+      const answer = await askWithImage(page);
+      check(foreign.length === 0, "requests beyond the server: " + foreign.join(", "));
+      check(errors.length === 0, "page errors: " + errors.join("; "));
+      console.log("ok web chat page with an image:", JSON.stringify(answer.slice(0, 60)));
+      return;
+    }
     const first = await askAndStop(page, "Tell me a long story about a dragon.", 0);
     check(first.length > 0, "some answer before Stop");
     // The page keeps working: a second question, answered and stopped too.
