@@ -38,6 +38,14 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p spinel-cli --all-targets --features fault-injection -- -D warnings
 cargo build -p spinel-quant --no-default-features
 cargo test --workspace
+# The kernel tests cover every ISA the CPU has by themselves; the forward
+# pass (tiny models against transformers, SmolLM2 against llama.cpp) ran at
+# the best one above, and runs again at each other x86 level (SPINEL_ISA).
+for isa in $(target/debug/spinel isa --json | python3 -c \
+    'import json, sys; d = json.load(sys.stdin); print(*[i for i in d["supported"] if i != d["selected"]])'); do
+  echo "== the forward pass at SPINEL_ISA=$isa"
+  SPINEL_ISA=$isa cargo test -q -p spinel-runtime --test forward
+done
 # The server's panic handling, with a panic injected by a test-only build
 # (the `fault-injection` feature; the shipping binary has no such hook).
 cargo test -p spinel-cli --features fault-injection --test serve_faults
