@@ -1145,23 +1145,55 @@ fn chat_turns_with_images_render_as_transformers_does() {
         let mut engine = Engine::load(&text).unwrap();
         engine.load_mmproj(&mmproj).unwrap();
         let engine = Arc::new(engine);
-        let mut s = engine.session(&SessionOptions::default()).unwrap();
-        let file = "landscape_300x200.png";
-        let p = prompt(&reference, file);
-        let question = p["messages"][0]["content"][1]["text"].as_str().unwrap();
-        let g = s
-            .chat_with_images(question, vec![reference_image(file)], &opts, |_| {})
-            .unwrap();
-        assert_eq!(g.prompt_ids, ids_of(&p["input_ids"]), "{model}");
-        assert_eq!(g.generated_ids, ids_of(&p["greedy"]["generate"]), "{model}");
-        // The next turn still sees the image (the whole conversation runs
-        // again).
-        let g2 = s
-            .chat_with_images("And?", Vec::new(), &opts, |_| {})
-            .unwrap();
-        assert_eq!(g2.stats.cached_tokens, 0, "{model}");
-        assert!(g2.prompt_ids.starts_with(&g.prompt_ids), "{model}");
-        assert!(g2.stats.image_encode_secs > 0.0, "{model}");
+        for batched in [false, true] {
+            let opened = SessionOptions {
+                batched,
+                ..SessionOptions::default()
+            };
+            let what = format!("{model}, batched {batched}");
+            let mut s = engine.session(&opened).unwrap();
+            let file = "landscape_300x200.png";
+            let p = prompt(&reference, file);
+            let question = p["messages"][0]["content"][1]["text"].as_str().unwrap();
+            let image = reference_image(file);
+            let g = s
+                .chat_with_images(question, vec![image.clone()], &opts, |_| {})
+                .unwrap();
+            assert_eq!(g.prompt_ids, ids_of(&p["input_ids"]), "{what}");
+            assert_eq!(g.generated_ids, ids_of(&p["greedy"]["generate"]), "{what}");
+            // The next turn still sees the image, continuing the cache: no
+            // encoding, the first turn not run again.
+            let g2 = s
+                .chat_with_images("And?", Vec::new(), &opts, |_| {})
+                .unwrap();
+            assert!(g2.prompt_ids.starts_with(&g.prompt_ids), "{what}");
+            assert!(g2.stats.cached_tokens >= g.prompt_ids.len(), "{what}");
+            assert_eq!(g2.stats.image_encode_secs, 0.0, "{what}");
+            // The same as the whole conversation run from scratch.
+            let rendered = engine.render_chat(&s.messages()[..3], true).unwrap();
+            let ids = engine.tokenize_chat(&rendered).unwrap();
+            let mut fresh = engine.session(&SessionOptions::default()).unwrap();
+            let f = fresh
+                .complete_with_images(&ids, std::slice::from_ref(&image), &opts, |_| {})
+                .unwrap();
+            assert_eq!(f.prompt_ids, g2.prompt_ids, "{what}");
+            assert_eq!(f.generated_ids, g2.generated_ids, "{what}");
+            // Another image in the same place is encoded, not reused.
+            let mut other = engine.session(&opened).unwrap();
+            other
+                .chat_with_images(question, vec![image.clone()], &opts, |_| {})
+                .unwrap();
+            let g3 = other
+                .complete_with_images(
+                    &ids,
+                    &[reference_image("portrait_160x400.png")],
+                    &opts,
+                    |_| {},
+                )
+                .unwrap();
+            assert!(g3.stats.image_encode_secs > 0.0, "{what}");
+            assert_eq!(g3.stats.cached_tokens, 0, "{what}");
+        }
         std::fs::remove_file(text).ok();
         std::fs::remove_file(mmproj).ok();
     }

@@ -60,13 +60,8 @@ pub trait Reusable {
 }
 
 impl Reusable for Session {
-    /// An image prompt's cache is never reused (its tokens stand for the
-    /// image), so it offers nothing to match.
     fn cached_tokens(&self) -> &[u32] {
-        match self.core.image_in_cache {
-            true => &[],
-            false => Session::cached_tokens(self),
-        }
+        Session::cached_tokens(self)
     }
 
     fn reset(&mut self) {

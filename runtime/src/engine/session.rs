@@ -166,8 +166,11 @@ pub(super) struct Core {
     draft: Option<DraftState>,
     /// Through the engine's [`Batcher`](super::Batcher).
     batched: bool,
-    /// The cache holds an image prompt: nothing of it is reused.
+    /// The cache holds an image prompt: only a prompt with the same images
+    /// and the same tokens up to the last one reuses it (`image_key`).
     pub(super) image_in_cache: bool,
+    /// What the cached image prompt was made of.
+    image_key: Option<ImageKey>,
     /// The conversation's images, in order (each chat turn runs them all).
     images: Vec<RgbImage>,
 }
@@ -183,6 +186,43 @@ pub(super) struct Core {
 pub struct Session {
     pub(super) engine: Arc<Engine>,
     pub(super) core: Core,
+}
+
+/// What a cached image prompt was made of, so that a later prompt with the
+/// same images and the same tokens up to its last image (the next turn of
+/// an image chat) continues the cache instead of encoding the images and
+/// running the prompt again. Tokens after the last image are plain text:
+/// a Llama 4 image is in the KV cache, and an mllama state keeps the
+/// image's cross-attention keys and values, which text after the last
+/// image sees whole, as the processor's mask gives it.
+#[derive(Debug, Clone)]
+struct ImageKey {
+    /// The prompt's tokens up to and including its last image marker.
+    head: Vec<u32>,
+    /// How many of the cached tokens stand for `head` (Llama 4 expands
+    /// each marker into its tiles' tokens).
+    expanded_head: usize,
+    /// The images' sizes and pixels, hashed.
+    images: u64,
+}
+
+/// A hash of images' sizes and pixels.
+fn hash_images(images: &[RgbImage]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for image in images {
+        (image.width, image.height, &image.data).hash(&mut h);
+    }
+    h.finish()
+}
+
+/// An image prompt, prepared: encoded and to run from an empty cache, or
+/// continuing the cached image prompt.
+struct ImagePrepared {
+    prep: Prepared,
+    /// The encoded prompt and its key (`None`: the cache is continued).
+    fresh: Option<(VisionPrompt, ImageKey)>,
+    image_encode_secs: f64,
 }
 
 /// What a generation needs, checked before it starts.
@@ -218,6 +258,7 @@ impl Session {
                 draft: None,
                 batched: opts.batched,
                 image_in_cache: false,
+                image_key: None,
                 images: Vec::new(),
             },
         })
@@ -301,6 +342,7 @@ impl Session {
         self.core.state.reset();
         self.core.draft = None;
         self.core.image_in_cache = false;
+        self.core.image_key = None;
         self.core.images.clear();
     }
 
@@ -366,32 +408,68 @@ impl Session {
     }
 
     /// Encodes the images of `prompt` and prepares the generation over an
-    /// empty cache (everything that can fail before a stream opens).
+    /// empty cache, or continues the cached image prompt when it was made of
+    /// the same images and the same tokens up to the last image
+    /// ([`ImageKey`]); everything that can fail before a stream opens.
     fn prepare_images(
         &mut self,
         prompt: &[u32],
         images: &[RgbImage],
         opts: &GenerateOptions,
-    ) -> Result<(Prepared, VisionPrompt, f64), EngineError> {
+    ) -> Result<ImagePrepared, EngineError> {
         let engine = self.engine.clone();
         let vision = engine.vision().ok_or(EngineError::NoVision)?;
+        let marker = engine.tokenizer().token_id(crate::vision::IMAGE_MARKER);
+        let last = marker.and_then(|m| prompt.iter().rposition(|&t| t == m));
+        let hash = hash_images(images);
+        if let Some(tokens) = last.and_then(|k| self.continued_image_prompt(prompt, k, hash)) {
+            let prep = self.prepare_keeping(tokens, opts, true)?;
+            return Ok(ImagePrepared {
+                prep,
+                fresh: None,
+                image_encode_secs: 0.0,
+            });
+        }
         let t0 = Instant::now();
         let vp = vision.prompt(engine.tokenizer(), prompt, images)?;
         let image_encode_secs = t0.elapsed().as_secs_f64();
+        let key = last.map(|k| ImageKey {
+            head: prompt[..=k].to_vec(),
+            expanded_head: vp.tokens().len() - (prompt.len() - k - 1),
+            images: hash,
+        });
         self.forget_cache();
         let prep = self.prepare(vp.tokens().to_vec(), opts)?;
-        Ok((prep, vp, image_encode_secs))
+        Ok(ImagePrepared {
+            prep,
+            fresh: key.map(|key| (vp, key)),
+            image_encode_secs,
+        })
+    }
+
+    /// The tokens to run for `prompt` (whose last image marker is at `k`)
+    /// over the cached image prompt, when it continues it.
+    fn continued_image_prompt(&self, prompt: &[u32], k: usize, hash: u64) -> Option<Vec<u32>> {
+        let key = self.core.image_key.as_ref()?;
+        let tail = &prompt[k + 1..];
+        let fits = self.core.image_in_cache
+            && key.images == hash
+            && prompt[..=k] == key.head[..]
+            && self.core.cached.len() >= key.expanded_head
+            // Something after the image to run, so the cache keeps it all.
+            && !tail.is_empty();
+        fits.then(|| [&self.core.cached[..key.expanded_head], tail].concat())
     }
 
     fn open_images(
         &mut self,
-        (prep, vp, image_encode_secs): (Prepared, VisionPrompt, f64),
+        prepared: ImagePrepared,
         opts: &GenerateOptions,
         chat: bool,
     ) -> Stream<'_> {
-        let mut stream = self.open(prep, opts, chat);
-        stream.stats.image_encode_secs = image_encode_secs;
-        stream.image = Some(vp);
+        let mut stream = self.open(prepared.prep, opts, chat);
+        stream.stats.image_encode_secs = prepared.image_encode_secs;
+        stream.image = prepared.fresh;
         stream
     }
 
@@ -399,6 +477,7 @@ impl Session {
         self.core.cached.clear();
         self.core.state.reset();
         self.core.image_in_cache = false;
+        self.core.image_key = None;
     }
 
     /// One chat turn: adds `user` to the conversation, renders it with the
@@ -499,10 +578,21 @@ impl Session {
         prompt: Vec<u32>,
         opts: &GenerateOptions,
     ) -> Result<Prepared, EngineError> {
+        self.prepare_keeping(prompt, opts, false)
+    }
+
+    /// [`prepare`](Self::prepare); `keep_image`: the prompt continues the
+    /// cached image prompt ([`ImageKey`]), whose cache is kept.
+    fn prepare_keeping(
+        &mut self,
+        prompt: Vec<u32>,
+        opts: &GenerateOptions,
+        keep_image: bool,
+    ) -> Result<Prepared, EngineError> {
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
-        if self.core.image_in_cache {
+        if self.core.image_in_cache && !keep_image {
             self.forget_cache();
         }
         let n_ctx = self.n_ctx();
@@ -678,7 +768,7 @@ pub struct Stream<'s> {
     /// While a batched session generates: counted by the batcher.
     generating: Option<super::batch::Generating<'s>>,
     /// An image prompt, run whole by the first step.
-    image: Option<VisionPrompt>,
+    image: Option<(VisionPrompt, ImageKey)>,
 }
 
 impl std::fmt::Debug for Stream<'_> {
@@ -795,7 +885,7 @@ impl Stream<'_> {
     fn process_prompt(&mut self) -> Result<bool, EngineError> {
         let model = self.engine.model();
         let t0 = Instant::now();
-        if let Some(vp) = self.image.take() {
+        if let Some((vp, key)) = self.image.take() {
             // An image prompt runs whole, from an empty cache; batched, with
             // no step beside it.
             let state = &mut self.core.state;
@@ -805,6 +895,7 @@ impl Stream<'_> {
             }?;
             self.core.cached.extend_from_slice(vp.tokens());
             self.core.image_in_cache = true;
+            self.core.image_key = Some(key);
             self.stats.prompt_secs = t0.elapsed().as_secs_f64();
             if self.core.batched && !self.decodes_alone() {
                 self.generating = Some(self.engine.batcher().generating());
@@ -813,7 +904,9 @@ impl Stream<'_> {
         }
         let todo = &self.prompt[self.stats.cached_tokens..];
         // Batched: chunked prefill, each chunk sharing a forward pass with
-        // the other sessions' decode steps.
+        // the other sessions' decode steps (alone between them after an
+        // mllama image).
+        let alone = self.decodes_alone();
         let chunk_size = match self.core.batched {
             true => Batcher::chunk_size(self.core.n_batch),
             false => self.core.n_batch,
@@ -823,17 +916,20 @@ impl Stream<'_> {
                 self.stats.prompt_secs = t0.elapsed().as_secs_f64();
                 return Ok(false);
             }
-            if self.core.batched {
+            let state = &mut self.core.state;
+            if self.core.batched && alone {
                 self.engine
                     .batcher()
-                    .prefill(model, &mut self.core.state, chunk)?;
+                    .exclusive(|| model.forward(state, chunk))?;
+            } else if self.core.batched {
+                self.engine.batcher().prefill(model, state, chunk)?;
             } else {
-                model.forward(&mut self.core.state, chunk)?;
+                model.forward(state, chunk)?;
             }
             self.core.cached.extend_from_slice(chunk);
         }
         self.stats.prompt_secs = t0.elapsed().as_secs_f64();
-        if self.core.batched {
+        if self.core.batched && !alone {
             self.generating = Some(self.engine.batcher().generating());
         }
         Ok(true)
