@@ -456,7 +456,7 @@ impl ChatSession {
     /// end the turn with `InvalidArgument` (and leave the history as it
     /// was). The conversation keeps its images: each later turn encodes
     /// them again and processes the whole conversation (no KV cache reuse),
-    /// and it cannot be saved.
+    /// and [`save`](Self::save) refuses it with `SessionFile`.
     #[uniffi::method(default(images = []))]
     pub fn send(
         &self,

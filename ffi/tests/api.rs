@@ -654,6 +654,10 @@ fn images_go_through_the_vision_tower_as_in_the_runtime() {
     assert!(next.image_encode_seconds > 0.0, "{next:?}");
     assert!(next.prompt_tokens > stats.prompt_tokens);
     assert_eq!(chat.history().len(), 4);
+    // A chat with images is not saved (the file would lack them).
+    let saved = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ffi-vision-chat.session");
+    let err = chat.save(saved.to_str().unwrap().to_string()).unwrap_err();
+    assert!(matches!(err, SpinelError::SessionFile { .. }), "{err:?}");
 }
 
 /// Corrupt, truncated, unknown and oversized images, and images sent to a
