@@ -96,7 +96,7 @@ pub trait LoadProgressListener: Send + Sync {
 /// What a loaded model is.
 #[derive(Clone, Debug, PartialEq, uniffi::Record)]
 pub struct ModelInfo {
-    /// `general.architecture`: `llama`, `llama4`.
+    /// `general.architecture`: `llama`, `llama4`, `mllama`.
     pub architecture: String,
     /// `general.name`, if the file has one.
     pub name: Option<String>,

@@ -535,33 +535,41 @@ fn image_bytes(name: &str) -> Vec<u8> {
     std::fs::read(testdata().join("vision/images").join(name)).unwrap()
 }
 
-/// The tiny Llama 3.2 Vision (mllama) dev model, converted to F32 once per
-/// test run into cargo's scratch folder for tests: (text GGUF, mmproj
-/// GGUF). Each file is written beside its name and renamed into place, so
-/// a run beside this one never maps a half-written file.
-fn vision_files() -> &'static (String, String) {
+/// A tiny vision dev model of the shared test data (`mllama`: Llama 3.2
+/// Vision, `llama4_vision`: Llama 4), converted to F32 once per test run
+/// into cargo's scratch folder for tests: (text GGUF, mmproj GGUF). Each
+/// file is written beside its name and renamed into place, so a run beside
+/// this one never maps a half-written file.
+fn vision_files(name: &str) -> (String, String) {
     use spinel_runtime::convert::{Conversion, ConvertOptions, OutType};
-    static FILES: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
-    FILES.get_or_init(|| {
-        let opts = ConvertOptions {
-            outtype: OutType::F32,
-            name: None,
-        };
-        let conv = Conversion::plan(&testdata().join("vision/dev/mllama"), &opts).unwrap();
-        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ffi-vision");
-        std::fs::create_dir_all(&dir).unwrap();
-        let (text, mmproj) = (dir.join("m.gguf"), dir.join("m.mmproj.gguf"));
-        let part = |p: &std::path::Path| p.with_extension(format!("part{}", std::process::id()));
-        conv.write(&part(&text), &mut |_| {}).unwrap();
-        conv.write_mmproj(&part(&mmproj), &mut |_| {})
-            .unwrap()
-            .expect("an mmproj");
-        for p in [&text, &mmproj] {
-            std::fs::rename(part(p), p).unwrap();
-        }
-        let path = |p: std::path::PathBuf| p.to_str().unwrap().to_string();
-        (path(text), path(mmproj))
-    })
+    use std::collections::HashMap;
+    static FILES: Mutex<Option<HashMap<String, (String, String)>>> = Mutex::new(None);
+    let mut files = FILES.lock().unwrap();
+    let files = files.get_or_insert_with(HashMap::new);
+    if let Some(f) = files.get(name) {
+        return f.clone();
+    }
+    let opts = ConvertOptions {
+        outtype: OutType::F32,
+        name: None,
+    };
+    let conv = Conversion::plan(&testdata().join("vision/dev").join(name), &opts).unwrap();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ffi-vision");
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join(format!("{name}.gguf"));
+    let mmproj = dir.join(format!("{name}.mmproj.gguf"));
+    let part = |p: &std::path::Path| p.with_extension(format!("part{}", std::process::id()));
+    conv.write(&part(&text), &mut |_| {}).unwrap();
+    conv.write_mmproj(&part(&mmproj), &mut |_| {})
+        .unwrap()
+        .expect("an mmproj");
+    for p in [&text, &mmproj] {
+        std::fs::rename(part(p), p).unwrap();
+    }
+    let path = |p: std::path::PathBuf| p.to_str().unwrap().to_string();
+    let f = (path(text), path(mmproj));
+    files.insert(name.to_string(), f.clone());
+    f
 }
 
 fn vision_options(mmproj: Option<&str>) -> LoadOptions {
@@ -585,31 +593,13 @@ fn send_images(
     (listener.text(), result)
 }
 
-/// An image sent with a message reaches the vision tower: the greedy
-/// answer is the runtime's own `Session::chat_with_images` answer for the
-/// same bytes, the rendered conversation holds the image's marker, and the
-/// next turn (text only) encodes the conversation's image again.
-#[test]
-fn images_go_through_the_vision_tower_as_in_the_runtime() {
+/// The greedy answer (8 tokens) of the runtime's own
+/// `Session::chat_with_images` to `question` with the image `png`, on a
+/// session sized as the SDK's: (text, generated tokens, prompt tokens).
+fn runtime_answer(text: &str, mmproj: &str, question: &str, png: &[u8]) -> (String, usize, usize) {
     use spinel_runtime::engine::{Engine, GenerateOptions, SessionOptions};
     use spinel_runtime::model::KvType;
     use spinel_runtime::sampling::SamplingParams;
-    let (text, mmproj) = vision_files();
-    let png = image_bytes("landscape_300x200.png");
-    let question = "What is in this image?";
-
-    let model = Model::load(text.clone(), vision_options(Some(mmproj)), None).unwrap();
-    let info = model.info();
-    assert!(info.supports_images, "{info:?}");
-    let chat = model.chat_session(None).unwrap();
-    let (answer, stats) = send_images(&chat, question, vec![png.clone()]);
-    let stats = stats.unwrap();
-    assert!(stats.image_encode_seconds > 0.0, "{stats:?}");
-    assert!(
-        stats.generated_tokens >= 1 && !answer.is_empty(),
-        "{stats:?}"
-    );
-
     let mut engine = Engine::load(text).unwrap();
     engine.load_mmproj(mmproj).unwrap();
     let engine = Arc::new(engine);
@@ -628,16 +618,62 @@ fn images_go_through_the_vision_tower_as_in_the_runtime() {
         max_tokens: Some(8),
         ..GenerateOptions::default()
     };
-    let image = spinel_runtime::vision::decode_image(&png).unwrap();
-    let want = session
+    let image = spinel_runtime::vision::decode_image(png).unwrap();
+    let g = session
         .chat_with_images(question, vec![image], &opts, |_| {})
         .unwrap();
-    assert_eq!(answer, want.text);
-    assert_eq!(stats.generated_tokens as usize, want.generated_ids.len());
-    assert_eq!(stats.prompt_tokens as usize, want.prompt_ids.len());
+    (g.text, g.generated_ids.len(), g.prompt_ids.len())
+}
 
-    // The conversation holds the image where the template puts it; the
-    // same question without it has none, and nothing is encoded.
+/// An image sent with a message reaches the vision tower, for Llama 3.2
+/// Vision and Llama 4: the greedy answer is the runtime's own
+/// `Session::chat_with_images` answer for the same bytes.
+#[test]
+fn images_give_the_runtimes_answer() {
+    let question = "What is in this image?";
+    for (name, image, arch) in [
+        ("mllama", "landscape_300x200.png", "mllama"),
+        ("llama4_vision", "portrait_160x400.png", "llama4"),
+    ] {
+        let (text, mmproj) = vision_files(name);
+        let png = image_bytes(image);
+        let model = Model::load(text.clone(), vision_options(Some(&mmproj)), None).unwrap();
+        let info = model.info();
+        assert!(
+            info.supports_images && info.architecture == arch,
+            "{info:?}"
+        );
+        let chat = model.chat_session(None).unwrap();
+        let (answer, stats) = send_images(&chat, question, vec![png.clone()]);
+        let stats = stats.unwrap();
+        assert!(stats.image_encode_seconds > 0.0, "{name}: {stats:?}");
+        assert!(!answer.is_empty(), "{name}: {stats:?}");
+        let want = runtime_answer(&text, &mmproj, question, &png);
+        assert_eq!(
+            (
+                answer,
+                stats.generated_tokens as usize,
+                stats.prompt_tokens as usize
+            ),
+            want,
+            "{name}"
+        );
+    }
+}
+
+/// The conversation keeps its images: the rendered prompt holds the
+/// image's marker (a chat without one has none and encodes nothing), the
+/// next turn (text only) encodes the image again, and the chat cannot be
+/// saved.
+#[test]
+fn chats_keep_their_images() {
+    let (text, mmproj) = vision_files("mllama");
+    let png = image_bytes("landscape_300x200.png");
+    let question = "What is in this image?";
+    let model = Model::load(text, vision_options(Some(&mmproj)), None).unwrap();
+    let chat = model.chat_session(None).unwrap();
+    let (_, stats) = send_images(&chat, question, vec![png]);
+    let stats = stats.unwrap();
     assert!(
         chat.render_prompt()
             .unwrap()
@@ -648,7 +684,6 @@ fn images_go_through_the_vision_tower_as_in_the_runtime() {
     assert_eq!(no_image.unwrap().image_encode_seconds, 0.0);
     assert!(!plain.render_prompt().unwrap().contains("<|image|>"));
 
-    // A follow-up turn still sees the image (it is encoded again).
     let (_, next) = send_images(&chat, "And?", Vec::new());
     let next = next.unwrap();
     assert!(next.image_encode_seconds > 0.0, "{next:?}");
@@ -666,7 +701,8 @@ fn images_go_through_the_vision_tower_as_in_the_runtime() {
 /// mmproj that does not fit the model fails the load with `InvalidModel`.
 #[test]
 fn bad_images_and_text_only_models_are_refused() {
-    let (text, mmproj) = vision_files();
+    let (text, mmproj) = vision_files("mllama");
+    let (text, mmproj) = (&text, &mmproj);
     let png = image_bytes("landscape_300x200.png");
     let jpg = image_bytes("small_64x48.jpg");
     // A JPEG whose frame header claims 65535×65535: over the pixel cap.
