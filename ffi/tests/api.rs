@@ -1,6 +1,7 @@
-//! spinel-ffi's API from Rust, against the real demo model: what the foreign
-//! bindings call, minus the foreign side (ffi/tests/run-bindings-tests.sh
-//! runs Python and Kotlin over the generated bindings).
+//! spinel-ffi's API from Rust, against the real demo model (and the shared
+//! test data's tiny vision models for images): what the foreign bindings
+//! call, minus the foreign side (ffi/tests/run-bindings-tests.sh runs
+//! Python, Kotlin and Swift over the generated bindings).
 
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
