@@ -11,6 +11,13 @@ cd "$(dirname "$0")/.."
 ROOT=${SPINEL_SWIFT_ROOT:-$HOME/.cache/spinel-swift/root}
 out=${CARGO_TARGET_DIR:-target}/bindings
 model=${SPINEL_TEST_MODEL:-$(scripts/fetch-model.sh)}
+# The tiny vision model (converted unless given) and the PNG sent to it.
+vision=${SPINEL_TEST_VISION_MODEL:-$(ffi/tests/vision-model.sh "$out/vision")}
+mmproj=${SPINEL_TEST_VISION_MMPROJ:-${vision%.gguf}.mmproj.gguf}
+image=${SPINEL_TEST_IMAGE:-$(cd .. && pwd)/shared/testdata/vision/images/landscape_300x200.png}
+for f in "$model" "$vision" "$mmproj" "$image"; do
+  [[ -s $f ]] || { echo "missing $f" >&2; exit 1; }
+done
 
 # A marker written once the toolchain is in (/usr/bin/swift is an absolute
 # symlink: tested from outside the chroot it points at the host).
@@ -46,6 +53,10 @@ cp "$out/swift/SpinelFFI.swift" "$pkg/Sources/Spinel/Generated/"
 cp "$out/swift/SpinelFFIC.h" "$pkg/Sources/SpinelFFIC/"
 cp "$out"/lib/libspinel_ffi.so "$ROOT/spinel/lib/"
 cmp -s "$model" "$ROOT/spinel/model.gguf" || cp "$model" "$ROOT/spinel/model.gguf"
+mkdir -p "$ROOT/spinel/vision"
+cp "$vision" "$ROOT/spinel/vision/model.gguf"
+cp "$mmproj" "$ROOT/spinel/vision/model.mmproj.gguf"
+cp "$image" "$ROOT/spinel/vision/image.png"
 
 # A local HTTP server for the download test: the chroot shares the host's
 # network, so it reaches 127.0.0.1.
@@ -64,6 +75,9 @@ done
 echo "== swift: swift build + swift test (Swift $(chroot "$ROOT" swift --version 2>/dev/null | grep -o 'version [0-9.]*' | head -1))"
 chroot "$ROOT" env HOME=/root LIBRARY_PATH=/spinel/lib LD_LIBRARY_PATH=/spinel/lib \
   SPINEL_TEST_MODEL=/spinel/model.gguf \
+  SPINEL_TEST_VISION_MODEL=/spinel/vision/model.gguf \
+  SPINEL_TEST_VISION_MMPROJ=/spinel/vision/model.mmproj.gguf \
+  SPINEL_TEST_IMAGE=/spinel/vision/image.png \
   SPINEL_TEST_DOWNLOAD_URL="http://127.0.0.1:$port/file.bin" \
   SPINEL_TEST_DOWNLOAD_SHA256="$(sha256sum "$serve_dir/file.bin" | cut -d' ' -f1)" \
   bash -c 'cd /spinel/ios && swift build --build-tests -Xlinker -L/spinel/lib && swift test --skip-build'

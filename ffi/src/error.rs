@@ -6,6 +6,7 @@ use std::fmt;
 use spinel_runtime::engine::EngineError;
 use spinel_runtime::gguf::GgufError;
 use spinel_runtime::model::ModelError;
+use spinel_runtime::vision::VisionError;
 
 /// What went wrong, in the few kinds an app can act on; `reason` says the
 /// rest. Kotlin and Swift see one exception / error type with a case each.
@@ -14,10 +15,13 @@ pub enum SpinelError {
     /// The model file could not be opened or read (missing, unreadable).
     Io { reason: String },
     /// The file is not a model Spinel can run (not GGUF, unsupported
-    /// architecture or tensor type, inconsistent hyperparameters).
+    /// architecture or tensor type, inconsistent hyperparameters), or the
+    /// mmproj file is not one that fits the model.
     InvalidModel { reason: String },
     /// An argument is out of range: a sampling parameter, an empty stop
-    /// string, an empty prompt, a memory budget too small for one position.
+    /// string, an empty prompt, a memory budget too small for one position;
+    /// an image that is not PNG or JPEG, corrupt, truncated or over the
+    /// pixel cap; images sent to a model without a vision tower.
     InvalidArgument { reason: String },
     /// The conversation does not fit in the session's context.
     ContextFull { reason: String },
@@ -82,7 +86,19 @@ impl From<EngineError> for SpinelError {
             | EngineError::EmptyPrompt
             | EngineError::KvBudget { .. }
             | EngineError::Grammar { .. }
-            | EngineError::Speculative { .. } => SpinelError::InvalidArgument { reason },
+            | EngineError::Speculative { .. }
+            | EngineError::NoVision => SpinelError::InvalidArgument { reason },
+            EngineError::Vision(e) => match e {
+                VisionError::UnknownFormat
+                | VisionError::Decode { .. }
+                | VisionError::TooLarge { .. }
+                | VisionError::Empty
+                | VisionError::Prompt(_) => SpinelError::InvalidArgument { reason },
+                VisionError::Io { .. } => SpinelError::Io { reason },
+                VisionError::Config(_) | VisionError::Weights(_) | VisionError::Mismatch(_) => {
+                    SpinelError::InvalidModel { reason }
+                }
+            },
             _ => SpinelError::Internal { reason },
         }
     }
@@ -97,5 +113,11 @@ impl From<ModelError> for SpinelError {
 impl From<spinel_runtime::tokenizer::TokenizerError> for SpinelError {
     fn from(e: spinel_runtime::tokenizer::TokenizerError) -> Self {
         EngineError::Tokenizer(e).into()
+    }
+}
+
+impl From<VisionError> for SpinelError {
+    fn from(e: VisionError) -> Self {
+        EngineError::Vision(e).into()
     }
 }

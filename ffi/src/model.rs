@@ -64,6 +64,12 @@ pub struct LoadOptions {
     /// the keys'; `null`: `kv_cache_type`.
     #[uniffi(default = None)]
     pub kv_cache_type_v: Option<KvCacheType>,
+    /// The vision tower of a vision model (Llama 3.2 Vision, Llama 4): the
+    /// `X.mmproj.gguf` file `spinel convert` writes beside `X.gguf`. With
+    /// it, chat turns take images. Like the model file, it must not change
+    /// while the model is loaded. `null`: text only.
+    #[uniffi(default = None)]
+    pub mmproj_path: Option<String>,
 }
 
 impl LoadOptions {
@@ -90,7 +96,7 @@ pub trait LoadProgressListener: Send + Sync {
 /// What a loaded model is.
 #[derive(Clone, Debug, PartialEq, uniffi::Record)]
 pub struct ModelInfo {
-    /// `general.architecture`: `llama`, `llama4`.
+    /// `general.architecture`: `llama`, `llama4`, `mllama`.
     pub architecture: String,
     /// `general.name`, if the file has one.
     pub name: Option<String>,
@@ -110,6 +116,9 @@ pub struct ModelInfo {
     /// The chat template's Jinja source (`null` if it could not be loaded:
     /// then chatting fails with `ChatTemplate`).
     pub chat_template: Option<String>,
+    /// Whether chat turns take images: a vision tower was loaded
+    /// (`LoadOptions.mmproj_path`).
+    pub supports_images: bool,
 }
 
 /// A model file loaded once; open as many [`ChatSession`]s over it as
@@ -144,8 +153,10 @@ impl Model {
 #[uniffi::export]
 impl Model {
     /// Memory-maps the GGUF file at `path` and loads the model, its
-    /// tokenizer and chat template. Blocks: call it off the UI thread. The
-    /// file must not change while the model is loaded.
+    /// tokenizer and chat template, and the vision tower of
+    /// `options.mmproj_path` if set (an mmproj of another model, or a
+    /// text-only model given one, is `InvalidModel`). Blocks: call it off
+    /// the UI thread. The files must not change while the model is loaded.
     #[uniffi::constructor]
     pub fn load(
         path: String,
@@ -166,7 +177,12 @@ impl Model {
         };
         let model = RuntimeModel::load_with(&path, &budget)?;
         report(0.7, "tokenizer");
-        let engine = Arc::new(Engine::from_model(model)?);
+        let mut engine = Engine::from_model(model)?;
+        if let Some(mmproj) = &options.mmproj_path {
+            report(0.85, "vision");
+            engine.load_mmproj(mmproj)?;
+        }
+        let engine = Arc::new(engine);
         // Fail here, not at the first message, when the options cannot size
         // a session.
         engine.context_length(&options.session_options())?;
@@ -219,6 +235,7 @@ impl Model {
                 .chat_template()
                 .ok()
                 .map(|t| t.source().to_string()),
+            supports_images: self.engine.vision().is_some(),
         }
     }
 

@@ -12,6 +12,7 @@ use spinel_runtime::engine::{
     StopReason as RuntimeStopReason,
 };
 use spinel_runtime::sampling::SamplingParams;
+use spinel_runtime::vision::{RgbImage, decode_image};
 
 use crate::{Finished, Model, SpinelError, call_foreign, spawn_job};
 
@@ -234,6 +235,9 @@ pub struct GenerationStats {
     /// The answer read as tool calls, when tools were offered and the
     /// answer is one (else empty).
     pub tool_calls: Vec<ToolCall>,
+    /// Seconds the vision tower took to encode the conversation's images
+    /// (0 without images).
+    pub image_encode_seconds: f64,
 }
 
 impl GenerationStats {
@@ -251,6 +255,7 @@ impl GenerationStats {
             drafted_tokens: n(stats.drafted_tokens),
             accepted_tokens: n(stats.accepted_tokens),
             tool_calls: Vec::new(),
+            image_encode_seconds: stats.image_encode_secs,
         }
     }
 }
@@ -443,11 +448,22 @@ impl ChatSession {
     /// thread, streaming it to `listener`; returns at once. The message and
     /// the answer (as far as it got) join the history. Turns sent while one
     /// runs wait for it.
+    ///
+    /// `images`: PNG or JPEG files' bytes, shown to the model before the
+    /// text (a model loaded with `LoadOptions.mmproj_path`). They are
+    /// decoded on the generation thread; one that is corrupt, truncated or
+    /// over the runtime's pixel cap, or images sent to a text-only model,
+    /// end the turn with `InvalidArgument` (and leave the history as it
+    /// was). The conversation keeps its images: each later turn encodes
+    /// them again and processes the whole conversation (no KV cache reuse),
+    /// and [`save`](Self::save) refuses it with `SessionFile`.
+    #[uniffi::method(default(images = []))]
     pub fn send(
         &self,
         message: String,
         params: GenerationParams,
         listener: Arc<dyn GenerationListener>,
+        images: Vec<Vec<u8>>,
     ) -> Result<Arc<GenerationHandle>, SpinelError> {
         let handle = Arc::new(GenerationHandle::default());
         let inner = Arc::clone(&self.inner);
@@ -460,7 +476,14 @@ impl ChatSession {
         spawn_job(
             "spinel-generate",
             listener,
-            move |listener| run_turn(&inner, &sizes, &message, &options, &job, listener),
+            move |listener| {
+                let turn = Turn {
+                    message: &message,
+                    images: decode_images(&images)?,
+                    options: &options,
+                };
+                run_turn(&inner, &sizes, turn, &job, listener)
+            },
             |listener, outcome| match outcome {
                 Ok(stats) => listener.on_complete(stats),
                 Err(e) => listener.on_error(e),
@@ -471,11 +494,26 @@ impl ChatSession {
     }
 }
 
+/// What one `send` asks for.
+struct Turn<'a> {
+    message: &'a str,
+    images: Vec<RgbImage>,
+    options: &'a GenerateOptions,
+}
+
+/// PNG or JPEG bytes to RGB, with the runtime's pixel cap (checked from the
+/// header before any pixel is decoded).
+fn decode_images(images: &[Vec<u8>]) -> Result<Vec<RgbImage>, SpinelError> {
+    images
+        .iter()
+        .map(|bytes| decode_image(bytes).map_err(SpinelError::from))
+        .collect()
+}
+
 fn run_turn(
     inner: &Mutex<Session>,
     sizes: &Sizes,
-    message: &str,
-    options: &GenerateOptions,
+    turn: Turn<'_>,
     job: &GenerationHandle,
     listener: &dyn GenerationListener,
 ) -> Result<GenerationStats, SpinelError> {
@@ -489,7 +527,7 @@ fn run_turn(
     let cancel = session.cancel_handle();
     *job.running.lock().unwrap_or_else(PoisonError::into_inner) = Some(cancel.clone());
     let mut listener_failed = None;
-    let result = session.chat(message, options, |piece| {
+    let result = session.chat_with_images(turn.message, turn.images, turn.options, |piece| {
         // A cancel that came before the runtime cleared its flag at the
         // start of this turn is passed on here.
         if job.cancelled.load(Ordering::Acquire) {

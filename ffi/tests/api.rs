@@ -1,6 +1,7 @@
-//! spinel-ffi's API from Rust, against the real demo model: what the foreign
-//! bindings call, minus the foreign side (ffi/tests/run-bindings-tests.sh
-//! runs Python and Kotlin over the generated bindings).
+//! spinel-ffi's API from Rust, against the real demo model (and the shared
+//! test data's tiny vision models for images): what the foreign bindings
+//! call, minus the foreign side (ffi/tests/run-bindings-tests.sh runs
+//! Python, Kotlin and Swift over the generated bindings).
 
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
@@ -78,6 +79,7 @@ fn chat_streams_and_reports_stats() {
     assert_eq!(info.quantization, "Q4_1");
     assert_eq!(info.context_length, 512);
     assert!(info.chat_template.unwrap().contains("<|im_start|>"));
+    assert!(!info.supports_images);
 
     let chat = model
         .chat_session(Some("You are a helpful assistant.".into()))
@@ -88,6 +90,7 @@ fn chat_streams_and_reports_stats() {
             "What is the capital of France?".into(),
             greedy(24),
             listener.clone(),
+            Vec::new(),
         )
         .unwrap();
     let stats = end.recv_timeout(Duration::from_secs(120)).unwrap().unwrap();
@@ -99,6 +102,7 @@ fn chat_streams_and_reports_stats() {
     assert!((1..=24).contains(&stats.generated_tokens));
     assert!(stats.tokens_per_second > 0.0);
     assert!(stats.time_to_first_token_seconds.unwrap() <= stats.total_seconds);
+    assert_eq!(stats.image_encode_seconds, 0.0);
     let history = chat.history();
     assert_eq!(history.len(), 3);
     assert_eq!(history[2].content, listener.text());
@@ -114,6 +118,7 @@ fn cancel_stops_the_answer() {
             "Write a long story about a dragon.".into(),
             greedy(400),
             listener.clone(),
+            Vec::new(),
         )
         .unwrap();
     while listener.tokens.lock().unwrap().is_empty() && !handle.is_finished() {
@@ -133,7 +138,8 @@ fn a_panicking_listener_is_an_error_not_a_crash() {
     let model = model();
     let chat = model.chat_session(None).unwrap();
     let (listener, end) = Collector::new(true);
-    chat.send("Hi".into(), greedy(8), listener).unwrap();
+    chat.send("Hi".into(), greedy(8), listener, Vec::new())
+        .unwrap();
     let result = end.recv_timeout(Duration::from_secs(120)).unwrap();
     assert!(
         matches!(result, Err(SpinelError::Internal { .. })),
@@ -141,7 +147,8 @@ fn a_panicking_listener_is_an_error_not_a_crash() {
     );
     // The session is still usable.
     let (listener, end) = Collector::new(false);
-    chat.send("Hi".into(), greedy(4), listener).unwrap();
+    chat.send("Hi".into(), greedy(4), listener, Vec::new())
+        .unwrap();
     end.recv_timeout(Duration::from_secs(120)).unwrap().unwrap();
 }
 
@@ -165,7 +172,8 @@ fn errors_are_typed() {
         stop: vec![String::new()],
         ..greedy(4)
     };
-    chat.send("Hi".into(), params, listener).unwrap();
+    chat.send("Hi".into(), params, listener, Vec::new())
+        .unwrap();
     let result = end.recv_timeout(Duration::from_secs(120)).unwrap();
     assert!(
         matches!(result, Err(SpinelError::InvalidArgument { .. })),
@@ -183,7 +191,7 @@ fn errors_are_typed() {
             ..greedy(4)
         };
         let err = chat
-            .send("Hi".into(), params, listener.clone())
+            .send("Hi".into(), params, listener.clone(), Vec::new())
             .unwrap_err();
         assert!(
             matches!(err, SpinelError::InvalidArgument { .. }),
@@ -240,7 +248,8 @@ fn kv_cache_types_size_the_context_and_chat() {
 
     let chat = mixed.chat_session(None).unwrap();
     let (listener, end) = Collector::new(false);
-    chat.send("Hi".into(), greedy(8), listener.clone()).unwrap();
+    chat.send("Hi".into(), greedy(8), listener.clone(), Vec::new())
+        .unwrap();
     let stats = end.recv_timeout(Duration::from_secs(120)).unwrap().unwrap();
     assert!(stats.generated_tokens >= 1);
     assert!(!listener.text().is_empty());
@@ -249,7 +258,7 @@ fn kv_cache_types_size_the_context_and_chat() {
 /// One greedy turn, waited for: (answer, stats).
 fn turn(chat: &spinel_ffi::ChatSession, message: &str) -> (String, GenerationStats) {
     let (listener, end) = Collector::new(false);
-    chat.send(message.into(), greedy(16), listener.clone())
+    chat.send(message.into(), greedy(16), listener.clone(), Vec::new())
         .unwrap();
     let stats = end.recv_timeout(Duration::from_secs(120)).unwrap().unwrap();
     (listener.text(), stats)
@@ -391,7 +400,8 @@ fn answer(
     params: GenerationParams,
 ) -> (String, GenerationStats) {
     let (listener, end) = Collector::new(false);
-    chat.send(message.into(), params, listener.clone()).unwrap();
+    chat.send(message.into(), params, listener.clone(), Vec::new())
+        .unwrap();
     let stats = end.recv_timeout(Duration::from_secs(120)).unwrap().unwrap();
     (listener.text(), stats)
 }
@@ -452,7 +462,9 @@ fn json_schema_and_grammar_constrain_the_answer() {
         },
     ] {
         let (listener, _end) = Collector::new(false);
-        let e = chat.send("hi".into(), params, listener).unwrap_err();
+        let e = chat
+            .send("hi".into(), params, listener, Vec::new())
+            .unwrap_err();
         assert!(matches!(e, SpinelError::InvalidArgument { .. }), "{e:?}");
     }
 }
@@ -510,4 +522,247 @@ fn tool_calls_come_back_parsed() {
     assert_eq!(call.name, "get_weather");
     let args: serde_json::Value = serde_json::from_str(&call.arguments_json).unwrap();
     assert!(args["city"].is_string(), "{args}");
+}
+
+/// The shared test data (`../shared/testdata`, or `SPINEL_TESTDATA`).
+fn testdata() -> std::path::PathBuf {
+    match std::env::var_os("SPINEL_TESTDATA") {
+        Some(p) => p.into(),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata"),
+    }
+}
+
+fn image_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(testdata().join("vision/images").join(name)).unwrap()
+}
+
+/// A tiny vision dev model of the shared test data (`mllama`: Llama 3.2
+/// Vision, `llama4_vision`: Llama 4), converted to F32 once per test run
+/// into cargo's scratch folder for tests: (text GGUF, mmproj GGUF). Each
+/// file is written beside its name and renamed into place, so a run beside
+/// this one never maps a half-written file.
+fn vision_files(name: &str) -> (String, String) {
+    use spinel_runtime::convert::{Conversion, ConvertOptions, OutType};
+    use std::collections::HashMap;
+    static FILES: Mutex<Option<HashMap<String, (String, String)>>> = Mutex::new(None);
+    let mut files = FILES.lock().unwrap();
+    let files = files.get_or_insert_with(HashMap::new);
+    if let Some(f) = files.get(name) {
+        return f.clone();
+    }
+    let opts = ConvertOptions {
+        outtype: OutType::F32,
+        name: None,
+    };
+    let conv = Conversion::plan(&testdata().join("vision/dev").join(name), &opts).unwrap();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ffi-vision");
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join(format!("{name}.gguf"));
+    let mmproj = dir.join(format!("{name}.mmproj.gguf"));
+    let part = |p: &std::path::Path| p.with_extension(format!("part{}", std::process::id()));
+    conv.write(&part(&text), &mut |_| {}).unwrap();
+    conv.write_mmproj(&part(&mmproj), &mut |_| {})
+        .unwrap()
+        .expect("an mmproj");
+    for p in [&text, &mmproj] {
+        std::fs::rename(part(p), p).unwrap();
+    }
+    let path = |p: std::path::PathBuf| p.to_str().unwrap().to_string();
+    let f = (path(text), path(mmproj));
+    files.insert(name.to_string(), f.clone());
+    f
+}
+
+fn vision_options(mmproj: Option<&str>) -> LoadOptions {
+    LoadOptions {
+        threads: Some(2),
+        context_length: Some(512),
+        mmproj_path: mmproj.map(str::to_string),
+        ..LoadOptions::default()
+    }
+}
+
+fn send_images(
+    chat: &spinel_ffi::ChatSession,
+    message: &str,
+    images: Vec<Vec<u8>>,
+) -> (String, Result<GenerationStats, SpinelError>) {
+    let (listener, end) = Collector::new(false);
+    chat.send(message.into(), greedy(8), listener.clone(), images)
+        .unwrap();
+    let result = end.recv_timeout(Duration::from_secs(120)).unwrap();
+    (listener.text(), result)
+}
+
+/// The greedy answer (8 tokens) of the runtime's own
+/// `Session::chat_with_images` to `question` with the image `png`, on a
+/// session sized as the SDK's: (text, generated tokens, prompt tokens).
+fn runtime_answer(text: &str, mmproj: &str, question: &str, png: &[u8]) -> (String, usize, usize) {
+    use spinel_runtime::engine::{Engine, GenerateOptions, SessionOptions};
+    use spinel_runtime::model::KvType;
+    use spinel_runtime::sampling::SamplingParams;
+    let mut engine = Engine::load(text).unwrap();
+    engine.load_mmproj(mmproj).unwrap();
+    let engine = Arc::new(engine);
+    let session_options = SessionOptions {
+        n_ctx: Some(512),
+        kv_type: KvType::F16,
+        n_threads: Some(2),
+        ..SessionOptions::default()
+    };
+    let mut session = engine.session(&session_options).unwrap();
+    let opts = GenerateOptions {
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        },
+        max_tokens: Some(8),
+        ..GenerateOptions::default()
+    };
+    let image = spinel_runtime::vision::decode_image(png).unwrap();
+    let g = session
+        .chat_with_images(question, vec![image], &opts, |_| {})
+        .unwrap();
+    (g.text, g.generated_ids.len(), g.prompt_ids.len())
+}
+
+/// An image sent with a message reaches the vision tower, for Llama 3.2
+/// Vision and Llama 4: the greedy answer is the runtime's own
+/// `Session::chat_with_images` answer for the same bytes.
+#[test]
+fn images_give_the_runtimes_answer() {
+    let question = "What is in this image?";
+    for (name, image, arch) in [
+        ("mllama", "landscape_300x200.png", "mllama"),
+        ("llama4_vision", "portrait_160x400.png", "llama4"),
+    ] {
+        let (text, mmproj) = vision_files(name);
+        let png = image_bytes(image);
+        let model = Model::load(text.clone(), vision_options(Some(&mmproj)), None).unwrap();
+        let info = model.info();
+        assert!(
+            info.supports_images && info.architecture == arch,
+            "{info:?}"
+        );
+        let chat = model.chat_session(None).unwrap();
+        let (answer, stats) = send_images(&chat, question, vec![png.clone()]);
+        let stats = stats.unwrap();
+        assert!(stats.image_encode_seconds > 0.0, "{name}: {stats:?}");
+        assert!(!answer.is_empty(), "{name}: {stats:?}");
+        let want = runtime_answer(&text, &mmproj, question, &png);
+        assert_eq!(
+            (
+                answer,
+                stats.generated_tokens as usize,
+                stats.prompt_tokens as usize
+            ),
+            want,
+            "{name}"
+        );
+    }
+}
+
+/// The conversation keeps its images: the rendered prompt holds the
+/// image's marker (a chat without one has none and encodes nothing), the
+/// next turn (text only) encodes the image again, and the chat cannot be
+/// saved.
+#[test]
+fn chats_keep_their_images() {
+    let (text, mmproj) = vision_files("mllama");
+    let png = image_bytes("landscape_300x200.png");
+    let question = "What is in this image?";
+    let model = Model::load(text, vision_options(Some(&mmproj)), None).unwrap();
+    let chat = model.chat_session(None).unwrap();
+    let (_, stats) = send_images(&chat, question, vec![png]);
+    let stats = stats.unwrap();
+    assert!(
+        chat.render_prompt()
+            .unwrap()
+            .contains("<|image|>What is in")
+    );
+    let plain = model.chat_session(None).unwrap();
+    let (_, no_image) = send_images(&plain, question, Vec::new());
+    assert_eq!(no_image.unwrap().image_encode_seconds, 0.0);
+    assert!(!plain.render_prompt().unwrap().contains("<|image|>"));
+
+    let (_, next) = send_images(&chat, "And?", Vec::new());
+    let next = next.unwrap();
+    assert!(next.image_encode_seconds > 0.0, "{next:?}");
+    assert!(next.prompt_tokens > stats.prompt_tokens);
+    assert_eq!(chat.history().len(), 4);
+    // A chat with images is not saved (the file would lack them).
+    let saved = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ffi-vision-chat.session");
+    let err = chat.save(saved.to_str().unwrap().to_string()).unwrap_err();
+    assert!(matches!(err, SpinelError::SessionFile { .. }), "{err:?}");
+}
+
+/// Corrupt, truncated, unknown and oversized images, and images sent to a
+/// model without a vision tower, end the turn with `InvalidArgument`
+/// carrying the runtime's message and leave the history as it was; an
+/// mmproj that does not fit the model fails the load with `InvalidModel`.
+#[test]
+fn bad_images_and_text_only_models_are_refused() {
+    let (text, mmproj) = vision_files("mllama");
+    let (text, mmproj) = (&text, &mmproj);
+    let png = image_bytes("landscape_300x200.png");
+    let jpg = image_bytes("small_64x48.jpg");
+    // A JPEG whose frame header claims 65535×65535: over the pixel cap.
+    let mut bomb = jpg.clone();
+    let sof = (0..bomb.len() - 1)
+        .find(|&i| bomb[i] == 0xFF && (bomb[i + 1] == 0xC0 || bomb[i + 1] == 0xC2))
+        .expect("a SOF marker");
+    bomb[sof + 5..sof + 9].copy_from_slice(&[0xFF; 4]);
+
+    let model = Model::load(text.clone(), vision_options(Some(mmproj)), None).unwrap();
+    let chat = model.chat_session(None).unwrap();
+    for (images, says) in [
+        (vec![png[..png.len() / 2].to_vec()], "corrupt or truncated"),
+        (
+            vec![png.clone(), jpg[..40].to_vec()],
+            "corrupt or truncated",
+        ),
+        (vec![b"GIF89a....".to_vec()], "not a PNG or JPEG"),
+        (vec![bomb], "over the cap"),
+    ] {
+        let (answer, result) = send_images(&chat, "What is this?", images);
+        match result {
+            Err(SpinelError::InvalidArgument { reason }) => {
+                assert!(reason.contains(says), "{reason}")
+            }
+            other => panic!("expected InvalidArgument ({says}), got {other:?}"),
+        }
+        assert!(answer.is_empty());
+        assert!(chat.history().is_empty(), "{:?}", chat.history());
+    }
+
+    // The same model without its mmproj, and the text-only demo model.
+    let demo = spinel_runtime::cache::test_model();
+    for path in [text.clone(), demo.to_str().unwrap().to_string()] {
+        let model = Model::load(path, vision_options(None), None).unwrap();
+        assert!(!model.info().supports_images);
+        let chat = model.chat_session(None).unwrap();
+        let (_, result) = send_images(&chat, "What is this?", vec![png.clone()]);
+        match result {
+            Err(SpinelError::InvalidArgument { reason }) => {
+                assert!(reason.contains("images need a vision model"), "{reason}")
+            }
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+        assert!(chat.history().is_empty());
+    }
+
+    // An mmproj on a text-only model, a model file given as an mmproj, a
+    // missing mmproj.
+    let demo = demo.to_str().unwrap().to_string();
+    let missing = format!("{mmproj}.missing");
+    for (model, mmproj) in [(&demo, mmproj), (text, text), (text, &missing)] {
+        let err = Model::load(model.clone(), vision_options(Some(mmproj)), None).unwrap_err();
+        assert!(
+            matches!(err, SpinelError::InvalidModel { .. }),
+            "{model} + {mmproj}: {err:?}"
+        );
+        if *model == demo {
+            assert!(err.to_string().contains("text-only"), "{err}");
+        }
+    }
 }

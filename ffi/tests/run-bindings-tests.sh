@@ -8,6 +8,8 @@
 #   * Swift: the ios/ package (generated bindings over libspinel_ffi.so and
 #     the wrapper) built and its XCTest suite run with Debian 13's Swift in a
 #     trixie chroot (ios/test-linux.sh; made once, needs root).
+# The vision tests load the shared test data's tiny mllama model, converted
+# here once (ffi/tests/vision-model.sh), and send it one of its images.
 # Everything it needs must be there: a missing tool fails the run, never skips.
 #
 #   ffi/tests/run-bindings-tests.sh [python|kotlin|swift ...]   # default: all
@@ -20,6 +22,13 @@ JNA_JAR=${JNA_JAR:-/usr/share/java/jna.jar}
 
 out=${CARGO_TARGET_DIR:-target}/bindings
 export SPINEL_TEST_MODEL=${SPINEL_TEST_MODEL:-$(scripts/fetch-model.sh)}
+export SPINEL_TEST_VISION_MODEL=${SPINEL_TEST_VISION_MODEL:-$(ffi/tests/vision-model.sh "$out/vision")}
+export SPINEL_TEST_VISION_MMPROJ=${SPINEL_TEST_VISION_MMPROJ:-${SPINEL_TEST_VISION_MODEL%.gguf}.mmproj.gguf}
+testdata=${SPINEL_TESTDATA:-$(cd .. && pwd)/shared/testdata}
+export SPINEL_TEST_IMAGE=${SPINEL_TEST_IMAGE:-$testdata/vision/images/landscape_300x200.png}
+for f in "$SPINEL_TEST_VISION_MODEL" "$SPINEL_TEST_VISION_MMPROJ" "$SPINEL_TEST_IMAGE"; do
+  [[ -s $f ]] || { echo "missing $f" >&2; exit 1; }
+done
 # The test profile (opt-level 1, as `cargo test`): generation is ~100x faster
 # than with dev's opt-level 0.
 CARGO_PROFILE=test ffi/generate-bindings.sh "$out" "${steps[@]}"

@@ -2,7 +2,9 @@
 
 Run by ffi/tests/run-bindings-tests.sh, which generates the bindings from the
 library just built and puts them on PYTHONPATH. The model path comes from
-SPINEL_TEST_MODEL (scripts/fetch-model.sh prints it).
+SPINEL_TEST_MODEL (scripts/fetch-model.sh prints it); the vision model, its
+mmproj and a PNG image from SPINEL_TEST_VISION_MODEL, SPINEL_TEST_VISION_MMPROJ
+and SPINEL_TEST_IMAGE (the script converts the tiny mllama test model).
 """
 
 import os
@@ -14,6 +16,10 @@ import spinel_ffi as spinel
 MODEL = os.environ["SPINEL_TEST_MODEL"]
 OPTIONS = spinel.LoadOptions(threads=2, context_length=1024)
 GREEDY = spinel.GenerationParams(temperature=0.0)
+VISION_MODEL = os.environ["SPINEL_TEST_VISION_MODEL"]
+VISION_MMPROJ = os.environ["SPINEL_TEST_VISION_MMPROJ"]
+with open(os.environ["SPINEL_TEST_IMAGE"], "rb") as _f:
+    PNG = _f.read()
 
 
 class Collector(spinel.GenerationListener):
@@ -396,6 +402,46 @@ class PythonBindings(unittest.TestCase):
         finally:
             server.shutdown()
             server.server_close()
+
+    def test_images_with_a_message(self):
+        options = spinel.LoadOptions(threads=2, context_length=512, mmproj_path=VISION_MMPROJ)
+        model = spinel.Model.load(VISION_MODEL, options, None)
+        self.assertTrue(model.info().supports_images)
+        self.assertFalse(self.model.info().supports_images)
+        params = spinel.GenerationParams(temperature=0.0, max_tokens=8)
+
+        def ask(chat, images):
+            listener = Collector()
+            stats = listener.wait(chat.send("What is in this image?", params, listener, images=images))
+            return "".join(listener.tokens), stats
+
+        chat = model.chat_session(None)
+        answer, stats = ask(chat, [PNG])
+        self.assertTrue(answer, "an empty answer")
+        self.assertGreater(stats.image_encode_seconds, 0.0)
+        self.assertIn("<|image|>What is in this image?", chat.render_prompt())
+        # Greedy: a new chat given the same bytes answers the same.
+        self.assertEqual(ask(model.chat_session(None), [PNG])[0], answer)
+        # Without images: nothing encoded, no image in the prompt.
+        plain = model.chat_session(None)
+        _, plain_stats = ask(plain, [])
+        self.assertEqual(plain_stats.image_encode_seconds, 0.0)
+        self.assertNotIn("<|image|>", plain.render_prompt())
+
+        # A truncated PNG: the runtime's decoder error; the history is as it was.
+        bad = model.chat_session(None)
+        with self.assertRaises(spinel.SpinelError.InvalidArgument) as e:
+            ask(bad, [PNG[: len(PNG) // 2]])
+        self.assertIn("corrupt or truncated", str(e.exception))
+        self.assertEqual(bad.history(), [])
+        # Images for the text-only demo model.
+        text_only = self.model.chat_session(None)
+        with self.assertRaises(spinel.SpinelError.InvalidArgument) as e:
+            ask(text_only, [PNG])
+        self.assertIn("images need a vision model", str(e.exception))
+        # Its mmproj on the text-only model does not load.
+        with self.assertRaises(spinel.SpinelError.InvalidModel):
+            spinel.Model.load(MODEL, spinel.LoadOptions(mmproj_path=VISION_MMPROJ), None)
 
     def test_not_a_model_is_an_error(self):
         with self.assertRaises(spinel.SpinelError.InvalidModel):

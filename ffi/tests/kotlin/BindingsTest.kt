@@ -1,6 +1,8 @@
 // The Kotlin bindings of spinel-ffi and the Android wrapper (android/spinel,
 // pure Kotlin) on the JVM, against the real model. Compiled and run by
-// ffi/tests/run-bindings-tests.sh; the model path is SPINEL_TEST_MODEL.
+// ffi/tests/run-bindings-tests.sh; the model path is SPINEL_TEST_MODEL, the
+// vision model's, its mmproj's and a PNG's SPINEL_TEST_VISION_MODEL,
+// SPINEL_TEST_VISION_MMPROJ and SPINEL_TEST_IMAGE.
 // Prints "N passed, 0 failed" and exits 0 only if every check passed.
 
 import dev.spinel.SpinelModel
@@ -21,6 +23,7 @@ import kotlinx.coroutines.runBlocking
 
 val modelPath: String = System.getenv("SPINEL_TEST_MODEL") ?: error("SPINEL_TEST_MODEL is not set")
 val options = LoadOptions(threads = 2u, contextLength = 1024u)
+fun env(name: String): String = System.getenv(name) ?: error("$name is not set")
 
 class Collector(val onFirst: (() -> Unit)? = null) : GenerationListener {
     val tokens = java.util.Collections.synchronizedList(mutableListOf<String>())
@@ -239,6 +242,45 @@ fun main() {
             check(calls.size == 1 && calls[0].name == "get_weather" && "city" in calls[0].argumentsJson) { "tool calls $calls" }
             m.close()
         }
+    }
+
+    tests["images with a message"] = {
+        val png = java.io.File(env("SPINEL_TEST_IMAGE")).readBytes()
+        val mmproj = env("SPINEL_TEST_VISION_MMPROJ")
+        val vision = Model.load(env("SPINEL_TEST_VISION_MODEL"),
+            LoadOptions(threads = 2u, contextLength = 512u, mmprojPath = mmproj), null)
+        check(vision.info().supportsImages && !model.info().supportsImages) { "supportsImages" }
+        val params = GenerationParams(temperature = 0f, maxTokens = 8u)
+        val chat = vision.chatSession(null)
+        val c = Collector()
+        chat.send("What is in this image?", params, c, listOf(png))
+        val stats = c.await()
+        check(c.text.isNotEmpty()) { "empty answer" }
+        check(stats.imageEncodeSeconds > 0.0) { "image encode ${stats.imageEncodeSeconds}" }
+        check("<|image|>What is in this image?" in chat.renderPrompt()) { chat.renderPrompt() }
+        // The wrapper: the same bytes in a new chat, the same greedy answer.
+        runBlocking {
+            val wrapped = dev.spinel.SpinelChat(vision.chatSession(null))
+            val again = wrapped.send("What is in this image?", params, listOf(png)).toList().joinToString("")
+            check(again == c.text) { "wrapper: '$again' vs '${c.text}'" }
+            check((wrapped.lastStats?.imageEncodeSeconds ?: 0.0) > 0.0) { "wrapper stats" }
+        }
+        // A truncated PNG, and images for the text-only demo model.
+        val cases = listOf(
+            Triple(vision, png.copyOf(png.size / 2), "corrupt or truncated"),
+            Triple(model, png, "images need a vision model"),
+        )
+        for ((m, bytes, says) in cases) {
+            val bad = m.chatSession(null)
+            val e = Collector()
+            bad.send("What is in this image?", params, e, listOf(bytes))
+            val err = runCatching { e.await() }.exceptionOrNull()
+            check(err is SpinelException.InvalidArgument && says in err.reason) { "$says: $err" }
+            check(bad.history().isEmpty()) { "history ${bad.history()}" }
+        }
+        val mismatch = runCatching { Model.load(modelPath, LoadOptions(mmprojPath = mmproj), null) }
+        check(mismatch.exceptionOrNull() is SpinelException.InvalidModel) { "mmproj on a text model: $mismatch" }
+        vision.close()
     }
 
     tests["README quick start"] = {

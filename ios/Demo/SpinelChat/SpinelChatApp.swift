@@ -40,6 +40,8 @@ final class ChatModel: ObservableObject {
         generating = true
         task = Task {
             do {
+                // A vision model (LoadOptions(mmprojPath:)) also takes
+                // images: chat.send(message, images: [pngData]).
                 for try await piece in chat.send(message) {
                     turns[turns.count - 1].text += piece
                 }

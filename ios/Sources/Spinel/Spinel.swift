@@ -29,7 +29,14 @@ public final class SpinelChat: @unchecked Sendable {
     /// Sends `message` and streams the answer's text. Cancelling the
     /// consuming task (or breaking out of the loop) cancels the generation;
     /// the stream fails with `SpinelError` on error.
-    public func send(_ message: String, params: GenerationParams = GenerationParams())
+    ///
+    /// `images`: PNG or JPEG files' bytes shown with the message, for a
+    /// model loaded with `LoadOptions(mmprojPath:)` (`info().supportsImages`);
+    /// a corrupt or oversized image, or images for a text-only model, fail
+    /// the stream with `SpinelError.InvalidArgument`.
+    public func send(
+        _ message: String, images: [Data] = [], params: GenerationParams = GenerationParams()
+    )
         -> AsyncThrowingStream<String, Error>
     {
         AsyncThrowingStream { continuation in
@@ -40,7 +47,8 @@ public final class SpinelChat: @unchecked Sendable {
                 self.lock.unlock()
             }
             do {
-                let handle = try session.send(message: message, params: params, listener: listener)
+                let handle = try session.send(
+                    message: message, params: params, listener: listener, images: images)
                 continuation.onTermination = { _ in handle.cancel() }
             } catch {
                 continuation.finish(throwing: error)
@@ -48,12 +56,14 @@ public final class SpinelChat: @unchecked Sendable {
         }
     }
 
-    /// Sends `message` and returns the whole answer.
-    public func reply(_ message: String, params: GenerationParams = GenerationParams()) async throws
+    /// Sends `message` (and `images`) and returns the whole answer.
+    public func reply(
+        _ message: String, images: [Data] = [], params: GenerationParams = GenerationParams()
+    ) async throws
         -> String
     {
         var text = ""
-        for try await piece in send(message, params: params) {
+        for try await piece in send(message, images: images, params: params) {
             text += piece
         }
         return text

@@ -1,5 +1,7 @@
 // The Swift wrapper and the generated bindings against the real demo model
-// (SPINEL_TEST_MODEL), run by ios/test-linux.sh with `swift test`.
+// (SPINEL_TEST_MODEL) and a tiny vision model (SPINEL_TEST_VISION_MODEL, its
+// SPINEL_TEST_VISION_MMPROJ, a PNG at SPINEL_TEST_IMAGE), run by
+// ios/test-linux.sh with `swift test`.
 import Foundation
 import XCTest
 
@@ -141,6 +143,49 @@ final class SpinelTests: XCTestCase {
             return out
         }
         XCTAssertEqual(together, alone)
+    }
+
+    func testImagesWithAMessage() async throws {
+        let env = ProcessInfo.processInfo.environment
+        let png = try Data(contentsOf: URL(fileURLWithPath: env["SPINEL_TEST_IMAGE"] ?? ""))
+        let mmproj = env["SPINEL_TEST_VISION_MMPROJ"] ?? ""
+        let vision = try await Model.load(
+            path: env["SPINEL_TEST_VISION_MODEL"] ?? "",
+            options: LoadOptions(threads: 2, contextLength: 512, mmprojPath: mmproj))
+        XCTAssertTrue(vision.info().supportsImages)
+        let text = try await model()
+        XCTAssertFalse(text.info().supportsImages)
+        let params = GenerationParams(temperature: 0, maxTokens: 8)
+
+        let chat = try vision.newChat()
+        let answer = try await chat.reply("What is in this image?", images: [png], params: params)
+        XCTAssertFalse(answer.isEmpty)
+        XCTAssertGreaterThan(try XCTUnwrap(chat.lastStats).imageEncodeSeconds, 0)
+        XCTAssertTrue(try chat.session.renderPrompt().contains("<|image|>What is in this image?"))
+        // Greedy: a new chat given the same bytes answers the same.
+        let again = try await vision.newChat().reply("What is in this image?", images: [png], params: params)
+        XCTAssertEqual(again, answer)
+
+        // A truncated PNG, and images for the text-only demo model.
+        for (m, bytes, says) in [
+            (vision, png.prefix(png.count / 2), "corrupt or truncated"),
+            (text, png, "images need a vision model"),
+        ] {
+            let bad = try m.newChat()
+            do {
+                _ = try await bad.reply("What is in this image?", images: [Data(bytes)], params: params)
+                XCTFail("\(says): no error")
+            } catch let SpinelError.InvalidArgument(reason) {
+                XCTAssertTrue(reason.contains(says), reason)
+            }
+            XCTAssertTrue(bad.history.isEmpty)
+        }
+        // The mmproj on the text-only model does not load.
+        do {
+            _ = try await Model.load(path: SpinelTests.path, options: LoadOptions(mmprojPath: mmproj))
+            XCTFail("an mmproj on a text-only model loaded")
+        } catch SpinelError.InvalidModel {
+        }
     }
 
     func testBadPathIsATypedError() async throws {

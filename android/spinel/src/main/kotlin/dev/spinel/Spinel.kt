@@ -150,10 +150,16 @@ class SpinelChat(val ffi: ChatSession) : AutoCloseable {
      * the flow is collected; cancelling the collector (or the scope) cancels
      * the generation. The flow fails with [SpinelException] on error; after it
      * completes, [lastStats] holds the answer's stats.
+     *
+     * [images]: PNG or JPEG files' bytes shown with the message, for a model
+     * loaded with `LoadOptions.mmprojPath` ([ModelInfo.supportsImages]); a
+     * corrupt or oversized image, or images for a text-only model, fail the
+     * flow with [SpinelException.InvalidArgument].
      */
     fun send(
         message: String,
         params: GenerationParams = GenerationParams(),
+        images: List<ByteArray> = emptyList(),
     ): Flow<String> = callbackFlow {
         val handle = ffi.send(message, params, object : GenerationListener {
             override fun onToken(text: String) {
@@ -170,7 +176,7 @@ class SpinelChat(val ffi: ChatSession) : AutoCloseable {
             override fun onError(error: SpinelException) {
                 channel.close(error)
             }
-        })
+        }, images)
         awaitClose { handle.cancel() }
     }
 

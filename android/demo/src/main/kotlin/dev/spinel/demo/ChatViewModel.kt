@@ -65,6 +65,8 @@ class ChatViewModel(app: Application) : AndroidViewModel(app) {
         generating = true
         job = viewModelScope.launch {
             try {
+                // A vision model (LoadOptions(mmprojPath = …)) also takes
+                // images: send(message, params, images = listOf(pngBytes)).
                 chat.send(message, GenerationParams(temperature = 0.7f)).collect { piece ->
                     turns[turns.lastIndex] = turns.last().copy(text = turns.last().text + piece)
                 }
