@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use super::error::{Result, VisionError, field};
 use super::tensor::{
-    Bias, EncoderLayer, LayerDims, LayerInputs, LayerNorm, Linear, Scratch, TensorSource, load,
-    load_gate, patches,
+    Bias, EncoderLayer, LayerDims, LayerInputs, LayerNorm, Linear, Scratch, TensorSource, Weights,
+    load, load_gate, patches,
 };
 
 /// The mllama vision hyperparameters.
@@ -144,17 +144,16 @@ impl MllamaVision {
         let p1 = cfg.num_patches() + 1;
         let rows = cfg.num_aspect_ratios + 1;
         let pl = cfg.num_channels * cfg.patch_size * cfg.patch_size;
-        let mut patch_embedding = Linear {
-            w: load(
+        let patch_embedding = Linear {
+            w: Weights::F32(load(
                 src,
                 "vision_model.patch_embedding.weight",
                 &[d, cfg.num_channels, cfg.patch_size, cfg.patch_size],
-            )?,
+            )?),
             b: None,
             rows: d,
             cols: pl,
         };
-        patch_embedding.w.shrink_to_fit();
         let dims = |gated| LayerDims {
             hidden: d,
             intermediate: cfg.intermediate_size,

@@ -10,13 +10,13 @@
 
 use std::path::Path;
 
-use spinel_quant::Kernels;
+use spinel_quant::{GgmlType, Kernels};
 
 use super::error::{Result, VisionError};
 use super::llama4::{Llama4Vision, Llama4VisionConfig};
 use super::mllama::{MllamaVision, MllamaVisionConfig};
 use super::processor::{ProcessorConfig, ProcessorKind};
-use super::tensor::{Tensor, TensorSource};
+use super::tensor::{StoredMatrix, Tensor, TensorSource};
 use crate::gguf::{Array, MappedGguf, Metadata, Value};
 
 /// `clip.projector_type` values.
@@ -489,5 +489,30 @@ impl TensorSource for MmprojFile {
         }
         let shape = t.dims().iter().rev().map(|&d| d as usize).collect();
         Ok(Some(Tensor { shape, data: out }))
+    }
+
+    /// Matrices not stored as f32 (a quantized mmproj: q8_0, f16) stay so.
+    fn stored(&self, name: &str) -> Result<Option<StoredMatrix>> {
+        let Some(gname) = mmproj_tensor_name(self.projector, name) else {
+            return Ok(None);
+        };
+        let Some(t) = self.gguf.file().tensor(&gname) else {
+            return Ok(None);
+        };
+        let (ty, dims) = (t.ggml_type(), t.dims());
+        if ty == GgmlType::F32 || dims.len() != 2 {
+            return Ok(None);
+        }
+        let to_usize = |d: u64| usize::try_from(d).map_err(|e| VisionError::Weights(e.to_string()));
+        let (cols, rows) = (to_usize(dims[0])?, to_usize(dims[1])?);
+        let size = ty.row_size(cols).and_then(|r| r.checked_mul(rows));
+        if size != Some(t.data().len()) {
+            return Err(VisionError::Weights(format!("{gname}: data size")));
+        }
+        Ok(Some(StoredMatrix {
+            ty,
+            shape: [rows, cols],
+            bytes: t.data().to_vec(),
+        }))
     }
 }

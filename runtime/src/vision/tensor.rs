@@ -18,10 +18,29 @@ pub struct Tensor {
     pub data: Vec<f32>,
 }
 
+/// A matrix as a file stores it (f16, q8_0 …), for the gemm kernels to
+/// take as is.
+#[derive(Clone, Debug)]
+pub struct StoredMatrix {
+    pub ty: GgmlType,
+    /// `[rows, cols]`.
+    pub shape: [usize; 2],
+    /// `rows` rows of `ty.row_size(cols)` bytes.
+    pub bytes: Vec<u8>,
+}
+
 /// Where tower weights come from, by their Hugging Face names.
 pub trait TensorSource {
     /// The tensor called `name` (HF naming), or `None` if there is none.
     fn tensor(&self, name: &str) -> Result<Option<Tensor>>;
+
+    /// The matrix called `name` in its stored type when that is not f32
+    /// (a quantized mmproj): linear layers keep it so and run it through
+    /// the kernels of its type, as the text model's weights do. `None`:
+    /// read it with [`tensor`](Self::tensor).
+    fn stored(&self, _name: &str) -> Result<Option<StoredMatrix>> {
+        Ok(None)
+    }
 }
 
 /// A Hugging Face checkpoint directory (safetensors).
@@ -74,10 +93,19 @@ pub(crate) fn load_gate(src: &dyn TensorSource, name: &str) -> Result<f32> {
     Ok(load(src, name, &[1])?[0].tanh())
 }
 
+/// A linear layer's weights: f32, or a stored type (f16, q8_0 …) whose
+/// products quantize the activations to the type's `vec_dot_type` first,
+/// as the text model's matmuls do.
+#[derive(Debug)]
+pub(crate) enum Weights {
+    F32(Vec<f32>),
+    Stored { ty: GgmlType, bytes: Vec<u8> },
+}
+
 /// `y = W x + b`, W `[rows, cols]` row-major.
 #[derive(Debug)]
 pub(crate) struct Linear {
-    pub w: Vec<f32>,
+    pub w: Weights,
     pub b: Option<Vec<f32>>,
     pub rows: usize,
     pub cols: usize,
@@ -91,7 +119,28 @@ impl Linear {
         cols: usize,
         bias: Bias,
     ) -> Result<Linear> {
-        let w = load(src, &format!("{prefix}.weight"), &[rows, cols])?;
+        let wname = format!("{prefix}.weight");
+        let w = match src.stored(&wname)? {
+            Some(m) => {
+                let fits = m.shape == [rows, cols]
+                    && m.ty
+                        .row_size(cols)
+                        .is_some_and(|r| r * rows == m.bytes.len())
+                    && m.ty.vec_dot_type().row_size(cols).is_some();
+                if !fits {
+                    return Err(VisionError::Weights(format!(
+                        "{wname}: {} {:?}, expected [{rows}, {cols}]",
+                        m.ty.name(),
+                        m.shape
+                    )));
+                }
+                Weights::Stored {
+                    ty: m.ty,
+                    bytes: m.bytes,
+                }
+            }
+            None => Weights::F32(load(src, &wname, &[rows, cols])?),
+        };
         let bname = format!("{prefix}.bias");
         let b = match bias {
             Bias::No => None,
@@ -103,7 +152,22 @@ impl Linear {
     /// `out[m, rows] = x[m, cols] · Wᵀ + b`.
     pub fn forward(&self, x: &[f32], out: &mut [f32]) {
         let m = x.len() / self.cols;
-        gemm(&self.w, self.cols, x, &mut out[..m * self.rows], self.rows);
+        let out_rows = &mut out[..m * self.rows];
+        match &self.w {
+            Weights::F32(w) => gemm(w, self.cols, x, out_rows, self.rows),
+            Weights::Stored { ty, bytes } => {
+                let vdt = ty.vec_dot_type();
+                let arow = vdt
+                    .row_size(self.cols)
+                    .expect("checked when the layer was loaded");
+                let from_float = Kernels::get().of(vdt).from_float;
+                let mut a = vec![0u8; m * arow];
+                for (x, q) in x.chunks_exact(self.cols).zip(a.chunks_exact_mut(arow)) {
+                    from_float(x, q);
+                }
+                gemm_stored(*ty, bytes, self.cols, &a, out_rows, self.rows);
+            }
+        }
         if let Some(b) = &self.b {
             for row in out[..m * self.rows].chunks_exact_mut(self.rows) {
                 ops::add(row, b);
@@ -137,17 +201,26 @@ fn n_threads() -> usize {
 /// wide, on spinel-quant's f32 kernels; blocks of activation rows are
 /// spread over the machine's threads.
 pub(crate) fn gemm(w: &[f32], k: usize, a: &[f32], out: &mut [f32], ldo: usize) {
+    let (w, a) = (bytemuck::cast_slice(w), bytemuck::cast_slice(a));
+    gemm_stored(GgmlType::F32, w, k, a, out, ldo);
+}
+
+/// [`gemm`] for weights of type `ty` (rows of `ty.row_size(k)` bytes) and
+/// activations already in its `vec_dot_type`.
+fn gemm_stored(ty: GgmlType, w: &[u8], k: usize, a: &[u8], out: &mut [f32], ldo: usize) {
+    let (Some(wrow), Some(arow)) = (ty.row_size(k), ty.vec_dot_type().row_size(k)) else {
+        return;
+    };
     if a.is_empty() || w.is_empty() || k == 0 {
         return;
     }
-    let (m, n) = (a.len() / k, w.len() / k);
+    let (m, n) = (a.len() / arow, w.len() / wrow);
     let kern = Kernels::get();
-    let wb: &[u8] = bytemuck::cast_slice(w);
     // One task per block of rows: (activation rows, their output rows).
     let mut tasks = Vec::with_capacity(m.div_ceil(ROWS_PER_TASK));
     let mut rest = out;
-    for (i, rows) in a.chunks(ROWS_PER_TASK * k).enumerate() {
-        let r = rows.len() / k;
+    for (i, rows) in a.chunks(ROWS_PER_TASK * arow).enumerate() {
+        let r = rows.len() / arow;
         let last = (i + 1) * ROWS_PER_TASK >= m;
         let take = if last {
             rest.len()
@@ -158,9 +231,7 @@ pub(crate) fn gemm(w: &[f32], k: usize, a: &[f32], out: &mut [f32], ldo: usize) 
         rest = tail;
         tasks.push((rows, head));
     }
-    let run = |(rows, o): (&[f32], &mut [f32])| {
-        kern.gemm(GgmlType::F32, k, wb, bytemuck::cast_slice(rows), o, ldo);
-    };
+    let run = |(rows, o): (&[u8], &mut [f32])| kern.gemm(ty, k, w, rows, o, ldo);
     let threads = n_threads().min(tasks.len());
     if threads <= 1 || m * n * k < MIN_PARALLEL_WORK {
         tasks.into_iter().for_each(run);
