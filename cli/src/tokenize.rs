@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use serde_json::json;
 use spinel_runtime::gguf::MappedGguf;
 use spinel_runtime::tokenizer::Tokenizer;
+use spinel_runtime::vision::{MmprojFile, decode_image, expand_image_prompt};
 
 /// Turn text into token ids with a model's tokenizer.
 #[derive(clap::Args, Debug)]
@@ -22,6 +23,36 @@ pub struct Args {
     /// vocabulary strings).
     #[arg(long)]
     json: bool,
+    /// The vision model (`OUT.mmproj.gguf`): with --image, the text's
+    /// <|image|> markers are expanded as the model's processor does.
+    #[arg(long)]
+    mmproj: Option<PathBuf>,
+    /// An image for the next <|image|> marker of the text (repeatable;
+    /// needs --mmproj). Only its size matters here.
+    #[arg(long = "image")]
+    images: Vec<PathBuf>,
+}
+
+/// `ids` with the image markers expanded for `args.images`.
+fn expand(args: &Args, tok: &Tokenizer, ids: Vec<u32>) -> Result<Vec<u32>, String> {
+    let Some(mmproj) = &args.mmproj else {
+        return match args.images.is_empty() {
+            true => Ok(ids),
+            false => Err("--image needs --mmproj (the vision model's processor)".into()),
+        };
+    };
+    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", mmproj.display());
+    // SAFETY: as the model file below: read-only, unchanged while mapped.
+    let file = unsafe { MmprojFile::open(mmproj) }.map_err(|e| at(&e))?;
+    let images = args
+        .images
+        .iter()
+        .map(|p| {
+            let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            decode_image(&bytes).map_err(|e| format!("{}: {e}", p.display()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    expand_image_prompt(&file, tok, &ids, &images).map_err(|e| e.to_string())
 }
 
 pub fn run(args: &Args) -> Result<(), String> {
@@ -34,6 +65,7 @@ pub fn run(args: &Args) -> Result<(), String> {
     let ids = tok
         .encode(&args.text, !args.no_bos, true)
         .map_err(|e| e.to_string())?;
+    let ids = expand(args, &tok, ids)?;
     let tokens = ids
         .iter()
         .map(|&id| tok.token_text(id).map(str::to_owned))

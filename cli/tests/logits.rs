@@ -437,6 +437,12 @@ fn run_with_images(gguf: &Path, mmproj: &Path, images: &[PathBuf], prompt: &str)
     spinel(&args)
 }
 
+const IMAGE_NAMES: [&str; 3] = [
+    "landscape_300x200.png",
+    "portrait_160x400.png",
+    "small_64x48.jpg",
+];
+
 /// Ids of a JSON array.
 fn ids(v: &Json) -> Vec<u64> {
     v.as_array()
@@ -564,4 +570,78 @@ fn chat_takes_images_by_flag_and_command() {
     assert!(err.contains("missing.png"), "{err}");
     assert!(!out.status.success());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tokenize_expands_image_markers_as_the_processor_does() {
+    // The processor's input_ids for every reference image (the JPEG's too:
+    // the expansion depends only on the image's size).
+    let vision = testdata().join("vision");
+    for model in ["mllama", "llama4_vision"] {
+        let (dir, gguf, mmproj) = convert_vision(model, "tokenize");
+        let reference: Json = serde_json::from_slice(
+            &std::fs::read(vision.join("dev").join(model).join("reference.json")).unwrap(),
+        )
+        .unwrap();
+        for name in IMAGE_NAMES {
+            let p = &reference["prompts"][name];
+            let image = vision.join("images").join(name);
+            let out = spinel(&[
+                "tokenize".as_ref(),
+                "-m".as_ref(),
+                gguf.as_os_str(),
+                "--mmproj".as_ref(),
+                mmproj.as_os_str(),
+                "--image".as_ref(),
+                image.as_os_str(),
+                "--text".as_ref(),
+                p["prompt_text"].as_str().unwrap().as_ref(),
+                "--json".as_ref(),
+                "--no-bos".as_ref(),
+            ]);
+            assert!(
+                out.status.success(),
+                "{model} {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let doc: Json = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(ids(&doc["ids"]), ids(&p["input_ids"]), "{model} {name}");
+        }
+        // An image without its processor, or one too many, is an error.
+        let image = vision.join("images").join(IMAGE_NAMES[0]);
+        let text = reference["prompts"][IMAGE_NAMES[0]]["prompt_text"]
+            .as_str()
+            .unwrap();
+        let no_mmproj = spinel(&[
+            "tokenize".as_ref(),
+            "-m".as_ref(),
+            gguf.as_os_str(),
+            "--image".as_ref(),
+            image.as_os_str(),
+            "--text".as_ref(),
+            text.as_ref(),
+        ]);
+        assert!(!no_mmproj.status.success());
+        assert!(String::from_utf8_lossy(&no_mmproj.stderr).contains("--image needs --mmproj"));
+        let two = spinel(&[
+            "tokenize".as_ref(),
+            "-m".as_ref(),
+            gguf.as_os_str(),
+            "--mmproj".as_ref(),
+            mmproj.as_os_str(),
+            "--image".as_ref(),
+            image.as_os_str(),
+            "--image".as_ref(),
+            image.as_os_str(),
+            "--text".as_ref(),
+            text.as_ref(),
+        ]);
+        assert!(!two.status.success());
+        let err = String::from_utf8_lossy(&two.stderr);
+        assert!(
+            err.contains("1 image tokens in the prompt for 2 images"),
+            "{model}: {err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

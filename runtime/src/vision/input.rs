@@ -8,8 +8,10 @@ use crate::tokenizer::Tokenizer;
 
 use super::error::{Result, VisionError};
 use super::image::RgbImage;
-use super::mmproj::{MmprojFile, VisionTower};
-use super::processor::{Llama4ImageTokens, ProcessorConfig};
+use super::mmproj::{MmprojFile, Projector, VisionTower};
+use super::processor::{
+    Llama4ImageTokens, ProcessorConfig, llama4_expand_image_tokens, llama4_tile_grid,
+};
 use super::prompt::{ImagePrompt, MllamaImagePrompt, llama4_image_prompt, mllama_image_prompt};
 
 /// The marker of an image in a prompt's text (both families).
@@ -74,6 +76,43 @@ impl Vision {
                 let p = mllama_image_prompt(t, &self.processor, image, ids, images)?;
                 Ok(VisionPrompt::Mllama(p))
             }
+        }
+    }
+}
+
+/// The prompt `ids` (one [`IMAGE_MARKER`] token per image) as the text
+/// model runs it, the markers expanded as the Hugging Face processor does
+/// (Llama 4: each into its tiles' tokens, which depend only on the image's
+/// size; mllama: unchanged), without encoding anything: what the
+/// processor's `input_ids` are.
+pub fn expand_image_prompt(
+    file: &MmprojFile,
+    tok: &Tokenizer,
+    ids: &[u32],
+    images: &[RgbImage],
+) -> Result<Vec<u32>> {
+    let processor = file.processor()?;
+    match file.projector() {
+        Projector::Llama4 => {
+            let special = Llama4ImageTokens::from_lookup(|s| tok.token_id(s))?;
+            let grids = images
+                .iter()
+                .map(|i| llama4_tile_grid(&processor, i.height, i.width))
+                .collect::<Result<Vec<_>>>()?;
+            llama4_expand_image_tokens(ids, &special, &grids, processor.tokens_per_tile())
+        }
+        Projector::Mllama => {
+            let image = tok.token_id(IMAGE_MARKER).ok_or_else(|| {
+                VisionError::Prompt(format!("the tokenizer has no {IMAGE_MARKER} token"))
+            })?;
+            let n = ids.iter().filter(|&&t| t == image).count();
+            if n != images.len() {
+                return Err(VisionError::Prompt(format!(
+                    "{n} image tokens in the prompt for {} images",
+                    images.len()
+                )));
+            }
+            Ok(ids.to_vec())
         }
     }
 }

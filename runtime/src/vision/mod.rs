@@ -10,7 +10,7 @@ pub mod resize;
 
 pub use error::{Result, VisionError};
 pub use image::{DEFAULT_MAX_PIXELS, RgbImage, decode_image, decode_image_capped};
-pub use input::{IMAGE_MARKER, Vision, VisionPrompt};
+pub use input::{IMAGE_MARKER, Vision, VisionPrompt, expand_image_prompt};
 pub use processor::{
     Llama4Image, Llama4ImageTokens, MllamaImage, ProcessorConfig, ProcessorKind,
     llama4_expand_image_tokens, llama4_preprocess, mllama_cross_attention_mask, mllama_preprocess,

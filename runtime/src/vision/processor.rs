@@ -516,11 +516,10 @@ fn bf16_normalise(v: u8, mean: f32, std: f32, rescale: f32) -> f32 {
     bf16::from_f32(x / std).to_f32()
 }
 
-/// Runs the Llama 4 image processor on one RGB image.
-pub fn llama4_preprocess(cfg: &ProcessorConfig, img: &RgbImage) -> Result<Llama4Image> {
-    let tile = cfg.tile_size;
-    let canvases = llama4_resolutions(cfg.max_tiles, tile);
-    let (h, w) = (img.height, img.width);
+/// The canvas (height, width in pixels) Llama 4's processor resizes an
+/// `h`×`w` image onto: a grid of whole tiles.
+fn llama4_canvas(cfg: &ProcessorConfig, h: usize, w: usize) -> Result<(usize, usize)> {
+    let canvases = llama4_resolutions(cfg.max_tiles, cfg.tile_size);
     let scale = |(ch, cw): (usize, usize)| (ch as f32 / h as f32).min(cw as f32 / w as f32);
     let idx = if cfg.resize_to_max_canvas {
         best_canvas_max(&canvases, scale)
@@ -528,7 +527,21 @@ pub fn llama4_preprocess(cfg: &ProcessorConfig, img: &RgbImage) -> Result<Llama4
         best_canvas(&canvases, 1.0f32, scale)
     }
     .ok_or_else(|| cfg_err("no tile canvas"))?;
-    let canvas = canvases[idx];
+    Ok(canvases[idx])
+}
+
+/// The tile grid (rows, columns) of an `h`×`w` image in Llama 4's
+/// processor: what its prompt expansion depends on, without resizing.
+pub fn llama4_tile_grid(cfg: &ProcessorConfig, h: usize, w: usize) -> Result<(usize, usize)> {
+    let canvas = llama4_canvas(cfg, h, w)?;
+    Ok((canvas.0 / cfg.tile_size, canvas.1 / cfg.tile_size))
+}
+
+/// Runs the Llama 4 image processor on one RGB image.
+pub fn llama4_preprocess(cfg: &ProcessorConfig, img: &RgbImage) -> Result<Llama4Image> {
+    let tile = cfg.tile_size;
+    let (h, w) = (img.height, img.width);
+    let canvas = llama4_canvas(cfg, h, w)?;
     let grid = (canvas.0 / tile, canvas.1 / tile);
     let (nh, nw) = llama4_resize_target(h, w, canvas, cfg);
     let resized = resize_bilinear_aa(img, nh, nw);
