@@ -128,21 +128,18 @@ fn serve_file(body: Vec<u8>, n: usize) -> String {
     format!("http://{addr}/image.png")
 }
 
+/// `spinel serve -c 512` of a converted model with its mmproj.
+fn start_vision(model: &Path, mmproj: &Path, extra: &[&str]) -> Server {
+    let (model, mmproj) = (model.to_str().unwrap(), mmproj.to_str().unwrap());
+    let mut args = vec!["-m", model, "--mmproj", mmproj, "-c", "512"];
+    args.extend_from_slice(extra);
+    start(&args)
+}
+
 fn check_family(name: &str, dir: &Path) {
     let (model, mmproj) = convert(name, dir);
     let reference = reference(name);
-    let server = start(&[
-        "-m",
-        model.to_str().unwrap(),
-        "--mmproj",
-        mmproj.to_str().unwrap(),
-        "-c",
-        "512",
-        "--parallel",
-        "2",
-        "-t",
-        "2",
-    ]);
+    let server = start_vision(&model, &mmproj, &["--parallel", "2", "-t", "2"]);
     for image in ["landscape_300x200.png", "portrait_160x400.png"] {
         let (messages, greedy) = reference_messages(&reference, image);
         let r = post(&server, "/v1/chat/completions", &request(messages, false));
@@ -246,15 +243,7 @@ fn image_urls_are_fetched_only_when_allowed() {
     let dir = scratch_dir("serve-vision-urls");
     let (model, mmproj) = convert("llama4_vision", &dir);
     let reference = reference("llama4_vision");
-    let server = start(&[
-        "-m",
-        model.to_str().unwrap(),
-        "--mmproj",
-        mmproj.to_str().unwrap(),
-        "-c",
-        "512",
-        "--allow-image-urls",
-    ]);
+    let server = start_vision(&model, &mmproj, &["--allow-image-urls"]);
     let png = std::fs::read(vision_data().join("images/landscape_300x200.png")).unwrap();
     let url = serve_file(png, 1);
     let (messages, greedy) = reference_messages(&reference, "landscape_300x200.png");
