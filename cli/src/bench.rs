@@ -171,7 +171,16 @@ pub fn run(args: &Args) -> Result<(), String> {
     let mut records = Vec::new();
     let mut printed_header = false;
     for path in &args.models {
-        let opts = crate::memory::load_options(args.memory_budget.as_deref())?;
+        let mut opts = crate::memory::load_options(args.memory_budget.as_deref())?;
+        if let Some((_, mmproj)) = &image {
+            // The tower shares the budget, as in `spinel run --mmproj`.
+            // SAFETY: as in `measure_image`.
+            let file = unsafe { MmprojFile::open(mmproj) }
+                .map_err(|e| format!("{}: {e}", mmproj.display()))?;
+            opts = file
+                .model_load_options(&opts)
+                .map_err(|e| format!("{}: {e}", mmproj.display()))?;
+        }
         let model =
             Model::load_with(path, &opts).map_err(|e| format!("{}: {e}", path.display()))?;
         crate::memory::report_load(&model, false);

@@ -18,6 +18,7 @@ use super::mllama::{MllamaVision, MllamaVisionConfig};
 use super::processor::{ProcessorConfig, ProcessorKind};
 use super::tensor::{Tensor, TensorSource};
 use crate::gguf::{Array, MappedGguf, Metadata, Value};
+use crate::model::LoadOptions;
 
 /// `clip.projector_type` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -421,6 +422,41 @@ impl MmprojFile {
 
     pub fn metadata(&self) -> &Metadata<'_> {
         self.gguf.file().metadata()
+    }
+
+    /// Bytes the loaded tower keeps in memory: every tensor of the file in
+    /// f32 (the tower dequantizes its weights at load; the file's mapping
+    /// is dropped after).
+    pub fn tower_bytes(&self) -> u64 {
+        self.gguf
+            .file()
+            .tensors()
+            .iter()
+            .map(|t| t.n_elements().saturating_mul(4))
+            .fold(0, u64::saturating_add)
+    }
+
+    /// The load options of the text model that shares `opts`' memory
+    /// budget with this tower: the budget less [`tower_bytes`](Self::tower_bytes).
+    /// A tower that fills the whole budget is [`VisionError::Budget`].
+    pub fn model_load_options(&self, opts: &LoadOptions) -> Result<LoadOptions> {
+        let Some(budget) = opts.memory_budget else {
+            return Ok(LoadOptions {
+                memory_budget: None,
+            });
+        };
+        let tower_bytes = self.tower_bytes();
+        let rest =
+            budget
+                .checked_sub(tower_bytes)
+                .filter(|&b| b > 0)
+                .ok_or(VisionError::Budget {
+                    tower_bytes,
+                    budget,
+                })?;
+        Ok(LoadOptions {
+            memory_budget: Some(rest),
+        })
     }
 
     /// The image processor settings.
