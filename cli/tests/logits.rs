@@ -711,6 +711,10 @@ fn quantized_mmproj_keeps_the_vision_tower_close() {
             err.contains("mmproj") && err.contains("f16") && err.contains("q8_0"),
             "{model}: {err}"
         );
+        assert!(
+            !err.contains("quantizing"),
+            "{model}: refused after starting: {err}"
+        );
         assert!(!out.exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
