@@ -7,16 +7,23 @@
 //!   forward pass over one random token id (with the full vocabulary
 //!   projection, as in generation; no sampling).
 //!
+//! * `image` (with `--image IMG --mmproj FILE`): the image encoded for a
+//!   prompt, as `spinel run --image` does before prefill: preprocessing and
+//!   the vision tower (on all cores, as in generation). Its speed is images
+//!   per second.
+//!
 //! Each test runs once to warm up, then `-r` times; the speed of each run
 //! is tokens / seconds, reported as mean ± sample standard deviation. The
 //! table has llama-bench's columns; `--json` prints an array of objects
 //! with llama-bench's `-o json` field names.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 use spinel_runtime::model::{KvType, Model, StateOptions};
+use spinel_runtime::tokenizer::Tokenizer;
+use spinel_runtime::vision::{IMAGE_MARKER, MmprojFile, RgbImage, Vision, decode_image};
 
 use crate::run::KvArgs;
 
@@ -67,6 +74,14 @@ pub struct Args {
     pub json: bool,
     #[arg(long, help = crate::memory::BUDGET_HELP)]
     pub memory_budget: Option<String>,
+    /// The vision model (`OUT.mmproj.gguf` from `spinel convert`) for
+    /// `--image`.
+    #[arg(long, value_name = "FILE")]
+    pub mmproj: Option<PathBuf>,
+    /// Also time encoding this image (preprocessing and the vision tower):
+    /// an `image` test per model. Needs --mmproj.
+    #[arg(long, value_name = "IMG")]
+    pub image: Option<PathBuf>,
 }
 
 /// One line of results.
@@ -79,6 +94,8 @@ struct Record {
     n_prompt: usize,
     n_gen: usize,
     n_depth: usize,
+    /// Images encoded per run (the `image` test: 1, others 0).
+    n_image: usize,
     test_time: String,
     samples_ns: Vec<u64>,
     /// Memory over the timed runs ([`crate::memory::stats_json`]).
@@ -86,8 +103,9 @@ struct Record {
 }
 
 impl Record {
+    /// What one run processes: tokens, or the image of the `image` test.
     fn tokens(&self) -> usize {
-        self.n_prompt + self.n_gen
+        self.n_prompt + self.n_gen + self.n_image
     }
 
     fn samples_ts(&self) -> Vec<f64> {
@@ -98,6 +116,9 @@ impl Record {
     }
 
     fn test_name(&self) -> String {
+        if self.n_image > 0 {
+            return "image".into();
+        }
         let test = if self.n_gen == 0 {
             format!("pp{}", self.n_prompt)
         } else {
@@ -137,10 +158,29 @@ pub fn run(args: &Args) -> Result<(), String> {
     if threads.contains(&0) {
         return Err("-t: thread counts start at 1".into());
     }
+    let image = match (&args.image, &args.mmproj) {
+        (Some(i), Some(m)) => Some((read_image(i)?, m.as_path())),
+        (Some(_), None) => {
+            return Err("--image needs --mmproj FILE (the vision model, \
+                        OUT.mmproj.gguf from `spinel convert`)"
+                .into());
+        }
+        (None, Some(_)) => return Err("--mmproj is only used with --image IMG".into()),
+        (None, None) => None,
+    };
     let mut records = Vec::new();
     let mut printed_header = false;
     for path in &args.models {
-        let opts = crate::memory::load_options(args.memory_budget.as_deref())?;
+        let mut opts = crate::memory::load_options(args.memory_budget.as_deref())?;
+        if let Some((_, mmproj)) = &image {
+            // The tower shares the budget, as in `spinel run --mmproj`.
+            // SAFETY: as in `measure_image`.
+            let file = unsafe { MmprojFile::open(mmproj) }
+                .map_err(|e| format!("{}: {e}", mmproj.display()))?;
+            opts = file
+                .model_load_options(&opts)
+                .map_err(|e| format!("{}: {e}", mmproj.display()))?;
+        }
         let model =
             Model::load_with(path, &opts).map_err(|e| format!("{}: {e}", path.display()))?;
         crate::memory::report_load(&model, false);
@@ -186,6 +226,7 @@ pub fn run(args: &Args) -> Result<(), String> {
                     n_prompt: p,
                     n_gen: n,
                     n_depth: d,
+                    n_image: 0,
                     test_time: utc_now(),
                     samples_ns,
                     memory,
@@ -199,6 +240,32 @@ pub fn run(args: &Args) -> Result<(), String> {
                 }
                 records.push(rec);
             }
+        }
+        if let Some((img, mmproj)) = &image {
+            let (samples_ns, memory) = measure_image(&model, mmproj, img, args.repetitions)
+                .map_err(|e| format!("{}: {e}", mmproj.display()))?;
+            let rec = Record {
+                model_filename: path.display().to_string(),
+                model_type: model_type.clone(),
+                model_size,
+                model_n_params,
+                n_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n_prompt: 0,
+                n_gen: 0,
+                n_depth: 0,
+                n_image: 1,
+                test_time: utc_now(),
+                samples_ns,
+                memory,
+            };
+            if !args.json {
+                if !printed_header {
+                    print_header(&kv_names);
+                    printed_header = true;
+                }
+                print_row(&rec, &kv_names);
+            }
+            records.push(rec);
         }
     }
     if args.json {
@@ -225,6 +292,7 @@ pub fn run(args: &Args) -> Result<(), String> {
                     "n_prompt": r.n_prompt,
                     "n_gen": r.n_gen,
                     "n_depth": r.n_depth,
+                    "n_image": r.n_image,
                     "test_time": r.test_time,
                     "avg_ns": avg_ns.round() as u64,
                     "stddev_ns": stddev_ns.round() as u64,
@@ -307,6 +375,46 @@ fn measure(
         .collect::<Result<Vec<_>, _>>()?;
     let tokens = reps * (n_prompt + n_gen);
     Ok((samples, crate::memory::stats_json(model, &before, tokens)))
+}
+
+/// Reads and decodes an image file.
+fn read_image(path: &Path) -> Result<RgbImage, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    decode_image(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The `image` test: loads the tower of `mmproj` (checked against the
+/// model), then encodes `img` for a prompt of one `<|image|>` once to warm
+/// up and `reps` times timed; nanoseconds per run and the memory stats.
+fn measure_image(
+    model: &Model<'_>,
+    mmproj: &Path,
+    img: &RgbImage,
+    reps: usize,
+) -> Result<(Vec<u64>, serde_json::Value), String> {
+    // SAFETY: the mmproj file must not change while mapped, Spinel's
+    // contract for model files; the mapping is dropped here.
+    let file = unsafe { MmprojFile::open(mmproj) }.map_err(|e| e.to_string())?;
+    let vision = Vision::new(&file, model.config()).map_err(|e| e.to_string())?;
+    drop(file);
+    let tok = Tokenizer::from_gguf(model.gguf()).map_err(|e| e.to_string())?;
+    let ids = tok
+        .encode(IMAGE_MARKER, false, true)
+        .map_err(|e| e.to_string())?;
+    let images = std::slice::from_ref(img);
+    let once = || -> Result<u64, String> {
+        let start = Instant::now();
+        let p = vision
+            .prompt(&tok, &ids, images)
+            .map_err(|e| e.to_string())?;
+        let ns = start.elapsed().as_nanos() as u64;
+        drop(p);
+        Ok(ns)
+    };
+    once()?;
+    let before = crate::memory::Snapshot::now(model);
+    let samples = (0..reps).map(|_| once()).collect::<Result<Vec<_>, _>>()?;
+    Ok((samples, crate::memory::stats_json(model, &before, reps)))
 }
 
 /// Bytes and element count of every tensor in the file (llama.cpp's model

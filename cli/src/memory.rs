@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use serde_json::json;
+use spinel_runtime::engine::Engine;
 use spinel_runtime::memory::{ProcessMemory, default_budget, format_size, parse_size};
 use spinel_runtime::model::{LoadOptions, Model};
 
@@ -56,6 +57,25 @@ pub fn report_load(model: &Model<'_>, verbose: bool) {
             format_size(per_token),
             speed / per_token.max(1) as f64
         );
+    }
+}
+
+/// With a vision tower loaded, says (to stderr, where the residency plan
+/// goes) how much of the memory `budget` the tower takes; printed with
+/// `verbose` or when the model streams weights.
+pub fn report_vision(engine: &Engine, budget: Option<u64>, verbose: bool) {
+    let tower = engine.vision_bytes();
+    if tower == 0 || !(verbose || engine.model().residency().streaming) {
+        return;
+    }
+    match budget {
+        Some(b) => eprintln!(
+            "spinel: vision tower {} resident, counted in the memory budget {} (the model's \
+             plan above has the rest)",
+            format_size(tower),
+            format_size(b)
+        ),
+        None => eprintln!("spinel: vision tower {} resident", format_size(tower)),
     }
 }
 

@@ -9,7 +9,7 @@ use spinel_runtime::convert::{Conversion, ConvertOptions, OutType};
 use spinel_runtime::gguf::MappedGguf;
 use spinel_runtime::imatrix::Imatrix;
 use spinel_runtime::quantize::rotate::{RotateOptions, rotate_file};
-use spinel_runtime::quantize::{FileType, ImatrixUse, quantize_file};
+use spinel_runtime::quantize::{FileType, ImatrixUse, QuantizeError, mmproj, quantize_file};
 
 /// Quantize a GGUF file (or a Hugging Face checkpoint folder) with
 /// llama-quantize's per-tensor type choices.
@@ -164,6 +164,19 @@ fn quantize(args: &Args, input: &Path, threads: usize, t0: Instant) -> Result<()
     // for model files).
     let m = unsafe { MappedGguf::open(input) }.map_err(|e| e.to_string())?;
     let file = m.file();
+    if mmproj::is_mmproj(file) {
+        // Refused before anything is printed or read.
+        if !mmproj::MMPROJ_TYPES.contains(&args.ty) {
+            return Err(QuantizeError::MmprojType(args.ty).to_string());
+        }
+        if args.imatrix.is_some() {
+            return Err(
+                "--imatrix does not apply to an mmproj file (the vision tower is \
+                        kept at q8_0 or f16, which quantize without one)"
+                    .into(),
+            );
+        }
+    }
     let requant = file
         .tensors()
         .iter()

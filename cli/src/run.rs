@@ -319,14 +319,14 @@ pub fn load_engine_with_vision(
     session: &SessionArgs,
 ) -> Result<Arc<Engine>, String> {
     let opts = crate::memory::load_options(session.memory_budget.as_deref())?;
-    let mut engine =
-        Engine::load_with(path, &opts).map_err(|e| format!("{}: {e}", path.display()))?;
-    if let Some(m) = mmproj {
-        engine
-            .load_mmproj(m)
-            .map_err(|e| format!("{}: {e}", m.display()))?;
-    }
+    let engine = match mmproj {
+        None => Engine::load_with(path, &opts).map_err(|e| format!("{}: {e}", path.display()))?,
+        // The tower's bytes come off the budget before the model plans.
+        Some(m) => Engine::load_with_vision(path, m, &opts)
+            .map_err(|e| format!("{} + {}: {e}", path.display(), m.display()))?,
+    };
     crate::memory::report_load(engine.model(), session.verbose);
+    crate::memory::report_vision(&engine, opts.memory_budget, session.verbose);
     Ok(Arc::new(engine))
 }
 

@@ -84,3 +84,88 @@ fn bench_json_matches_llama_bench() {
         assert!(a["avg_ts"].as_f64().unwrap() > 0.0);
     }
 }
+
+/// The tiny mllama vision model converted by the binary: (text, mmproj).
+fn tiny_mllama(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let out = dir.join("m.gguf");
+    let hf = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/testdata/vision/dev/mllama");
+    ok(
+        "spinel convert",
+        Command::new(SPINEL)
+            .arg("convert")
+            .arg(&hf)
+            .arg("-o")
+            .arg(&out)
+            .args(["--outtype", "f32"])
+            .output()
+            .unwrap(),
+    );
+    (out, dir.join("m.mmproj.gguf"))
+}
+
+#[test]
+fn bench_image_records_the_tower_time() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("spinel-bench-image-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (model, mmproj) = tiny_mllama(&dir);
+    let image = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/testdata/vision/images/landscape_300x200.png");
+    let recs = records(
+        Command::new(SPINEL)
+            .args(["bench", "-m"])
+            .arg(&model)
+            .args(["-p", "8", "-n", "2", "-r", "3", "--json", "--image"])
+            .arg(&image)
+            .arg("--mmproj")
+            .arg(&mmproj),
+        "spinel bench --image",
+    );
+    // pp8, tg2, then the image record, with the others' fields.
+    assert_eq!(recs.len(), 3, "{recs:?}");
+    let img = &recs[2];
+    assert_eq!(img["n_image"], 1);
+    assert_eq!(
+        (img["n_prompt"].as_u64(), img["n_gen"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(img["samples_ns"].as_array().unwrap().len(), 3);
+    assert!(img["avg_ns"].as_u64().unwrap() > 0, "{img}");
+    assert!(img["avg_ts"].as_f64().unwrap() > 0.0, "{img}");
+    assert!(img["stddev_ns"].as_u64().is_some(), "{img}");
+    for r in &recs[..2] {
+        assert_eq!(r["n_image"], 0);
+    }
+    // The table names the test.
+    let (table, _) = ok(
+        "spinel bench --image (table)",
+        Command::new(SPINEL)
+            .args(["bench", "-m"])
+            .arg(&model)
+            .args(["-p", "0", "-n", "0", "-r", "1", "--image"])
+            .arg(&image)
+            .arg("--mmproj")
+            .arg(&mmproj)
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("| image ") || l.contains(" image |")),
+        "{table}"
+    );
+    // --image without --mmproj: a clear error.
+    let run = Command::new(SPINEL)
+        .args(["bench", "-m"])
+        .arg(&model)
+        .arg("--image")
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("--image needs --mmproj"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value as Json;
+use spinel_quant::GgmlType;
+use spinel_runtime::gguf::MappedGguf;
 
 mod common;
-use common::max_abs_diff;
+use common::{max_abs_diff, ok};
 
 const SPINEL: &str = env!("CARGO_BIN_EXE_spinel");
 
@@ -312,6 +314,13 @@ fn convert_vision(name: &str, test: &str) -> (PathBuf, PathBuf, PathBuf) {
 /// vision model (with its image, unless `text_only`): the largest
 /// difference from transformers' last logits.
 fn vision_logits_diff(model: &str, gguf: &Path, mmproj: &Path, name: &str) -> f32 {
+    let (got, want) = vision_logits(model, gguf, mmproj, name);
+    max_abs_diff(&got, &want)
+}
+
+/// `spinel logits --json` for the reference prompt `name` of the dev
+/// vision model: (Spinel's last logits, transformers').
+fn vision_logits(model: &str, gguf: &Path, mmproj: &Path, name: &str) -> (Vec<f32>, Vec<f32>) {
     let vision = testdata().join("vision");
     let reference: Json = serde_json::from_slice(
         &std::fs::read(vision.join("dev").join(model).join("reference.json")).unwrap(),
@@ -351,7 +360,7 @@ fn vision_logits_diff(model: &str, gguf: &Path, mmproj: &Path, name: &str) -> f3
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect();
     assert_eq!(got.len(), want.len());
-    max_abs_diff(&got, &want)
+    (got, want)
 }
 
 #[test]
@@ -649,4 +658,180 @@ fn tokenize_expands_image_markers_as_the_processor_does() {
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// `spinel quantize IN OUT --type TY`.
+fn quantize(input: &Path, out: &Path, ty: &str) -> Output {
+    spinel(&[
+        "quantize".as_ref(),
+        input.as_os_str(),
+        out.as_os_str(),
+        "--type".as_ref(),
+        ty.as_ref(),
+    ])
+}
+
+/// The type of every tensor of a GGUF file, by name.
+fn tensor_types(path: &Path) -> Vec<(String, GgmlType)> {
+    // SAFETY: the test's own file, not changed while mapped.
+    let m = unsafe { MappedGguf::open(path) }.unwrap_or_else(|e| panic!("{e}"));
+    m.file()
+        .tensors()
+        .iter()
+        .map(|t| (t.name().to_owned(), t.ggml_type()))
+        .collect()
+}
+
+/// The metadata of a GGUF file, values as debug strings.
+fn metadata(path: &Path) -> Vec<(String, String)> {
+    // SAFETY: as in `tensor_types`.
+    let m = unsafe { MappedGguf::open(path) }.unwrap_or_else(|e| panic!("{e}"));
+    m.file()
+        .metadata()
+        .iter()
+        .map(|(k, v)| (k.to_owned(), format!("{v:?}")))
+        .collect()
+}
+
+/// The type an mmproj tensor must have once quantized to `ty`.
+fn expected_mmproj_type(name: &str, dims_big: usize, row: u64, ty: &str) -> GgmlType {
+    let embedding = name.contains("position_embd") || name.contains("class_embd");
+    if dims_big != 2 || !name.ends_with(".weight") || embedding {
+        GgmlType::F32
+    } else if ty == "q8_0" && row % 32 == 0 {
+        GgmlType::Q8_0
+    } else {
+        GgmlType::F16
+    }
+}
+
+#[test]
+fn quantized_mmproj_keeps_the_vision_tower_close() {
+    // Largest difference of the image-prompt logits from the f32 mmproj's,
+    // per model and type. Measured on the tiny models (logits spread over
+    // ~17.5): q8_0 moves them by 5.1e-2 (llama4_vision) and 8.8e-2
+    // (mllama), f16 by 1.6e-3 and 2.0e-3 (the tower runs the stored types,
+    // activations quantized as ggml does). The bounds (q8_0 0.15, f16 6e-3)
+    // are under 1% of the spread; against
+    // transformers the f32 file's own 1e-3 is added.
+    for (model, image) in [
+        ("llama4_vision", "landscape_300x200.png"),
+        ("mllama", "landscape_300x200.png"),
+    ] {
+        let (dir, gguf, mmproj) = convert_vision(model, "quantize");
+        let (base, want) = vision_logits(model, &gguf, &mmproj, image);
+        let spread = base.iter().fold(f32::MIN, |a, &b| a.max(b))
+            - base.iter().fold(f32::MAX, |a, &b| a.min(b));
+        let f32_types = tensor_types(&mmproj);
+        // SAFETY: as in `tensor_types`.
+        let dims: std::collections::HashMap<String, Vec<u64>> = {
+            let m = unsafe { MappedGguf::open(&mmproj) }.unwrap();
+            m.file()
+                .tensors()
+                .iter()
+                .map(|t| (t.name().to_owned(), t.dims().to_vec()))
+                .collect()
+        };
+        for ty in ["q8_0", "f16"] {
+            let out = dir.join(format!("m.{ty}.mmproj.gguf"));
+            ok(
+                &format!("quantize {model} mmproj {ty}"),
+                quantize(&mmproj, &out, ty),
+            );
+            let types = tensor_types(&out);
+            assert_eq!(types.len(), f32_types.len());
+            let mut changed = 0;
+            for (name, got) in &types {
+                let d = &dims[name];
+                let big = d.iter().filter(|&&x| x > 1).count();
+                let want_ty = expected_mmproj_type(name, big, d[0], ty);
+                assert_eq!(*got, want_ty, "{model} {ty}: {name} {d:?}");
+                changed += usize::from(*got != GgmlType::F32);
+            }
+            assert!(
+                changed >= 8,
+                "{model} {ty}: only {changed} tensors quantized"
+            );
+            if ty == "q8_0" {
+                assert!(types.iter().any(|(_, t)| *t == GgmlType::Q8_0));
+            }
+            // The metadata is copied; only general.file_type says the new type.
+            let (a, b) = (metadata(&mmproj), metadata(&out));
+            let strip = |m: Vec<(String, String)>| {
+                m.into_iter()
+                    .filter(|(k, _)| k != "general.file_type")
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(strip(a), strip(b), "{model} {ty}: metadata");
+            let (got, _) = vision_logits(model, &gguf, &out, image);
+            let d_base = max_abs_diff(&got, &base);
+            let d_ref = max_abs_diff(&got, &want);
+            eprintln!(
+                "{model} mmproj {ty}: logits differ from the f32 mmproj's by {d_base:.2e} \
+                 (spread {spread:.2}), from transformers' by {d_ref:.2e}"
+            );
+            assert!(
+                d_base > 0.0,
+                "{model} {ty}: the quantized tower changed nothing"
+            );
+            let bound = if ty == "q8_0" { 0.15 } else { 6e-3 };
+            assert!(
+                d_base <= bound,
+                "{model} {ty}: {d_base} from the f32 mmproj"
+            );
+            assert!(
+                d_ref <= bound + 1e-3,
+                "{model} {ty}: {d_ref} from transformers"
+            );
+            assert!(
+                d_base < spread * 1e-2,
+                "{model} {ty}: {d_base} vs spread {spread}"
+            );
+        }
+        // Other types are refused, naming the allowed ones.
+        let out = dir.join("m.q4.mmproj.gguf");
+        let run = quantize(&mmproj, &out, "q4_k_m");
+        assert!(!run.status.success(), "{model}: q4_k_m mmproj accepted");
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            err.contains("mmproj") && err.contains("f16") && err.contains("q8_0"),
+            "{model}: {err}"
+        );
+        assert!(
+            !err.contains("quantizing"),
+            "{model}: refused after starting: {err}"
+        );
+        assert!(!out.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn quantized_mllama_text_model_runs_with_an_image() {
+    // The text GGUF (cross-attention layers included) quantizes like any
+    // other model and still runs an image prompt.
+    let (dir, gguf, mmproj) = convert_vision("mllama", "quantize-text");
+    let image = "landscape_300x200.png";
+    let (base, _) = vision_logits("mllama", &gguf, &mmproj, image);
+    let out = dir.join("m.q8_0.gguf");
+    ok("quantize mllama text q8_0", quantize(&gguf, &out, "q8_0"));
+    let types = tensor_types(&out);
+    // The cross-attention projections (blk.N.cross_attn_{q,k,v,o}.weight)
+    // are quantized like self-attention's (F16 where a row is not whole
+    // Q8_0 blocks, as llama-quantize falls back).
+    let cross: Vec<_> = types
+        .iter()
+        .filter(|(n, _)| n.contains(".cross_attn_") && !n.contains("norm"))
+        .filter(|(n, _)| n.ends_with(".weight"))
+        .collect();
+    assert_eq!(cross.len() % 4, 0, "{cross:?}");
+    assert!(!cross.is_empty(), "no cross-attention tensors: {types:?}");
+    for (n, t) in &cross {
+        assert_ne!(*t, GgmlType::F32, "{n} left f32");
+    }
+    let (got, _) = vision_logits("mllama", &out, &mmproj, image);
+    let d = max_abs_diff(&got, &base);
+    eprintln!("mllama text q8_0: image-prompt logits differ by {d:.2e}");
+    assert!(d.is_finite() && d < 0.1, "q8_0 text model: {d}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -19,9 +19,13 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use common::*;
-use spinel_runtime::convert::{ConvertOptions, OutType, convert};
+use spinel_runtime::convert::{Conversion, ConvertOptions, OutType, convert};
 use spinel_runtime::gguf::{GgufFile, Value};
-use spinel_runtime::model::Model;
+use spinel_runtime::model::{EmbeddingOverride, KvType, Model};
+use spinel_runtime::tokenizer::Tokenizer;
+use spinel_runtime::vision::{
+    Llama4ImageTokens, MmprojFile, ProcessorConfig, VisionTower, decode_image, llama4_image_prompt,
+};
 
 /// Where llama.cpp's converter and binaries are.
 struct LlamaCpp {
@@ -307,4 +311,130 @@ fn llama_cpp_runs_the_files_spinel_writes() {
             "{name}: {stdout:?}"
         );
     }
+}
+
+/// Logits of the last token of `prompt` (one `<|image|>`) on the Llama 4
+/// text model `text`, its image run through the tower of mmproj `mmproj`
+/// with the image settings `pcfg`.
+fn llama4_image_logits(
+    text: &Path,
+    mmproj: &MmprojFile,
+    pcfg: &ProcessorConfig,
+    prompt: &str,
+    image: &Path,
+) -> Vec<f32> {
+    let model = Model::load(text).unwrap();
+    let tok = Tokenizer::from_gguf(model.gguf()).unwrap();
+    let special = Llama4ImageTokens::from_lookup(|s| tok.token_id(s)).unwrap();
+    let VisionTower::Llama4(tower) = mmproj.load_tower().unwrap() else {
+        panic!("not a Llama 4 tower")
+    };
+    let ids = tok.encode(prompt, false, true).unwrap();
+    let img = decode_image(&std::fs::read(image).unwrap()).unwrap();
+    let ip = llama4_image_prompt(&tower, pcfg, &special, &ids, &[img]).unwrap();
+    let mut state = model.new_state(Some(ip.tokens.len()), KvType::F32).unwrap();
+    let over = EmbeddingOverride {
+        indices: &ip.embed_indices,
+        rows: &ip.embeds,
+    };
+    model
+        .forward_with_embeddings(&mut state, &ip.tokens, over)
+        .unwrap()
+        .to_vec()
+}
+
+#[test]
+fn llama_cpp_llama4_mmproj_loads_and_matches_spinels() {
+    // llama.cpp's converter (`--mmproj`) on the tiny Llama 4 vision model;
+    // it needs the tensor-name map widened (see llama_cpp_convert.py: with
+    // a 2-layer tower it stops with "Can not map tensor
+    // 'vision_model.vision_adapter.mlp.fc2.weight'").
+    let hf = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/testdata/vision/dev/llama4_vision");
+    let dir = scratch("vs-llama-cpp-mmproj");
+    let theirs = dir.join("llama.cpp.mmproj.gguf");
+    llama_cpp_convert(&[(hf.clone(), theirs.clone(), OutType::F32)]);
+    let conv = Conversion::plan(
+        &hf,
+        &ConvertOptions {
+            outtype: OutType::F32,
+            name: None,
+        },
+    )
+    .unwrap();
+    let (text, ours) = (dir.join("spinel.gguf"), dir.join("spinel.mmproj.gguf"));
+    conv.write(&text, &mut |_| {}).unwrap();
+    conv.write_mmproj(&ours, &mut |_| {})
+        .unwrap()
+        .expect("an mmproj");
+
+    // Tensors: the same names, shapes, types and bytes, but for the
+    // post-attention norm: this llama.cpp's converter maps Llama 4's
+    // `post_attention_layernorm` with Gemma 4's (`v.blk.N.attn_post_norm`),
+    // older ones and Spinel write `v.blk.N.ln2` (clip.cpp's name for this
+    // pre-FFN norm); Spinel reads either.
+    let (a, b) = (
+        std::fs::read(&theirs).unwrap(),
+        std::fs::read(&ours).unwrap(),
+    );
+    let (tf, of) = (GgufFile::parse(&a).unwrap(), GgufFile::parse(&b).unwrap());
+    assert_eq!(tf.tensors().len(), of.tensors().len());
+    let mut renamed = 0;
+    for t in tf.tensors() {
+        let name = t.name().replace(".attn_post_norm.", ".ln2.");
+        renamed += usize::from(name != t.name());
+        let o = of
+            .tensor(&name)
+            .unwrap_or_else(|| panic!("{name}: not in Spinel's"));
+        assert_eq!(o.dims(), t.dims(), "{name} shape");
+        assert_eq!(o.ggml_type(), t.ggml_type(), "{name} type");
+        assert!(o.data() == t.data(), "{name} data differs");
+    }
+    assert_eq!(renamed, 4, "2 layers × weight and bias");
+    // Metadata: every key llama.cpp writes Spinel writes with the same
+    // value (but the name and size label, as for text models); Spinel adds
+    // only its processor settings (`spinel.vision.*`, max tiles).
+    let (mt, mo) = (metadata(&tf), metadata(&of));
+    for (k, v) in &mt {
+        if k != "general.name" && k != "general.size_label" {
+            assert_eq!(mo.get(k), Some(v), "{k}");
+        }
+    }
+    for k in mo.keys().filter(|k| !mt.contains_key(*k)) {
+        assert!(
+            k.starts_with("spinel.vision.") || k == "clip.vision.preproc_max_tiles",
+            "{k}: a key only Spinel writes"
+        );
+    }
+
+    // Both load; the image-prompt logits agree. llama.cpp's file has no
+    // `preproc_max_tiles`: Spinel then takes HF's default (16 tiles, the
+    // tiny model says 4), which tiles this small image the same way.
+    // SAFETY: the test's own files, not modified while mapped.
+    let (tm, om) = unsafe {
+        (
+            MmprojFile::open(&theirs).unwrap(),
+            MmprojFile::open(&ours).unwrap(),
+        )
+    };
+    let (tp, op) = (tm.processor().unwrap(), om.processor().unwrap());
+    assert_eq!((tp.max_tiles, op.max_tiles), (16, 4));
+    assert_eq!(
+        ProcessorConfig {
+            max_tiles: op.max_tiles,
+            ..tp.clone()
+        },
+        op
+    );
+    let image = hf.join("../../images/small_64x48.jpg");
+    let prompt = "<|begin_of_text|><|header_start|>user<|header_end|>\n\n<|image|>What is in the image?<|eot|><|header_start|>assistant<|header_end|>\n\n";
+    let want = llama4_image_logits(&text, &om, &op, prompt, &image);
+    let got = llama4_image_logits(&text, &tm, &tp, prompt, &image);
+    let d = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    eprintln!("llama.cpp's Llama 4 mmproj: image-prompt logits max |diff| {d:e}");
+    assert!(d <= 1e-4, "logits differ by {d}");
 }

@@ -1198,3 +1198,63 @@ fn chat_turns_with_images_render_as_transformers_does() {
         std::fs::remove_file(mmproj).ok();
     }
 }
+
+#[test]
+fn the_memory_budget_counts_the_vision_tower() {
+    use spinel_runtime::engine::{Engine, EngineError};
+    use spinel_runtime::model::LoadOptions;
+    for model in ["mllama", "llama4_vision"] {
+        let (text, mmproj, _) = convert_f32(model, "budget");
+        let f = open_mmproj(&mmproj);
+        // Every tensor of the file, in f32: the tower dequantizes at load.
+        let n: u64 = {
+            let bytes = std::fs::read(&mmproj).unwrap();
+            let g = spinel_runtime::gguf::GgufFile::parse(&bytes).unwrap();
+            g.tensors().iter().map(|t| t.n_elements()).sum()
+        };
+        let tower = f.tower_bytes();
+        assert_eq!(tower, 4 * n, "{model}");
+        assert!(tower > 0);
+        // The model plans with what the tower leaves.
+        let budget = 64 << 20;
+        let opts = LoadOptions {
+            memory_budget: Some(budget),
+        };
+        let engine = Engine::load_with_vision(&text, &mmproj, &opts).unwrap();
+        assert!(engine.vision().is_some());
+        assert_eq!(engine.vision_bytes(), tower);
+        assert_eq!(
+            engine.model().residency().budget,
+            Some(budget - tower),
+            "{model}"
+        );
+        // Without a budget nothing is planned; the tower is still counted.
+        let opts = LoadOptions {
+            memory_budget: None,
+        };
+        let engine = Engine::load_with_vision(&text, &mmproj, &opts).unwrap();
+        assert_eq!(engine.model().residency().budget, None);
+        assert_eq!(engine.vision_bytes(), tower);
+        // A budget the tower alone fills is refused, naming both sizes.
+        let opts = LoadOptions {
+            memory_budget: Some(tower),
+        };
+        let e = Engine::load_with_vision(&text, &mmproj, &opts).err();
+        let Some(EngineError::Vision(VisionError::Budget {
+            tower_bytes,
+            budget,
+        })) = &e
+        else {
+            panic!("{model}: {e:?}")
+        };
+        assert_eq!((*tower_bytes, *budget), (tower, tower));
+        assert!(e.unwrap().to_string().contains("vision tower"));
+        // load_mmproj on a loaded engine reports the same bytes.
+        let mut engine = Engine::load(&text).unwrap();
+        assert_eq!(engine.vision_bytes(), 0);
+        engine.load_mmproj(&mmproj).unwrap();
+        assert_eq!(engine.vision_bytes(), tower);
+        std::fs::remove_file(text).ok();
+        std::fs::remove_file(mmproj).ok();
+    }
+}

@@ -216,6 +216,8 @@ pub struct Engine {
     batcher: Batcher,
     /// The vision tower of an mmproj file, when images are supported.
     vision: Option<crate::vision::Vision>,
+    /// The tower's resident bytes ([`Engine::vision_bytes`]).
+    vision_bytes: u64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -247,6 +249,31 @@ impl Engine {
         Engine::from_model(Model::load_with(path, opts)?)
     }
 
+    /// Like [`load_with`](Self::load_with), with the vision tower of the
+    /// mmproj file at `mmproj` ([`load_mmproj`](Self::load_mmproj)) counted
+    /// in the memory budget: the tower's resident bytes
+    /// ([`MmprojFile::tower_bytes`](crate::vision::MmprojFile::tower_bytes))
+    /// come off the budget before the model plans its weights, so the
+    /// model's [`residency`](Model::residency) budget is what the tower
+    /// leaves. A tower larger than the whole budget is refused.
+    pub fn load_with_vision(
+        path: impl AsRef<Path>,
+        mmproj: impl AsRef<Path>,
+        opts: &LoadOptions,
+    ) -> Result<Engine, EngineError> {
+        // SAFETY: as in `load_mmproj`.
+        let file = unsafe { crate::vision::MmprojFile::open(mmproj) }?;
+        let mut engine = Engine::load_with(path, &file.model_load_options(opts)?)?;
+        engine.vision = Some(crate::vision::Vision::new(&file, engine.model.config())?);
+        engine.vision_bytes = file.tower_bytes();
+        Ok(engine)
+    }
+
+    /// Bytes the vision tower keeps in memory (0 without one).
+    pub fn vision_bytes(&self) -> u64 {
+        self.vision_bytes
+    }
+
     /// An engine over a loaded model.
     pub fn from_model(model: Model<'static>) -> Result<Engine, EngineError> {
         let tokenizer = Tokenizer::from_gguf(model.gguf())?;
@@ -257,6 +284,7 @@ impl Engine {
             template,
             batcher: Batcher::new(),
             vision: None,
+            vision_bytes: 0,
         })
     }
 
@@ -271,6 +299,7 @@ impl Engine {
         // this function; the mapping is dropped once the tower is loaded.
         let file = unsafe { crate::vision::MmprojFile::open(path) }?;
         self.vision = Some(crate::vision::Vision::new(&file, self.model.config())?);
+        self.vision_bytes = file.tower_bytes();
         Ok(())
     }
 

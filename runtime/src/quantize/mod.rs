@@ -8,6 +8,7 @@
 //! `llama-quantize` uses without an importance matrix); a tensor whose type
 //! does not change is copied as it is.
 
+pub mod mmproj;
 pub mod rotate;
 
 use std::collections::HashMap;
@@ -707,6 +708,9 @@ pub enum QuantizeError {
     },
     /// The importance matrix does not fit the model (the message says why).
     Imatrix(String),
+    /// The file is an mmproj (a vision tower) and the type is not one of
+    /// [`mmproj::MMPROJ_TYPES`].
+    MmprojType(FileType),
     /// Quantizing one tensor failed (the importance weights do not fit it).
     Tensor {
         tensor: String,
@@ -727,6 +731,15 @@ impl fmt::Display for QuantizeError {
                  iq3_s, iq3_m and the k-quants work without)"
             ),
             QuantizeError::Imatrix(m) => write!(f, "importance matrix: {m}"),
+            QuantizeError::MmprojType(t) => {
+                let ok: Vec<_> = mmproj::MMPROJ_TYPES.iter().map(|t| t.name()).collect();
+                write!(
+                    f,
+                    "this is an mmproj file (a vision tower), which is kept at f16 or q8_0 \
+                     as llama.cpp keeps it: --type {t} is not supported for it (one of {})",
+                    ok.join(", ")
+                )
+            }
             QuantizeError::Tensor { tensor, source } => write!(f, "{tensor}: {source}"),
         }
     }
@@ -898,6 +911,30 @@ fn output_metadata<'a>(
     Ok(w)
 }
 
+/// The metadata of a quantized mmproj: the input's unchanged but for
+/// `general.file_type`, which says what the weights now are (llama.cpp's
+/// converter writes it into mmproj files too).
+fn mmproj_metadata<'a>(
+    input: &GgufFile<'a>,
+    ftype: FileType,
+) -> Result<GgufWriter<'a>, QuantizeError> {
+    const FT: &str = "general.file_type";
+    let mut w = GgufWriter::new();
+    let mut seen = false;
+    for (k, v) in input.metadata().iter() {
+        if k == FT {
+            seen = true;
+            w.add_kv(k, Value::U32(ftype.id()))?;
+        } else {
+            w.add_kv(k, v.clone())?;
+        }
+    }
+    if !seen {
+        w.add_kv(FT, Value::U32(ftype.id()))?;
+    }
+    Ok(w)
+}
+
 /// The importance weights of tensor `t`, as llama-quantize looks them up:
 /// none when the matrix has no entry; an entry of the wrong size is an
 /// error (but for the token embeddings, which then go without).
@@ -956,8 +993,16 @@ pub fn quantize_file(
             }
         }
     }
-    let types = plan_types(input, ftype, imatrix.is_some());
-    if imatrix.is_none() {
+    let vision = mmproj::is_mmproj(input);
+    if vision && !mmproj::MMPROJ_TYPES.contains(&ftype) {
+        return Err(QuantizeError::MmprojType(ftype));
+    }
+    let types = if vision {
+        mmproj::plan_mmproj_types(input, ftype)
+    } else {
+        plan_types(input, ftype, imatrix.is_some())
+    };
+    if imatrix.is_none() && !vision {
         for (t, &ty) in input.tensors().iter().zip(&types) {
             if allows_quantization(t.name(), t.dims()) && tensor_requires_imatrix(t.name(), ty) {
                 return Err(QuantizeError::NeedsImatrix {
@@ -968,9 +1013,19 @@ pub fn quantize_file(
             }
         }
     }
-    let mut w = output_metadata(input, ftype, imatrix)?;
+    let mut w = if vision {
+        mmproj_metadata(input, ftype)?
+    } else {
+        output_metadata(input, ftype, imatrix)?
+    };
 
-    let order = llama_order(input);
+    // An mmproj keeps its own order (llama.cpp's loader of the text model
+    // sorts; clip's does not care).
+    let order = if vision {
+        (0..input.tensors().len()).collect()
+    } else {
+        llama_order(input)
+    };
     let tensors: Vec<_> = order.iter().map(|&i| input.tensors()[i].clone()).collect();
     let types: Vec<GgmlType> = order.iter().map(|&i| types[i]).collect();
     let elems_total: u64 = tensors.iter().map(|t| t.n_elements()).sum();

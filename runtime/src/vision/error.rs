@@ -34,12 +34,23 @@ pub enum VisionError {
     /// The mmproj file does not fit the text model (family or width), or
     /// the text model takes no images.
     Mismatch(String),
+    /// The vision tower alone needs more memory than the budget.
+    Budget { tower_bytes: u64, budget: u64 },
 }
 
 impl fmt::Display for VisionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             VisionError::UnknownFormat => write!(f, "image: not a PNG or JPEG file"),
+            VisionError::Budget {
+                tower_bytes,
+                budget,
+            } => write!(
+                f,
+                "the vision tower needs {} in memory, more than the whole memory budget {}",
+                crate::memory::format_size(*tower_bytes),
+                crate::memory::format_size(*budget)
+            ),
             VisionError::Decode { format, detail } => {
                 write!(f, "image: corrupt or truncated {format}: {detail}")
             }

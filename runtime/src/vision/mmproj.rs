@@ -18,6 +18,7 @@ use super::mllama::{MllamaVision, MllamaVisionConfig};
 use super::processor::{ProcessorConfig, ProcessorKind};
 use super::tensor::{StoredMatrix, Tensor, TensorSource};
 use crate::gguf::{Array, MappedGguf, Metadata, Value};
+use crate::model::LoadOptions;
 
 /// `clip.projector_type` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -319,20 +320,33 @@ fn get_triple(m: &Metadata<'_>, key: &str) -> Result<[f32; 3]> {
     v.try_into().map_err(|_| meta_err(key, "expected 3 values"))
 }
 
+/// HF's `Llama4ImageProcessor` default `max_patches`, for Llama 4 mmproj
+/// files without `clip.vision.preproc_max_tiles` (llama.cpp's converter
+/// writes none).
+const LLAMA4_DEFAULT_MAX_TILES: usize = 16;
+
 /// The processor settings stored in an mmproj.
+///
+/// A Llama 4 file from llama.cpp's converter has only the `clip.*` keys:
+/// the processor is then HF's Llama 4 one with its defaults (tiles of the
+/// tower's image size, at most [`LLAMA4_DEFAULT_MAX_TILES`] of them,
+/// pixels rescaled by 1/255, no resizing up to the largest canvas).
 pub fn processor_from_metadata(m: &Metadata<'_>) -> Result<ProcessorConfig> {
-    let kind = match m
-        .get_str(keys::IMAGE_PROCESSOR)
-        .map_err(|e| meta_err(keys::IMAGE_PROCESSOR, e))?
-    {
-        "MllamaImageProcessor" => ProcessorKind::Mllama,
-        "Llama4ImageProcessor" => ProcessorKind::Llama4,
-        other => {
+    let kind = match m.get_str(keys::IMAGE_PROCESSOR) {
+        Ok("MllamaImageProcessor") => ProcessorKind::Mllama,
+        Ok("Llama4ImageProcessor") => ProcessorKind::Llama4,
+        Ok(other) => {
             return Err(meta_err(
                 keys::IMAGE_PROCESSOR,
                 format!("unknown {other:?}"),
             ));
         }
+        Err(_) if matches!(m.get_str(keys::PROJECTOR_TYPE), Ok("llama4")) => ProcessorKind::Llama4,
+        Err(e) => return Err(meta_err(keys::IMAGE_PROCESSOR, e)),
+    };
+    let llama4_default = |key: &str, default: usize| match m.value(key) {
+        Err(_) if kind == ProcessorKind::Llama4 => Ok(default),
+        _ => get_usize(m, key),
     };
     let scale = if kind == ProcessorKind::Llama4 {
         get_usize(m, keys::SCALE_FACTOR)?
@@ -341,17 +355,16 @@ pub fn processor_from_metadata(m: &Metadata<'_>) -> Result<ProcessorConfig> {
     };
     let cfg = ProcessorConfig {
         kind,
-        tile_size: get_usize(m, keys::TILE_SIZE)?,
-        max_tiles: get_usize(m, keys::PREPROC_MAX_TILES)?,
+        tile_size: llama4_default(keys::TILE_SIZE, get_usize(m, keys::IMAGE_SIZE)?)?,
+        max_tiles: llama4_default(keys::PREPROC_MAX_TILES, LLAMA4_DEFAULT_MAX_TILES)?,
         image_mean: get_triple(m, keys::IMAGE_MEAN)?,
         image_std: get_triple(m, keys::IMAGE_STD)?,
-        rescale_factor: match m
-            .value(keys::RESCALE_FACTOR)
-            .map_err(|e| meta_err(keys::RESCALE_FACTOR, e))?
-        {
-            Value::F64(x) => *x,
-            Value::F32(x) => f64::from(*x),
-            _ => return Err(meta_err(keys::RESCALE_FACTOR, "not a float")),
+        rescale_factor: match m.value(keys::RESCALE_FACTOR) {
+            Ok(Value::F64(x)) => *x,
+            Ok(Value::F32(x)) => f64::from(*x),
+            Ok(_) => return Err(meta_err(keys::RESCALE_FACTOR, "not a float")),
+            Err(_) if kind == ProcessorKind::Llama4 => 1.0 / 255.0,
+            Err(e) => return Err(meta_err(keys::RESCALE_FACTOR, e)),
         },
         resize_to_max_canvas: m.get_bool(keys::RESIZE_TO_MAX_CANVAS).unwrap_or(false),
         patch_size: get_usize(m, keys::PATCH_SIZE)?,
@@ -411,12 +424,69 @@ impl MmprojFile {
         self.gguf.file().metadata()
     }
 
+    /// Bytes the loaded tower keeps in memory (the file's mapping is
+    /// dropped after loading): matrices stored in another type than f32
+    /// (q8_0, f16) as stored, since its linear layers run them so; every
+    /// other tensor in f32. (The few embedding tables stored as f16 are
+    /// expanded to f32, a rounding error beside the matrices.)
+    pub fn tower_bytes(&self) -> u64 {
+        self.gguf
+            .file()
+            .tensors()
+            .iter()
+            .map(
+                |t| match t.dims().len() == 2 && t.ggml_type() != GgmlType::F32 {
+                    true => t.data().len() as u64,
+                    false => t.n_elements().saturating_mul(4),
+                },
+            )
+            .fold(0, u64::saturating_add)
+    }
+
+    /// The load options of the text model that shares `opts`' memory
+    /// budget with this tower: the budget less [`tower_bytes`](Self::tower_bytes).
+    /// A tower that fills the whole budget is [`VisionError::Budget`].
+    pub fn model_load_options(&self, opts: &LoadOptions) -> Result<LoadOptions> {
+        let Some(budget) = opts.memory_budget else {
+            return Ok(LoadOptions {
+                memory_budget: None,
+            });
+        };
+        let tower_bytes = self.tower_bytes();
+        let rest =
+            budget
+                .checked_sub(tower_bytes)
+                .filter(|&b| b > 0)
+                .ok_or(VisionError::Budget {
+                    tower_bytes,
+                    budget,
+                })?;
+        Ok(LoadOptions {
+            memory_budget: Some(rest),
+        })
+    }
+
     /// The image processor settings.
     pub fn processor(&self) -> Result<ProcessorConfig> {
         processor_from_metadata(self.metadata())
     }
 
-    /// Loads the tower in f32.
+    /// `key`, or where the file lacks it (llama.cpp's converter writes no
+    /// `spinel.vision.*` keys) the output width of matrix `tensor`.
+    fn dim_or(&self, m: &Metadata<'_>, key: &str, tensor: &str) -> Result<usize> {
+        if m.value(key).is_ok() {
+            return get_usize(m, key);
+        }
+        let t = self.gguf.file().tensor(tensor).ok_or_else(|| {
+            VisionError::Weights(format!("neither metadata {key} nor tensor {tensor}"))
+        })?;
+        match t.dims() {
+            [_, rows, ..] => usize::try_from(*rows).map_err(|e| meta_err(key, e)),
+            _ => Err(VisionError::Weights(format!("{tensor}: not a matrix"))),
+        }
+    }
+
+    /// Loads the tower in f32 (quantized weights are dequantized).
     pub fn load_tower(&self) -> Result<VisionTower> {
         let m = self.metadata();
         match self.projector {
@@ -430,8 +500,16 @@ impl MmprojFile {
                     intermediate_size: get_usize(m, keys::FEED_FORWARD_LENGTH)?,
                     num_hidden_layers: get_usize(m, keys::BLOCK_COUNT)?,
                     pixel_shuffle_ratio: 1.0 / get_usize(m, keys::SCALE_FACTOR)?.max(1) as f64,
-                    projector_input_dim: get_usize(m, keys::PROJECTOR_INPUT_DIM)?,
-                    projector_output_dim: get_usize(m, keys::PROJECTOR_OUTPUT_DIM)?,
+                    projector_input_dim: self.dim_or(
+                        m,
+                        keys::PROJECTOR_INPUT_DIM,
+                        "mm.model.mlp.1.weight",
+                    )?,
+                    projector_output_dim: self.dim_or(
+                        m,
+                        keys::PROJECTOR_OUTPUT_DIM,
+                        "mm.model.mlp.2.weight",
+                    )?,
                     rope_theta: get_f32(m, keys::ROPE_THETA).unwrap_or(10000.0),
                     text_hidden_size: get_usize(m, keys::PROJECTION_DIM)?,
                 };
@@ -469,7 +547,18 @@ impl TensorSource for MmprojFile {
         let Some(gname) = mmproj_tensor_name(self.projector, name) else {
             return Ok(None);
         };
-        let Some(t) = self.gguf.file().tensor(&gname) else {
+        let file = self.gguf.file();
+        // llama.cpp's converter (since Gemma 4) maps Llama 4's
+        // `post_attention_layernorm` to `v.blk.N.attn_post_norm`; older
+        // ones, and Spinel, to `v.blk.N.ln2`. Both are the pre-FFN norm.
+        let alias = || match self.projector {
+            Projector::Llama4 => gname
+                .contains(".ln2.")
+                .then(|| gname.replace(".ln2.", ".attn_post_norm."))
+                .and_then(|a| file.tensor(&a)),
+            Projector::Mllama => None,
+        };
+        let Some(t) = file.tensor(&gname).or_else(alias) else {
             return Ok(None);
         };
         let n = usize::try_from(t.n_elements()).map_err(|e| VisionError::Weights(e.to_string()))?;
