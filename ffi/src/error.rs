@@ -93,7 +93,8 @@ impl From<EngineError> for SpinelError {
                 | VisionError::Decode { .. }
                 | VisionError::TooLarge { .. }
                 | VisionError::Empty
-                | VisionError::Prompt(_) => SpinelError::InvalidArgument { reason },
+                | VisionError::Prompt(_)
+                | VisionError::Budget { .. } => SpinelError::InvalidArgument { reason },
                 VisionError::Io { .. } => SpinelError::Io { reason },
                 VisionError::Config(_) | VisionError::Weights(_) | VisionError::Mismatch(_) => {
                     SpinelError::InvalidModel { reason }

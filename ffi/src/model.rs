@@ -175,13 +175,18 @@ impl Model {
                 .memory_budget
                 .or_else(spinel_runtime::memory::default_budget),
         };
-        let model = RuntimeModel::load_with(&path, &budget)?;
-        report(0.7, "tokenizer");
-        let mut engine = Engine::from_model(model)?;
-        if let Some(mmproj) = &options.mmproj_path {
-            report(0.85, "vision");
-            engine.load_mmproj(mmproj)?;
-        }
+        let engine = match &options.mmproj_path {
+            None => {
+                let model = RuntimeModel::load_with(&path, &budget)?;
+                report(0.7, "tokenizer");
+                Engine::from_model(model)?
+            }
+            // The tower's bytes come off the budget before the model plans.
+            Some(mmproj) => {
+                report(0.5, "model and vision tower");
+                Engine::load_with_vision(&path, mmproj, &budget)?
+            }
+        };
         let engine = Arc::new(engine);
         // Fail here, not at the first message, when the options cannot size
         // a session.
