@@ -27,6 +27,10 @@
 //!   perplexity equals llama-perplexity's within 2%; iq3_xxs and iq3_xs
 //!   (which on SmolLM2 need no importance matrix) are byte-identical too,
 //!   and the mixes that need one are refused by both tools.
+//! * Spinel's own iq4_xs_m mix writes the types it documents, the bytes
+//!   llama-quantize writes when told those types, a file no larger than
+//!   iq4_xs + imatrix, and one llama.cpp runs; without an importance
+//!   matrix it keeps its types and says it is meant for one.
 //!
 //! Needs the model (`$SPINEL_TEST_MODEL` or the Spinel cache) and llama.cpp
 //! built by `../shared/peers/llama-cpp.sh` (run on first use, ~10 minutes,
