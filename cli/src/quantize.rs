@@ -219,8 +219,9 @@ fn quantize(args: &Args, input: &Path, threads: usize, t0: Instant) -> Result<()
     };
     if imatrix.is_none() && args.ty == FileType::IQ4XSM {
         eprintln!(
-            "note: iq4_xs_m without --imatrix: its types were chosen for weighted \
-             quantization (an importance matrix from `spinel imatrix` or llama-imatrix)"
+            "note: iq4_xs_m without --imatrix: an importance matrix (`spinel imatrix` \
+             or llama-imatrix) lowers its error further (SmolLM2-135M: KL divergence \
+             0.092 without, 0.062 with one)"
         );
     }
     let weights = imatrix.as_ref().map(Imatrix::quant_weights);

@@ -67,7 +67,7 @@ pub enum FileType {
     /// Q4_0/Q8_0 tensors: llama.cpp runs the file as it is.
     W4A8,
     /// Spinel's mix at iq4_xs's size (needs no importance matrix, but is
-    /// meant to be used with one): 5-bit token embeddings / output layer
+    /// best with one): 5-bit token embeddings / output layer
     /// instead of the 6-bit (or, for rows that do not fit 256-blocks,
     /// 8-bit) ones llama.cpp chooses, and the bits saved spent on the
     /// tensors that matter most: 8-bit attention values, 5-bit attention
