@@ -29,8 +29,10 @@
 //!   and the mixes that need one are refused by both tools.
 //! * Spinel's own iq4_xs_m mix writes the types it documents, the bytes
 //!   llama-quantize writes when told those types, a file no larger than
-//!   iq4_xs + imatrix, and one llama.cpp runs; without an importance
-//!   matrix it keeps its types and says it is meant for one.
+//!   iq4_xs + imatrix, and one llama.cpp runs; an importance matrix with
+//!   the output layer (`spinel imatrix --process-output`) weights its tied
+//!   embeddings; without an importance matrix it keeps its types and says
+//!   what one would gain.
 //!
 //! Needs the model (`$SPINEL_TEST_MODEL` or the Spinel cache) and llama.cpp
 //! built by `../shared/peers/llama-cpp.sh` (run on first use, ~10 minutes,
@@ -828,6 +830,46 @@ fn iq4_xs_m_mix() {
     assert!(
         stderr.contains("decoded 4 tokens"),
         "llama-simple:\n{stderr}"
+    );
+
+    // With `spinel imatrix --process-output`, the tied embeddings are
+    // weighted by the output layer's importance: their bytes change.
+    let im_out = work_dir().join("ours.imatrix-output.gguf");
+    ok(
+        "spinel imatrix --process-output",
+        Command::new(SPINEL)
+            .arg("imatrix")
+            .arg("-m")
+            .arg(base())
+            .arg("-f")
+            .arg(calibration_text())
+            .arg("-o")
+            .arg(&im_out)
+            .args(["-c", "128", "--chunks", "4", "-t", "2", "--process-output"])
+            .output()
+            .unwrap(),
+    );
+    let weighted = work_dir().join("ours.imatrix-output.iq4_xs_m.gguf");
+    ok(
+        "spinel quantize --type iq4_xs_m --imatrix (with the output layer)",
+        Command::new(SPINEL)
+            .arg("quantize")
+            .arg(base())
+            .arg(&weighted)
+            .args(["--type", "iq4_xs_m", "-t", "2", "--imatrix"])
+            .arg(&im_out)
+            .output()
+            .unwrap(),
+    );
+    let mw = open(&weighted);
+    let embd = |m: &MappedGguf| {
+        let f = m.file();
+        let t = f.tensors().iter().find(|t| t.name() == "token_embd.weight");
+        t.unwrap().data().to_vec()
+    };
+    assert!(
+        embd(&mw) != embd(&ma),
+        "token_embd ignored the output entry"
     );
 
     // Without an importance matrix: the same types, unweighted bytes.
