@@ -52,6 +52,18 @@ for v in rotate rotate-online; do
     --type iq4_xs --imatrix "spinel.$v.imatrix.gguf" -t "$T" 2>/dev/null
 done
 
+# Spinel's iq4_xs_m mix (5-bit tied embeddings, Q8_0 attention values,
+# 5-bit attention q/k/output and ffn_down, IQ4_NL gate/up): with the same
+# importance matrix as llama.cpp's iq4_xs + imatrix row, and with `spinel
+# imatrix --process-output`'s (same text; it adds the output layer, whose
+# importance then weights the tied embeddings).
+[[ -f spinel.iq4_xs_m+imx.gguf ]] || "$S" quantize base.f32.gguf spinel.iq4_xs_m+imx.gguf \
+  --type iq4_xs_m --imatrix llama.imatrix.gguf -t "$T" 2>/dev/null
+[[ -f spinel.imatrix-out.gguf ]] || "$S" imatrix -m base.f32.gguf -f calib.txt -o spinel.imatrix-out.gguf \
+  -c 512 --chunks 16 -t "$T" --process-output > /dev/null 2>&1
+[[ -f spinel.iq4_xs_m+simx.gguf ]] || "$S" quantize base.f32.gguf spinel.iq4_xs_m+simx.gguf \
+  --type iq4_xs_m --imatrix spinel.imatrix-out.gguf -t "$T" 2>/dev/null
+
 # Reference logits of the f32 base, then every file against them.
 [[ -f base.spinel.kld ]] || "$S" perplexity -m base.f32.gguf -f eval.txt --chunks "$CHUNKS" -t "$T" \
   --kl-divergence-base base.spinel.kld --json > base.json
@@ -66,11 +78,13 @@ row() { # LABEL FILE
 row "f32 base" base.f32.gguf f32
 for r in "${ROWS[@]}"; do set -- $r; row "llama.cpp $1" "llama.$1.gguf" "$2"; done
 for v in rotate rotate-online; do row "Spinel --$v + imatrix (rotated)" "spinel.$v+imx.iq4_xs.gguf" iq4_xs; done
+row "Spinel iq4_xs_m + imatrix" spinel.iq4_xs_m+imx.gguf iq4_xs_m
+row "Spinel iq4_xs_m + imatrix with output" spinel.iq4_xs_m+simx.gguf iq4_xs_m
 
 # llama-perplexity on the same files, same text and chunks (its own base logits).
 [[ -f base.llama.kld ]] || "$B/llama-perplexity" -m base.f32.gguf -f eval.txt -c 512 --chunks "$CHUNKS" -t "$T" \
   --kl-divergence-base base.llama.kld > llama-base.log 2>&1
-for f in llama.q4_0.gguf llama.iq4_xs+imx.gguf spinel.rotate+imx.iq4_xs.gguf; do
+for f in llama.q4_0.gguf llama.iq4_xs+imx.gguf spinel.rotate+imx.iq4_xs.gguf spinel.iq4_xs_m+simx.gguf; do
   "$B/llama-perplexity" -m "$f" -f eval.txt -c 512 --chunks "$CHUNKS" -t "$T" \
     --kl-divergence-base base.llama.kld --kl-divergence > "lp.$f.log" 2>&1 || true
   echo "llama-perplexity $f: $(grep -E '^Mean    KLD|^Same top p|^Mean PPL\(Q\)' "lp.$f.log" | tr -s ' ' | tr '\n' ' ')"

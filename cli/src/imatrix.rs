@@ -39,6 +39,12 @@ pub struct Args {
     /// KV cache types (f32 by default).
     #[command(flatten)]
     kv: KvArgs,
+    /// Also record the output layer's inputs as `output.weight` (as
+    /// llama-imatrix's --process-output, but for tied embeddings too, which
+    /// llama-imatrix skips): `spinel quantize --type iq4_xs_m` quantizes
+    /// tied token embeddings with it. Computes every token's logits.
+    #[arg(long)]
+    process_output: bool,
 }
 
 pub fn run(args: &Args) -> Result<(), String> {
@@ -52,6 +58,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         kv_type,
         kv_type_v: Some(kv_type_v),
         dataset: Some(args.file.to_string_lossy().into_owned()),
+        process_output: args.process_output,
     };
     eprintln!(
         "{} tokens, chunks of {}{}",

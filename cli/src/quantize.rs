@@ -22,8 +22,12 @@ pub struct Args {
     /// f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_m, q4_k_s,
     /// q4_k_m, q5_k_m, q6_k, iq4_nl, iq4_xs, iq3_s, iq3_m; iq3_xs, iq3_xxs,
     /// iq2_m, iq2_s, iq2_xs, iq2_xxs, iq1_m, iq1_s (these need an importance
-    /// matrix, as in llama-quantize); or w4a8 (Meta's quantized Llama 3.2
-    /// recipe: Q4_0 for every linear layer, Q8_0 embeddings and output layer).
+    /// matrix, as in llama-quantize); w4a8 (Meta's quantized Llama 3.2
+    /// recipe: Q4_0 for every linear layer, Q8_0 embeddings and output
+    /// layer); or iq4_xs_m (Spinel's mix at iq4_xs's size, best with
+    /// --imatrix from `spinel imatrix --process-output`: 5-bit output layer
+    /// / tied embeddings, Q8_0 attention values, 5-bit attention
+    /// q/k/output and ffn_down, IQ4_XS gate and up).
     #[arg(long = "type", value_parser = parse_type)]
     ty: FileType,
     /// Threads (default: all cores).
@@ -227,6 +231,13 @@ fn quantize(args: &Args, input: &Path, threads: usize, t0: Instant) -> Result<()
         }
         None => None,
     };
+    if imatrix.is_none() && args.ty == FileType::IQ4XSM {
+        eprintln!(
+            "note: iq4_xs_m without --imatrix: an importance matrix lowers its error \
+             further, most with `spinel imatrix --process-output` (SmolLM2-135M: KL \
+             divergence 0.092 without, 0.062 with llama-imatrix's, 0.053 with that one)"
+        );
+    }
     let weights = imatrix.as_ref().map(Imatrix::quant_weights);
     let file_name = args
         .imatrix

@@ -12,7 +12,8 @@
 //! Checked: the same entries (every attention and feed-forward matrix of
 //! every layer, the output layer left out as llama-imatrix does by
 //! default), the same counts (512 tokens each) and metadata, and the sums
-//! of squares within 1e-3 (see [`close`]); the legacy .dat file carries
+//! of squares within 1e-3 (see [`close`]); `--process-output` adds the
+//! output layer's entry and keeps the others; the legacy .dat file carries
 //! the same importance as the GGUF one; a hostile file is a clean error.
 //!
 //! Needs the model (`$SPINEL_TEST_MODEL` or the Spinel cache), llama.cpp
@@ -133,6 +134,21 @@ fn imatrix_like_llama_imatrix() {
         "largest relative L2 difference: {:.3e} ({})",
         worst.0, worst.1
     );
+
+    // --process-output adds the output layer (tied to the embeddings
+    // here, which llama-imatrix never records): 576 columns, every token;
+    // the layers' entries stay those above (every position's logits run
+    // the one-row kernels, so within `close`, not bit for bit).
+    let with_out = dir.join("ours.output.gguf");
+    spinel_imatrix(&model, &text, &with_out, &["--process-output"]);
+    let wo = Imatrix::load(&with_out).unwrap();
+    assert_eq!(wo.entries.len(), 211);
+    let out = &wo.entries["output.weight"];
+    assert_eq!((out.sums.len(), &out.counts[..]), (576, &[512i64][..]));
+    assert!(out.sums.iter().all(|v| v.is_finite() && *v > 0.0));
+    for (name, a) in &ours.entries {
+        close(name, &wo.entries[name].sums, &a.sums);
+    }
 
     // The legacy format carries the same importance.
     let dat = dir.join("ours.dat");

@@ -27,6 +27,12 @@
 //!   perplexity equals llama-perplexity's within 2%; iq3_xxs and iq3_xs
 //!   (which on SmolLM2 need no importance matrix) are byte-identical too,
 //!   and the mixes that need one are refused by both tools.
+//! * Spinel's own iq4_xs_m mix writes the types it documents, the bytes
+//!   llama-quantize writes when told those types, a file no larger than
+//!   iq4_xs + imatrix, and one llama.cpp runs; an importance matrix with
+//!   the output layer (`spinel imatrix --process-output`) weights its tied
+//!   embeddings; without an importance matrix it keeps its types and says
+//!   what one would gain.
 //!
 //! Needs the model (`$SPINEL_TEST_MODEL` or the Spinel cache) and llama.cpp
 //! built by `../shared/peers/llama-cpp.sh` (run on first use, ~10 minutes,
@@ -727,4 +733,165 @@ fn outputs_run_in_spinel_and_llama_cpp() {
             "{ty}: llama-simple:\n{stderr}"
         );
     }
+}
+
+/// Spinel's `iq4_xs_m` mix: the per-tensor types it documents (5-bit tied
+/// embeddings, Q8_0 attention values, 5-bit attention q/k/output and
+/// ffn_down, IQ4_NL gate and up on SmolLM2's 576-wide rows), tensor for
+/// tensor the bytes `llama-quantize --imatrix` writes when told the same
+/// types, a file no larger than llama.cpp's iq4_xs with the same
+/// importance matrix, and one llama.cpp runs. Without an importance matrix
+/// it still quantizes (every type has an unweighted quantizer) to the same
+/// types, saying that it is meant for one.
+#[test]
+fn iq4_xs_m_mix() {
+    let im = llama_imatrix_gguf();
+    let ours = work_dir().join("ours.imatrix.iq4_xs_m.gguf");
+    let (_, stderr) = ok(
+        "spinel quantize --type iq4_xs_m --imatrix",
+        Command::new(SPINEL)
+            .arg("quantize")
+            .arg(base())
+            .arg(&ours)
+            .args(["--type", "iq4_xs_m", "-t", "2", "--imatrix"])
+            .arg(im)
+            .output()
+            .unwrap(),
+    );
+    assert!(!stderr.contains("without --imatrix"), "{stderr}");
+    let theirs = work_dir().join("llama.imatrix.iq4_xs_m.gguf");
+    ok(
+        "llama-quantize --imatrix iq4_xs with iq4_xs_m's types",
+        Command::new(llama_cpp_bin().join("llama-quantize"))
+            .arg("--imatrix")
+            .arg(im)
+            .args(["--token-embedding-type", "q5_1"])
+            .args(["--tensor-type", "attn_v=q8_0"])
+            .args(["--tensor-type", "attn_q=q5_0"])
+            .args(["--tensor-type", "attn_k=q5_0"])
+            .args(["--tensor-type", "attn_output=q5_0"])
+            .args(["--tensor-type", "ffn_down=q5_k"])
+            .arg(base())
+            .arg(&theirs)
+            .args(["iq4_xs", "2"])
+            .output()
+            .unwrap(),
+    );
+    let (ma, mb) = (open(&ours), open(&theirs));
+    let mut counts = std::collections::BTreeMap::new();
+    for (x, y) in ma.file().tensors().iter().zip(mb.file().tensors()) {
+        assert_eq!(x.name(), y.name(), "iq4_xs_m: tensor order");
+        assert_eq!(x.ggml_type(), y.ggml_type(), "iq4_xs_m: {}", x.name());
+        assert!(x.data() == y.data(), "iq4_xs_m: {} bytes differ", x.name());
+        let role = match x.name().rsplit_once(".weight") {
+            Some((n, _)) => n.rsplit('.').next().unwrap().to_string(),
+            None => x.name().to_string(),
+        };
+        *counts
+            .entry((role, x.ggml_type().name().to_string()))
+            .or_insert(0) += 1;
+    }
+    let want: Vec<((&str, &str), usize)> = vec![
+        (("attn_k", "Q5_0"), 30),
+        (("attn_norm", "F32"), 30),
+        (("attn_output", "Q5_0"), 30),
+        (("attn_q", "Q5_0"), 30),
+        (("attn_v", "Q8_0"), 30),
+        (("ffn_down", "Q5_K"), 30),
+        (("ffn_gate", "IQ4_NL"), 30),
+        (("ffn_norm", "F32"), 30),
+        (("ffn_up", "IQ4_NL"), 30),
+        (("output_norm", "F32"), 1),
+        (("token_embd", "Q5_1"), 1),
+    ];
+    let got: Vec<((&str, &str), usize)> = counts
+        .iter()
+        .map(|((r, t), n)| ((r.as_str(), t.as_str()), *n))
+        .collect();
+    assert_eq!(got, want, "iq4_xs_m: (tensor, type) counts");
+    let md = ma.file().metadata();
+    assert_eq!(md.get_str("spinel.quantize.preset").unwrap(), "iq4_xs_m");
+    assert_eq!(md.get_u32("general.file_type").unwrap(), 30, "as IQ4_XS");
+    let (iq4_xs, _) = quantize_both("iq4_xs", im, "m-ref");
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    assert!(
+        size(&ours) <= size(&iq4_xs),
+        "iq4_xs_m {} bytes, llama.cpp's iq4_xs + imatrix {}",
+        size(&ours),
+        size(&iq4_xs)
+    );
+    let run = Command::new(llama_cpp_bin().join("llama-simple"))
+        .arg("-m")
+        .arg(&ours)
+        .args(["-n", "4", "The capital of France is"])
+        .output()
+        .expect("running llama-simple");
+    let (_, stderr) = ok("llama-simple (iq4_xs_m)", run);
+    assert!(
+        stderr.contains("decoded 4 tokens"),
+        "llama-simple:\n{stderr}"
+    );
+
+    // With `spinel imatrix --process-output`, the tied embeddings are
+    // weighted by the output layer's importance: their bytes change.
+    let im_out = work_dir().join("ours.imatrix-output.gguf");
+    ok(
+        "spinel imatrix --process-output",
+        Command::new(SPINEL)
+            .arg("imatrix")
+            .arg("-m")
+            .arg(base())
+            .arg("-f")
+            .arg(calibration_text())
+            .arg("-o")
+            .arg(&im_out)
+            .args(["-c", "128", "--chunks", "4", "-t", "2", "--process-output"])
+            .output()
+            .unwrap(),
+    );
+    let weighted = work_dir().join("ours.imatrix-output.iq4_xs_m.gguf");
+    ok(
+        "spinel quantize --type iq4_xs_m --imatrix (with the output layer)",
+        Command::new(SPINEL)
+            .arg("quantize")
+            .arg(base())
+            .arg(&weighted)
+            .args(["--type", "iq4_xs_m", "-t", "2", "--imatrix"])
+            .arg(&im_out)
+            .output()
+            .unwrap(),
+    );
+    let mw = open(&weighted);
+    let embd = |m: &MappedGguf| {
+        let f = m.file();
+        let t = f.tensors().iter().find(|t| t.name() == "token_embd.weight");
+        t.unwrap().data().to_vec()
+    };
+    assert!(
+        embd(&mw) != embd(&ma),
+        "token_embd ignored the output entry"
+    );
+
+    // Without an importance matrix: the same types, unweighted bytes.
+    let plain = work_dir().join("ours.iq4_xs_m.gguf");
+    let (_, stderr) = ok(
+        "spinel quantize --type iq4_xs_m",
+        Command::new(SPINEL)
+            .arg("quantize")
+            .arg(base())
+            .arg(&plain)
+            .args(["--type", "iq4_xs_m", "-t", "2"])
+            .output()
+            .unwrap(),
+    );
+    assert!(stderr.contains("without --imatrix"), "{stderr}");
+    let mp = open(&plain);
+    let mut changed = 0;
+    for (x, y) in ma.file().tensors().iter().zip(mp.file().tensors()) {
+        assert_eq!(x.ggml_type(), y.ggml_type(), "no imatrix: {}", x.name());
+        changed += usize::from(x.data() != y.data());
+    }
+    // The 180 weighted layer matrices of the 210 (attn_v is Q8_0, which
+    // ignores importance; the embeddings have no entry).
+    assert_eq!(changed, 180, "tensors an importance matrix changes");
 }

@@ -27,6 +27,11 @@ pub struct Options {
     pub kv_type_v: Option<KvType>,
     /// Recorded in `imatrix.datasets`.
     pub dataset: Option<String>,
+    /// Also record the output layer's inputs (the normalized final
+    /// residual of every token) as `output.weight`, like llama-imatrix's
+    /// `--process-output`, but for tied embeddings too: `quantize
+    /// --type iq4_xs_m` weights the tied token embeddings with it.
+    pub process_output: bool,
 }
 
 /// Why the importance matrix could not be computed.
@@ -93,7 +98,14 @@ impl ActivationObserver for Collector {
         let mut sums = self.sums.lock().unwrap_or_else(PoisonError::into_inner);
         let sums = &mut *sums;
         for w in site.weights() {
-            let name = format!("blk.{layer}.{w}.weight");
+            // llama-imatrix's name for the output layer (which it records
+            // only with --process-output, and not at all for tied
+            // embeddings).
+            let name = if site == MatmulSite::Output {
+                "output.weight".to_string()
+            } else {
+                format!("blk.{layer}.{w}.weight")
+            };
             let e = sums.entries.entry(name.clone()).or_insert_with(|| Entry {
                 sums: vec![0.0; cols * n_mat],
                 counts: vec![0; n_mat],
@@ -153,13 +165,19 @@ pub fn compute(
         n_expert,
     })));
     let mut chunk = vec![0u32; n_ctx];
+    let mut all_logits = Vec::new();
     for i in 0..n_chunk {
         chunk.copy_from_slice(&tokens[i * n_ctx..(i + 1) * n_ctx]);
         if let Some(b) = bos {
             chunk[0] = b;
         }
         state.reset();
-        model.forward(&mut state, &chunk)?;
+        if opts.process_output {
+            // Every position's logits, so the output layer sees every token.
+            model.forward_verify(&mut state, &chunk, &mut all_logits)?;
+        } else {
+            model.forward(&mut state, &chunk)?;
+        }
         if let Some(w) = &sums
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

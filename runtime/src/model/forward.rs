@@ -308,6 +308,8 @@ impl Model<'_> {
             Some(norm),
             &[w.output.ty],
         )?;
+        s.observer
+            .see(w.layers.len(), MatmulSite::Output, &s.xb, n, dim);
         let output = Lin {
             w: w.output.view(self.bytes()),
             bias: None,

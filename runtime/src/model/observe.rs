@@ -24,6 +24,8 @@ pub enum MatmulSite {
     ExpertsGateUp(usize),
     /// Expert `e` of `ffn_down_exps`.
     ExpertsDown(usize),
+    /// The output layer (the normalized final residual).
+    Output,
 }
 
 impl MatmulSite {
@@ -40,6 +42,7 @@ impl MatmulSite {
             MatmulSite::SharedDown => &["ffn_down_shexp"],
             MatmulSite::ExpertsGateUp(_) => &["ffn_gate_exps", "ffn_up_exps"],
             MatmulSite::ExpertsDown(_) => &["ffn_down_exps"],
+            MatmulSite::Output => &["output"],
         }
     }
 
