@@ -170,6 +170,18 @@ pub fn run(args: &Args) -> Result<(), String> {
     };
     let mut records = Vec::new();
     let mut printed_header = false;
+    // A record done: printed as a table row (after the header) unless
+    // --json, and kept.
+    let mut emit = |rec: Record| {
+        if !args.json {
+            if !printed_header {
+                print_header(&kv_names);
+                printed_header = true;
+            }
+            print_row(&rec, &kv_names);
+        }
+        records.push(rec);
+    };
     for path in &args.models {
         let mut opts = crate::memory::load_options(args.memory_budget.as_deref())?;
         if let Some((_, mmproj)) = &image {
@@ -231,14 +243,7 @@ pub fn run(args: &Args) -> Result<(), String> {
                     samples_ns,
                     memory,
                 };
-                if !args.json {
-                    if !printed_header {
-                        print_header(&kv_names);
-                        printed_header = true;
-                    }
-                    print_row(&rec, &kv_names);
-                }
-                records.push(rec);
+                emit(rec);
             }
         }
         if let Some((img, mmproj)) = &image {
@@ -258,14 +263,7 @@ pub fn run(args: &Args) -> Result<(), String> {
                 samples_ns,
                 memory,
             };
-            if !args.json {
-                if !printed_header {
-                    print_header(&kv_names);
-                    printed_header = true;
-                }
-                print_row(&rec, &kv_names);
-            }
-            records.push(rec);
+            emit(rec);
         }
     }
     if args.json {
