@@ -454,9 +454,10 @@ impl ChatSession {
     /// decoded on the generation thread; one that is corrupt, truncated or
     /// over the runtime's pixel cap, or images sent to a text-only model,
     /// end the turn with `InvalidArgument` (and leave the history as it
-    /// was). The conversation keeps its images: each later turn encodes
-    /// them again and processes the whole conversation (no KV cache reuse),
-    /// and [`save`](Self::save) refuses it with `SessionFile`.
+    /// was). The conversation keeps its images: a later turn without a new
+    /// image continues the cache (the images are not encoded again), one
+    /// with a new image runs the whole conversation again; and
+    /// [`save`](Self::save) refuses it with `SessionFile`.
     #[uniffi::method(default(images = []))]
     pub fn send(
         &self,

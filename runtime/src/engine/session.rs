@@ -374,7 +374,8 @@ impl Session {
     /// `<|image|>` token per image, in order (Llama 4 expands each into its
     /// tiles' tokens, as the Hugging Face processor does). Needs the
     /// engine's vision tower ([`Engine::load_mmproj`](super::Engine::load_mmproj)).
-    /// The cache is not reused across image prompts.
+    /// The cache is reused only by a prompt with the same images and the
+    /// same tokens up to the last one (the next turn of an image chat).
     pub fn complete_with_images(
         &mut self,
         prompt: &[u32],
@@ -507,8 +508,9 @@ impl Session {
 
     /// A chat turn with `images` shown before the user's text (as Hugging
     /// Face's image chats render them). Needs the engine's vision tower.
-    /// The conversation keeps its images: each later turn runs them all
-    /// again, from an empty cache.
+    /// The conversation keeps its images: a later turn that adds none
+    /// continues the cache (nothing encoded again, only its text runs); one
+    /// that adds an image runs everything from an empty cache.
     pub fn chat_with_images(
         &mut self,
         user: &str,
