@@ -23,7 +23,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 use spinel_runtime::model::{KvType, Model, StateOptions};
 use spinel_runtime::tokenizer::Tokenizer;
-use spinel_runtime::vision::{IMAGE_MARKER, MmprojFile, RgbImage, Vision, decode_image};
+use spinel_runtime::vision::{IMAGE_MARKER, MmprojFile, RgbImage, Vision};
 
 use crate::run::KvArgs;
 
@@ -159,7 +159,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         return Err("-t: thread counts start at 1".into());
     }
     let image = match (&args.image, &args.mmproj) {
-        (Some(i), Some(m)) => Some((read_image(i)?, m.as_path())),
+        (Some(i), Some(m)) => Some((crate::run::read_image(i)?, m.as_path())),
         (Some(_), None) => {
             return Err("--image needs --mmproj FILE (the vision model, \
                         OUT.mmproj.gguf from `spinel convert`)"
@@ -373,12 +373,6 @@ fn measure(
         .collect::<Result<Vec<_>, _>>()?;
     let tokens = reps * (n_prompt + n_gen);
     Ok((samples, crate::memory::stats_json(model, &before, tokens)))
-}
-
-/// Reads and decodes an image file.
-fn read_image(path: &Path) -> Result<RgbImage, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    decode_image(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The `image` test: loads the tower of `mmproj` (checked against the

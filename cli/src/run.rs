@@ -335,15 +335,15 @@ pub fn max_tokens(n: i64) -> Option<usize> {
     usize::try_from(n).ok()
 }
 
+/// Reads and decodes an image file.
+pub fn read_image(path: &Path) -> Result<RgbImage, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    decode_image(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Reads and decodes image files.
 pub fn read_images(paths: &[PathBuf]) -> Result<Vec<RgbImage>, String> {
-    paths
-        .iter()
-        .map(|p| {
-            let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            decode_image(&bytes).map_err(|e| format!("{}: {e}", p.display()))
-        })
-        .collect()
+    paths.iter().map(|p| read_image(p)).collect()
 }
 
 pub fn run(args: &Args) -> Result<(), String> {

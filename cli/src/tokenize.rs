@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde_json::json;
 use spinel_runtime::gguf::MappedGguf;
 use spinel_runtime::tokenizer::Tokenizer;
-use spinel_runtime::vision::{MmprojFile, decode_image, expand_image_prompt};
+use spinel_runtime::vision::{MmprojFile, expand_image_prompt};
 
 /// Turn text into token ids with a model's tokenizer.
 #[derive(clap::Args, Debug)]
@@ -44,14 +44,7 @@ fn expand(args: &Args, tok: &Tokenizer, ids: Vec<u32>) -> Result<Vec<u32>, Strin
     let at = |e: &dyn std::fmt::Display| format!("{}: {e}", mmproj.display());
     // SAFETY: as the model file below: read-only, unchanged while mapped.
     let file = unsafe { MmprojFile::open(mmproj) }.map_err(|e| at(&e))?;
-    let images = args
-        .images
-        .iter()
-        .map(|p| {
-            let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            decode_image(&bytes).map_err(|e| format!("{}: {e}", p.display()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let images = crate::run::read_images(&args.images)?;
     expand_image_prompt(&file, tok, &ids, &images).map_err(|e| e.to_string())
 }
 

@@ -99,7 +99,7 @@ impl Session {
     /// as `PATH.part`, flushed to the disk and renamed, so an interrupted
     /// save leaves the old file).
     pub fn save(&self, path: &Path) -> Result<(), EngineError> {
-        if self.core.image_in_cache {
+        if self.core.image_in_cache() {
             return Err(err(
                 path,
                 "the cache holds an image prompt, which a session file cannot carry",

@@ -166,13 +166,19 @@ pub(super) struct Core {
     draft: Option<DraftState>,
     /// Through the engine's [`Batcher`](super::Batcher).
     batched: bool,
-    /// The cache holds an image prompt: only a prompt with the same images
-    /// and the same tokens up to the last one reuses it (`image_key`).
-    pub(super) image_in_cache: bool,
-    /// What the cached image prompt was made of.
+    /// What the image prompt the cache holds was made of (`None`: the
+    /// cache holds none); only a prompt with the same images and the same
+    /// tokens up to the last one reuses such a cache.
     image_key: Option<ImageKey>,
     /// The conversation's images, in order (each chat turn runs them all).
     images: Vec<RgbImage>,
+}
+
+impl Core {
+    /// The cache holds an image prompt.
+    pub(super) fn image_in_cache(&self) -> bool {
+        self.image_key.is_some()
+    }
 }
 
 /// One sequence over an [`Engine`]: a KV cache, the tokens in it and, for
@@ -257,7 +263,6 @@ impl Session {
                 n_batch,
                 draft: None,
                 batched: opts.batched,
-                image_in_cache: false,
                 image_key: None,
                 images: Vec::new(),
             },
@@ -341,7 +346,6 @@ impl Session {
         self.core.cached.clear();
         self.core.state.reset();
         self.core.draft = None;
-        self.core.image_in_cache = false;
         self.core.image_key = None;
         self.core.images.clear();
     }
@@ -453,8 +457,7 @@ impl Session {
     fn continued_image_prompt(&self, prompt: &[u32], k: usize, hash: u64) -> Option<Vec<u32>> {
         let key = self.core.image_key.as_ref()?;
         let tail = &prompt[k + 1..];
-        let fits = self.core.image_in_cache
-            && key.images == hash
+        let fits = key.images == hash
             && prompt[..=k] == key.head[..]
             && self.core.cached.len() >= key.expanded_head
             // Something after the image to run, so the cache keeps it all.
@@ -477,7 +480,6 @@ impl Session {
     fn forget_cache(&mut self) {
         self.core.cached.clear();
         self.core.state.reset();
-        self.core.image_in_cache = false;
         self.core.image_key = None;
     }
 
@@ -594,7 +596,7 @@ impl Session {
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
-        if self.core.image_in_cache && !keep_image {
+        if self.core.image_in_cache() && !keep_image {
             self.forget_cache();
         }
         let n_ctx = self.n_ctx();
@@ -896,7 +898,6 @@ impl Stream<'_> {
                 false => vp.prefill(model, state),
             }?;
             self.core.cached.extend_from_slice(vp.tokens());
-            self.core.image_in_cache = true;
             self.core.image_key = Some(key);
             self.stats.prompt_secs = t0.elapsed().as_secs_f64();
             if self.core.batched && !self.decodes_alone() {
@@ -942,7 +943,7 @@ impl Stream<'_> {
     /// its decode steps are not batched with others (a Llama 4 image is in
     /// the KV cache like text, and batches as text does).
     fn decodes_alone(&self) -> bool {
-        self.core.image_in_cache
+        self.core.image_in_cache()
             && !self
                 .engine
                 .model()

@@ -17,7 +17,7 @@ use super::llama4::{Llama4Vision, Llama4VisionConfig};
 use super::mllama::{MllamaVision, MllamaVisionConfig};
 use super::processor::{ProcessorConfig, ProcessorKind};
 use super::tensor::{StoredMatrix, Tensor, TensorSource};
-use crate::gguf::{Array, MappedGguf, Metadata, Value};
+use crate::gguf::{Array, MappedGguf, Metadata, TensorInfo, Value};
 use crate::model::LoadOptions;
 
 /// `clip.projector_type` values.
@@ -542,11 +542,10 @@ impl MmprojFile {
     }
 }
 
-impl TensorSource for MmprojFile {
-    fn tensor(&self, name: &str) -> Result<Option<Tensor>> {
-        let Some(gname) = mmproj_tensor_name(self.projector, name) else {
-            return Ok(None);
-        };
+impl MmprojFile {
+    /// The GGUF tensor of the Hugging Face tensor `name`, and its GGUF name.
+    fn find(&self, name: &str) -> Option<(String, &TensorInfo<'_>)> {
+        let gname = mmproj_tensor_name(self.projector, name)?;
         let file = self.gguf.file();
         // llama.cpp's converter (since Gemma 4) maps Llama 4's
         // `post_attention_layernorm` to `v.blk.N.attn_post_norm`; older
@@ -558,7 +557,14 @@ impl TensorSource for MmprojFile {
                 .and_then(|a| file.tensor(&a)),
             Projector::Mllama => None,
         };
-        let Some(t) = file.tensor(&gname).or_else(alias) else {
+        let t = file.tensor(&gname).or_else(alias)?;
+        Some((gname, t))
+    }
+}
+
+impl TensorSource for MmprojFile {
+    fn tensor(&self, name: &str) -> Result<Option<Tensor>> {
+        let Some((gname, t)) = self.find(name) else {
             return Ok(None);
         };
         let n = usize::try_from(t.n_elements()).map_err(|e| VisionError::Weights(e.to_string()))?;
@@ -582,10 +588,7 @@ impl TensorSource for MmprojFile {
 
     /// Matrices not stored as f32 (a quantized mmproj: q8_0, f16) stay so.
     fn stored(&self, name: &str) -> Result<Option<StoredMatrix>> {
-        let Some(gname) = mmproj_tensor_name(self.projector, name) else {
-            return Ok(None);
-        };
-        let Some(t) = self.gguf.file().tensor(&gname) else {
+        let Some((gname, t)) = self.find(name) else {
             return Ok(None);
         };
         let (ty, dims) = (t.ggml_type(), t.dims());
