@@ -15,6 +15,9 @@
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+// The generic drivers; only aarch64 instantiates them so far.
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+mod gemm;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;

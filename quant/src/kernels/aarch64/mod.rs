@@ -42,6 +42,9 @@ use core::arch::asm;
 use half::f16;
 
 mod dotprod;
+mod gemm;
+#[cfg(test)]
+mod gemm_tests;
 // The two-row kernels are crate-internal API for a batched matmul; until one
 // calls them, only the tests do.
 #[cfg_attr(not(test), allow(dead_code))]
@@ -70,7 +73,7 @@ pub(super) fn supported(isa: Isa) -> bool {
 
 use crate::GgmlType as T;
 
-const NEON_TABLE: Kernels = scalar::TABLE
+const NEON_BASE: Kernels = scalar::TABLE
     .derive(Isa::Neon)
     .set_vec_dot(T::F16, vec_dot!(unsafe f16, f16, neon::vec_dot_f16))
     .set_to_float(T::F16, to_float!(unsafe f16, neon::dequantize_row_f16))
@@ -114,8 +117,10 @@ const NEON_TABLE: Kernels = scalar::TABLE
         T::IQ4XS,
         vec_dot!(unsafe BlockIQ4XS, BlockQ8K, iq4::vec_dot_iq4_xs_q8_k),
     );
+const NEON_TABLE: Kernels = gemm::set_neon(NEON_BASE);
 
-const NEON_DOTPROD_TABLE: Kernels = NEON_TABLE
+const NEON_DOTPROD_TABLE: Kernels = gemm::set_dotprod(NEON_DOTPROD_BASE);
+const NEON_DOTPROD_BASE: Kernels = NEON_TABLE
     .derive(Isa::NeonDotprod)
     .set_vec_dot(
         T::Q4_0,

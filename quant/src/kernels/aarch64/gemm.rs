@@ -1,0 +1,330 @@
+//! The NEON implementations of the generic gemm's [`Simd`] trait and the
+//! `#[target_feature]` entry points, one per (ISA level, format).
+//!
+//! A vector holds four weight rows (`LANES = 4`, one 32-bit lane each); a
+//! panel is two vectors (`NV = 2`, eight rows), and the micro-kernels take
+//! four activation rows at a time: 8 integer and 8 f32 accumulators, 8
+//! weight chunks and 4 activation vectors in the 32 registers.
+//!
+//! * [`NeonDotprod`]: `sdot vd.4s, vchunk.16b, vact.4b[i]`, the four
+//!   activation bytes of chunk `i` taken by element: one instruction per
+//!   chunk, vector and activation row.
+//! * [`Neon`] (Armv8.0): the chunk's two halves times the broadcast bytes
+//!   with `smull`/`smull2` (i16, exact: |q·a| ≤ 2¹⁴), pairs summed into i32
+//!   with `sadalp` into two accumulators (rows 0-1, rows 2-3), folded with
+//!   one `addp` per block.
+
+use super::super::gemm::{Simd, gemm_legacy};
+use super::super::{GemmFn, Isa, vec_dot};
+use crate::GgmlType as T;
+use crate::blocks::*;
+use core::arch::aarch64::*;
+use core::arch::asm;
+use half::f16;
+
+/// Baseline Advanced SIMD: only built where run-time detection found it.
+#[derive(Clone, Copy)]
+pub(crate) struct Neon(());
+
+/// NEON with the Armv8.2 dot products (`sdot`).
+#[derive(Clone, Copy)]
+pub(crate) struct NeonDotprod(());
+
+impl Neon {
+    #[allow(dead_code)] // the entries build it from their own features
+    pub(crate) fn new() -> Option<Self> {
+        Isa::Neon.is_supported().then_some(Neon(()))
+    }
+}
+
+impl NeonDotprod {
+    #[allow(dead_code)] // the entries build it from their own features
+    pub(crate) fn new() -> Option<Self> {
+        Isa::NeonDotprod.is_supported().then_some(NeonDotprod(()))
+    }
+}
+
+/// The f32 and memory primitives both levels share.
+macro_rules! neon_common {
+    () => {
+        const LANES: usize = 4;
+        type Chunk = [i8; 16];
+        type Lanes = [f32; 4];
+        type W = int8x16_t;
+        type A = int8x16_t;
+        type F = float32x4_t;
+
+        #[inline(always)]
+        fn load_chunk(self, c: &[i8; 16]) -> int8x16_t {
+            // SAFETY: 16 readable bytes; NEON is proven by the token.
+            unsafe { vld1q_s8(c.as_ptr()) }
+        }
+        #[inline(always)]
+        fn load_act(self, a: &[i8; 16]) -> int8x16_t {
+            // SAFETY: as for `load_chunk`.
+            unsafe { vld1q_s8(a.as_ptr()) }
+        }
+        #[inline(always)]
+        fn load_f(self, x: &[f32; 4]) -> float32x4_t {
+            // SAFETY: 4 readable f32.
+            unsafe { vld1q_f32(x.as_ptr()) }
+        }
+        #[inline(always)]
+        fn store_f(self, x: &mut [f32; 4], v: float32x4_t) {
+            // SAFETY: 4 writable f32.
+            unsafe { vst1q_f32(x.as_mut_ptr(), v) }
+        }
+        #[inline(always)]
+        fn splat(self, x: f32) -> float32x4_t {
+            // SAFETY: NEON is proven by the token (as below).
+            unsafe { vdupq_n_f32(x) }
+        }
+        #[inline(always)]
+        fn fzero(self) -> float32x4_t {
+            // SAFETY: NEON.
+            unsafe { vdupq_n_f32(0.0) }
+        }
+        #[inline(always)]
+        fn fma(self, acc: float32x4_t, a: float32x4_t, b: float32x4_t) -> float32x4_t {
+            // SAFETY: NEON.
+            unsafe { vfmaq_f32(acc, a, b) }
+        }
+        #[inline(always)]
+        fn mul(self, a: float32x4_t, b: float32x4_t) -> float32x4_t {
+            // SAFETY: NEON.
+            unsafe { vmulq_f32(a, b) }
+        }
+        #[inline(always)]
+        fn add(self, a: float32x4_t, b: float32x4_t) -> float32x4_t {
+            // SAFETY: NEON.
+            unsafe { vaddq_f32(a, b) }
+        }
+        #[inline(always)]
+        fn f16(self, h: f16) -> f32 {
+            super::f16_to_f32(h)
+        }
+    };
+}
+
+impl Simd for Neon {
+    neon_common!();
+    /// Pair sums of rows 0-1 and of rows 2-3.
+    type I = (int32x4_t, int32x4_t);
+
+    #[inline(always)]
+    fn izero(self) -> Self::I {
+        // SAFETY: NEON.
+        unsafe { (vdupq_n_s32(0), vdupq_n_s32(0)) }
+    }
+    #[inline(always)]
+    fn dot4(self, acc: Self::I, w: [int8x16_t; 4], a: int8x16_t) -> Self::I {
+        // SAFETY: NEON is proven by the token.
+        unsafe {
+            let a = vreinterpretq_s32_s8(a);
+            let bc = [
+                vreinterpretq_s8_s32(vdupq_laneq_s32::<0>(a)),
+                vreinterpretq_s8_s32(vdupq_laneq_s32::<1>(a)),
+                vreinterpretq_s8_s32(vdupq_laneq_s32::<2>(a)),
+                vreinterpretq_s8_s32(vdupq_laneq_s32::<3>(a)),
+            ];
+            let (mut lo, mut hi) = acc;
+            for c in 0..4 {
+                lo = vpadalq_s16(lo, vmull_s8(vget_low_s8(w[c]), vget_low_s8(bc[c])));
+                hi = vpadalq_s16(hi, vmull_high_s8(w[c], bc[c]));
+            }
+            (lo, hi)
+        }
+    }
+    #[inline(always)]
+    fn sums(self, acc: Self::I) -> float32x4_t {
+        // SAFETY: NEON.
+        unsafe { vcvtq_f32_s32(vpaddq_s32(acc.0, acc.1)) }
+    }
+}
+
+/// `acc + Σ_t w_{r,t} · a[4L + t]` per lane `r` (`sdot` by element).
+///
+/// # Safety
+/// The CPU must have dotprod.
+#[inline]
+#[target_feature(enable = "dotprod")]
+unsafe fn sdot_lane<const L: i32>(acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int32x4_t {
+    let mut acc = acc;
+    // SAFETY: `sdot` needs dotprod (the caller's contract); registers only.
+    unsafe {
+        asm!(
+            "sdot {acc:v}.4s, {w:v}.16b, {a:v}.4b[{l}]",
+            acc = inout(vreg) acc,
+            w = in(vreg) w,
+            a = in(vreg) a,
+            l = const L,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    acc
+}
+
+impl Simd for NeonDotprod {
+    neon_common!();
+    type I = int32x4_t;
+
+    #[inline(always)]
+    fn izero(self) -> int32x4_t {
+        // SAFETY: NEON.
+        unsafe { vdupq_n_s32(0) }
+    }
+    #[inline(always)]
+    fn dot4(self, acc: int32x4_t, w: [int8x16_t; 4], a: int8x16_t) -> int32x4_t {
+        // SAFETY: the token proves dotprod.
+        unsafe {
+            let acc = sdot_lane::<0>(acc, w[0], a);
+            let acc = sdot_lane::<1>(acc, w[1], a);
+            let acc = sdot_lane::<2>(acc, w[2], a);
+            sdot_lane::<3>(acc, w[3], a)
+        }
+    }
+    #[inline(always)]
+    fn sums(self, acc: int32x4_t) -> float32x4_t {
+        // SAFETY: NEON.
+        unsafe { vcvtq_f32_s32(acc) }
+    }
+}
+
+/// Stamps the `#[target_feature]` gemm entries of the 32-wide formats at
+/// one level: the attribute, the signature, and the level's token (sound to
+/// build here: the entry's contract is that the CPU has its features), then
+/// one call of the generic driver. `$dot` is the format's `vec_dot` for
+/// fewer than two activation rows.
+macro_rules! legacy_entries {
+    ($feat:literal, $tok:ident, $(($name:ident, $w:ty, $dot:expr)),* $(,)?) => {
+        $(
+            /// Register-blocked gemm (see `kernels/gemm.rs`).
+            ///
+            /// # Safety
+            /// The CPU must have the features this function enables.
+            #[target_feature(enable = $feat)]
+            unsafe fn $name(k: usize, w: &[u8], a: &[u8], out: &mut [f32], ldo: usize) {
+                gemm_legacy::<_, $w, 2, 4>($tok(()), k, w, a, out, ldo, 2, $dot)
+            }
+        )*
+    };
+}
+
+/// Wraps an entry as a [`GemmFn`].
+macro_rules! gemm_fn {
+    ($f:path) => {{
+        fn wrapper(k: usize, w: &[u8], a: &[u8], out: &mut [f32], ldo: usize) {
+            // SAFETY: this wrapper only sits in the table of an ISA whose
+            // features the entry enables; such a table is only handed out
+            // by `Kernels::for_isa` after run-time detection confirmed them.
+            unsafe { $f(k, w, a, out, ldo) }
+        }
+        wrapper as GemmFn
+    }};
+}
+
+legacy_entries!(
+    "neon",
+    Neon,
+    (
+        neon_q4_0,
+        BlockQ4_0,
+        vec_dot!(unsafe BlockQ4_0, BlockQ8_0, super::neon::vec_dot_q4_0_q8_0)
+    ),
+    (
+        neon_q4_1,
+        BlockQ4_1,
+        vec_dot!(unsafe BlockQ4_1, BlockQ8_1, super::neon::vec_dot_q4_1_q8_1)
+    ),
+    (
+        neon_q5_0,
+        BlockQ5_0,
+        vec_dot!(
+            BlockQ5_0,
+            BlockQ8_0,
+            crate::formats::legacy::vec_dot_q5_0_q8_0
+        )
+    ),
+    (
+        neon_q5_1,
+        BlockQ5_1,
+        vec_dot!(
+            BlockQ5_1,
+            BlockQ8_1,
+            crate::formats::legacy::vec_dot_q5_1_q8_1
+        )
+    ),
+    (
+        neon_q8_0,
+        BlockQ8_0,
+        vec_dot!(unsafe BlockQ8_0, BlockQ8_0, super::neon::vec_dot_q8_0_q8_0)
+    ),
+    (
+        neon_iq4_nl,
+        BlockIQ4NL,
+        vec_dot!(unsafe BlockIQ4NL, BlockQ8_0, super::iq4::vec_dot_iq4_nl_q8_0)
+    ),
+);
+
+legacy_entries!(
+    "dotprod",
+    NeonDotprod,
+    (
+        dotprod_q4_0,
+        BlockQ4_0,
+        vec_dot!(unsafe BlockQ4_0, BlockQ8_0, super::dotprod::vec_dot_q4_0_q8_0)
+    ),
+    (
+        dotprod_q4_1,
+        BlockQ4_1,
+        vec_dot!(unsafe BlockQ4_1, BlockQ8_1, super::dotprod::vec_dot_q4_1_q8_1)
+    ),
+    (
+        dotprod_q5_0,
+        BlockQ5_0,
+        vec_dot!(
+            BlockQ5_0,
+            BlockQ8_0,
+            crate::formats::legacy::vec_dot_q5_0_q8_0
+        )
+    ),
+    (
+        dotprod_q5_1,
+        BlockQ5_1,
+        vec_dot!(
+            BlockQ5_1,
+            BlockQ8_1,
+            crate::formats::legacy::vec_dot_q5_1_q8_1
+        )
+    ),
+    (
+        dotprod_q8_0,
+        BlockQ8_0,
+        vec_dot!(unsafe BlockQ8_0, BlockQ8_0, super::dotprod::vec_dot_q8_0_q8_0)
+    ),
+    (
+        dotprod_iq4_nl,
+        BlockIQ4NL,
+        vec_dot!(unsafe BlockIQ4NL, BlockQ8_0, super::iq4::vec_dot_iq4_nl_q8_0)
+    ),
+);
+
+/// Sets the baseline NEON gemm entries.
+pub(super) const fn set_neon(t: super::Kernels) -> super::Kernels {
+    t.set_gemm(T::Q4_0, gemm_fn!(neon_q4_0))
+        .set_gemm(T::Q4_1, gemm_fn!(neon_q4_1))
+        .set_gemm(T::Q5_0, gemm_fn!(neon_q5_0))
+        .set_gemm(T::Q5_1, gemm_fn!(neon_q5_1))
+        .set_gemm(T::Q8_0, gemm_fn!(neon_q8_0))
+        .set_gemm(T::IQ4NL, gemm_fn!(neon_iq4_nl))
+}
+
+/// Sets the dotprod gemm entries.
+pub(super) const fn set_dotprod(t: super::Kernels) -> super::Kernels {
+    t.set_gemm(T::Q4_0, gemm_fn!(dotprod_q4_0))
+        .set_gemm(T::Q4_1, gemm_fn!(dotprod_q4_1))
+        .set_gemm(T::Q5_0, gemm_fn!(dotprod_q5_0))
+        .set_gemm(T::Q5_1, gemm_fn!(dotprod_q5_1))
+        .set_gemm(T::Q8_0, gemm_fn!(dotprod_q8_0))
+        .set_gemm(T::IQ4NL, gemm_fn!(dotprod_iq4_nl))
+}

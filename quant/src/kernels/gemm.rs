@@ -1,0 +1,460 @@
+//! Register-blocked GEMM written once, over an instruction-set trait.
+//!
+//! The drivers here are generic over [`Simd`] (the vector primitives a
+//! gemm needs: chunk loads, an int8 dot-accumulate of four chunks with
+//! sixteen activation bytes, f32 arithmetic) and over the block format
+//! ([`Repack`]: how a block's weights become signed bytes, its scale, its
+//! min). Every function is `#[inline(always)]`; an ISA's entry point is one
+//! `#[target_feature]` function per (ISA, format) that calls a driver with
+//! its zero-sized ISA token, so that the whole kernel is compiled with that
+//! ISA's features (see `aarch64/gemm.rs`).
+//!
+//! # Layout: panels of interleaved weight rows
+//!
+//! The weights are repacked, `P = NV · LANES` rows at a time, for one chunk
+//! of `k` (`KC` elements), into a stack buffer (a *panel*): chunk `c` of
+//! vector `v` holds, for each of its `LANES` rows, the four weights
+//! `4c..4c+4` of that row as signed bytes in one 32-bit lane. An int8
+//! dot-accumulate of a chunk with four activation bytes broadcast to every
+//! lane (`sdot` by element on Armv8.2, `vpdpbusd` with an embedded
+//! broadcast on x86) adds four products to each row's sum, so a block's dot
+//! products for `P` rows come out in `P` lanes without horizontal sums, and
+//! one f32 FMA per block and vector applies the rows' scales. The panel is
+//! then reused for every activation row of the pass (`MB` rows), `R` rows
+//! per micro-kernel call.
+//!
+//! Per block, exactly as the x86 kernels and up to float rounding as the
+//! scalar `vec_dot`: `acc += (Σq·a · d_a) · d_w`, plus `m_w · s_a` for the
+//! formats with a min.
+
+use crate::blocks::*;
+use bytemuck::{Pod, Zeroable};
+use half::f16;
+
+/// Elements of `k` per panel.
+const KC: usize = 512;
+/// 32-element blocks per panel.
+const KB: usize = KC / QK;
+/// Four-byte chunks per panel.
+const NCH: usize = KC / 4;
+/// Activation rows per pass over the panels.
+const MB: usize = 128;
+
+/// The vector primitives of one instruction set, implemented by a
+/// zero-sized token that can only be built once run-time detection has
+/// confirmed the instructions (holding one is the proof that calling its
+/// methods is sound).
+pub(crate) trait Simd: Copy {
+    /// Weight rows (32-bit lanes) per vector.
+    const LANES: usize;
+    /// A vector's chunk in memory: four bytes of each of `LANES` rows.
+    type Chunk: Pod;
+    /// `LANES` f32 in memory.
+    type Lanes: Pod;
+    /// A loaded chunk.
+    type W: Copy;
+    /// Sixteen loaded activation bytes (four chunks).
+    type A: Copy;
+    /// The integer sums of `LANES` rows with one activation row.
+    type I: Copy;
+    /// `LANES` f32.
+    type F: Copy;
+
+    fn load_chunk(self, c: &Self::Chunk) -> Self::W;
+    fn load_act(self, a: &[i8; 16]) -> Self::A;
+    fn izero(self) -> Self::I;
+    /// `acc + Σ_{c<4} Σ_{t<4} w[c]_{r,t} · a[4c + t]` in lane `r`: exact.
+    fn dot4(self, acc: Self::I, w: [Self::W; 4], a: Self::A) -> Self::I;
+    /// The lanes' sums, converted to f32.
+    fn sums(self, acc: Self::I) -> Self::F;
+    fn load_f(self, x: &Self::Lanes) -> Self::F;
+    fn store_f(self, x: &mut Self::Lanes, v: Self::F);
+    fn splat(self, x: f32) -> Self::F;
+    fn fzero(self) -> Self::F;
+    /// `acc + a · b`, fused.
+    fn fma(self, acc: Self::F, a: Self::F, b: Self::F) -> Self::F;
+    fn mul(self, a: Self::F, b: Self::F) -> Self::F;
+    fn add(self, a: Self::F, b: Self::F) -> Self::F;
+    /// Exact f16 → f32.
+    fn f16(self, h: f16) -> f32 {
+        h.to_f32()
+    }
+}
+
+/// A 32-wide activation block (Q8_0 or Q8_1).
+pub(crate) trait ActBlock: Pod {
+    fn qs(&self) -> &[i8; QK];
+    fn d(&self) -> f16;
+    /// Q8_1's `s = d·Σq`; zero for Q8_0.
+    fn s(&self) -> f16 {
+        f16::ZERO
+    }
+}
+
+impl ActBlock for BlockQ8_0 {
+    #[inline(always)]
+    fn qs(&self) -> &[i8; QK] {
+        &self.qs
+    }
+    #[inline(always)]
+    fn d(&self) -> f16 {
+        self.d
+    }
+}
+
+impl ActBlock for BlockQ8_1 {
+    #[inline(always)]
+    fn qs(&self) -> &[i8; QK] {
+        &self.qs
+    }
+    #[inline(always)]
+    fn d(&self) -> f16 {
+        self.d
+    }
+    #[inline(always)]
+    fn s(&self) -> f16 {
+        self.s
+    }
+}
+
+/// What a 32-wide weight format contributes to a gemm: the facts the
+/// drivers need, named, instead of positional flags.
+pub(crate) trait Repack: Pod {
+    /// The activation blocks it is multiplied with.
+    type Act: ActBlock;
+    /// `x = d·q + m`: each block adds `m · s_a` (Q4_1, Q5_1).
+    const HAS_MIN: bool;
+    /// The block's 32 weights as the signed integers its `vec_dot` sums
+    /// (`q − 8` for Q4_0, the table value for IQ4_NL, …), element order.
+    fn ints(&self) -> [i8; QK];
+    fn d(&self) -> f16;
+    /// The min `m` (zero without one).
+    fn m(&self) -> f16 {
+        f16::ZERO
+    }
+}
+
+/// Nibbles of a 32-wide block: element `j` low in `qs[j]`, `j + 16` high.
+#[inline(always)]
+fn nibbles(qs: &[u8; QK / 2]) -> [u8; QK] {
+    core::array::from_fn(|e| if e < 16 { qs[e] & 0xf } else { qs[e - 16] >> 4 })
+}
+
+/// The fifth bits of a Q5 block, element `e` at bit `e` of `qh`, as 0x10.
+#[inline(always)]
+fn fifth(qh: [u8; 4]) -> [u8; QK] {
+    let qh = u32::from_le_bytes(qh);
+    core::array::from_fn(|e| (((qh >> e) & 1) << 4) as u8)
+}
+
+impl Repack for BlockQ4_0 {
+    type Act = BlockQ8_0;
+    const HAS_MIN: bool = false;
+    #[inline(always)]
+    fn ints(&self) -> [i8; QK] {
+        nibbles(&self.qs).map(|q| q as i8 - 8)
+    }
+    #[inline(always)]
+    fn d(&self) -> f16 {
+        self.d
+    }
+}
+
+impl Repack for BlockQ4_1 {
+    type Act = BlockQ8_1;
+    const HAS_MIN: bool = true;
+    #[inline(always)]
+    fn ints(&self) -> [i8; QK] {
+        nibbles(&self.qs).map(|q| q as i8)
+    }
+    #[inline(always)]
+    fn d(&self) -> f16 {
+        self.d
+    }
+    #[inline(always)]
+    fn m(&self) -> f16 {
+        self.m
+    }
+}
+
+impl Repack for BlockQ5_0 {
+    type Act = BlockQ8_0;
+    const HAS_MIN: bool = false;
+    #[inline(always)]
+    fn ints(&self) -> [i8; QK] {
+        let (lo, hi) = (nibbles(&self.qs), fifth(self.qh));
+        core::array::from_fn(|e| (lo[e] | hi[e]) as i8 - 16)
+    }
+    #[inline(always)]
+    fn d(&self) -> f16 {
+        self.d
+    }
+}
+
+impl Repack for BlockQ5_1 {
+    type Act = BlockQ8_1;
+    const HAS_MIN: bool = true;
+    #[inline(always)]
+    fn ints(&self) -> [i8; QK] {
+        let (lo, hi) = (nibbles(&self.qs), fifth(self.qh));
+        core::array::from_fn(|e| (lo[e] | hi[e]) as i8)
+    }
+    #[inline(always)]
+    fn d(&self) -> f16 {
+        self.d
+    }
+    #[inline(always)]
+    fn m(&self) -> f16 {
+        self.m
+    }
+}
+
+impl Repack for BlockQ8_0 {
+    type Act = BlockQ8_0;
+    const HAS_MIN: bool = false;
+    #[inline(always)]
+    fn ints(&self) -> [i8; QK] {
+        self.qs
+    }
+    #[inline(always)]
+    fn d(&self) -> f16 {
+        self.d
+    }
+}
+
+impl Repack for BlockIQ4NL {
+    type Act = BlockQ8_0;
+    const HAS_MIN: bool = false;
+    #[inline(always)]
+    fn ints(&self) -> [i8; QK] {
+        nibbles(&self.qs).map(|q| crate::formats::iquants::KVALUES_IQ4NL[q as usize])
+    }
+    #[inline(always)]
+    fn d(&self) -> f16 {
+        self.d
+    }
+}
+
+/// `NV · LANES` weight rows × `KC` elements, interleaved (module docs).
+#[repr(C)]
+struct Panel<S: Simd, const NV: usize> {
+    /// Chunk `c` of vector `v`: weights `4c..4c+4` of each of its rows.
+    q: [[S::Chunk; NV]; NCH],
+    /// Per block: the rows' scales `d`.
+    d: [[S::Lanes; NV]; KB],
+    /// Per block: the rows' mins `m` (formats with a min).
+    m: [[S::Lanes; NV]; KB],
+}
+
+impl<S: Simd, const NV: usize> Panel<S, NV> {
+    fn new() -> Self {
+        Panel {
+            q: [[Zeroable::zeroed(); NV]; NCH],
+            d: [[Zeroable::zeroed(); NV]; KB],
+            m: [[Zeroable::zeroed(); NV]; KB],
+        }
+    }
+
+    /// Repacks block `b` of the panel from one block of each row
+    /// (`rows[v · LANES + r]` for lane `r` of vector `v`).
+    #[inline(always)]
+    fn repack<W: Repack>(&mut self, s: S, b: usize, rows: &[&W]) {
+        for (v, rows) in rows.chunks_exact(S::LANES).enumerate() {
+            let dl: &mut [f32] = bytemuck::cast_slice_mut(core::slice::from_mut(&mut self.d[b][v]));
+            let ml: &mut [f32] = bytemuck::cast_slice_mut(core::slice::from_mut(&mut self.m[b][v]));
+            for (r, x) in rows.iter().enumerate() {
+                let q = x.ints();
+                for c in 0..QK / 4 {
+                    let chunk = bytemuck::bytes_of_mut(&mut self.q[8 * b + c][v]);
+                    chunk[4 * r..4 * r + 4]
+                        .copy_from_slice(bytemuck::cast_slice(&q[4 * c..4 * c + 4]));
+                }
+                dl[r] = s.f16(x.d());
+                if W::HAS_MIN {
+                    ml[r] = s.f16(x.m());
+                }
+            }
+        }
+    }
+}
+
+/// The micro-kernel: `R` activation rows times the panel's `NV · LANES`
+/// rows over `kb` blocks.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn tile<S: Simd, W: Repack, const NV: usize, const R: usize>(
+    s: S,
+    p: &Panel<S, NV>,
+    kb: usize,
+    a: &[&[W::Act]; R],
+    info: &[&[[f32; KB]; 2]; R],
+) -> [[S::F; NV]; R] {
+    let mut acc = [[s.fzero(); NV]; R];
+    for b in 0..kb {
+        let mut sum = [[s.izero(); NV]; R];
+        for h in 0..2 {
+            let w: [[S::W; 4]; NV] = core::array::from_fn(|v| {
+                core::array::from_fn(|c| s.load_chunk(&p.q[8 * b + 4 * h + c][v]))
+            });
+            for i in 0..R {
+                let x = s.load_act(a[i][b].qs()[16 * h..16 * h + 16].try_into().unwrap());
+                for v in 0..NV {
+                    sum[i][v] = s.dot4(sum[i][v], w[v], x);
+                }
+            }
+        }
+        let dw: [S::F; NV] = core::array::from_fn(|v| s.load_f(&p.d[b][v]));
+        for i in 0..R {
+            let da = s.splat(info[i][0][b]);
+            for v in 0..NV {
+                acc[i][v] = s.fma(acc[i][v], s.mul(s.sums(sum[i][v]), da), dw[v]);
+            }
+        }
+        if W::HAS_MIN {
+            let mw: [S::F; NV] = core::array::from_fn(|v| s.load_f(&p.m[b][v]));
+            for i in 0..R {
+                let sa = s.splat(info[i][1][b]);
+                for v in 0..NV {
+                    acc[i][v] = s.fma(acc[i][v], mw[v], sa);
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// Writes (`first`) or adds the first `o.len()` of the panel's lanes.
+#[inline(always)]
+fn put<S: Simd, const NV: usize>(s: S, o: &mut [f32], v: [S::F; NV], first: bool) {
+    let mut t = [[Zeroable::zeroed(); NV]; 1];
+    for (tv, v) in t[0].iter_mut().zip(v) {
+        s.store_f(tv, v);
+    }
+    let t: &[f32] = bytemuck::cast_slice::<S::Lanes, f32>(&t[0]);
+    for (o, &t) in o.iter_mut().zip(t) {
+        *o = if first { t } else { *o + t };
+    }
+}
+
+/// Where a tile's rows live: activation rows `i0 + i ..` of `nb` blocks each,
+/// blocks `b0..b0 + kb` of this `k` chunk; output columns `j0..j0 + nc`.
+#[derive(Clone, Copy)]
+struct At {
+    nb: usize,
+    b0: usize,
+    kb: usize,
+    i0: usize,
+    ldo: usize,
+    j0: usize,
+    nc: usize,
+    first: bool,
+}
+
+/// Runs [`tile`] for activation rows `i..i + R` of the pass and stores.
+#[inline(always)]
+fn run<S: Simd, W: Repack, const NV: usize, const R: usize>(
+    s: S,
+    p: &Panel<S, NV>,
+    a: &[W::Act],
+    info: &[[[f32; KB]; 2]],
+    i: usize,
+    at: At,
+    out: &mut [f32],
+) {
+    let row = |r: usize| (at.i0 + i + r) * at.nb + at.b0;
+    let ar: [&[W::Act]; R] = core::array::from_fn(|r| &a[row(r)..row(r) + at.kb]);
+    let inf: [&[[f32; KB]; 2]; R] = core::array::from_fn(|r| &info[i + r]);
+    let acc = tile::<S, W, NV, R>(s, p, at.kb, &ar, &inf);
+    for (r, v) in acc.into_iter().enumerate() {
+        let o = (at.i0 + i + r) * at.ldo + at.j0;
+        put::<S, NV>(s, &mut out[o..o + at.nc], v, at.first);
+    }
+}
+
+/// Register-blocked gemm of a 32-wide format (see [`super::GemmFn`]):
+/// passes of `MB` activation rows; per pass and chunk of `k`, the
+/// activation scales, then per panel of `NV · LANES` weight rows the repack
+/// and the micro-kernels, `RL` (then 4, 2, 1) activation rows at a time.
+/// Below `min_m` activation rows, `fallback` (the format's `vec_dot`) per
+/// pair.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_legacy<S: Simd, W: Repack, const NV: usize, const RL: usize>(
+    s: S,
+    k: usize,
+    w: &[u8],
+    a: &[u8],
+    out: &mut [f32],
+    ldo: usize,
+    min_m: usize,
+    fallback: super::VecDotFn,
+) {
+    let nb = k / QK;
+    if nb == 0 {
+        return;
+    }
+    let (wrow, arow) = (nb * size_of::<W>(), nb * size_of::<W::Act>());
+    let (n, m) = (w.len() / wrow, a.len() / arow);
+    if m < min_m || n == 0 {
+        for (i, ar) in a.chunks_exact(arow).enumerate() {
+            for (j, wr) in w.chunks_exact(wrow).enumerate() {
+                out[i * ldo + j] = fallback(wr, ar);
+            }
+        }
+        return;
+    }
+    let w = bytemuck::cast_slice::<u8, W>(w);
+    let a = bytemuck::cast_slice::<u8, W::Act>(a);
+    let np = NV * S::LANES;
+    let mut p = Panel::<S, NV>::new();
+    let mut info = [[[0f32; KB]; 2]; MB];
+    let nkc = nb.div_ceil(KB);
+    for i0 in (0..m).step_by(MB) {
+        let mc = MB.min(m - i0);
+        for kc in 0..nkc {
+            let (b0, b1) = (kc * nb / nkc, (kc + 1) * nb / nkc);
+            for (i, inf) in info[..mc].iter_mut().enumerate() {
+                let row = &a[(i0 + i) * nb + b0..(i0 + i) * nb + b1];
+                for (b, blk) in row.iter().enumerate() {
+                    inf[0][b] = s.f16(blk.d());
+                    inf[1][b] = s.f16(blk.s());
+                }
+            }
+            for j0 in (0..n).step_by(np) {
+                let nc = np.min(n - j0);
+                for b in 0..b1 - b0 {
+                    let rows: [&W; 64] =
+                        core::array::from_fn(|r| &w[(j0 + r.min(nc - 1)) * nb + b0 + b]);
+                    p.repack(s, b, &rows[..np]);
+                }
+                let at = At {
+                    nb,
+                    b0,
+                    kb: b1 - b0,
+                    i0,
+                    ldo,
+                    j0,
+                    nc,
+                    first: kc == 0,
+                };
+                let mut i = 0;
+                while i < mc {
+                    let rem = mc - i;
+                    i += if rem >= RL {
+                        run::<S, W, NV, RL>(s, &p, a, &info, i, at, out);
+                        RL
+                    } else if rem >= 4 {
+                        run::<S, W, NV, 4>(s, &p, a, &info, i, at, out);
+                        4
+                    } else if rem >= 2 {
+                        run::<S, W, NV, 2>(s, &p, a, &info, i, at, out);
+                        2
+                    } else {
+                        run::<S, W, NV, 1>(s, &p, a, &info, i, at, out);
+                        1
+                    };
+                }
+            }
+        }
+    }
+}
