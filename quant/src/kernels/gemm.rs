@@ -28,6 +28,7 @@
 //! formats with a min.
 
 use crate::blocks::*;
+use crate::types::QK_K;
 use bytemuck::{Pod, Zeroable};
 use half::f16;
 
@@ -451,6 +452,346 @@ pub(crate) fn gemm_legacy<S: Simd, W: Repack, const NV: usize, const RL: usize>(
                         2
                     } else {
                         run::<S, W, NV, 1>(s, &p, a, &info, i, at, out);
+                        1
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Super-blocks per K-quant panel.
+const KS: usize = KC / QK_K;
+
+/// The per-row scale facts of one K-quant super-block, as f32.
+pub(crate) struct KScales {
+    /// `d · sc_g` per group (16 groups of 16, or the first 8 of 32).
+    pub dsc: [f32; 16],
+    /// The group mins `m_g` (formats with mins).
+    pub mins: [f32; 8],
+    /// `−dmin` (formats with mins).
+    pub neg_dmin: f32,
+}
+
+/// What a K-quant format contributes to a gemm (activations: Q8_K).
+pub(crate) trait RepackK: Pod {
+    /// Elements per group with its own scale.
+    const G: usize;
+    /// `x = d·sc·q − dmin·m`: a `−dmin · Σ_g m_g · bsum_g` term per
+    /// super-block against the Q8_K block sums (Q4_K, Q5_K).
+    const HAS_MIN: bool;
+    /// The 256 weights as the signed integers multiplied with the
+    /// activations (Q6_K: `q − 32`), element order.
+    fn ints(&self) -> [i8; QK_K];
+    fn scales(&self, f16: impl Fn(f16) -> f32) -> KScales;
+}
+
+/// ggml's `get_scale_min_k4` for all eight groups: (scales, mins).
+#[inline(always)]
+fn scales_mins_k4(q: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+    let mut sc = [0u8; 8];
+    let mut mn = [0u8; 8];
+    for j in 0..8 {
+        (sc[j], mn[j]) = if j < 4 {
+            (q[j] & 63, q[j + 4] & 63)
+        } else {
+            (
+                (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4),
+                (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+            )
+        };
+    }
+    (sc, mn)
+}
+
+/// Q4_K / Q5_K scales: `d·sc_g`, `m_g`, `−dmin`.
+#[inline(always)]
+fn k4_scales(d: f16, dmin: f16, packed: &[u8; 12], f16: impl Fn(f16) -> f32) -> KScales {
+    let (sc, mn) = scales_mins_k4(packed);
+    let d = f16(d);
+    let mut dsc = [0f32; 16];
+    for (o, s) in dsc.iter_mut().zip(sc) {
+        *o = f32::from(s) * d;
+    }
+    KScales {
+        dsc,
+        mins: mn.map(f32::from),
+        neg_dmin: -f16(dmin),
+    }
+}
+
+/// Q4_K nibbles: bytes `32j..32j+32` hold elements `64j + l` (low) and
+/// `64j + 32 + l` (high).
+#[inline(always)]
+fn k4_nibbles(qs: &[u8; QK_K / 2]) -> [u8; QK_K] {
+    core::array::from_fn(|e| {
+        let (j, h, l) = (e / 64, (e / 32) % 2, e % 32);
+        (qs[32 * j + l] >> (4 * h)) & 0xf
+    })
+}
+
+impl RepackK for BlockQ4K {
+    const G: usize = 32;
+    const HAS_MIN: bool = true;
+    #[inline(always)]
+    fn ints(&self) -> [i8; QK_K] {
+        k4_nibbles(&self.qs).map(|q| q as i8)
+    }
+    #[inline(always)]
+    fn scales(&self, f16: impl Fn(f16) -> f32) -> KScales {
+        k4_scales(self.d, self.dmin, &self.scales, f16)
+    }
+}
+
+impl RepackK for BlockQ5K {
+    const G: usize = 32;
+    const HAS_MIN: bool = true;
+    /// The fifth bit of element `l` of group `g` is bit `g` of `qh[l]`.
+    #[inline(always)]
+    fn ints(&self) -> [i8; QK_K] {
+        let lo = k4_nibbles(&self.qs);
+        core::array::from_fn(|e| (lo[e] | (((self.qh[e % 32] >> (e / 32)) & 1) << 4)) as i8)
+    }
+    #[inline(always)]
+    fn scales(&self, f16: impl Fn(f16) -> f32) -> KScales {
+        k4_scales(self.d, self.dmin, &self.scales, f16)
+    }
+}
+
+impl RepackK for BlockQ6K {
+    const G: usize = 16;
+    const HAS_MIN: bool = false;
+    /// Per half `n`: `ql[64n + l]` holds elements `128n + l` (low nibble)
+    /// and `128n + 64 + l` (high), `ql[64n + 32 + l]` elements `+32` and
+    /// `+96`; `qh[32n + l]` their top two bits at bits 0-1, 2-3, 4-5, 6-7.
+    #[inline(always)]
+    fn ints(&self) -> [i8; QK_K] {
+        core::array::from_fn(|e| {
+            let (n, q, l) = (e / 128, (e % 128) / 32, e % 32);
+            let lo = (self.ql[64 * n + 32 * (q % 2) + l] >> (4 * (q / 2))) & 0xf;
+            let hi = (self.qh[32 * n + l] >> (2 * q)) & 3;
+            (lo | (hi << 4)) as i8 - 32
+        })
+    }
+    #[inline(always)]
+    fn scales(&self, f16: impl Fn(f16) -> f32) -> KScales {
+        let d = f16(self.d);
+        KScales {
+            dsc: self.scales.map(|s| f32::from(s) * d),
+            mins: [0.0; 8],
+            neg_dmin: 0.0,
+        }
+    }
+}
+
+/// The f32 lanes of `x`.
+#[inline(always)]
+fn lanes_mut<S: Simd>(x: &mut S::Lanes) -> &mut [f32] {
+    bytemuck::cast_slice_mut(core::slice::from_mut(x))
+}
+
+/// `NV · LANES` K-quant weight rows × `KS` super-blocks, interleaved.
+#[repr(C)]
+struct PanelK<S: Simd, const NV: usize> {
+    q: [[S::Chunk; NV]; NCH],
+    /// Per group: the rows' `d·sc_g`.
+    dsc: [[S::Lanes; NV]; 16 * KS],
+    /// Per group of 32: the rows' mins.
+    mins: [[S::Lanes; NV]; 8 * KS],
+    /// Per super-block: the rows' `−dmin`.
+    neg_dmin: [[S::Lanes; NV]; KS],
+}
+
+impl<S: Simd, const NV: usize> PanelK<S, NV> {
+    fn new() -> Self {
+        PanelK {
+            q: [[Zeroable::zeroed(); NV]; NCH],
+            dsc: [[Zeroable::zeroed(); NV]; 16 * KS],
+            mins: [[Zeroable::zeroed(); NV]; 8 * KS],
+            neg_dmin: [[Zeroable::zeroed(); NV]; KS],
+        }
+    }
+
+    /// Repacks super-block `sb` of the panel, one of each row.
+    #[inline(always)]
+    fn repack<W: RepackK>(&mut self, s: S, sb: usize, rows: &[&W]) {
+        let lanes = lanes_mut::<S>;
+        for (v, rows) in rows.chunks_exact(S::LANES).enumerate() {
+            for (r, x) in rows.iter().enumerate() {
+                let q = x.ints();
+                for c in 0..QK_K / 4 {
+                    let chunk = bytemuck::bytes_of_mut(&mut self.q[64 * sb + c][v]);
+                    chunk[4 * r..4 * r + 4]
+                        .copy_from_slice(bytemuck::cast_slice(&q[4 * c..4 * c + 4]));
+                }
+                let k = x.scales(|h| s.f16(h));
+                for g in 0..QK_K / W::G {
+                    lanes(&mut self.dsc[16 * sb + g][v])[r] = k.dsc[g];
+                }
+                if W::HAS_MIN {
+                    for g in 0..8 {
+                        lanes(&mut self.mins[8 * sb + g][v])[r] = k.mins[g];
+                    }
+                    lanes(&mut self.neg_dmin[sb][v])[r] = k.neg_dmin;
+                }
+            }
+        }
+    }
+}
+
+/// The K-quant micro-kernel: `R` activation rows times the panel over `ks`
+/// super-blocks. Per super-block, as the x86 kernels: `Σ_g sums_g · d·sc_g`,
+/// plus `(Σ_g m_g · bsum_g) · (−dmin)` (exact in f32: integers below 2²⁴),
+/// times the activation's `d`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn tile_k<S: Simd, W: RepackK, const NV: usize, const R: usize>(
+    s: S,
+    p: &PanelK<S, NV>,
+    ks: usize,
+    a: &[&[BlockQ8K]; R],
+) -> [[S::F; NV]; R] {
+    let mut tot = [[s.fzero(); NV]; R];
+    for sb in 0..ks {
+        let mut blk = [[s.fzero(); NV]; R];
+        for g in 0..QK_K / W::G {
+            let mut sum = [[s.izero(); NV]; R];
+            for h in 0..W::G / 16 {
+                let c0 = 64 * sb + W::G / 4 * g + 4 * h;
+                let w: [[S::W; 4]; NV] = core::array::from_fn(|v| {
+                    core::array::from_fn(|c| s.load_chunk(&p.q[c0 + c][v]))
+                });
+                let e = W::G * g + 16 * h;
+                for i in 0..R {
+                    let x = s.load_act(a[i][sb].qs[e..e + 16].try_into().unwrap());
+                    for v in 0..NV {
+                        sum[i][v] = s.dot4(sum[i][v], w[v], x);
+                    }
+                }
+            }
+            let dg: [S::F; NV] = core::array::from_fn(|v| s.load_f(&p.dsc[16 * sb + g][v]));
+            for i in 0..R {
+                for v in 0..NV {
+                    blk[i][v] = s.fma(blk[i][v], s.sums(sum[i][v]), dg[v]);
+                }
+            }
+        }
+        if W::HAS_MIN {
+            let mut cs = [[s.fzero(); NV]; R];
+            for g in 0..8 {
+                let m: [S::F; NV] = core::array::from_fn(|v| s.load_f(&p.mins[8 * sb + g][v]));
+                for i in 0..R {
+                    let bs = &a[i][sb].bsums;
+                    let b = s.splat(f32::from(bs[2 * g]) + f32::from(bs[2 * g + 1]));
+                    for v in 0..NV {
+                        cs[i][v] = s.fma(cs[i][v], m[v], b);
+                    }
+                }
+            }
+            let e: [S::F; NV] = core::array::from_fn(|v| s.load_f(&p.neg_dmin[sb][v]));
+            for i in 0..R {
+                for v in 0..NV {
+                    blk[i][v] = s.fma(blk[i][v], cs[i][v], e[v]);
+                }
+            }
+        }
+        for i in 0..R {
+            let da = s.splat(a[i][sb].d);
+            for v in 0..NV {
+                tot[i][v] = s.fma(tot[i][v], blk[i][v], da);
+            }
+        }
+    }
+    tot
+}
+
+/// Runs [`tile_k`] for activation rows `i..i + R` (absolute) and stores.
+#[inline(always)]
+fn run_k<S: Simd, W: RepackK, const NV: usize, const R: usize>(
+    s: S,
+    p: &PanelK<S, NV>,
+    a: &[BlockQ8K],
+    i: usize,
+    at: At,
+    out: &mut [f32],
+) {
+    let row = |r: usize| (i + r) * at.nb + at.b0;
+    let ar: [&[BlockQ8K]; R] = core::array::from_fn(|r| &a[row(r)..row(r) + at.kb]);
+    let acc = tile_k::<S, W, NV, R>(s, p, at.kb, &ar);
+    for (r, v) in acc.into_iter().enumerate() {
+        let o = (i + r) * at.ldo + at.j0;
+        put::<S, NV>(s, &mut out[o..o + at.nc], v, at.first);
+    }
+}
+
+/// Register-blocked gemm of a K-quant format with Q8_K activations: as
+/// [`gemm_legacy`], in super-blocks (`KS` per panel).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_k<S: Simd, W: RepackK, const NV: usize, const RL: usize>(
+    s: S,
+    k: usize,
+    w: &[u8],
+    a: &[u8],
+    out: &mut [f32],
+    ldo: usize,
+    min_m: usize,
+    fallback: super::VecDotFn,
+) {
+    let nb = k / QK_K;
+    if nb == 0 {
+        return;
+    }
+    let (wrow, arow) = (nb * size_of::<W>(), nb * size_of::<BlockQ8K>());
+    let (n, m) = (w.len() / wrow, a.len() / arow);
+    if m < min_m || n == 0 {
+        for (i, ar) in a.chunks_exact(arow).enumerate() {
+            for (j, wr) in w.chunks_exact(wrow).enumerate() {
+                out[i * ldo + j] = fallback(wr, ar);
+            }
+        }
+        return;
+    }
+    let w = bytemuck::cast_slice::<u8, W>(w);
+    let a = bytemuck::cast_slice::<u8, BlockQ8K>(a);
+    let np = NV * S::LANES;
+    let mut p = PanelK::<S, NV>::new();
+    let nkc = nb.div_ceil(KS);
+    for i0 in (0..m).step_by(MB) {
+        let mc = MB.min(m - i0);
+        for kc in 0..nkc {
+            let (b0, b1) = (kc * nb / nkc, (kc + 1) * nb / nkc);
+            for j0 in (0..n).step_by(np) {
+                let nc = np.min(n - j0);
+                for sb in 0..b1 - b0 {
+                    let rows: [&W; 64] =
+                        core::array::from_fn(|r| &w[(j0 + r.min(nc - 1)) * nb + b0 + sb]);
+                    p.repack(s, sb, &rows[..np]);
+                }
+                let at = At {
+                    nb,
+                    b0,
+                    kb: b1 - b0,
+                    i0,
+                    ldo,
+                    j0,
+                    nc,
+                    first: kc == 0,
+                };
+                let mut i = i0;
+                while i < i0 + mc {
+                    let rem = i0 + mc - i;
+                    i += if rem >= RL {
+                        run_k::<S, W, NV, RL>(s, &p, a, i, at, out);
+                        RL
+                    } else if rem >= 4 {
+                        run_k::<S, W, NV, 4>(s, &p, a, i, at, out);
+                        4
+                    } else if rem >= 2 {
+                        run_k::<S, W, NV, 2>(s, &p, a, i, at, out);
+                        2
+                    } else {
+                        run_k::<S, W, NV, 1>(s, &p, a, i, at, out);
                         1
                     };
                 }

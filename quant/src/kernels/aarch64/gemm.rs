@@ -14,7 +14,7 @@
 //!   with `sadalp` into two accumulators (rows 0-1, rows 2-3), folded with
 //!   one `addp` per block.
 
-use super::super::gemm::{Simd, gemm_legacy};
+use super::super::gemm::{Simd, gemm_k, gemm_legacy};
 use super::super::{GemmFn, Isa, vec_dot};
 use crate::GgmlType as T;
 use crate::blocks::*;
@@ -190,13 +190,12 @@ impl Simd for NeonDotprod {
     }
 }
 
-/// Stamps the `#[target_feature]` gemm entries of the 32-wide formats at
-/// one level: the attribute, the signature, and the level's token (sound to
+/// Stamps `#[target_feature]` gemm entries of one level: the attribute, the signature, and the level's token (sound to
 /// build here: the entry's contract is that the CPU has its features), then
-/// one call of the generic driver. `$dot` is the format's `vec_dot` for
-/// fewer than two activation rows.
-macro_rules! legacy_entries {
-    ($feat:literal, $tok:ident, $(($name:ident, $w:ty, $dot:expr)),* $(,)?) => {
+/// one call of the generic driver `$drv`. `$dot` is the format's `vec_dot`
+/// for fewer than two activation rows.
+macro_rules! entries {
+    ($feat:literal, $tok:ident, $drv:ident, $(($name:ident, $w:ty, $dot:expr)),* $(,)?) => {
         $(
             /// Register-blocked gemm (see `kernels/gemm.rs`).
             ///
@@ -204,7 +203,7 @@ macro_rules! legacy_entries {
             /// The CPU must have the features this function enables.
             #[target_feature(enable = $feat)]
             unsafe fn $name(k: usize, w: &[u8], a: &[u8], out: &mut [f32], ldo: usize) {
-                gemm_legacy::<_, $w, 2, 4>($tok(()), k, w, a, out, ldo, 2, $dot)
+                $drv::<_, $w, 2, 4>($tok(()), k, w, a, out, ldo, 2, $dot)
             }
         )*
     };
@@ -223,9 +222,10 @@ macro_rules! gemm_fn {
     }};
 }
 
-legacy_entries!(
+entries!(
     "neon",
     Neon,
+    gemm_legacy,
     (
         neon_q4_0,
         BlockQ4_0,
@@ -266,9 +266,10 @@ legacy_entries!(
     ),
 );
 
-legacy_entries!(
+entries!(
     "dotprod",
     NeonDotprod,
+    gemm_legacy,
     (
         dotprod_q4_0,
         BlockQ4_0,
@@ -309,6 +310,56 @@ legacy_entries!(
     ),
 );
 
+entries!(
+    "neon",
+    Neon,
+    gemm_k,
+    (
+        neon_q4_k,
+        BlockQ4K,
+        vec_dot!(unsafe BlockQ4K, BlockQ8K, super::neon::vec_dot_q4_k_q8_k)
+    ),
+    (
+        neon_q5_k,
+        BlockQ5K,
+        vec_dot!(
+            BlockQ5K,
+            BlockQ8K,
+            crate::formats::k_quants::vec_dot_q5_k_q8_k
+        )
+    ),
+    (
+        neon_q6_k,
+        BlockQ6K,
+        vec_dot!(unsafe BlockQ6K, BlockQ8K, super::neon::vec_dot_q6_k_q8_k)
+    ),
+);
+
+entries!(
+    "dotprod",
+    NeonDotprod,
+    gemm_k,
+    (
+        dotprod_q4_k,
+        BlockQ4K,
+        vec_dot!(unsafe BlockQ4K, BlockQ8K, super::dotprod::vec_dot_q4_k_q8_k)
+    ),
+    (
+        dotprod_q5_k,
+        BlockQ5K,
+        vec_dot!(
+            BlockQ5K,
+            BlockQ8K,
+            crate::formats::k_quants::vec_dot_q5_k_q8_k
+        )
+    ),
+    (
+        dotprod_q6_k,
+        BlockQ6K,
+        vec_dot!(unsafe BlockQ6K, BlockQ8K, super::dotprod::vec_dot_q6_k_q8_k)
+    ),
+);
+
 /// Sets the baseline NEON gemm entries.
 pub(super) const fn set_neon(t: super::Kernels) -> super::Kernels {
     t.set_gemm(T::Q4_0, gemm_fn!(neon_q4_0))
@@ -317,6 +368,9 @@ pub(super) const fn set_neon(t: super::Kernels) -> super::Kernels {
         .set_gemm(T::Q5_1, gemm_fn!(neon_q5_1))
         .set_gemm(T::Q8_0, gemm_fn!(neon_q8_0))
         .set_gemm(T::IQ4NL, gemm_fn!(neon_iq4_nl))
+        .set_gemm(T::Q4K, gemm_fn!(neon_q4_k))
+        .set_gemm(T::Q5K, gemm_fn!(neon_q5_k))
+        .set_gemm(T::Q6K, gemm_fn!(neon_q6_k))
 }
 
 /// Sets the dotprod gemm entries.
@@ -327,4 +381,7 @@ pub(super) const fn set_dotprod(t: super::Kernels) -> super::Kernels {
         .set_gemm(T::Q5_1, gemm_fn!(dotprod_q5_1))
         .set_gemm(T::Q8_0, gemm_fn!(dotprod_q8_0))
         .set_gemm(T::IQ4NL, gemm_fn!(dotprod_iq4_nl))
+        .set_gemm(T::Q4K, gemm_fn!(dotprod_q4_k))
+        .set_gemm(T::Q5K, gemm_fn!(dotprod_q5_k))
+        .set_gemm(T::Q6K, gemm_fn!(dotprod_q6_k))
 }

@@ -15,13 +15,16 @@ use half::f16;
 const LEVELS: [Isa; 3] = [Isa::Neon, Isa::NeonDotprod, Isa::NeonI8mm];
 
 /// The types with a NEON gemm at every level.
-const GEMM_TYPES: [GgmlType; 6] = [
+const GEMM_TYPES: [GgmlType; 9] = [
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
     GgmlType::Q5_1,
     GgmlType::Q8_0,
     GgmlType::IQ4NL,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
 ];
 
 fn tables() -> Vec<&'static Kernels> {
@@ -164,7 +167,11 @@ const SHAPES: [usize; 9] = [1, 2, 3, 4, 5, 7, 8, 9, 13];
 #[test]
 fn gemm_matches_scalar_for_every_shape() {
     for ty in GEMM_TYPES {
-        for nb in [1, 17] {
+        for nb in if ty.block_size() == 256 {
+            [1, 3]
+        } else {
+            [1, 17]
+        } {
             let k = nb * ty.block_size();
             let w: Vec<u8> = (0..13).flat_map(|j| quantize(ty, &row(k, j))).collect();
             let a: Vec<u8> = (0..13)
@@ -193,7 +200,6 @@ fn gemm_spans_passes() {
 #[test]
 fn gemm_is_exact_on_any_byte() {
     let mut r = Rng(77);
-    let k = 3 * 32;
     let (m, n) = (9, 11);
     let mut raw = |len: usize, scales: &[usize]| -> Vec<u8> {
         let mut v: Vec<u8> = (0..len).map(|_| r.u64() as u8).collect();
@@ -205,22 +211,37 @@ fn gemm_is_exact_on_any_byte() {
         }
         v
     };
-    let a8 = raw(m * 3 * size_of::<BlockQ8_0>(), &[size_of::<BlockQ8_0>(), 0]);
+    let a8 = raw(m * 8 * size_of::<BlockQ8_0>(), &[size_of::<BlockQ8_0>(), 0]);
     let a81 = raw(
-        m * 3 * size_of::<BlockQ8_1>(),
+        m * 8 * size_of::<BlockQ8_1>(),
         &[size_of::<BlockQ8_1>(), 0, 2],
     );
+    // Q8_K: raw quants, `d` finite, block sums of the quants (as the
+    // quantizer writes them; the min terms are summed from them).
+    let a8k: Vec<BlockQ8K> = bytemuck::cast_slice::<u8, [i8; 256]>(&raw(m * 256, &[256]))
+        .iter()
+        .map(|&qs| BlockQ8K {
+            d: 0.01,
+            qs,
+            bsums: core::array::from_fn(|g| {
+                qs[16 * g..16 * g + 16].iter().map(|&q| i16::from(q)).sum()
+            }),
+        })
+        .collect();
     for ty in GEMM_TYPES {
-        let bs = ty.row_size(32).unwrap();
+        let per = ty.block_size();
+        let k = if per == 256 { 256 } else { 8 * 32 };
+        let bs = ty.row_size(per).unwrap();
         let scales: &[usize] = match ty {
-            GgmlType::Q4_1 | GgmlType::Q5_1 => &[0, 2],
+            GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
+            GgmlType::Q6K => &[208],
             _ => &[0],
         };
-        let w = raw(n * 3 * bs, &[[bs].as_slice(), scales].concat());
-        let a = if ty.vec_dot_type() == GgmlType::Q8_1 {
-            &a81
-        } else {
-            &a8
+        let w = raw(n * k / per * bs, &[[bs].as_slice(), scales].concat());
+        let a: &[u8] = match ty.vec_dot_type() {
+            GgmlType::Q8_1 => &a81,
+            GgmlType::Q8K => bytemuck::cast_slice(&a8k),
+            _ => &a8,
         };
         check(ty, k, &w, a, &[m], &[n]);
     }
