@@ -799,3 +799,191 @@ pub(crate) fn gemm_k<S: Simd, W: RepackK, const NV: usize, const RL: usize>(
         }
     }
 }
+
+/// Elements of `k` per float panel.
+const KF: usize = 128;
+/// Activation rows per float pass.
+const MF: usize = 64;
+
+/// A float element type: F32, F16 or BF16.
+pub(crate) trait Elem: Pod {
+    /// Exact conversion (`f16` is the ISA's f16 → f32).
+    fn to_f32(self, f16: impl Fn(f16) -> f32) -> f32;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn to_f32(self, _: impl Fn(f16) -> f32) -> f32 {
+        self
+    }
+}
+
+impl Elem for f16 {
+    #[inline(always)]
+    fn to_f32(self, f16: impl Fn(f16) -> f32) -> f32 {
+        f16(self)
+    }
+}
+
+impl Elem for half::bf16 {
+    #[inline(always)]
+    fn to_f32(self, _: impl Fn(f16) -> f32) -> f32 {
+        f32::from_bits(u32::from(self.to_bits()) << 16)
+    }
+}
+
+/// `NV · LANES` float weight rows × `KF` elements as f32: element `e` of
+/// the rows of vector `v` in `x[e][v]`.
+struct FPanel<S: Simd, const NV: usize> {
+    x: [[S::Lanes; NV]; KF],
+}
+
+/// The float micro-kernel: one FMA per element, vector and activation row,
+/// even and odd elements into separate accumulators (latency), as x86.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn tile_float<S: Simd, const NV: usize, const R: usize>(
+    s: S,
+    p: &FPanel<S, NV>,
+    kc: usize,
+    a: &[&[f32; KF]; R],
+) -> [[S::F; NV]; R] {
+    let mut acc0 = [[s.fzero(); NV]; R];
+    let mut acc1 = [[s.fzero(); NV]; R];
+    let mut e = 0;
+    while e + 2 <= kc {
+        let w0: [S::F; NV] = core::array::from_fn(|v| s.load_f(&p.x[e][v]));
+        let w1: [S::F; NV] = core::array::from_fn(|v| s.load_f(&p.x[e + 1][v]));
+        for i in 0..R {
+            let (x0, x1) = (s.splat(a[i][e]), s.splat(a[i][e + 1]));
+            for v in 0..NV {
+                acc0[i][v] = s.fma(acc0[i][v], w0[v], x0);
+                acc1[i][v] = s.fma(acc1[i][v], w1[v], x1);
+            }
+        }
+        e += 2;
+    }
+    if e < kc {
+        let w0: [S::F; NV] = core::array::from_fn(|v| s.load_f(&p.x[e][v]));
+        for i in 0..R {
+            let x0 = s.splat(a[i][e]);
+            for v in 0..NV {
+                acc0[i][v] = s.fma(acc0[i][v], w0[v], x0);
+            }
+        }
+    }
+    let mut out = acc0;
+    for i in 0..R {
+        for v in 0..NV {
+            out[i][v] = s.add(acc0[i][v], acc1[i][v]);
+        }
+    }
+    out
+}
+
+/// Runs [`tile_float`] for activation rows `i..i + R` of the pass and stores.
+#[inline(always)]
+fn run_float<S: Simd, const NV: usize, const R: usize>(
+    s: S,
+    p: &FPanel<S, NV>,
+    acts: &[[f32; KF]],
+    i: usize,
+    at: At,
+    out: &mut [f32],
+) {
+    let ar: [&[f32; KF]; R] = core::array::from_fn(|r| &acts[i + r]);
+    let acc = tile_float::<S, NV, R>(s, p, at.kb, &ar);
+    for (r, v) in acc.into_iter().enumerate() {
+        let o = (at.i0 + i + r) * at.ldo + at.j0;
+        put::<S, NV>(s, &mut out[o..o + at.nc], v, at.first);
+    }
+}
+
+/// Register-blocked float gemm (F32, F16, BF16): passes of `MF` activation
+/// rows converted to f32 per chunk of `KF` elements, panels of
+/// `NV · LANES` weight rows, `RL` (then 4, 2, 1) activation rows per
+/// micro-kernel call. Below `min_m` activation rows, `fallback` per pair.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_float<S: Simd, E: Elem, const NV: usize, const RL: usize>(
+    s: S,
+    k: usize,
+    w: &[u8],
+    a: &[u8],
+    out: &mut [f32],
+    ldo: usize,
+    min_m: usize,
+    fallback: super::VecDotFn,
+) {
+    if k == 0 {
+        return;
+    }
+    let row = k * size_of::<E>();
+    let (n, m) = (w.len() / row, a.len() / row);
+    if m < min_m || n == 0 {
+        for (i, ar) in a.chunks_exact(row).enumerate() {
+            for (j, wr) in w.chunks_exact(row).enumerate() {
+                out[i * ldo + j] = fallback(wr, ar);
+            }
+        }
+        return;
+    }
+    let w = bytemuck::cast_slice::<u8, E>(w);
+    let a = bytemuck::cast_slice::<u8, E>(a);
+    let cvt = |x: E| x.to_f32(|h| s.f16(h));
+    let np = NV * S::LANES;
+    let mut p = FPanel::<S, NV> {
+        x: [[Zeroable::zeroed(); NV]; KF],
+    };
+    let mut acts = [[0f32; KF]; MF];
+    for i0 in (0..m).step_by(MF) {
+        let mc = MF.min(m - i0);
+        for e0 in (0..k).step_by(KF) {
+            let kc = KF.min(k - e0);
+            for (i, x) in acts[..mc].iter_mut().enumerate() {
+                let r = &a[(i0 + i) * k + e0..(i0 + i) * k + e0 + kc];
+                for (y, &v) in x.iter_mut().zip(r) {
+                    *y = cvt(v);
+                }
+            }
+            for j0 in (0..n).step_by(np) {
+                let nc = np.min(n - j0);
+                for (e, x) in p.x[..kc].iter_mut().enumerate() {
+                    for (v, x) in x.iter_mut().enumerate() {
+                        for (r, y) in lanes_mut::<S>(x).iter_mut().enumerate() {
+                            let j = j0 + (v * S::LANES + r).min(nc - 1);
+                            *y = cvt(w[j * k + e0 + e]);
+                        }
+                    }
+                }
+                let at = At {
+                    nb: 0,
+                    b0: 0,
+                    kb: kc,
+                    i0,
+                    ldo,
+                    j0,
+                    nc,
+                    first: e0 == 0,
+                };
+                let mut i = 0;
+                while i < mc {
+                    let rem = mc - i;
+                    i += if rem >= RL {
+                        run_float::<S, NV, RL>(s, &p, &acts, i, at, out);
+                        RL
+                    } else if rem >= 4 {
+                        run_float::<S, NV, 4>(s, &p, &acts, i, at, out);
+                        4
+                    } else if rem >= 2 {
+                        run_float::<S, NV, 2>(s, &p, &acts, i, at, out);
+                        2
+                    } else {
+                        run_float::<S, NV, 1>(s, &p, &acts, i, at, out);
+                        1
+                    };
+                }
+            }
+        }
+    }
+}

@@ -14,7 +14,7 @@
 //!   with `sadalp` into two accumulators (rows 0-1, rows 2-3), folded with
 //!   one `addp` per block.
 
-use super::super::gemm::{Simd, gemm_k, gemm_legacy};
+use super::super::gemm::{Simd, gemm_float, gemm_k, gemm_legacy};
 use super::super::{GemmFn, Isa, vec_dot};
 use crate::GgmlType as T;
 use crate::blocks::*;
@@ -193,9 +193,9 @@ impl Simd for NeonDotprod {
 /// Stamps `#[target_feature]` gemm entries of one level: the attribute, the signature, and the level's token (sound to
 /// build here: the entry's contract is that the CPU has its features), then
 /// one call of the generic driver `$drv`. `$dot` is the format's `vec_dot`
-/// for fewer than two activation rows.
+/// for fewer than `$min_m` activation rows (where repacking does not pay).
 macro_rules! entries {
-    ($feat:literal, $tok:ident, $drv:ident, $(($name:ident, $w:ty, $dot:expr)),* $(,)?) => {
+    ($feat:literal, $tok:ident, $drv:ident, $min_m:expr, $(($name:ident, $w:ty, $dot:expr)),* $(,)?) => {
         $(
             /// Register-blocked gemm (see `kernels/gemm.rs`).
             ///
@@ -203,7 +203,7 @@ macro_rules! entries {
             /// The CPU must have the features this function enables.
             #[target_feature(enable = $feat)]
             unsafe fn $name(k: usize, w: &[u8], a: &[u8], out: &mut [f32], ldo: usize) {
-                $drv::<_, $w, 2, 4>($tok(()), k, w, a, out, ldo, 2, $dot)
+                $drv::<_, $w, 2, 4>($tok(()), k, w, a, out, ldo, $min_m, $dot)
             }
         )*
     };
@@ -226,6 +226,7 @@ entries!(
     "neon",
     Neon,
     gemm_legacy,
+    2,
     (
         neon_q4_0,
         BlockQ4_0,
@@ -270,6 +271,7 @@ entries!(
     "dotprod",
     NeonDotprod,
     gemm_legacy,
+    2,
     (
         dotprod_q4_0,
         BlockQ4_0,
@@ -314,6 +316,7 @@ entries!(
     "neon",
     Neon,
     gemm_k,
+    2,
     (
         neon_q4_k,
         BlockQ4K,
@@ -339,6 +342,7 @@ entries!(
     "dotprod",
     NeonDotprod,
     gemm_k,
+    2,
     (
         dotprod_q4_k,
         BlockQ4K,
@@ -360,6 +364,30 @@ entries!(
     ),
 );
 
+// The float kernels need nothing beyond NEON's `fmla`: every level uses
+// these (the dotprod table inherits them).
+entries!(
+    "neon",
+    Neon,
+    gemm_float,
+    8,
+    (
+        neon_f32,
+        f32,
+        vec_dot!(f32, f32, crate::formats::float::vec_dot_f32)
+    ),
+    (
+        neon_f16,
+        f16,
+        vec_dot!(unsafe f16, f16, super::neon::vec_dot_f16)
+    ),
+    (
+        neon_bf16,
+        half::bf16,
+        vec_dot!(half::bf16, half::bf16, crate::formats::float::vec_dot_bf16)
+    ),
+);
+
 /// Sets the baseline NEON gemm entries.
 pub(super) const fn set_neon(t: super::Kernels) -> super::Kernels {
     t.set_gemm(T::Q4_0, gemm_fn!(neon_q4_0))
@@ -371,6 +399,9 @@ pub(super) const fn set_neon(t: super::Kernels) -> super::Kernels {
         .set_gemm(T::Q4K, gemm_fn!(neon_q4_k))
         .set_gemm(T::Q5K, gemm_fn!(neon_q5_k))
         .set_gemm(T::Q6K, gemm_fn!(neon_q6_k))
+        .set_gemm(T::F32, gemm_fn!(neon_f32))
+        .set_gemm(T::F16, gemm_fn!(neon_f16))
+        .set_gemm(T::BF16, gemm_fn!(neon_bf16))
 }
 
 /// Sets the dotprod gemm entries.
