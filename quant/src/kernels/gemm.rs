@@ -68,6 +68,40 @@ pub(crate) trait Simd: Copy {
     fn dot4(self, acc: Self::I, w: [Self::W; 4], a: Self::A) -> Self::I;
     /// The lanes' sums, converted to f32.
     fn sums(self, acc: Self::I) -> Self::F;
+
+    /// Where weight `e` (of 16 consecutive ones) of lane `r` goes in a
+    /// group of four chunks (64 bytes): by default chunk `e / 4`, lane
+    /// `r`. Runs of four consecutive weights must stay together.
+    #[inline(always)]
+    fn byte_at(r: usize, e: usize) -> usize {
+        16 * (e / 4) + 4 * r + e % 4
+    }
+    /// `sum[i][v] += ` the products of the four chunks `w[v]` with
+    /// activation row `i`'s sixteen bytes `x[i]`: by default one
+    /// [`dot4`](Self::dot4) per row and vector. An ISA whose instructions
+    /// take two activation rows (`smmla`) may keep `sum` in its own
+    /// layout, undone by [`sums_rows`](Self::sums_rows).
+    #[inline(always)]
+    fn dot_rows<const NV: usize, const R: usize>(
+        self,
+        sum: &mut [[Self::I; NV]; R],
+        w: &[[Self::W; 4]; NV],
+        x: &[Self::A; R],
+    ) {
+        for (sum, &x) in sum.iter_mut().zip(x) {
+            for (sv, &wv) in sum.iter_mut().zip(w) {
+                *sv = self.dot4(*sv, wv, x);
+            }
+        }
+    }
+    /// The rows' sums from [`dot_rows`](Self::dot_rows), as f32 lanes.
+    #[inline(always)]
+    fn sums_rows<const NV: usize, const R: usize>(
+        self,
+        sum: &[[Self::I; NV]; R],
+    ) -> [[Self::F; NV]; R] {
+        sum.map(|r| r.map(|v| self.sums(v)))
+    }
     fn load_f(self, x: &Self::Lanes) -> Self::F;
     fn store_f(self, x: &mut Self::Lanes, v: Self::F);
     fn splat(self, x: f32) -> Self::F;
@@ -236,6 +270,20 @@ impl Repack for BlockIQ4NL {
     }
 }
 
+/// Writes the ints of one weight row (lane `r` of vector `v`) into the
+/// chunks `q` (groups of four chunks per 16 weights) in `S`'s layout.
+#[inline(always)]
+fn write_ints<S: Simd, const NV: usize>(q: &mut [[S::Chunk; NV]], v: usize, r: usize, ints: &[i8]) {
+    for (g, x) in ints.chunks_exact(16).enumerate() {
+        for t in 0..4 {
+            let pos = S::byte_at(r, 4 * t);
+            let chunk = bytemuck::bytes_of_mut(&mut q[4 * g + pos / 16][v]);
+            chunk[pos % 16..pos % 16 + 4]
+                .copy_from_slice(bytemuck::cast_slice(&x[4 * t..4 * t + 4]));
+        }
+    }
+}
+
 /// `NV · LANES` weight rows × `KC` elements, interleaved (module docs).
 #[repr(C)]
 struct Panel<S: Simd, const NV: usize> {
@@ -264,12 +312,7 @@ impl<S: Simd, const NV: usize> Panel<S, NV> {
             let dl: &mut [f32] = bytemuck::cast_slice_mut(core::slice::from_mut(&mut self.d[b][v]));
             let ml: &mut [f32] = bytemuck::cast_slice_mut(core::slice::from_mut(&mut self.m[b][v]));
             for (r, x) in rows.iter().enumerate() {
-                let q = x.ints();
-                for c in 0..QK / 4 {
-                    let chunk = bytemuck::bytes_of_mut(&mut self.q[8 * b + c][v]);
-                    chunk[4 * r..4 * r + 4]
-                        .copy_from_slice(bytemuck::cast_slice(&q[4 * c..4 * c + 4]));
-                }
+                write_ints::<S, NV>(&mut self.q[8 * b..8 * b + 8], v, r, &x.ints());
                 dl[r] = s.f16(x.d());
                 if W::HAS_MIN {
                     ml[r] = s.f16(x.m());
@@ -297,18 +340,17 @@ fn tile<S: Simd, W: Repack, const NV: usize, const R: usize>(
             let w: [[S::W; 4]; NV] = core::array::from_fn(|v| {
                 core::array::from_fn(|c| s.load_chunk(&p.q[8 * b + 4 * h + c][v]))
             });
-            for i in 0..R {
-                let x = s.load_act(a[i][b].qs()[16 * h..16 * h + 16].try_into().unwrap());
-                for v in 0..NV {
-                    sum[i][v] = s.dot4(sum[i][v], w[v], x);
-                }
-            }
+            let x: [S::A; R] = core::array::from_fn(|i| {
+                s.load_act(a[i][b].qs()[16 * h..16 * h + 16].try_into().unwrap())
+            });
+            s.dot_rows(&mut sum, &w, &x);
         }
+        let sum = s.sums_rows(&sum);
         let dw: [S::F; NV] = core::array::from_fn(|v| s.load_f(&p.d[b][v]));
         for i in 0..R {
             let da = s.splat(info[i][0][b]);
             for v in 0..NV {
-                acc[i][v] = s.fma(acc[i][v], s.mul(s.sums(sum[i][v]), da), dw[v]);
+                acc[i][v] = s.fma(acc[i][v], s.mul(sum[i][v], da), dw[v]);
             }
         }
         if W::HAS_MIN {
@@ -618,12 +660,7 @@ impl<S: Simd, const NV: usize> PanelK<S, NV> {
         let lanes = lanes_mut::<S>;
         for (v, rows) in rows.chunks_exact(S::LANES).enumerate() {
             for (r, x) in rows.iter().enumerate() {
-                let q = x.ints();
-                for c in 0..QK_K / 4 {
-                    let chunk = bytemuck::bytes_of_mut(&mut self.q[64 * sb + c][v]);
-                    chunk[4 * r..4 * r + 4]
-                        .copy_from_slice(bytemuck::cast_slice(&q[4 * c..4 * c + 4]));
-                }
+                write_ints::<S, NV>(&mut self.q[64 * sb..64 * sb + 64], v, r, &x.ints());
                 let k = x.scales(|h| s.f16(h));
                 for g in 0..QK_K / W::G {
                     lanes(&mut self.dsc[16 * sb + g][v])[r] = k.dsc[g];
@@ -662,17 +699,16 @@ fn tile_k<S: Simd, W: RepackK, const NV: usize, const R: usize>(
                     core::array::from_fn(|c| s.load_chunk(&p.q[c0 + c][v]))
                 });
                 let e = W::G * g + 16 * h;
-                for i in 0..R {
-                    let x = s.load_act(a[i][sb].qs[e..e + 16].try_into().unwrap());
-                    for v in 0..NV {
-                        sum[i][v] = s.dot4(sum[i][v], w[v], x);
-                    }
-                }
+                let x: [S::A; R] = core::array::from_fn(|i| {
+                    s.load_act(a[i][sb].qs[e..e + 16].try_into().unwrap())
+                });
+                s.dot_rows(&mut sum, &w, &x);
             }
+            let sum = s.sums_rows(&sum);
             let dg: [S::F; NV] = core::array::from_fn(|v| s.load_f(&p.dsc[16 * sb + g][v]));
             for i in 0..R {
                 for v in 0..NV {
-                    blk[i][v] = s.fma(blk[i][v], s.sums(sum[i][v]), dg[v]);
+                    blk[i][v] = s.fma(blk[i][v], sum[i][v], dg[v]);
                 }
             }
         }

@@ -30,6 +30,17 @@ pub(crate) struct Neon(());
 #[derive(Clone, Copy)]
 pub(crate) struct NeonDotprod(());
 
+/// NEON with the Armv8.6 8-bit matrix multiply (`smmla`).
+#[derive(Clone, Copy)]
+pub(crate) struct NeonI8mm(());
+
+impl NeonI8mm {
+    #[allow(dead_code)] // the entries build it from their own features
+    pub(crate) fn new() -> Option<Self> {
+        Isa::NeonI8mm.is_supported().then_some(NeonI8mm(()))
+    }
+}
+
 impl Neon {
     #[allow(dead_code)] // the entries build it from their own features
     pub(crate) fn new() -> Option<Self> {
@@ -187,6 +198,114 @@ impl Simd for NeonDotprod {
     fn sums(self, acc: int32x4_t) -> float32x4_t {
         // SAFETY: NEON.
         unsafe { vcvtq_f32_s32(acc) }
+    }
+}
+
+/// `acc + A·Bᵀ`, `A` and `B` 2×8 (rows: bytes 0..8, 8..16): lanes
+/// `[a0·b0, a0·b1, a1·b0, a1·b1]` (`smmla`).
+///
+/// # Safety
+/// The CPU must have i8mm.
+#[inline]
+#[target_feature(enable = "i8mm")]
+unsafe fn smmla(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    // SAFETY: `smmla` needs i8mm (the caller's contract); registers only.
+    unsafe { super::smmla!(acc, a, b) }
+}
+
+impl NeonI8mm {
+    /// Both 2×2 tiles of the four rows of `w` with the activation pair
+    /// `z` (`z[h]`: bytes `8h..8h+8` of the two rows).
+    #[inline(always)]
+    fn tiles(
+        self,
+        acc: (int32x4_t, int32x4_t),
+        w: [int8x16_t; 4],
+        z: [int8x16_t; 2],
+    ) -> (int32x4_t, int32x4_t) {
+        // SAFETY: the token proves i8mm.
+        unsafe {
+            let lo = smmla(smmla(acc.0, w[0], z[0]), w[2], z[1]);
+            let hi = smmla(smmla(acc.1, w[1], z[0]), w[3], z[1]);
+            (lo, hi)
+        }
+    }
+
+    /// The activation pair `(x, y)` as `smmla`'s right operands.
+    #[inline(always)]
+    fn pair(self, x: int8x16_t, y: int8x16_t) -> [int8x16_t; 2] {
+        // SAFETY: NEON.
+        unsafe {
+            let (x, y) = (vreinterpretq_s64_s8(x), vreinterpretq_s64_s8(y));
+            [
+                vreinterpretq_s8_s64(vzip1q_s64(x, y)),
+                vreinterpretq_s8_s64(vzip2q_s64(x, y)),
+            ]
+        }
+    }
+}
+
+/// Weights in 2×8 tiles: chunk `2h + p` of a group of 16 weights holds
+/// weights `8h..8h+8` of rows `2p` and `2p + 1`. Activation rows go in
+/// pairs, `sum[i]` of the pair's first row holding the tiles of rows 0-1
+/// and 2-3 (the second row's entry is unused); `sums_rows` unzips them.
+/// An odd last row is paired with itself.
+impl Simd for NeonI8mm {
+    neon_common!();
+    /// The 2×2 tiles of weight rows 0-1 and 2-3.
+    type I = (int32x4_t, int32x4_t);
+
+    #[inline(always)]
+    fn byte_at(r: usize, e: usize) -> usize {
+        16 * (2 * (e / 8) + r / 2) + 8 * (r % 2) + e % 8
+    }
+    #[inline(always)]
+    fn izero(self) -> Self::I {
+        // SAFETY: NEON.
+        unsafe { (vdupq_n_s32(0), vdupq_n_s32(0)) }
+    }
+    #[inline(always)]
+    fn dot4(self, acc: Self::I, w: [int8x16_t; 4], a: int8x16_t) -> Self::I {
+        self.tiles(acc, w, self.pair(a, a))
+    }
+    #[inline(always)]
+    fn sums(self, acc: Self::I) -> float32x4_t {
+        // SAFETY: NEON.
+        unsafe { vcvtq_f32_s32(vuzp1q_s32(acc.0, acc.1)) }
+    }
+    #[inline(always)]
+    fn dot_rows<const NV: usize, const R: usize>(
+        self,
+        sum: &mut [[Self::I; NV]; R],
+        w: &[[int8x16_t; 4]; NV],
+        x: &[int8x16_t; R],
+    ) {
+        for i in (0..R).step_by(2) {
+            let z = self.pair(x[i], x[(i + 1).min(R - 1)]);
+            for v in 0..NV {
+                sum[i][v] = self.tiles(sum[i][v], w[v], z);
+            }
+        }
+    }
+    #[inline(always)]
+    fn sums_rows<const NV: usize, const R: usize>(
+        self,
+        sum: &[[Self::I; NV]; R],
+    ) -> [[float32x4_t; NV]; R] {
+        let mut out = [[self.fzero(); NV]; R];
+        for i in (0..R).step_by(2) {
+            for v in 0..NV {
+                let (lo, hi) = sum[i][v];
+                // SAFETY: NEON.
+                unsafe {
+                    out[i][v] = vcvtq_f32_s32(vuzp1q_s32(lo, hi));
+                    if i + 1 < R {
+                        out[i + 1][v] = vcvtq_f32_s32(vuzp2q_s32(lo, hi));
+                    }
+                }
+            }
+        }
+        out
     }
 }
 
@@ -388,6 +507,77 @@ entries!(
     ),
 );
 
+entries!(
+    "i8mm",
+    NeonI8mm,
+    gemm_legacy,
+    2,
+    (
+        i8mm_q4_0,
+        BlockQ4_0,
+        vec_dot!(unsafe BlockQ4_0, BlockQ8_0, super::dotprod::vec_dot_q4_0_q8_0)
+    ),
+    (
+        i8mm_q4_1,
+        BlockQ4_1,
+        vec_dot!(unsafe BlockQ4_1, BlockQ8_1, super::dotprod::vec_dot_q4_1_q8_1)
+    ),
+    (
+        i8mm_q5_0,
+        BlockQ5_0,
+        vec_dot!(
+            BlockQ5_0,
+            BlockQ8_0,
+            crate::formats::legacy::vec_dot_q5_0_q8_0
+        )
+    ),
+    (
+        i8mm_q5_1,
+        BlockQ5_1,
+        vec_dot!(
+            BlockQ5_1,
+            BlockQ8_1,
+            crate::formats::legacy::vec_dot_q5_1_q8_1
+        )
+    ),
+    (
+        i8mm_q8_0,
+        BlockQ8_0,
+        vec_dot!(unsafe BlockQ8_0, BlockQ8_0, super::dotprod::vec_dot_q8_0_q8_0)
+    ),
+    (
+        i8mm_iq4_nl,
+        BlockIQ4NL,
+        vec_dot!(unsafe BlockIQ4NL, BlockQ8_0, super::iq4::vec_dot_iq4_nl_q8_0)
+    ),
+);
+
+entries!(
+    "i8mm",
+    NeonI8mm,
+    gemm_k,
+    2,
+    (
+        i8mm_q4_k,
+        BlockQ4K,
+        vec_dot!(unsafe BlockQ4K, BlockQ8K, super::dotprod::vec_dot_q4_k_q8_k)
+    ),
+    (
+        i8mm_q5_k,
+        BlockQ5K,
+        vec_dot!(
+            BlockQ5K,
+            BlockQ8K,
+            crate::formats::k_quants::vec_dot_q5_k_q8_k
+        )
+    ),
+    (
+        i8mm_q6_k,
+        BlockQ6K,
+        vec_dot!(unsafe BlockQ6K, BlockQ8K, super::dotprod::vec_dot_q6_k_q8_k)
+    ),
+);
+
 /// Sets the baseline NEON gemm entries.
 pub(super) const fn set_neon(t: super::Kernels) -> super::Kernels {
     t.set_gemm(T::Q4_0, gemm_fn!(neon_q4_0))
@@ -415,4 +605,17 @@ pub(super) const fn set_dotprod(t: super::Kernels) -> super::Kernels {
         .set_gemm(T::Q4K, gemm_fn!(dotprod_q4_k))
         .set_gemm(T::Q5K, gemm_fn!(dotprod_q5_k))
         .set_gemm(T::Q6K, gemm_fn!(dotprod_q6_k))
+}
+
+/// Sets the i8mm gemm entries (the float ones are inherited).
+pub(super) const fn set_i8mm(t: super::Kernels) -> super::Kernels {
+    t.set_gemm(T::Q4_0, gemm_fn!(i8mm_q4_0))
+        .set_gemm(T::Q4_1, gemm_fn!(i8mm_q4_1))
+        .set_gemm(T::Q5_0, gemm_fn!(i8mm_q5_0))
+        .set_gemm(T::Q5_1, gemm_fn!(i8mm_q5_1))
+        .set_gemm(T::Q8_0, gemm_fn!(i8mm_q8_0))
+        .set_gemm(T::IQ4NL, gemm_fn!(i8mm_iq4_nl))
+        .set_gemm(T::Q4K, gemm_fn!(i8mm_q4_k))
+        .set_gemm(T::Q5K, gemm_fn!(i8mm_q5_k))
+        .set_gemm(T::Q6K, gemm_fn!(i8mm_q6_k))
 }

@@ -145,7 +145,7 @@ const NEON_DOTPROD_BASE: Kernels = NEON_TABLE
 
 /// One-row dot products gain nothing from `smmla` (module docs); the i8mm
 /// level keeps the dotprod entries and adds the two-row kernels in [`i8mm`].
-const NEON_I8MM_TABLE: Kernels = NEON_DOTPROD_TABLE.derive(Isa::NeonI8mm);
+const NEON_I8MM_TABLE: Kernels = gemm::set_i8mm(NEON_DOTPROD_TABLE.derive(Isa::NeonI8mm));
 
 static NEON: Kernels = NEON_TABLE;
 static NEON_DOTPROD: Kernels = NEON_DOTPROD_TABLE;
