@@ -100,7 +100,7 @@ pub(crate) trait Simd: Copy {
         self,
         sum: &[[Self::I; NV]; R],
     ) -> [[Self::F; NV]; R] {
-        sum.map(|r| r.map(|v| self.sums(v)))
+        core::array::from_fn(|i| core::array::from_fn(|v| self.sums(sum[i][v])))
     }
     fn load_f(self, x: &Self::Lanes) -> Self::F;
     fn store_f(self, x: &mut Self::Lanes, v: Self::F);
@@ -169,6 +169,9 @@ pub(crate) trait Repack: Pod {
     }
 }
 
+// Arrays are built with `core::array::from_fn`, not `.map`: `map` is not
+// always inlined (a call per micro-kernel step otherwise).
+
 /// Nibbles of a 32-wide block: element `j` low in `qs[j]`, `j + 16` high.
 #[inline(always)]
 fn nibbles(qs: &[u8; QK / 2]) -> [u8; QK] {
@@ -187,7 +190,8 @@ impl Repack for BlockQ4_0 {
     const HAS_MIN: bool = false;
     #[inline(always)]
     fn ints(&self) -> [i8; QK] {
-        nibbles(&self.qs).map(|q| q as i8 - 8)
+        let q = nibbles(&self.qs);
+        core::array::from_fn(|e| q[e] as i8 - 8)
     }
     #[inline(always)]
     fn d(&self) -> f16 {
@@ -200,7 +204,8 @@ impl Repack for BlockQ4_1 {
     const HAS_MIN: bool = true;
     #[inline(always)]
     fn ints(&self) -> [i8; QK] {
-        nibbles(&self.qs).map(|q| q as i8)
+        let q = nibbles(&self.qs);
+        core::array::from_fn(|e| q[e] as i8)
     }
     #[inline(always)]
     fn d(&self) -> f16 {
@@ -262,7 +267,8 @@ impl Repack for BlockIQ4NL {
     const HAS_MIN: bool = false;
     #[inline(always)]
     fn ints(&self) -> [i8; QK] {
-        nibbles(&self.qs).map(|q| crate::formats::iquants::KVALUES_IQ4NL[q as usize])
+        let q = nibbles(&self.qs);
+        core::array::from_fn(|e| crate::formats::iquants::KVALUES_IQ4NL[usize::from(q[e])])
     }
     #[inline(always)]
     fn d(&self) -> f16 {
@@ -557,7 +563,7 @@ fn k4_scales(d: f16, dmin: f16, packed: &[u8; 12], f16: impl Fn(f16) -> f32) -> 
     }
     KScales {
         dsc,
-        mins: mn.map(f32::from),
+        mins: core::array::from_fn(|g| f32::from(mn[g])),
         neg_dmin: -f16(dmin),
     }
 }
@@ -577,7 +583,8 @@ impl RepackK for BlockQ4K {
     const HAS_MIN: bool = true;
     #[inline(always)]
     fn ints(&self) -> [i8; QK_K] {
-        k4_nibbles(&self.qs).map(|q| q as i8)
+        let q = k4_nibbles(&self.qs);
+        core::array::from_fn(|e| q[e] as i8)
     }
     #[inline(always)]
     fn scales(&self, f16: impl Fn(f16) -> f32) -> KScales {
@@ -619,7 +626,7 @@ impl RepackK for BlockQ6K {
     fn scales(&self, f16: impl Fn(f16) -> f32) -> KScales {
         let d = f16(self.d);
         KScales {
-            dsc: self.scales.map(|s| f32::from(s) * d),
+            dsc: core::array::from_fn(|g| f32::from(self.scales[g]) * d),
             mins: [0.0; 8],
             neg_dmin: 0.0,
         }
