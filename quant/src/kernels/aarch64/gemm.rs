@@ -35,21 +35,21 @@ pub(crate) struct NeonDotprod(());
 pub(crate) struct NeonI8mm(());
 
 impl NeonI8mm {
-    #[allow(dead_code)] // the entries build it from their own features
+    #[cfg_attr(not(test), allow(dead_code))] // the entries build it from their features
     pub(crate) fn new() -> Option<Self> {
         Isa::NeonI8mm.is_supported().then_some(NeonI8mm(()))
     }
 }
 
 impl Neon {
-    #[allow(dead_code)] // the entries build it from their own features
+    #[cfg_attr(not(test), allow(dead_code))] // the entries build it from their features
     pub(crate) fn new() -> Option<Self> {
         Isa::Neon.is_supported().then_some(Neon(()))
     }
 }
 
 impl NeonDotprod {
-    #[allow(dead_code)] // the entries build it from their own features
+    #[cfg_attr(not(test), allow(dead_code))] // the entries build it from their features
     pub(crate) fn new() -> Option<Self> {
         Isa::NeonDotprod.is_supported().then_some(NeonDotprod(()))
     }

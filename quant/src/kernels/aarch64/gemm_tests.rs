@@ -269,3 +269,15 @@ fn gemm_is_exact_on_any_byte() {
         check(ty, k, &w, a, &[m], &[n]);
     }
 }
+
+/// The ISA tokens exist exactly where detection found their features.
+#[test]
+fn tokens_follow_detection() {
+    use super::gemm::{Neon, NeonDotprod, NeonI8mm};
+    assert_eq!(Neon::new().is_some(), Isa::Neon.is_supported());
+    assert_eq!(
+        NeonDotprod::new().is_some(),
+        Isa::NeonDotprod.is_supported()
+    );
+    assert_eq!(NeonI8mm::new().is_some(), Isa::NeonI8mm.is_supported());
+}
