@@ -47,6 +47,9 @@ mod dotprod;
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod i8mm;
 mod iq4;
+mod iq_grid;
+mod kquants;
+mod legacy5;
 mod neon;
 #[cfg(test)]
 mod tests;
@@ -113,6 +116,54 @@ const NEON_TABLE: Kernels = scalar::TABLE
     .set_vec_dot(
         T::IQ4XS,
         vec_dot!(unsafe BlockIQ4XS, BlockQ8K, iq4::vec_dot_iq4_xs_q8_k),
+    )
+    .set_vec_dot(
+        T::Q5_0,
+        vec_dot!(unsafe BlockQ5_0, BlockQ8_0, legacy5::vec_dot_q5_0_q8_0),
+    )
+    .set_vec_dot(
+        T::Q5_1,
+        vec_dot!(unsafe BlockQ5_1, BlockQ8_1, legacy5::vec_dot_q5_1_q8_1),
+    )
+    .set_vec_dot(
+        T::Q2K,
+        vec_dot!(unsafe BlockQ2K, BlockQ8K, kquants::vec_dot_q2_k_q8_k),
+    )
+    .set_vec_dot(
+        T::Q3K,
+        vec_dot!(unsafe BlockQ3K, BlockQ8K, kquants::vec_dot_q3_k_q8_k),
+    )
+    .set_vec_dot(
+        T::Q5K,
+        vec_dot!(unsafe BlockQ5K, BlockQ8K, kquants::vec_dot_q5_k_q8_k),
+    )
+    .set_vec_dot(
+        T::IQ2XXS,
+        vec_dot!(unsafe BlockIQ2XXS, BlockQ8K, iq_grid::vec_dot_iq2_xxs_q8_k),
+    )
+    .set_vec_dot(
+        T::IQ2XS,
+        vec_dot!(unsafe BlockIQ2XS, BlockQ8K, iq_grid::vec_dot_iq2_xs_q8_k),
+    )
+    .set_vec_dot(
+        T::IQ2S,
+        vec_dot!(unsafe BlockIQ2S, BlockQ8K, iq_grid::vec_dot_iq2_s_q8_k),
+    )
+    .set_vec_dot(
+        T::IQ3XXS,
+        vec_dot!(unsafe BlockIQ3XXS, BlockQ8K, iq_grid::vec_dot_iq3_xxs_q8_k),
+    )
+    .set_vec_dot(
+        T::IQ3S,
+        vec_dot!(unsafe BlockIQ3S, BlockQ8K, iq_grid::vec_dot_iq3_s_q8_k),
+    )
+    .set_vec_dot(
+        T::IQ1S,
+        vec_dot!(unsafe BlockIQ1S, BlockQ8K, iq_grid::vec_dot_iq1_s_q8_k),
+    )
+    .set_vec_dot(
+        T::IQ1M,
+        vec_dot!(unsafe BlockIQ1M, BlockQ8K, iq_grid::vec_dot_iq1_m_q8_k),
     );
 
 const NEON_DOTPROD_TABLE: Kernels = NEON_TABLE
@@ -136,6 +187,50 @@ const NEON_DOTPROD_TABLE: Kernels = NEON_TABLE
     .set_vec_dot(
         T::Q6K,
         vec_dot!(unsafe BlockQ6K, BlockQ8K, dotprod::vec_dot_q6_k_q8_k),
+    )
+    .set_vec_dot(
+        T::Q5_0,
+        vec_dot!(unsafe BlockQ5_0, BlockQ8_0, legacy5::vec_dot_q5_0_q8_0_dotprod),
+    )
+    .set_vec_dot(
+        T::Q5_1,
+        vec_dot!(unsafe BlockQ5_1, BlockQ8_1, legacy5::vec_dot_q5_1_q8_1_dotprod),
+    )
+    .set_vec_dot(
+        T::Q2K,
+        vec_dot!(unsafe BlockQ2K, BlockQ8K, kquants::vec_dot_q2_k_q8_k_dotprod),
+    )
+    .set_vec_dot(
+        T::Q5K,
+        vec_dot!(unsafe BlockQ5K, BlockQ8K, kquants::vec_dot_q5_k_q8_k_dotprod),
+    )
+    .set_vec_dot(
+        T::IQ2XXS,
+        vec_dot!(unsafe BlockIQ2XXS, BlockQ8K, iq_grid::dotprod::vec_dot_iq2_xxs_q8_k),
+    )
+    .set_vec_dot(
+        T::IQ2XS,
+        vec_dot!(unsafe BlockIQ2XS, BlockQ8K, iq_grid::dotprod::vec_dot_iq2_xs_q8_k),
+    )
+    .set_vec_dot(
+        T::IQ2S,
+        vec_dot!(unsafe BlockIQ2S, BlockQ8K, iq_grid::dotprod::vec_dot_iq2_s_q8_k),
+    )
+    .set_vec_dot(
+        T::IQ3XXS,
+        vec_dot!(unsafe BlockIQ3XXS, BlockQ8K, iq_grid::dotprod::vec_dot_iq3_xxs_q8_k),
+    )
+    .set_vec_dot(
+        T::IQ3S,
+        vec_dot!(unsafe BlockIQ3S, BlockQ8K, iq_grid::dotprod::vec_dot_iq3_s_q8_k),
+    )
+    .set_vec_dot(
+        T::IQ1S,
+        vec_dot!(unsafe BlockIQ1S, BlockQ8K, iq_grid::vec_dot_iq1_s_q8_k_dotprod),
+    )
+    .set_vec_dot(
+        T::IQ1M,
+        vec_dot!(unsafe BlockIQ1M, BlockQ8K, iq_grid::vec_dot_iq1_m_q8_k_dotprod),
     );
 
 /// One-row dot products gain nothing from `smmla` (module docs); the i8mm
