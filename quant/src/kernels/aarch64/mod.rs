@@ -9,14 +9,21 @@
 //!
 //! | ISA           | vec_dot                                       | from_float / to_float       |
 //! |---------------|-----------------------------------------------|-----------------------------|
-//! | `Neon`        | Q4_0, Q4_1, Q8_0, Q4_K, Q6_K (`smull`+`sadalp`), F16 (`fcvtl`+`fmla`) | Q8_0, Q8_1, Q8_K / F16 |
-//! | `NeonDotprod` | Q4_0, Q4_1, Q8_0, Q4_K, Q6_K with `sdot`      | inherited                   |
+//! | `Neon`        | Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, the grid i-quants (`smull`+`sadalp`/`smlal`), IQ4_NL, IQ4_XS (`tbl`), F16 (`fcvtl`+`fmla`) | Q8_0, Q8_1, Q8_K / F16 |
+//! | `NeonDotprod` | the same with `sdot`, except Q3_K, IQ4_NL, IQ4_XS, F16 (inherited) | inherited        |
 //! | `NeonI8mm`    | inherited from `NeonDotprod` (see below)      | inherited                   |
 //!
-//! IQ4_NL and IQ4_XS have NEON `vec_dot` kernels (`iq4.rs`, a `tbl` lookup
-//! of the 16 values) that the dotprod and i8mm levels inherit.
+//! Where the kernels live: `neon.rs` / `dotprod.rs` (Q4_0, Q4_1, Q8_0, Q4_K,
+//! Q6_K, F16 and the activation quantizers), `legacy5.rs` (Q5_0, Q5_1),
+//! `kquants.rs` (Q2_K, Q3_K, Q5_K), `iq_grid.rs` (IQ3_XXS, IQ3_S, IQ2_XXS,
+//! IQ2_XS, IQ2_S, IQ1_S, IQ1_M), `iq4.rs` (IQ4_NL, IQ4_XS: a `tbl` lookup of
+//! the 16 values, which the dotprod and i8mm levels inherit). The kernels of
+//! `legacy5.rs`, `kquants.rs` and `iq_grid.rs` are bit-identical to the
+//! scalar `vec_dot` (each file's docs say how). Q3_K's dotprod level keeps
+//! the NEON kernel (`kquants.rs` says why).
 //!
-//! Everything else is inherited from the scalar table.
+//! Everything else (F32, BF16, Q8_1 and Q8_K as weights) is inherited from
+//! the scalar table.
 //!
 //! **Why the i8mm table equals the dotprod one.** `smmla` multiplies a 2×8 by
 //! an 8×2 int8 matrix: 32 multiply-adds per instruction against `sdot`'s 16.
