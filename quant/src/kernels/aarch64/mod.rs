@@ -49,6 +49,7 @@ use core::arch::asm;
 use half::f16;
 
 mod dotprod;
+pub(crate) mod fwht;
 // The two-row kernels are crate-internal API for a batched matmul; until one
 // calls them, only the tests do.
 #[cfg_attr(not(test), allow(dead_code))]
