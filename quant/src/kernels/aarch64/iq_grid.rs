@@ -3,10 +3,10 @@
 //!
 //! Each block of 32 is decoded to bytes as in the scalar code (four grid
 //! entries of 8 looked up through [`SignedGrid::group`], or the IQ1 helpers)
-//! and the signs are applied to the weights, not the activations: the grid
-//! magnitudes are at most 62, so `±g` is an exact int8 and the products are
-//! exact for any activation, −128 included (ggml's arm code negates the
-//! activations instead, which needs them to be > −128). The products go
+//! and, as in ggml's arm code, the signs are applied to the weights, not the
+//! activations: the grid magnitudes are at most 62, so `±g` is an exact int8
+//! and the products are exact for any activation, −128 included (negating
+//! the activations, as x86's `vpsignb` does, wraps −128). The products go
 //! through `smull` + the 16-element block scale in `smlal` (NEON; two
 //! products of at most 62·128 per i16 lane) or `sdot` + `mla` (dotprod),
 //! so each super-block's integer sum is the scalar's, and its float step
