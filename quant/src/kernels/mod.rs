@@ -15,6 +15,9 @@
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+/// The NEON FWHT kernel, for [`crate::hadamard`].
+#[cfg(target_arch = "aarch64")]
+pub(crate) use aarch64::fwht::fwht_neon;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
