@@ -28,9 +28,10 @@
 //! [`Hadamard::new`] returns `None`, and callers fall back to a dense random
 //! orthogonal matrix.
 //!
-//! The kernels (scalar; AVX2 and AVX-512 on x86-64; NEON on aarch64) are
-//! picked from the ISA of [`Kernels::get`] (so `SPINEL_ISA` pins them too)
-//! and allocate nothing: the `H_m` step keeps its columns in a stack buffer.
+//! The kernels (scalar; AVX2 and AVX-512 on x86-64; NEON on aarch64, in
+//! `kernels/aarch64/fwht.rs` with the other ARM kernels) are picked from the
+//! ISA of [`Kernels::get`] (so `SPINEL_ISA` pins them too) and allocate
+//! nothing: the `H_m` step keeps its columns in a stack buffer.
 
 use crate::{Isa, Kernels};
 
@@ -38,7 +39,7 @@ use crate::{Isa, Kernels};
 pub const ORDERS: [usize; 7] = [12, 20, 28, 36, 44, 60, 76];
 
 /// The largest `m`, which bounds the stack buffer of the `H_m` step.
-const M_MAX: usize = 76;
+pub(crate) const M_MAX: usize = 76;
 
 /// `χ(x)`: the quadratic character of `x` mod the prime `q` (0, 1 or −1).
 const fn chi(x: usize, q: usize) -> i8 {
@@ -335,7 +336,7 @@ fn kernel_for(isa: Isa) -> KernelFn {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::AvxVnni => x86::fwht_avx2,
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon | Isa::NeonDotprod | Isa::NeonI8mm => arm::fwht_neon,
+        Isa::Neon | Isa::NeonDotprod | Isa::NeonI8mm => crate::kernels::fwht_neon,
         _ => fwht_scalar,
     }
 }
@@ -557,81 +558,6 @@ mod x86 {
                 }
                 // SAFETY: as above.
                 unsafe { _mm512_storeu_ps(ptr.add(a * p + c0), _mm512_mul_ps(acc, vs)) };
-            }
-        }
-    }
-}
-
-#[cfg(target_arch = "aarch64")]
-mod arm {
-    use super::{M_MAX, fwht_scalar};
-    use core::arch::aarch64::*;
-
-    pub(super) fn fwht_neon(x: &mut [f32], p: usize, m: usize, signs: &[u32], scale: f32) {
-        if p < 4 {
-            return fwht_scalar(x, p, m, signs, scale);
-        }
-        // SAFETY: this kernel is only chosen for a NEON ISA that
-        // `Hadamard::with_isa` checked the CPU supports; `p ≥ 4`.
-        unsafe { neon(x, p, m, signs, scale) }
-    }
-
-    #[target_feature(enable = "neon")]
-    unsafe fn neon(x: &mut [f32], p: usize, m: usize, signs: &[u32], scale: f32) {
-        debug_assert!(p >= 4 && x.len() == m * p && p.is_power_of_two());
-        let s1a = [1.0f32, -1.0, 1.0, -1.0];
-        let s2a = [1.0f32, 1.0, -1.0, -1.0];
-        // SAFETY: 4-element arrays.
-        let (s1, s2) = unsafe { (vld1q_f32(s1a.as_ptr()), vld1q_f32(s2a.as_ptr())) };
-        let ptr = x.as_mut_ptr();
-        for c in 0..m {
-            let base = c * p;
-            // SAFETY (every access below): indices stay in chunk `c`.
-            for j in (0..p).step_by(4) {
-                unsafe {
-                    let q = ptr.add(base + j);
-                    let v = vld1q_f32(q);
-                    let v = vfmaq_f32(vrev64q_f32(v), v, s1);
-                    let v = vfmaq_f32(vextq_f32::<2>(v, v), v, s2);
-                    vst1q_f32(q, v);
-                }
-            }
-            let mut h = 4;
-            while h < p {
-                for i in (0..p).step_by(2 * h) {
-                    for j in (i..i + h).step_by(4) {
-                        unsafe {
-                            let (qa, qb) = (ptr.add(base + j), ptr.add(base + j + h));
-                            let (a, b) = (vld1q_f32(qa), vld1q_f32(qb));
-                            vst1q_f32(qa, vaddq_f32(a, b));
-                            vst1q_f32(qb, vsubq_f32(a, b));
-                        }
-                    }
-                }
-                h *= 2;
-            }
-        }
-        if m == 1 {
-            for j in (0..p).step_by(4) {
-                // SAFETY: `j + 4 ≤ p = x.len()`.
-                unsafe { vst1q_f32(ptr.add(j), vmulq_n_f32(vld1q_f32(ptr.add(j)), scale)) };
-            }
-            return;
-        }
-        let mut buf = [vdupq_n_f32(0.0); M_MAX];
-        for c0 in (0..p).step_by(4) {
-            for (a, b) in buf.iter_mut().enumerate().take(m) {
-                // SAFETY: `a · p + c0 + 4 ≤ m · p`.
-                *b = unsafe { vld1q_f32(ptr.add(a * p + c0)) };
-            }
-            for a in 0..m {
-                let mut acc = vdupq_n_f32(0.0);
-                for (b, &s) in buf.iter().zip(&signs[a * m..(a + 1) * m]) {
-                    let v = veorq_u32(vreinterpretq_u32_f32(*b), vdupq_n_u32(s));
-                    acc = vaddq_f32(acc, vreinterpretq_f32_u32(v));
-                }
-                // SAFETY: as above.
-                unsafe { vst1q_f32(ptr.add(a * p + c0), vmulq_n_f32(acc, scale)) };
             }
         }
     }

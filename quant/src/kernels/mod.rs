@@ -20,6 +20,9 @@
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+/// The NEON FWHT kernel, for [`crate::hadamard`].
+#[cfg(target_arch = "aarch64")]
+pub(crate) use aarch64::fwht::fwht_neon;
 // The generic drivers; only aarch64 instantiates them so far.
 #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
 mod gemm;

@@ -359,20 +359,12 @@ entries!(
     (
         neon_q5_0,
         BlockQ5_0,
-        vec_dot!(
-            BlockQ5_0,
-            BlockQ8_0,
-            crate::formats::legacy::vec_dot_q5_0_q8_0
-        )
+        vec_dot!(unsafe BlockQ5_0, BlockQ8_0, super::legacy5::vec_dot_q5_0_q8_0)
     ),
     (
         neon_q5_1,
         BlockQ5_1,
-        vec_dot!(
-            BlockQ5_1,
-            BlockQ8_1,
-            crate::formats::legacy::vec_dot_q5_1_q8_1
-        )
+        vec_dot!(unsafe BlockQ5_1, BlockQ8_1, super::legacy5::vec_dot_q5_1_q8_1)
     ),
     (
         neon_q8_0,
@@ -404,20 +396,12 @@ entries!(
     (
         dotprod_q5_0,
         BlockQ5_0,
-        vec_dot!(
-            BlockQ5_0,
-            BlockQ8_0,
-            crate::formats::legacy::vec_dot_q5_0_q8_0
-        )
+        vec_dot!(unsafe BlockQ5_0, BlockQ8_0, super::legacy5::vec_dot_q5_0_q8_0_dotprod)
     ),
     (
         dotprod_q5_1,
         BlockQ5_1,
-        vec_dot!(
-            BlockQ5_1,
-            BlockQ8_1,
-            crate::formats::legacy::vec_dot_q5_1_q8_1
-        )
+        vec_dot!(unsafe BlockQ5_1, BlockQ8_1, super::legacy5::vec_dot_q5_1_q8_1_dotprod)
     ),
     (
         dotprod_q8_0,
@@ -444,11 +428,7 @@ entries!(
     (
         neon_q5_k,
         BlockQ5K,
-        vec_dot!(
-            BlockQ5K,
-            BlockQ8K,
-            crate::formats::k_quants::vec_dot_q5_k_q8_k
-        )
+        vec_dot!(unsafe BlockQ5K, BlockQ8K, super::kquants::vec_dot_q5_k_q8_k)
     ),
     (
         neon_q6_k,
@@ -470,11 +450,7 @@ entries!(
     (
         dotprod_q5_k,
         BlockQ5K,
-        vec_dot!(
-            BlockQ5K,
-            BlockQ8K,
-            crate::formats::k_quants::vec_dot_q5_k_q8_k
-        )
+        vec_dot!(unsafe BlockQ5K, BlockQ8K, super::kquants::vec_dot_q5_k_q8_k_dotprod)
     ),
     (
         dotprod_q6_k,
@@ -525,20 +501,12 @@ entries!(
     (
         i8mm_q5_0,
         BlockQ5_0,
-        vec_dot!(
-            BlockQ5_0,
-            BlockQ8_0,
-            crate::formats::legacy::vec_dot_q5_0_q8_0
-        )
+        vec_dot!(unsafe BlockQ5_0, BlockQ8_0, super::legacy5::vec_dot_q5_0_q8_0_dotprod)
     ),
     (
         i8mm_q5_1,
         BlockQ5_1,
-        vec_dot!(
-            BlockQ5_1,
-            BlockQ8_1,
-            crate::formats::legacy::vec_dot_q5_1_q8_1
-        )
+        vec_dot!(unsafe BlockQ5_1, BlockQ8_1, super::legacy5::vec_dot_q5_1_q8_1_dotprod)
     ),
     (
         i8mm_q8_0,
@@ -565,11 +533,7 @@ entries!(
     (
         i8mm_q5_k,
         BlockQ5K,
-        vec_dot!(
-            BlockQ5K,
-            BlockQ8K,
-            crate::formats::k_quants::vec_dot_q5_k_q8_k
-        )
+        vec_dot!(unsafe BlockQ5K, BlockQ8K, super::kquants::vec_dot_q5_k_q8_k_dotprod)
     ),
     (
         i8mm_q6_k,

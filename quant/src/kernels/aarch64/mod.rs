@@ -9,14 +9,21 @@
 //!
 //! | ISA           | vec_dot                                       | from_float / to_float       |
 //! |---------------|-----------------------------------------------|-----------------------------|
-//! | `Neon`        | Q4_0, Q4_1, Q8_0, Q4_K, Q6_K (`smull`+`sadalp`), F16 (`fcvtl`+`fmla`) | Q8_0, Q8_1, Q8_K / F16 |
-//! | `NeonDotprod` | Q4_0, Q4_1, Q8_0, Q4_K, Q6_K with `sdot`      | inherited                   |
+//! | `Neon`        | Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, the grid i-quants (`smull`+`sadalp`/`smlal`), IQ4_NL, IQ4_XS (`tbl`), F16 (`fcvtl`+`fmla`) | Q8_0, Q8_1, Q8_K / F16 |
+//! | `NeonDotprod` | the same with `sdot`, except Q3_K, IQ4_NL, IQ4_XS, F16 (inherited) | inherited        |
 //! | `NeonI8mm`    | inherited from `NeonDotprod` (see below)      | inherited                   |
 //!
-//! IQ4_NL and IQ4_XS have NEON `vec_dot` kernels (`iq4.rs`, a `tbl` lookup
-//! of the 16 values) that the dotprod and i8mm levels inherit.
+//! Where the kernels live: `neon.rs` / `dotprod.rs` (Q4_0, Q4_1, Q8_0, Q4_K,
+//! Q6_K, F16 and the activation quantizers), `legacy5.rs` (Q5_0, Q5_1),
+//! `kquants.rs` (Q2_K, Q3_K, Q5_K), `iq_grid.rs` (IQ3_XXS, IQ3_S, IQ2_XXS,
+//! IQ2_XS, IQ2_S, IQ1_S, IQ1_M), `iq4.rs` (IQ4_NL, IQ4_XS: a `tbl` lookup of
+//! the 16 values, which the dotprod and i8mm levels inherit). The kernels of
+//! `legacy5.rs`, `kquants.rs` and `iq_grid.rs` are bit-identical to the
+//! scalar `vec_dot` (each file's docs say how). Q3_K's dotprod level keeps
+//! the NEON kernel (`kquants.rs` says why).
 //!
-//! Everything else is inherited from the scalar table.
+//! Everything else (F32, BF16, Q8_1 and Q8_K as weights) is inherited from
+//! the scalar table.
 //!
 //! **Why the i8mm `vec_dot`s equal the dotprod ones.** `smmla` multiplies a
 //! 2×8 by an 8×2 int8 matrix: 32 multiply-adds per instruction against
@@ -85,6 +92,7 @@ use core::arch::asm;
 use half::f16;
 
 mod dotprod;
+pub(crate) mod fwht;
 mod gemm;
 #[cfg(test)]
 mod gemm_tests;
@@ -93,6 +101,9 @@ mod gemm_tests;
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod i8mm;
 mod iq4;
+mod iq_grid;
+mod kquants;
+mod legacy5;
 mod neon;
 #[cfg(test)]
 mod tests;
@@ -159,6 +170,54 @@ const NEON_BASE: Kernels = scalar::TABLE
     .set_vec_dot(
         T::IQ4XS,
         vec_dot!(unsafe BlockIQ4XS, BlockQ8K, iq4::vec_dot_iq4_xs_q8_k),
+    )
+    .set_vec_dot(
+        T::Q5_0,
+        vec_dot!(unsafe BlockQ5_0, BlockQ8_0, legacy5::vec_dot_q5_0_q8_0),
+    )
+    .set_vec_dot(
+        T::Q5_1,
+        vec_dot!(unsafe BlockQ5_1, BlockQ8_1, legacy5::vec_dot_q5_1_q8_1),
+    )
+    .set_vec_dot(
+        T::Q2K,
+        vec_dot!(unsafe BlockQ2K, BlockQ8K, kquants::vec_dot_q2_k_q8_k),
+    )
+    .set_vec_dot(
+        T::Q3K,
+        vec_dot!(unsafe BlockQ3K, BlockQ8K, kquants::vec_dot_q3_k_q8_k),
+    )
+    .set_vec_dot(
+        T::Q5K,
+        vec_dot!(unsafe BlockQ5K, BlockQ8K, kquants::vec_dot_q5_k_q8_k),
+    )
+    .set_vec_dot(
+        T::IQ2XXS,
+        vec_dot!(unsafe BlockIQ2XXS, BlockQ8K, iq_grid::vec_dot_iq2_xxs_q8_k),
+    )
+    .set_vec_dot(
+        T::IQ2XS,
+        vec_dot!(unsafe BlockIQ2XS, BlockQ8K, iq_grid::vec_dot_iq2_xs_q8_k),
+    )
+    .set_vec_dot(
+        T::IQ2S,
+        vec_dot!(unsafe BlockIQ2S, BlockQ8K, iq_grid::vec_dot_iq2_s_q8_k),
+    )
+    .set_vec_dot(
+        T::IQ3XXS,
+        vec_dot!(unsafe BlockIQ3XXS, BlockQ8K, iq_grid::vec_dot_iq3_xxs_q8_k),
+    )
+    .set_vec_dot(
+        T::IQ3S,
+        vec_dot!(unsafe BlockIQ3S, BlockQ8K, iq_grid::vec_dot_iq3_s_q8_k),
+    )
+    .set_vec_dot(
+        T::IQ1S,
+        vec_dot!(unsafe BlockIQ1S, BlockQ8K, iq_grid::vec_dot_iq1_s_q8_k),
+    )
+    .set_vec_dot(
+        T::IQ1M,
+        vec_dot!(unsafe BlockIQ1M, BlockQ8K, iq_grid::vec_dot_iq1_m_q8_k),
     );
 const NEON_TABLE: Kernels = gemm::set_neon(NEON_BASE);
 
@@ -184,6 +243,50 @@ const NEON_DOTPROD_BASE: Kernels = NEON_TABLE
     .set_vec_dot(
         T::Q6K,
         vec_dot!(unsafe BlockQ6K, BlockQ8K, dotprod::vec_dot_q6_k_q8_k),
+    )
+    .set_vec_dot(
+        T::Q5_0,
+        vec_dot!(unsafe BlockQ5_0, BlockQ8_0, legacy5::vec_dot_q5_0_q8_0_dotprod),
+    )
+    .set_vec_dot(
+        T::Q5_1,
+        vec_dot!(unsafe BlockQ5_1, BlockQ8_1, legacy5::vec_dot_q5_1_q8_1_dotprod),
+    )
+    .set_vec_dot(
+        T::Q2K,
+        vec_dot!(unsafe BlockQ2K, BlockQ8K, kquants::vec_dot_q2_k_q8_k_dotprod),
+    )
+    .set_vec_dot(
+        T::Q5K,
+        vec_dot!(unsafe BlockQ5K, BlockQ8K, kquants::vec_dot_q5_k_q8_k_dotprod),
+    )
+    .set_vec_dot(
+        T::IQ2XXS,
+        vec_dot!(unsafe BlockIQ2XXS, BlockQ8K, iq_grid::dotprod::vec_dot_iq2_xxs_q8_k),
+    )
+    .set_vec_dot(
+        T::IQ2XS,
+        vec_dot!(unsafe BlockIQ2XS, BlockQ8K, iq_grid::dotprod::vec_dot_iq2_xs_q8_k),
+    )
+    .set_vec_dot(
+        T::IQ2S,
+        vec_dot!(unsafe BlockIQ2S, BlockQ8K, iq_grid::dotprod::vec_dot_iq2_s_q8_k),
+    )
+    .set_vec_dot(
+        T::IQ3XXS,
+        vec_dot!(unsafe BlockIQ3XXS, BlockQ8K, iq_grid::dotprod::vec_dot_iq3_xxs_q8_k),
+    )
+    .set_vec_dot(
+        T::IQ3S,
+        vec_dot!(unsafe BlockIQ3S, BlockQ8K, iq_grid::dotprod::vec_dot_iq3_s_q8_k),
+    )
+    .set_vec_dot(
+        T::IQ1S,
+        vec_dot!(unsafe BlockIQ1S, BlockQ8K, iq_grid::vec_dot_iq1_s_q8_k_dotprod),
+    )
+    .set_vec_dot(
+        T::IQ1M,
+        vec_dot!(unsafe BlockIQ1M, BlockQ8K, iq_grid::vec_dot_iq1_m_q8_k_dotprod),
     );
 
 /// One-row dot products gain nothing from `smmla` (module docs): the i8mm

@@ -11,7 +11,7 @@
 
 use super::i8mm;
 use crate::blocks::*;
-use crate::formats::{float, k_quants as k, legacy as l};
+use crate::formats::{float, iq_grid as g, k_quants as k, legacy as l};
 use crate::{GgmlType, Isa, Kernels, QK_K};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -649,9 +649,330 @@ fn tables_specialise_what_they_claim() {
                 kt.isa()
             );
         }
+        for ty in NEW_TYPES {
+            assert!(
+                kt.of(ty).vec_dot as usize != s.of(ty).vec_dot as usize,
+                "{} {ty}",
+                kt.isa()
+            );
+        }
         assert_eq!(
-            kt.of(GgmlType::Q5_0).vec_dot as usize,
-            s.of(GgmlType::Q5_0).vec_dot as usize
+            kt.of(GgmlType::Q8_1).vec_dot as usize,
+            s.of(GgmlType::Q8_1).vec_dot as usize
         );
+    }
+    // Every level above NEON has its own `sdot` kernel, except Q3_K (its
+    // scale changes every 16 elements: see `kquants`).
+    let neon = Kernels::for_isa(Isa::Neon).unwrap();
+    for kt in tables().into_iter().skip(1) {
+        for ty in NEW_TYPES {
+            let same = kt.of(ty).vec_dot as usize == neon.of(ty).vec_dot as usize;
+            assert_eq!(same, ty == GgmlType::Q3K, "{} {ty}", kt.isa());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Q5_0, Q5_1, Q2_K, Q3_K, Q5_K and the grid i-quants: bit-identical.
+// ---------------------------------------------------------------------------
+
+const NEW_TYPES: [GgmlType; 12] = [
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::Q5K,
+    GgmlType::IQ2XXS,
+    GgmlType::IQ2XS,
+    GgmlType::IQ2S,
+    GgmlType::IQ3XXS,
+    GgmlType::IQ3S,
+    GgmlType::IQ1S,
+    GgmlType::IQ1M,
+];
+
+/// `vec_dot` of type `ty` at every level against the scalar `reference`,
+/// bit for bit, on `cases` pairs of rows from `wx` / `ay` (given the rng,
+/// the block count and the case number), 0..=`max_blocks` blocks.
+fn check_bits<X: bytemuck::Pod, Y: bytemuck::Pod>(
+    ty: GgmlType,
+    cases: usize,
+    max_blocks: usize,
+    mut wx: impl FnMut(&mut Rng, usize, usize) -> Vec<X>,
+    mut ay: impl FnMut(&mut Rng, usize, usize) -> Vec<Y>,
+    reference: fn(&[X], &[Y]) -> f32,
+) {
+    let mut rng = Rng(0x5eed ^ ty as u64);
+    for case in 0..cases {
+        let nb = case % (max_blocks + 1);
+        let x = wx(&mut rng, nb, case);
+        let y = ay(&mut rng, nb, case);
+        let want = reference(&x, &y);
+        for kt in tables() {
+            let got = (kt.of(ty).vec_dot)(bytes(&x), bytes(&y));
+            assert_eq!(
+                got.to_bits(),
+                want.to_bits(),
+                "{} {ty} case {case} ({nb} blocks): {got:e} vs scalar {want:e}",
+                kt.isa()
+            );
+        }
+    }
+}
+
+/// Q8_0 activations: quantized rows, or raw blocks (−128 included).
+fn q8_0_acts(r: &mut Rng, nb: usize, case: usize) -> Vec<BlockQ8_0> {
+    if case % 4 == 3 {
+        raw_blocks(r, nb, |r, b: &mut BlockQ8_0| b.d = r.scale())
+    } else {
+        quantize(l::quantize_row_q8_0, &row(r, nb * 32, case / 2), 32)
+    }
+}
+
+/// Q8_1 activations: quantized rows, or raw blocks (−128, any `s`).
+fn q8_1_acts(r: &mut Rng, nb: usize, case: usize) -> Vec<BlockQ8_1> {
+    if case % 4 == 3 {
+        raw_blocks(r, nb, |r, b: &mut BlockQ8_1| {
+            (b.d, b.s) = (r.scale(), r.scale())
+        })
+    } else {
+        quantize(l::quantize_row_q8_1, &row(r, nb * 32, case / 2), 32)
+    }
+}
+
+/// Q8_K activations: quantized rows (−127..=127), raw blocks (−128, `bsums`
+/// that need not match: the kernels must use them as the scalar code does),
+/// or all −128 with their true sums.
+fn q8k_acts(r: &mut Rng, nb: usize, case: usize) -> Vec<BlockQ8K> {
+    match case % 5 {
+        3 => raw_blocks(r, nb, |r, b: &mut BlockQ8K| b.d = r.scale().to_f32()),
+        4 => raw_blocks(r, nb, |r, b: &mut BlockQ8K| {
+            b.d = r.scale().to_f32();
+            b.qs = [-128; QK_K];
+            b.bsums = [-128 * 16; QK_K / 16];
+        }),
+        _ => q8k_row(r, nb, case / 2),
+    }
+}
+
+#[test]
+fn vec_dot_q5_0_bit_identical() {
+    check_bits(
+        GgmlType::Q5_0,
+        150,
+        17,
+        |r, nb, case| match case % 3 {
+            0 => quantize(l::quantize_row_q5_0, &row(r, nb * 32, case), 32),
+            1 => raw_blocks(r, nb, |r, b: &mut BlockQ5_0| b.d = r.scale()),
+            // All fifth bits and nibbles set or clear: the extremes 15, −16.
+            _ => raw_blocks(r, nb, |r, b: &mut BlockQ5_0| {
+                let v = if r.u64() & 1 == 0 { 0xff } else { 0 };
+                (b.d, b.qh, b.qs) = (r.scale(), [v; 4], [v; 16]);
+            }),
+        },
+        q8_0_acts,
+        l::vec_dot_q5_0_q8_0,
+    );
+}
+
+#[test]
+fn vec_dot_q5_1_bit_identical() {
+    check_bits(
+        GgmlType::Q5_1,
+        150,
+        17,
+        |r, nb, case| match case % 3 {
+            0 => quantize(l::quantize_row_q5_1, &row(r, nb * 32, case), 32),
+            1 => raw_blocks(r, nb, |r, b: &mut BlockQ5_1| {
+                (b.d, b.m) = (r.scale(), r.scale())
+            }),
+            _ => raw_blocks(r, nb, |r, b: &mut BlockQ5_1| {
+                (b.d, b.m, b.qh, b.qs) = (r.scale(), r.scale(), [0xff; 4], [0xff; 16]);
+            }),
+        },
+        q8_1_acts,
+        l::vec_dot_q5_1_q8_1,
+    );
+}
+
+#[test]
+fn vec_dot_q2_k_bit_identical() {
+    check_bits(
+        GgmlType::Q2K,
+        60,
+        5,
+        |r, nb, case| match case % 3 {
+            0 => quantize(k::quantize_row_q2_k, &row(r, nb * QK_K, case), QK_K),
+            1 => raw_blocks(r, nb, |r, b: &mut BlockQ2K| {
+                (b.d, b.dmin) = (r.scale(), r.scale())
+            }),
+            // All-max scales and mins, all values 3, negative `dmin`.
+            _ => raw_blocks(r, nb, |r, b: &mut BlockQ2K| {
+                (b.scales, b.qs) = ([0xff; 16], [0xff; 64]);
+                (b.d, b.dmin) = (r.scale(), f16::from_f32(-r.f32().abs()));
+            }),
+        },
+        q8k_acts,
+        k::vec_dot_q2_k_q8_k,
+    );
+}
+
+#[test]
+fn vec_dot_q3_k_bit_identical() {
+    check_bits(
+        GgmlType::Q3K,
+        60,
+        5,
+        |r, nb, case| match case % 3 {
+            0 => quantize(k::quantize_row_q3_k, &row(r, nb * QK_K, case), QK_K),
+            1 => raw_blocks(r, nb, |r, b: &mut BlockQ3K| b.d = r.scale()),
+            // Scales 63 − 32 and values −4 (no high bits), or scale −32.
+            _ => raw_blocks(r, nb, |r, b: &mut BlockQ3K| {
+                let v = if r.u64() & 1 == 0 { 0xff } else { 0 };
+                (b.scales, b.qs, b.hmask) = ([v; 12], [0; 64], [0; 32]);
+                b.d = r.scale();
+            }),
+        },
+        q8k_acts,
+        k::vec_dot_q3_k_q8_k,
+    );
+}
+
+#[test]
+fn vec_dot_q5_k_bit_identical() {
+    check_bits(
+        GgmlType::Q5K,
+        60,
+        5,
+        |r, nb, case| match case % 3 {
+            0 => quantize(k::quantize_row_q5_k, &row(r, nb * QK_K, case), QK_K),
+            1 => raw_blocks(r, nb, |r, b: &mut BlockQ5K| {
+                (b.d, b.dmin) = (r.scale(), r.scale())
+            }),
+            // All-max scales, mins and values (31), negative `dmin`.
+            _ => raw_blocks(r, nb, |r, b: &mut BlockQ5K| {
+                (b.scales, b.qs, b.qh) = ([0xff; 12], [0xff; 128], [0xff; 32]);
+                (b.d, b.dmin) = (r.scale(), f16::from_f32(-r.f32().abs()));
+            }),
+        },
+        q8k_acts,
+        k::vec_dot_q5_k_q8_k,
+    );
+}
+
+/// Raw grid blocks (every index, sign and scale pattern) with a finite `d`,
+/// or all bytes 0xff (largest indices and scales, every sign set).
+fn grid_blocks<B: bytemuck::Pod>(
+    r: &mut Rng,
+    nb: usize,
+    case: usize,
+    set_d: impl Fn(&mut B, f16),
+) -> Vec<B> {
+    raw_blocks(r, nb, |r, b: &mut B| {
+        if case % 4 == 1 {
+            bytemuck::bytes_of_mut(b).fill(0xff);
+        }
+        set_d(b, r.scale());
+    })
+}
+
+macro_rules! grid_test {
+    ($name:ident, $ty:expr, $b:ty, $dot:path) => {
+        #[test]
+        fn $name() {
+            check_bits(
+                $ty,
+                40,
+                4,
+                |r, nb, case| grid_blocks(r, nb, case, |b: &mut $b, d| b.d = d),
+                q8k_acts,
+                $dot,
+            );
+        }
+    };
+}
+
+grid_test!(
+    vec_dot_iq2_xxs_bit_identical,
+    GgmlType::IQ2XXS,
+    BlockIQ2XXS,
+    g::vec_dot_iq2_xxs_q8_k
+);
+grid_test!(
+    vec_dot_iq2_xs_bit_identical,
+    GgmlType::IQ2XS,
+    BlockIQ2XS,
+    g::vec_dot_iq2_xs_q8_k
+);
+grid_test!(
+    vec_dot_iq2_s_bit_identical,
+    GgmlType::IQ2S,
+    BlockIQ2S,
+    g::vec_dot_iq2_s_q8_k
+);
+grid_test!(
+    vec_dot_iq3_xxs_bit_identical,
+    GgmlType::IQ3XXS,
+    BlockIQ3XXS,
+    g::vec_dot_iq3_xxs_q8_k
+);
+grid_test!(
+    vec_dot_iq3_s_bit_identical,
+    GgmlType::IQ3S,
+    BlockIQ3S,
+    g::vec_dot_iq3_s_q8_k
+);
+grid_test!(
+    vec_dot_iq1_s_bit_identical,
+    GgmlType::IQ1S,
+    BlockIQ1S,
+    g::vec_dot_iq1_s_q8_k
+);
+
+#[test]
+fn vec_dot_iq1_m_bit_identical() {
+    // IQ1_M's f16 `d` is spread over the top nibbles of its four u16 scales.
+    let set_d = |b: &mut BlockIQ1M, d: f16| {
+        let u = d.to_bits();
+        for i in 0..4 {
+            let nib = ((u >> (4 * i)) & 0xf) as u8;
+            b.scales[2 * i + 1] = (b.scales[2 * i + 1] & 0x0f) | (nib << 4);
+        }
+    };
+    check_bits(
+        GgmlType::IQ1M,
+        40,
+        4,
+        |r, nb, case| grid_blocks(r, nb, case, set_d),
+        q8k_acts,
+        g::vec_dot_iq1_m_q8_k,
+    );
+}
+
+/// Grid blocks from the quantizers (with importance weights, which IQ2_XXS,
+/// IQ2_XS and IQ1_S require), against the scalar table's `vec_dot`.
+#[test]
+fn vec_dot_quantized_grid_bit_identical() {
+    let mut rng = Rng(19);
+    for case in 0..4 {
+        let nb = 1 + case % 2;
+        let x = row(&mut rng, nb * QK_K, case);
+        let w: Vec<f32> = (0..x.len()).map(|_| rng.f32().abs() + 0.1).collect();
+        let y = q8k_row(&mut rng, nb, case);
+        for &ty in &NEW_TYPES[5..] {
+            // u16 storage keeps the blocks aligned for the byte-level entries.
+            let mut q = vec![0u16; ty.row_size(x.len()).unwrap() / 2];
+            g::quantize_weighted(ty, &x, bytemuck::cast_slice_mut(&mut q), Some(&w)).unwrap();
+            let want = (scalar().of(ty).vec_dot)(bytes(&q), bytes(&y));
+            for kt in tables() {
+                let got = (kt.of(ty).vec_dot)(bytes(&q), bytes(&y));
+                assert_eq!(
+                    got.to_bits(),
+                    want.to_bits(),
+                    "{} {ty} case {case}",
+                    kt.isa()
+                );
+            }
+        }
     }
 }
