@@ -13,6 +13,13 @@
 //!   with `smull`/`smull2` (i16, exact: |q·a| ≤ 2¹⁴), pairs summed into i32
 //!   with `sadalp` into two accumulators (rows 0-1, rows 2-3), folded with
 //!   one `addp` per block.
+//! * [`NeonI8mm`]: `smmla` on 2×8 tiles — the panel keeps eight consecutive
+//!   weights of two rows per vector ([`Simd::byte_at`]), two activation rows
+//!   are zipped into the other operand, and the 2×2 results are unzipped
+//!   once per block ([`Simd::sums_rows`]).
+//!
+//! The float gemms (F32, F16, BF16) are `fmla` only and live at the `Neon`
+//! level; the higher levels inherit them.
 
 use super::super::gemm::{Simd, gemm_float, gemm_k, gemm_legacy};
 use super::super::{GemmFn, Isa, vec_dot};
