@@ -9,6 +9,11 @@
 //! specialise are inherited from the table below it (AVX-512 from AVX2, AVX2
 //! from scalar), so every table is complete.
 //!
+//! The register-blocked gemm drivers (`gemm.rs`) are written once, generic
+//! over an ISA trait of vector primitives and per-format repacking traits;
+//! aarch64 instantiates them at each NEON level (x86 still has its own
+//! macro-generated gemm in `x86/gemm.rs`).
+//!
 //! Never build with `target-cpu=native` to get speed: an app bundle must run on
 //! every phone. `SPINEL_ISA=scalar|avx2|avx-vnni|avx512|avx512-vnni|neon|neon-dotprod|neon-i8mm`
 //! pins a path for tests and benchmarks.
@@ -18,6 +23,9 @@ mod aarch64;
 /// The NEON FWHT kernel, for [`crate::hadamard`].
 #[cfg(target_arch = "aarch64")]
 pub(crate) use aarch64::fwht::fwht_neon;
+// The generic drivers; only aarch64 instantiates them so far.
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+mod gemm;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;

@@ -25,16 +25,59 @@
 //! Everything else (F32, BF16, Q8_1 and Q8_K as weights) is inherited from
 //! the scalar table.
 //!
-//! **Why the i8mm table equals the dotprod one.** `smmla` multiplies a 2×8 by
-//! an 8×2 int8 matrix: 32 multiply-adds per instruction against `sdot`'s 16.
-//! A single-row dot product has only one activation row, so a `smmla`
-//! formulation (two consecutive blocks of the same row as the two "rows",
-//! ggml's `nrc == 2` trick applied to one row) discards the two off-diagonal
-//! products: the same useful work per instruction as `sdot`, plus the zip
-//! shuffles. (Reasoned from the instruction definitions, not measured: only
-//! qemu is available here.) The gain needs two weight rows × two activation
-//! rows: `i8mm`'s `vec_dot_*_2rows` kernels compute such 2×2 tiles with every
-//! product used, for a batched matmul to call; they are tested against scalar.
+//! **Why the i8mm `vec_dot`s equal the dotprod ones.** `smmla` multiplies a
+//! 2×8 by an 8×2 int8 matrix: 32 multiply-adds per instruction against
+//! `sdot`'s 16. A single-row dot product has only one activation row, so a
+//! `smmla` formulation (two consecutive blocks of the same row as the two
+//! "rows", ggml's `nrc == 2` trick applied to one row) discards the two
+//! off-diagonal products: the same useful work per instruction as `sdot`,
+//! plus the zip shuffles. (Reasoned from the instruction definitions, not
+//! measured: only qemu is available here.) The gain needs two weight rows ×
+//! two activation rows, which the i8mm gemm below has; `i8mm`'s
+//! `vec_dot_*_2rows` kernels compute such 2×2 tiles too, tested against
+//! scalar.
+//!
+//! # Register-blocked gemm (prompt processing)
+//!
+//! `gemm.rs` instantiates the generic drivers of `kernels/gemm.rs` (written
+//! once over the [`Simd`](super::gemm::Simd) trait and the per-format
+//! `Repack`/`RepackK` traits) with a zero-sized token per level, in one
+//! `#[target_feature]` entry per (level, format):
+//!
+//! | type                                 | `Neon`             | `NeonDotprod`      | `NeonI8mm`          |
+//! |--------------------------------------|--------------------|--------------------|---------------------|
+//! | Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL      | `smull`+`sadalp`   | `sdot` by element  | `smmla` 2×2 tiles   |
+//! | Q4_K Q5_K Q6_K                       | `smull`+`sadalp`   | `sdot` by element  | `smmla` 2×2 tiles   |
+//! | F32 F16 BF16                         | `fmla`             | inherited          | inherited           |
+//!
+//! Q2_K, Q3_K and the other i-quants loop over `vec_dot`.
+//!
+//! *Repacking.* Per pass of up to 128 activation rows and chunk of 512
+//! elements of `k` (two super-blocks), eight weight rows are unpacked into a
+//! stack panel as signed bytes, exactly the integers the scalar `vec_dot`
+//! multiplies (Q4_0 `q − 8`, Q5_0 `q − 16`, IQ4_NL's table values, Q6_K
+//! `q − 32`, Q4_1/Q5_1/Q4_K/Q5_K the unsigned quants), with the rows'
+//! scales (and mins) as f32. For `sdot` and `smull` a 16-byte vector holds
+//! four bytes of each of four rows (chunk layout, as x86); for `smmla` it
+//! holds eight consecutive bytes of two rows (a 2×8 tile).
+//!
+//! *Register blocking.* A panel is two vectors wide (8 weight rows) and the
+//! micro-kernel takes 4 activation rows: 8 integer accumulators (16 with
+//! `smull`'s pair sums), 8 f32 accumulators, 8 weight vectors, 4 activation
+//! vectors. `sdot vd.4s, vw.16b, vx.4b[i]` multiplies chunk `i` of the 16
+//! activation bytes with four rows at once; `smmla` takes two activation
+//! rows (their 8-byte halves zipped) against two weight rows, and the 2×2
+//! tiles are unzipped (`uzp1`/`uzp2`) once per block. An odd last row is
+//! paired with itself.
+//!
+//! *Arithmetic.* The integer block (or group) sums are exact; per block the
+//! f32 steps are the x86 kernels': `acc += (Σq·a · d_a) · d_w` (`+ m_w ·
+//! s_a` with a min); per K-quant super-block `Σ_g sum_g · d·sc_g`, then
+//! `+ (Σ_g m_g · bsum_g) · (−dmin)` (an integer below 2²⁴, exact in f32),
+//! times the activation's `d`. Results match the scalar `vec_dot` up to
+//! float summation order, and a row's bits do not depend on which other
+//! rows share the call. Below two activation rows (eight for the float
+//! types) the entries call the level's `vec_dot`.
 //!
 //! Semantics match [`crate::formats`]: integer sums inside a block are exact;
 //! only the order of float accumulation differs. The activation quantizers
@@ -50,6 +93,9 @@ use half::f16;
 
 mod dotprod;
 pub(crate) mod fwht;
+mod gemm;
+#[cfg(test)]
+mod gemm_tests;
 // The two-row kernels are crate-internal API for a batched matmul; until one
 // calls them, only the tests do.
 #[cfg_attr(not(test), allow(dead_code))]
@@ -81,7 +127,7 @@ pub(super) fn supported(isa: Isa) -> bool {
 
 use crate::GgmlType as T;
 
-const NEON_TABLE: Kernels = scalar::TABLE
+const NEON_BASE: Kernels = scalar::TABLE
     .derive(Isa::Neon)
     .set_vec_dot(T::F16, vec_dot!(unsafe f16, f16, neon::vec_dot_f16))
     .set_to_float(T::F16, to_float!(unsafe f16, neon::dequantize_row_f16))
@@ -173,8 +219,10 @@ const NEON_TABLE: Kernels = scalar::TABLE
         T::IQ1M,
         vec_dot!(unsafe BlockIQ1M, BlockQ8K, iq_grid::vec_dot_iq1_m_q8_k),
     );
+const NEON_TABLE: Kernels = gemm::set_neon(NEON_BASE);
 
-const NEON_DOTPROD_TABLE: Kernels = NEON_TABLE
+const NEON_DOTPROD_TABLE: Kernels = gemm::set_dotprod(NEON_DOTPROD_BASE);
+const NEON_DOTPROD_BASE: Kernels = NEON_TABLE
     .derive(Isa::NeonDotprod)
     .set_vec_dot(
         T::Q4_0,
@@ -241,9 +289,9 @@ const NEON_DOTPROD_TABLE: Kernels = NEON_TABLE
         vec_dot!(unsafe BlockIQ1M, BlockQ8K, iq_grid::vec_dot_iq1_m_q8_k_dotprod),
     );
 
-/// One-row dot products gain nothing from `smmla` (module docs); the i8mm
-/// level keeps the dotprod entries and adds the two-row kernels in [`i8mm`].
-const NEON_I8MM_TABLE: Kernels = NEON_DOTPROD_TABLE.derive(Isa::NeonI8mm);
+/// One-row dot products gain nothing from `smmla` (module docs): the i8mm
+/// level keeps the dotprod `vec_dot`s and replaces the integer gemms.
+const NEON_I8MM_TABLE: Kernels = gemm::set_i8mm(NEON_DOTPROD_TABLE.derive(Isa::NeonI8mm));
 
 static NEON: Kernels = NEON_TABLE;
 static NEON_DOTPROD: Kernels = NEON_DOTPROD_TABLE;
