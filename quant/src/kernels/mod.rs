@@ -258,6 +258,16 @@ impl Kernels {
         Self::for_isa(isa).unwrap_or(&SCALAR)
     }
 
+    /// Makes `isa` the process's table from now on, in place of the one
+    /// [`get`](Self::get) chose (or would choose): for tests that compare
+    /// every ISA with the scalar twin in one process. Products already
+    /// running keep the table they fetched. Fails if the CPU lacks `isa`.
+    pub fn select(isa: Isa) -> Result<&'static Kernels, IsaError> {
+        let k = Self::for_isa(isa).ok_or(IsaError::Unsupported(isa))?;
+        SELECTED.store(isa as u8, Ordering::Relaxed);
+        Ok(k)
+    }
+
     fn choose() -> Isa {
         #[cfg(feature = "std")]
         match Isa::from_env() {
