@@ -108,7 +108,8 @@ fn model_file(ty: T) -> PathBuf {
     w.add_kv("llama.embedding_length", DIM as u32).unwrap();
     w.add_kv("llama.block_count", N_LAYER as u32).unwrap();
     w.add_kv("llama.feed_forward_length", N_FF as u32).unwrap();
-    w.add_kv("llama.attention.head_count", N_HEAD as u32).unwrap();
+    w.add_kv("llama.attention.head_count", N_HEAD as u32)
+        .unwrap();
     w.add_kv("llama.attention.head_count_kv", N_HEAD_KV as u32)
         .unwrap();
     w.add_kv("llama.attention.layer_norm_rms_epsilon", 1e-5f32)
@@ -159,7 +160,11 @@ fn logits(model: &Model<'_>, prompt: &[u32]) -> (Vec<f32>, Vec<f32>) {
 
 /// `max |a − b| / max |a|`.
 fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
-    let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
     diff / a.iter().map(|x| x.abs()).fold(0.0, f32::max)
 }
 
@@ -191,12 +196,18 @@ fn every_isa_matches_its_scalar_twin() {
             let (e_last, e_step) = (rel_diff(&want_last, &last), rel_diff(&want_step, &step));
             line += &format!(" {isa} {e_last:.1e}/{e_step:.1e}");
             if let Some((fl, fs)) = &first {
-                line += &format!(" (vs first {:.1e}/{:.1e})", rel_diff(fl, &last), rel_diff(fs, &step));
+                line += &format!(
+                    " (vs first {:.1e}/{:.1e})",
+                    rel_diff(fl, &last),
+                    rel_diff(fs, &step)
+                );
             } else {
                 first = Some((last.clone(), step.clone()));
             }
             if e_last > 1e-5 || e_step > 1e-5 {
-                failures.push(format!("{ty} at {isa}: prompt {e_last:.2e}, step {e_step:.2e}"));
+                failures.push(format!(
+                    "{ty} at {isa}: prompt {e_last:.2e}, step {e_step:.2e}"
+                ));
             }
         }
         println!("{line}");

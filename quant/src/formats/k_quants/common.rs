@@ -609,7 +609,7 @@ pub(super) fn block_isum(a: &[i8; QK_K], q8: &[i8; QK_K], scale_of: impl Fn(usiz
 /// coefficients (an f16 times an f32 fits in 53 bits), to be summed over the
 /// row in f64 and rounded to f32 once.
 #[inline]
-pub(super) fn block_value(d: f32, dmin: f32, yd: f32, s: i32, m: i32) -> f64 {
+pub(crate) fn block_value(d: f32, dmin: f32, yd: f32, s: i32, m: i32) -> f64 {
     let yd = f64::from(yd);
     f64::from(d) * yd * f64::from(s) - f64::from(dmin) * yd * f64::from(m)
 }
