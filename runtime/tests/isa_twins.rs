@@ -16,7 +16,14 @@
 //! through the one-row (gemv) ones; both must be within
 //! `1e-5 · max |logit|` of the scalar table's. One process runs every ISA
 //! the CPU has, switching the kernel table with `Kernels::select`, so this
-//! test binary holds a single test.
+//! test binary holds a single test. `SPINEL_TWIN_TYPES=Q4_K,Q6_K` limits it
+//! to some types (qemu runs).
+//!
+//! Ignored until every kernel on the path follows the canonical rule (see
+//! `spinel_quant::kernels`: the float kernels of attention, the 32-wide
+//! formats, the x86 K-quant gemm do not yet). Run it with `--ignored
+//! --nocapture` for the table: each ISA's relative difference from scalar
+//! (prompt / decode step), and from the first SIMD level.
 
 use std::path::PathBuf;
 
@@ -169,6 +176,7 @@ fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[test]
+#[ignore = "float, 32-wide and x86 K-quant gemm kernels do not follow the canonical rule yet"]
 fn every_isa_matches_its_scalar_twin() {
     let mut rng = Rng(7);
     let prompt: Vec<u32> = (0..PROMPT)
