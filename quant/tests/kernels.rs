@@ -590,3 +590,78 @@ fn grid_iquant_dots_are_bit_identical_on_every_isa() {
         }
     }
 }
+
+/// The K-quant dot products follow the canonical per-block rule of
+/// `kernels`: exact integer block sums, block values and the row's sum in
+/// f64, one rounding to f32. Summation order then moves a result only when
+/// the f64 sum sits within ~2⁻⁵³ of an f32 rounding boundary, so every
+/// ISA's one-row products give the scalar twin's bits on these rows. (A
+/// last-bit difference would not stay small in a model: the next product
+/// quantizes its input to 8 bits.) The x86 register-blocked K-quant gemm
+/// kernels still scale per group in f32 (see `kernels`): not checked here.
+#[test]
+fn k_quant_products_are_bit_identical_on_every_isa() {
+    let rows = edge_rows(8 * QK_K);
+    let gauss = &rows.iter().find(|(n, _)| *n == "gauss").unwrap().1;
+    for ty in [
+        GgmlType::Q2K,
+        GgmlType::Q3K,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+    ] {
+        let adt = ty.vec_dot_type();
+        for k in [QK_K, 3 * QK_K, 8 * QK_K] {
+            let (m, n) = (9, 11);
+            let w: Vec<u8> = (0..n)
+                .flat_map(|j| quantize(scalar(), ty, &gauss_row(gauss, k, j)))
+                .collect();
+            let a: Vec<u8> = (0..m)
+                .flat_map(|i| quantize(scalar(), adt, &gauss_row(gauss, k, 100 + i)))
+                .collect();
+            let (wrow, arow) = (ty.row_size(k).unwrap(), adt.row_size(k).unwrap());
+            let want: Vec<f32> = (0..m * n)
+                .map(|o| {
+                    let (i, j) = (o / n, o % n);
+                    (scalar().of(ty).vec_dot)(
+                        &w[j * wrow..(j + 1) * wrow],
+                        &a[i * arow..(i + 1) * arow],
+                    )
+                })
+                .collect();
+            for kern in Kernels::all_supported() {
+                let mut one = vec![0f32; m * n];
+                for i in 0..m {
+                    kern.gemm(
+                        ty,
+                        k,
+                        &w,
+                        &a[i * arow..(i + 1) * arow],
+                        &mut one[i * n..],
+                        n,
+                    );
+                }
+                let mut dots = vec![0f32; m * n];
+                for (o, d) in dots.iter_mut().enumerate() {
+                    let (i, j) = (o / n, o % n);
+                    *d = (kern.of(ty).vec_dot)(
+                        &w[j * wrow..(j + 1) * wrow],
+                        &a[i * arow..(i + 1) * arow],
+                    );
+                }
+                for (what, out) in [("vec_dot", &dots), ("one-row gemm", &one)] {
+                    for (o, (g, w)) in out.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            g.to_bits(),
+                            w.to_bits(),
+                            "{} {ty} k={k} {what} [{}, {}]: {g} vs scalar {w}",
+                            kern.isa(),
+                            o / n,
+                            o % n
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -17,6 +17,58 @@
 //! Never build with `target-cpu=native` to get speed: an app bundle must run on
 //! every phone. `SPINEL_ISA=scalar|avx2|avx-vnni|avx512|avx512-vnni|neon|neon-dotprod|neon-i8mm`
 //! pins a path for tests and benchmarks.
+//!
+//! # The canonical per-block arithmetic
+//!
+//! Every kernel of a type computes what its scalar twin computes, and a
+//! last-bit difference is not harmless: the next product rounds its input
+//! (to Q8_0, Q8_1, Q8_K, F16 or BF16), where a last-bit change moves a value
+//! across a rounding boundary now and then, and one moved value is a whole
+//! 8-bit step. On a random 2-layer Llama 256 wide (`runtime/tests/isa_twins.rs`,
+//! 96-token prompt) kernels that differ from the scalar twin only in the
+//! rounding of f32 block sums give logits 1e-3 to 8e-3 (relative to the
+//! largest) off the scalar ones, for every type whose products round in f32;
+//! AVX2 and AVX-512 agree with each other to 1e-7 only because they share
+//! most of their order. Rounding in f32 "up to summation order" is
+//! therefore not enough. The rule that makes the order invisible:
+//!
+//! 1. **Exact integers.** A block's integer sums are exact in i32: `S`,
+//!    the quants (times their sub-block scales, offsets such as Q4_0's −8
+//!    or Q6_K's −32 applied exactly, e.g. through the activation sums) times
+//!    the activation quants, and `M`, the mins times the activation sums
+//!    (Q2_K, Q4_K, Q5_K: `bsums`).
+//! 2. **Exact coefficients, in f64.** `c = f64(d_w)·f64(d_a)` and, with
+//!    mins, `c_m = f64(dmin_w)·f64(d_a)` (an f16 or f32 times an f32 fits in
+//!    53 bits, so the product is exact; Q4_1/Q5_1 use `f64(m_w)·f64(s_a)`).
+//! 3. **The block's value in f64:** `c·S − c_m·M` (fused or not: the
+//!    difference is below f64's last bit).
+//! 4. **The row's sum in f64**, blocks in any order, **one rounding to f32**
+//!    at the end. Float types (F32, F16, BF16): products in f64 (exact),
+//!    summed in f64, one rounding.
+//!
+//! Two kernels following it differ only when the f64 sum lies within a few
+//! f64 ulps of an f32 rounding boundary (about one output in 10⁷), so in
+//! practice every ISA gives the scalar twin's bits whatever its order.
+//! `formats::k_quants::common::block_value` is the scalar form of steps 2-3.
+//! Where a kernel needs f32 for speed, it must round exactly where the
+//! scalar twin rounds (same products, same order): the grid i-quants do
+//! (their x86 kernels are bit-identical to the scalar ones).
+//!
+//! Who follows it today (the rest is work to do, each listed kernel
+//! diverging from its scalar twin by f32 rounding):
+//!
+//! | kernels                                   | follows the rule            |
+//! |-------------------------------------------|-----------------------------|
+//! | scalar Q2_K–Q6_K, F32, F16, BF16          | yes                         |
+//! | scalar grid i-quants and x86 twins        | same f32 code: equal bits   |
+//! | x86 `vec_dot` Q2_K–Q6_K (`mins_loop!`, `sums_loop!`) | yes              |
+//! | NEON `vec_dot` Q4_K, Q6_K                 | yes                         |
+//! | x86 `gemm` Q4_K Q5_K Q6_K                 | no: f32 `d·sc` per group    |
+//! | Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL IQ4_XS, every ISA and the scalar twin | no: f32 per block |
+//! | x86 and NEON F32, F16, BF16 (`vec_dot`, `gemm`) | no: f32 FMA lanes     |
+//!
+//! The last row matters for every type: attention's `q·k` and `p·v` go
+//! through the float kernels, so a quantized model inherits their flips.
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
@@ -267,6 +319,16 @@ impl Kernels {
         };
         // `choose` only returns supported ISAs.
         Self::for_isa(isa).unwrap_or(&SCALAR)
+    }
+
+    /// Makes `isa` the process's table from now on, in place of the one
+    /// [`get`](Self::get) chose (or would choose): for tests that compare
+    /// every ISA with the scalar twin in one process. Products already
+    /// running keep the table they fetched. Fails if the CPU lacks `isa`.
+    pub fn select(isa: Isa) -> Result<&'static Kernels, IsaError> {
+        let k = Self::for_isa(isa).ok_or(IsaError::Unsupported(isa))?;
+        SELECTED.store(isa as u8, Ordering::Relaxed);
+        Ok(k)
     }
 
     fn choose() -> Isa {

@@ -587,34 +587,29 @@ pub(super) fn unpack_2bit(qs: &[u8; QK_K / 4], e: usize) -> u8 {
     (qs[32 * h + l] >> (2 * s)) & 3
 }
 
-/// The integer core of ggml's generic K-quant dot products: for 256
-/// weights `a` (already unpacked to signed ints) and activations `q8`,
-/// accumulates `scale(e) · a[e] · q8[e]` into lane `e % 8`.
-///
-/// ggml keeps these eight lanes separate and only combines them in float
-/// after scaling, so mirroring the lanes reproduces its rounding.
+/// The integer core of the K-quant dot products: `Σ scale(e) · a[e] ·
+/// q8[e]` over 256 weights `a` (already unpacked to signed ints) and their
+/// activations `q8`, exact in i32 (|a| ≤ 32, scales ≤ 63: far below 2³¹).
 #[inline]
-pub(super) fn accumulate_lanes(
-    a: &[i8; QK_K],
-    q8: &[i8; QK_K],
-    scale_of: impl Fn(usize) -> i32,
-) -> [i32; 8] {
-    let mut lanes = [0i32; 8];
-    for (g, (ag, qg)) in a.chunks_exact(8).zip(q8.chunks_exact(8)).enumerate() {
-        let scale = scale_of(8 * g);
-        for (lane, (&av, &qv)) in lanes.iter_mut().zip(ag.iter().zip(qg)) {
-            // ggml's product fits int16 for every K-quant (|a| ≤ 32).
-            let prod = i32::from(qv) * i32::from(av);
-            *lane += scale * prod;
+pub(super) fn block_isum(a: &[i8; QK_K], q8: &[i8; QK_K], scale_of: impl Fn(usize) -> i32) -> i32 {
+    let mut sum = 0i32;
+    for (g, (ag, qg)) in a.chunks_exact(16).zip(q8.chunks_exact(16)).enumerate() {
+        let mut gsum = 0i32;
+        for (&av, &qv) in ag.iter().zip(qg) {
+            gsum += i32::from(qv) * i32::from(av);
         }
+        sum += scale_of(16 * g) * gsum;
     }
-    lanes
+    sum
 }
 
-/// Adds `d · lanes[l]` to `sums[l]` (float, as ggml does per block).
+/// One super-block's value in the canonical form of `crate::kernels`:
+/// `d·d_y·S − dmin·d_y·M` with the exact integer sums `S` (scaled quants ×
+/// activations) and `M` (mins × activation sums), in f64 with exact
+/// coefficients (an f16 times an f32 fits in 53 bits), to be summed over the
+/// row in f64 and rounded to f32 once.
 #[inline]
-pub(super) fn add_scaled_lanes(sums: &mut [f32; 8], d: f32, lanes: &[i32; 8]) {
-    for (s, &v) in sums.iter_mut().zip(lanes) {
-        *s += d * v as f32;
-    }
+pub(crate) fn block_value(d: f32, dmin: f32, yd: f32, s: i32, m: i32) -> f64 {
+    let yd = f64::from(yd);
+    f64::from(d) * yd * f64::from(s) - f64::from(dmin) * yd * f64::from(m)
 }

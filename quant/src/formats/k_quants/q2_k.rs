@@ -2,8 +2,8 @@
 //! 4-bit min; `x = d·sc·q − dmin·m` (2.625 bits per weight).
 
 use super::common::{
-    SEARCH_QKX3, ScaleSearch, make_qkx2_quants, make_qp_quants, nearest_int, pack_2bit, sqrtf,
-    unpack_2bit,
+    SEARCH_QKX3, ScaleSearch, block_value, make_qkx2_quants, make_qp_quants, nearest_int,
+    pack_2bit, sqrtf, unpack_2bit,
 };
 use crate::blocks::{BlockQ2K, BlockQ8K};
 use crate::formats::check_len;
@@ -168,19 +168,17 @@ pub fn dequantize_row_q2_k(x: &[BlockQ2K], y: &mut [f32]) {
     }
 }
 
-/// ggml's `ggml_vec_dot_q2_K_q8_K_generic`.
+/// ggml's `ggml_vec_dot_q2_K_q8_K_generic` integer sums, with the block values
+/// formed and summed in f64 (the canonical form of `crate::kernels`).
 pub fn vec_dot_q2_k_q8_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
     assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
-    let mut sumf = 0.0f32;
+    let mut sum = 0.0f64;
     for (xb, yb) in x.iter().zip(y) {
         // The mins meet the activations only through their 16-sums.
         let mut summs = 0i32;
         for (&bsum, &sc) in yb.bsums.iter().zip(&xb.scales) {
             summs += i32::from(bsum) * i32::from(sc >> 4);
         }
-        let dall = yb.d * xb.d.to_f32();
-        let dmin = yb.d * xb.dmin.to_f32();
-
         let mut isum = 0i32;
         for (j, q8g) in yb.qs.chunks_exact(16).enumerate() {
             let mut isuml = 0i32;
@@ -189,7 +187,7 @@ pub fn vec_dot_q2_k_q8_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
             }
             isum += i32::from(xb.scales[j] & 0xf) * isuml;
         }
-        sumf += dall * isum as f32 - dmin * summs as f32;
+        sum += block_value(xb.d.to_f32(), xb.dmin.to_f32(), yb.d, isum, summs);
     }
-    sumf
+    sum as f32
 }

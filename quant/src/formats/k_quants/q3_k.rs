@@ -3,8 +3,8 @@
 //! (packed like Q2_K), the third bit in `hmask` (3.4375 bits per weight).
 
 use super::common::{
-    accumulate_lanes, add_scaled_lanes, make_q3_quants, make_qx_quants, nearest_int, pack_2bit,
-    sqrtf, unpack_2bit,
+    block_isum, block_value, make_q3_quants, make_qx_quants, nearest_int, pack_2bit, sqrtf,
+    unpack_2bit,
 };
 use crate::blocks::{BlockQ3K, BlockQ8K};
 use crate::formats::check_len;
@@ -173,21 +173,18 @@ pub fn dequantize_row_q3_k(x: &[BlockQ3K], y: &mut [f32]) {
     }
 }
 
-/// ggml's `ggml_vec_dot_q3_K_q8_K_generic`.
+/// ggml's `ggml_vec_dot_q3_K_q8_K_generic` integer sums, with the block values
+/// formed and summed in f64 (the canonical form of `crate::kernels`).
 pub fn vec_dot_q3_k_q8_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
     assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
-    let mut sums = [0.0f32; 8];
+    let mut sum = 0.0f64;
     let mut a = [0i8; QK_K];
     for (xb, yb) in x.iter().zip(y) {
         for (e, v) in a.iter_mut().enumerate() {
             *v = quant(xb, e);
         }
-        let lanes = accumulate_lanes(&a, &yb.qs, |e| i32::from(scale6(&xb.scales, e / 16)) - 32);
-        add_scaled_lanes(&mut sums, xb.d.to_f32() * yb.d, &lanes);
+        let s = block_isum(&a, &yb.qs, |e| i32::from(scale6(&xb.scales, e / 16)) - 32);
+        sum += block_value(xb.d.to_f32(), 0.0, yb.d, s, 0);
     }
-    let mut sumf = 0.0f32;
-    for s in sums {
-        sumf += s;
-    }
-    sumf
+    sum as f32
 }

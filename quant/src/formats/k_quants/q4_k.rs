@@ -2,7 +2,7 @@
 //! 6-bit min; `x = d·sc·q − dmin·m` (4.5 bits per weight).
 
 use super::common::{
-    ScaleSearch, accumulate_lanes, add_scaled_lanes, get_scale_min_k4, quantize_superblock_qkx,
+    ScaleSearch, block_isum, block_value, get_scale_min_k4, quantize_superblock_qkx,
     quantize_superblock_qkx_weighted,
 };
 use crate::blocks::{BlockQ4K, BlockQ8K};
@@ -82,25 +82,22 @@ pub fn dequantize_row_q4_k(x: &[BlockQ4K], y: &mut [f32]) {
     }
 }
 
-/// ggml's `ggml_vec_dot_q4_K_q8_K_generic`.
+/// ggml's `ggml_vec_dot_q4_K_q8_K_generic` integer sums, with the block values
+/// formed and summed in f64 (the canonical form of `crate::kernels`).
 pub fn vec_dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
     assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
-    let mut sumf = 0.0f32;
-    let mut sums = [0.0f32; 8];
+    let mut sum = 0.0f64;
     let mut a = [0i8; QK_K];
     for (xb, yb) in x.iter().zip(y) {
         for (e, v) in a.iter_mut().enumerate() {
             *v = nibble(&xb.qs, e) as i8;
         }
         let (scales, mins) = unpack_scales_mins(&xb.scales);
-        sumf -= xb.dmin.to_f32() * yb.d * min_correction(&yb.bsums, &mins) as f32;
-        let lanes = accumulate_lanes(&a, &yb.qs, |e| i32::from(scales[e / 32]));
-        add_scaled_lanes(&mut sums, xb.d.to_f32() * yb.d, &lanes);
+        let m = min_correction(&yb.bsums, &mins);
+        let s = block_isum(&a, &yb.qs, |e| i32::from(scales[e / 32]));
+        sum += block_value(xb.d.to_f32(), xb.dmin.to_f32(), yb.d, s, m);
     }
-    for s in sums {
-        sumf += s;
-    }
-    sumf
+    sum as f32
 }
 
 /// All eight (scale, min) pairs of a Q4_K/Q5_K block.

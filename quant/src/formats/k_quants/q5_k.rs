@@ -3,7 +3,7 @@
 //! Q4_K, the fifth in `qh` (5.5 bits per weight).
 
 use super::common::{
-    ScaleSearch, accumulate_lanes, add_scaled_lanes, get_scale_min_k4, quantize_superblock_qkx,
+    ScaleSearch, block_isum, block_value, get_scale_min_k4, quantize_superblock_qkx,
     quantize_superblock_qkx_weighted,
 };
 use super::q4_k::{min_correction, nibble, unpack_scales_mins};
@@ -83,23 +83,20 @@ pub fn dequantize_row_q5_k(x: &[BlockQ5K], y: &mut [f32]) {
     }
 }
 
-/// ggml's `ggml_vec_dot_q5_K_q8_K_generic`.
+/// ggml's `ggml_vec_dot_q5_K_q8_K_generic` integer sums, with the block values
+/// formed and summed in f64 (the canonical form of `crate::kernels`).
 pub fn vec_dot_q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
     assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
-    let mut sumf = 0.0f32;
-    let mut sums = [0.0f32; 8];
+    let mut sum = 0.0f64;
     let mut a = [0i8; QK_K];
     for (xb, yb) in x.iter().zip(y) {
         for (e, v) in a.iter_mut().enumerate() {
             *v = quant(xb, e) as i8;
         }
         let (scales, mins) = unpack_scales_mins(&xb.scales);
-        sumf -= xb.dmin.to_f32() * yb.d * min_correction(&yb.bsums, &mins) as f32;
-        let lanes = accumulate_lanes(&a, &yb.qs, |e| i32::from(scales[e / 32]));
-        add_scaled_lanes(&mut sums, xb.d.to_f32() * yb.d, &lanes);
+        let m = min_correction(&yb.bsums, &mins);
+        let s = block_isum(&a, &yb.qs, |e| i32::from(scales[e / 32]));
+        sum += block_value(xb.d.to_f32(), xb.dmin.to_f32(), yb.d, s, m);
     }
-    for s in sums {
-        sumf += s;
-    }
-    sumf
+    sum as f32
 }

@@ -2,9 +2,7 @@
 //! `x = d·sc·(q − 32)`. Low four bits in `ql`, high two in `qh`
 //! (6.5625 bits per weight).
 
-use super::common::{
-    GROUP_MAX_EPS, accumulate_lanes, add_scaled_lanes, make_qx_quants, nearest_int,
-};
+use super::common::{GROUP_MAX_EPS, block_isum, block_value, make_qx_quants, nearest_int};
 use crate::blocks::{BlockQ6K, BlockQ8K};
 use crate::formats::check_len;
 use crate::types::QK_K;
@@ -109,21 +107,18 @@ pub fn dequantize_row_q6_k(x: &[BlockQ6K], y: &mut [f32]) {
     }
 }
 
-/// ggml's `ggml_vec_dot_q6_K_q8_K_generic`.
+/// ggml's `ggml_vec_dot_q6_K_q8_K_generic` integer sums, with the block values
+/// formed and summed in f64 (the canonical form of `crate::kernels`).
 pub fn vec_dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
     assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
-    let mut sums = [0.0f32; 8];
+    let mut sum = 0.0f64;
     let mut a = [0i8; QK_K];
     for (xb, yb) in x.iter().zip(y) {
         for (e, v) in a.iter_mut().enumerate() {
             *v = quant(xb, e);
         }
-        let lanes = accumulate_lanes(&a, &yb.qs, |e| i32::from(xb.scales[e / 16]));
-        add_scaled_lanes(&mut sums, xb.d.to_f32() * yb.d, &lanes);
+        let s = block_isum(&a, &yb.qs, |e| i32::from(xb.scales[e / 16]));
+        sum += block_value(xb.d.to_f32(), 0.0, yb.d, s, 0);
     }
-    let mut sumf = 0.0f32;
-    for s in sums {
-        sumf += s;
-    }
-    sumf
+    sum as f32
 }

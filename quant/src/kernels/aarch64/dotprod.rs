@@ -6,6 +6,7 @@
 use super::neon::{q4k_mins_dot, q6k_half, q6k_unpack};
 use super::{f16_to_f32, q4k_scales_mins, sdot};
 use crate::blocks::*;
+use crate::formats::k_quants::common::block_value;
 use crate::types::QK_K;
 use core::arch::aarch64::*;
 
@@ -137,7 +138,7 @@ pub(crate) unsafe fn vec_dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 
 #[target_feature(enable = "neon,dotprod")]
 pub(crate) unsafe fn vec_dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
     assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
-    let mut sumf = 0.0f32;
+    let mut sum = 0.0f64;
     for (xb, yb) in x.iter().zip(y) {
         let (sc, mn) = q4k_scales_mins(&xb.scales);
         // SAFETY: NEON is baseline; reads the block's own arrays only.
@@ -162,11 +163,9 @@ pub(crate) unsafe fn vec_dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
             }
             vaddvq_s32(vaddq_s32(acc_lo, acc_hi))
         };
-        let d = yb.d * f16_to_f32(xb.d);
-        let dmin = yb.d * f16_to_f32(xb.dmin);
-        sumf += d * sumi as f32 - dmin * summins as f32;
+        sum += block_value(f16_to_f32(xb.d), f16_to_f32(xb.dmin), yb.d, sumi, summins);
     }
-    sumf
+    sum as f32
 }
 
 /// Q6_K × Q8_K: one `sdot` per 16-value sub-block of re-centred (−32..31)
@@ -174,7 +173,7 @@ pub(crate) unsafe fn vec_dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
 #[target_feature(enable = "neon,dotprod")]
 pub(crate) unsafe fn vec_dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
     assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
-    let mut sumf = 0.0f32;
+    let mut sum = 0.0f64;
     for (xb, yb) in x.iter().zip(y) {
         // SAFETY: for h < 2, 128 bytes of the 256-byte Q8_K `qs` at 128h; the
         // unpacking reads the block's own arrays; `sdot` needs dotprod.
@@ -197,7 +196,7 @@ pub(crate) unsafe fn vec_dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
             }
             vaddvq_s32(vaddq_s32(acc0, acc1))
         };
-        sumf += yb.d * f16_to_f32(xb.d) * sumi as f32;
+        sum += block_value(f16_to_f32(xb.d), 0.0, yb.d, sumi, 0);
     }
-    sumf
+    sum as f32
 }

@@ -80,7 +80,9 @@
 //! types) the entries call the level's `vec_dot`.
 //!
 //! Semantics match [`crate::formats`]: integer sums inside a block are exact;
-//! only the order of float accumulation differs. The activation quantizers
+//! Q4_K and Q6_K form block values and row sums in f64 (the canonical rule of
+//! [`crate::kernels`], which gives the scalar twin's bits); the other kernels
+//! still round in f32 and differ from the scalar twin in that rounding. The activation quantizers
 //! compute the same `d` bit for bit (same `amax`, same f32 division, same f16
 //! rounding) and the same `q` (`fcvtas` is C `roundf`, `fcvtns` is ggml's
 //! `nearest_int`).

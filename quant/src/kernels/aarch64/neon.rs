@@ -14,6 +14,7 @@
 use super::{f16_to_f32, fcvtl_hi, fcvtl_lo, q4k_scales_mins};
 use crate::blocks::*;
 use crate::formats::check_len;
+use crate::formats::k_quants::common::block_value;
 use crate::types::QK_K;
 use core::arch::aarch64::*;
 use half::f16;
@@ -256,7 +257,7 @@ pub(super) unsafe fn q4k_mins_dot(mins: &[u8; 8], y: &BlockQ8K) -> i32 {
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn vec_dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
     assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
-    let mut sumf = 0.0f32;
+    let mut sum = 0.0f64;
     for (xb, yb) in x.iter().zip(y) {
         let (sc, mn) = q4k_scales_mins(&xb.scales);
         // SAFETY: NEON is baseline; reads the block's own arrays only.
@@ -292,11 +293,9 @@ pub(crate) unsafe fn vec_dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
             }
             vaddvq_s32(vaddq_s32(acc_lo, acc_hi))
         };
-        let d = yb.d * f16_to_f32(xb.d);
-        let dmin = yb.d * f16_to_f32(xb.dmin);
-        sumf += d * sumi as f32 - dmin * summins as f32;
+        sum += block_value(f16_to_f32(xb.d), f16_to_f32(xb.dmin), yb.d, sumi, summins);
     }
-    sumf
+    sum as f32
 }
 
 /// The eight 16-wide signed (−32..31) Q6_K value vectors of one 128-element
@@ -343,7 +342,7 @@ pub(super) fn q6k_half(x: &BlockQ6K, h: usize) -> (&[u8; 64], &[u8; 32]) {
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn vec_dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
     assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
-    let mut sumf = 0.0f32;
+    let mut sum = 0.0f64;
     for (xb, yb) in x.iter().zip(y) {
         // SAFETY: for h < 2, 128 bytes of the 256-byte Q8_K `qs` at 128h and
         // 8 scales at 8h; the unpacking reads the block's own arrays.
@@ -373,9 +372,9 @@ pub(crate) unsafe fn vec_dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
             }
             vaddvq_s32(vaddq_s32(acc0, acc1))
         };
-        sumf += yb.d * f16_to_f32(xb.d) * sumi as f32;
+        sum += block_value(f16_to_f32(xb.d), 0.0, yb.d, sumi, 0);
     }
-    sumf
+    sum as f32
 }
 
 // ---------------------------------------------------------------------------
