@@ -19,11 +19,16 @@
 //! test binary holds a single test. `SPINEL_TWIN_TYPES=Q4_K,Q6_K` limits it
 //! to some types (qemu runs).
 //!
-//! Ignored until every kernel on the path follows the canonical rule (see
-//! `spinel_quant::kernels`: the float kernels of attention, the 32-wide
-//! formats, the x86 K-quant gemm do not yet). Run it with `--ignored
-//! --nocapture` for the table: each ISA's relative difference from scalar
-//! (prompt / decode step), and from the first SIMD level.
+//! Not every kernel on the path follows the canonical rule yet (see
+//! `spinel_quant::kernels`: the float kernels of attention accumulate in
+//! f32 on x86, the 32-wide formats and the x86 K-quant gemm scale in f32).
+//! The types whose logits those kernels move are listed per architecture in
+//! [`DEPARTING`]: they are held to a loose bound (flips of one 8-bit step
+//! somewhere in the model give about 1e-2), every other type to the strict
+//! one. A listed type that meets the strict bound on every ISA fails the
+//! test too, so the list only shrinks. `--nocapture` prints the table: each
+//! ISA's relative difference from scalar (prompt / decode step), and from
+//! the first SIMD level.
 
 use std::path::PathBuf;
 
@@ -67,6 +72,34 @@ const TYPES: [T; 22] = [
     T::IQ1S,
     T::IQ1M,
 ];
+
+/// Types whose logits still depart from the scalar twin's on this
+/// architecture's SIMD levels, because a kernel on their path (attention's
+/// float kernels, the 32-wide formats, the K-quant gemm) does not follow the
+/// canonical rule yet.
+#[cfg(target_arch = "x86_64")]
+const DEPARTING: &[T] = &[
+    T::F16,
+    T::BF16,
+    T::Q4_0,
+    T::Q4_1,
+    T::Q5_0,
+    T::Q5_1,
+    T::Q8_0,
+    T::Q2K,
+    T::Q4K,
+    T::IQ4NL,
+    T::IQ2XXS,
+];
+#[cfg(target_arch = "aarch64")]
+const DEPARTING: &[T] = &[T::F16, T::Q4_0, T::Q4_1, T::Q8_0];
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const DEPARTING: &[T] = &[];
+
+/// The strict bound (summation order), relative to `max |logit|`.
+const STRICT: f32 = 1e-5;
+/// The bound for [`DEPARTING`] types.
+const LOOSE: f32 = 2e-2;
 
 /// xorshift64*, uniform in (−1, 1).
 struct Rng(u64);
@@ -176,7 +209,6 @@ fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[test]
-#[ignore = "float, 32-wide and x86 K-quant gemm kernels do not follow the canonical rule yet"]
 fn every_isa_matches_its_scalar_twin() {
     let mut rng = Rng(7);
     let prompt: Vec<u32> = (0..PROMPT)
@@ -198,6 +230,9 @@ fn every_isa_matches_its_scalar_twin() {
         let (want_last, want_step) = logits(&model, &prompt);
         let mut line = format!("{:>8}:", ty.name());
         let mut first: Option<(Vec<f32>, Vec<f32>)> = None;
+        let departing = DEPARTING.contains(&ty);
+        let bound = if departing { LOOSE } else { STRICT };
+        let mut worst = 0.0f32;
         for &isa in &isas {
             Kernels::select(isa).unwrap();
             let (last, step) = logits(&model, &prompt);
@@ -212,11 +247,17 @@ fn every_isa_matches_its_scalar_twin() {
             } else {
                 first = Some((last.clone(), step.clone()));
             }
-            if e_last > 1e-5 || e_step > 1e-5 {
+            worst = worst.max(e_last).max(e_step);
+            if e_last > bound || e_step > bound {
                 failures.push(format!(
-                    "{ty} at {isa}: prompt {e_last:.2e}, step {e_step:.2e}"
+                    "{ty} at {isa}: prompt {e_last:.2e}, step {e_step:.2e} (bound {bound:.0e})"
                 ));
             }
+        }
+        if departing && !isas.is_empty() && worst <= STRICT {
+            failures.push(format!(
+                "{ty} now meets the strict bound on every ISA ({worst:.2e}): take it off DEPARTING"
+            ));
         }
         println!("{line}");
     }
