@@ -74,6 +74,10 @@ step "aarch64 (qemu -cpu max): the forward pass at each NEON level"
 for isa in neon neon-dotprod neon-i8mm; do
   SPINEL_ISA=$isa "$SHARED/cross/aarch64.sh" test -p spinel-runtime --test forward -- matches_transformers
 done
+# Every NEON level against the scalar twin, every weight type (one process
+# switches between the levels itself; ~4 minutes under qemu).
+step "aarch64 (qemu -cpu max): every NEON level against the scalar twin"
+"$SHARED/cross/aarch64.sh" test -p spinel-runtime --test isa_twins
 step "aarch64 (qemu -cpu max): runtime suites"
 "$SHARED/cross/aarch64.sh" test -p spinel-runtime --test grammar --test hostile \
   --test roundtrip --test chat --test convert --test residency --test mutation_fuzz
