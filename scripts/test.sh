@@ -80,7 +80,8 @@ step "aarch64 (qemu -cpu max): every NEON level against the scalar twin"
 "$SHARED/cross/aarch64.sh" test -p spinel-runtime --test isa_twins
 step "aarch64 (qemu -cpu max): runtime suites"
 "$SHARED/cross/aarch64.sh" test -p spinel-runtime --test grammar --test hostile \
-  --test roundtrip --test chat --test convert --test residency --test mutation_fuzz
+  --test roundtrip --test chat --test convert --test residency --test mutation_fuzz \
+  --test tokenizer_hf_random --test sampling_alloc
 # The SDK's static libraries for Android (arm64 devices, x86_64 emulators)
 # and iOS (arm64 devices), std built from source with Debian's rustc-web
 # (no NDK or Xcode here: static libraries only); checks their object format
