@@ -96,6 +96,8 @@ pub(crate) mod fwht;
 mod gemm;
 #[cfg(test)]
 mod gemm_tests;
+#[cfg(test)]
+mod gemv_tests;
 // The two-row kernels are crate-internal API for a batched matmul; until one
 // calls them, only the tests do.
 #[cfg_attr(not(test), allow(dead_code))]
