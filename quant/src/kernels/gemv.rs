@@ -6,7 +6,8 @@
 //! not repaid. The one-row driver instead reads each weight block once in
 //! its own byte order: a format unpacks a block into two vectors of sixteen
 //! signed bytes in element order ([`RowBlock::unpack`]: nibble masks and
-//! shifts, a table lookup, or a plain load), which meet the activation
+//! shifts, the Q5 fifth bits by a byte shuffle and bit test, a table
+//! lookup, or a plain load), which meet the activation
 //! block's bytes as they lie in memory (the Q8_0/Q8_1 row is already in
 //! element order, so nothing is laid out). Four weight rows go per pass,
 //! each into its own integer accumulator ([`SimdRow::dot16`]); once per
@@ -34,6 +35,11 @@ pub(crate) trait SimdRow: Simd {
     fn hi4(self, x: Self::V) -> Self::V;
     /// `x − c` per byte (wrapping; the callers' values do not wrap).
     fn sub(self, x: Self::V, c: i8) -> Self::V;
+    /// `x | y` per byte.
+    fn or(self, x: Self::V, y: Self::V) -> Self::V;
+    /// The fifth bits of a Q5 block: byte `e` is `0x10` where bit `e` of
+    /// `qh` (little-endian) is set, else 0.
+    fn fifth(self, qh: [u8; 4]) -> [Self::V; 2];
     /// `table[x]` per byte (`x < 16`).
     fn lookup(self, table: &[i8; 16], x: Self::V) -> Self::V;
     fn azero(self) -> Self::Acc;
@@ -98,9 +104,21 @@ impl RowBlock for BlockIQ4NL {
     }
 }
 
-// The fifth bits are spread by the scalar `ints` for now.
-impl RowBlock for BlockQ5_0 {}
-impl RowBlock for BlockQ5_1 {}
+impl RowBlock for BlockQ5_0 {
+    #[inline(always)]
+    fn unpack<S: SimdRow>(&self, s: S) -> [S::V; 2] {
+        let ([lo, hi], [f0, f1]) = (nibbles(s, &self.qs), s.fifth(self.qh));
+        [s.sub(s.or(lo, f0), 16), s.sub(s.or(hi, f1), 16)]
+    }
+}
+
+impl RowBlock for BlockQ5_1 {
+    #[inline(always)]
+    fn unpack<S: SimdRow>(&self, s: S) -> [S::V; 2] {
+        let ([lo, hi], [f0, f1]) = (nibbles(s, &self.qs), s.fifth(self.qh));
+        [s.or(lo, f0), s.or(hi, f1)]
+    }
+}
 
 /// One-row product of a 32-wide format (see [`super::GemvFn`]): `out[j]`
 /// for each of the `n` rows of `w`, four rows per pass over `a`.

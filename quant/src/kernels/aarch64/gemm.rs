@@ -344,6 +344,31 @@ macro_rules! neon_row {
             unsafe { vsubq_s8(x, vdupq_n_s8(c)) }
         }
         #[inline(always)]
+        fn or(self, x: int8x16_t, y: int8x16_t) -> int8x16_t {
+            // SAFETY: NEON.
+            unsafe { vorrq_s8(x, y) }
+        }
+        #[inline(always)]
+        fn fifth(self, qh: [u8; 4]) -> [int8x16_t; 2] {
+            /// Byte `e` of a half: byte `e / 8` of `qh` (of the half's
+            /// two), then bit `e % 8` of it.
+            const IDX: [[u8; 16]; 2] = [
+                [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1],
+                [2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3],
+            ];
+            const BIT: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
+            // SAFETY: NEON; 16 readable bytes per load.
+            unsafe {
+                let q = vreinterpretq_u8_u32(vdupq_n_u32(u32::from_le_bytes(qh)));
+                let (bit, x10) = (vld1q_u8(BIT.as_ptr()), vdupq_n_u8(0x10));
+                let half = |i: usize| {
+                    let b = vqtbl1q_u8(q, vld1q_u8(IDX[i].as_ptr()));
+                    vreinterpretq_s8_u8(vandq_u8(vtstq_u8(b, bit), x10))
+                };
+                [half(0), half(1)]
+            }
+        }
+        #[inline(always)]
         fn lookup(self, table: &[i8; 16], x: int8x16_t) -> int8x16_t {
             // SAFETY: 16 readable bytes; NEON (`tbl`).
             unsafe { vqtbl1q_s8(vld1q_s8(table.as_ptr()), vreinterpretq_u8_s8(x)) }

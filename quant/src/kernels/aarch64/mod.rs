@@ -92,8 +92,8 @@
 //!
 //! Each weight block is unpacked once into two vectors of sixteen signed
 //! bytes in element order (nibble mask and shift for Q4_0/Q4_1, `tbl` for
-//! IQ4_NL, a load for Q8_0; Q5_0/Q5_1 still spread their fifth bits with
-//! the scalar `ints`), multiplied with the activation block as it lies in
+//! IQ4_NL, a load for Q8_0; for Q5_0/Q5_1 the fifth bits by `tbl` of
+//! `qh`'s bytes, `cmtst` against the bit and a mask of 0x10), multiplied with the activation block as it lies in
 //! memory (no layout step: Q8_0/Q8_1 are in element order), four weight
 //! rows per pass in four accumulators, reduced once per block by pairwise
 //! adds (`addp`) so that lane `r` holds row `r`'s exact block sum. The f32
