@@ -78,6 +78,8 @@ pub(crate) use aarch64::fwht::fwht_neon;
 // The generic drivers; only aarch64 instantiates them so far.
 #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
 mod gemm;
+#[cfg(target_arch = "aarch64")]
+mod gemv;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;

@@ -22,7 +22,8 @@
 //! level; the higher levels inherit them.
 
 use super::super::gemm::{Simd, gemm_float, gemm_k, gemm_legacy};
-use super::super::{GemmFn, Isa, vec_dot};
+use super::super::gemv::{SimdRow, gemv_legacy};
+use super::super::{GemmFn, GemvFn, Isa, vec_dot};
 use crate::GgmlType as T;
 use crate::blocks::*;
 use core::arch::aarch64::*;
@@ -316,6 +317,163 @@ impl Simd for NeonI8mm {
     }
 }
 
+/// The one-row primitives both levels share (all but `dot16`).
+macro_rules! neon_row {
+    () => {
+        type V = int8x16_t;
+        type Acc = int32x4_t;
+
+        #[inline(always)]
+        fn load16(self, x: &[i8; 16]) -> int8x16_t {
+            // SAFETY: 16 readable bytes; NEON is proven by the token.
+            unsafe { vld1q_s8(x.as_ptr()) }
+        }
+        #[inline(always)]
+        fn lo4(self, x: int8x16_t) -> int8x16_t {
+            // SAFETY: NEON (as below).
+            unsafe { vandq_s8(x, vdupq_n_s8(0xf)) }
+        }
+        #[inline(always)]
+        fn hi4(self, x: int8x16_t) -> int8x16_t {
+            // SAFETY: NEON.
+            unsafe { vreinterpretq_s8_u8(vshrq_n_u8::<4>(vreinterpretq_u8_s8(x))) }
+        }
+        #[inline(always)]
+        fn sub(self, x: int8x16_t, c: i8) -> int8x16_t {
+            // SAFETY: NEON.
+            unsafe { vsubq_s8(x, vdupq_n_s8(c)) }
+        }
+        #[inline(always)]
+        fn or(self, x: int8x16_t, y: int8x16_t) -> int8x16_t {
+            // SAFETY: NEON.
+            unsafe { vorrq_s8(x, y) }
+        }
+        #[inline(always)]
+        fn fifth(self, qh: [u8; 4]) -> [int8x16_t; 2] {
+            /// Byte `e` of a half: byte `e / 8` of `qh` (of the half's
+            /// two), then bit `e % 8` of it.
+            const IDX: [[u8; 16]; 2] = [
+                [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1],
+                [2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3],
+            ];
+            const BIT: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
+            // SAFETY: NEON; 16 readable bytes per load.
+            unsafe {
+                let q = vreinterpretq_u8_u32(vdupq_n_u32(u32::from_le_bytes(qh)));
+                let (bit, x10) = (vld1q_u8(BIT.as_ptr()), vdupq_n_u8(0x10));
+                let half = |i: usize| {
+                    let b = vqtbl1q_u8(q, vld1q_u8(IDX[i].as_ptr()));
+                    vreinterpretq_s8_u8(vandq_u8(vtstq_u8(b, bit), x10))
+                };
+                [half(0), half(1)]
+            }
+        }
+        #[inline(always)]
+        fn lookup(self, table: &[i8; 16], x: int8x16_t) -> int8x16_t {
+            // SAFETY: 16 readable bytes; NEON (`tbl`).
+            unsafe { vqtbl1q_s8(vld1q_s8(table.as_ptr()), vreinterpretq_u8_s8(x)) }
+        }
+        #[inline(always)]
+        fn azero(self) -> int32x4_t {
+            // SAFETY: NEON.
+            unsafe { vdupq_n_s32(0) }
+        }
+        #[inline(always)]
+        fn sums4(self, acc: [int32x4_t; 4]) -> float32x4_t {
+            // SAFETY: NEON. Pairwise adds: lane r is the total of acc[r].
+            unsafe {
+                let lo = vpaddq_s32(acc[0], acc[1]);
+                let hi = vpaddq_s32(acc[2], acc[3]);
+                vcvtq_f32_s32(vpaddq_s32(lo, hi))
+            }
+        }
+    };
+}
+
+impl SimdRow for Neon {
+    neon_row!();
+    /// `smull`/`smull2` (i16, exact) summed in pairs into i32 (`sadalp`).
+    #[inline(always)]
+    fn dot16(self, acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int32x4_t {
+        // SAFETY: NEON.
+        unsafe {
+            let acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(w), vget_low_s8(a)));
+            vpadalq_s16(acc, vmull_high_s8(w, a))
+        }
+    }
+}
+
+/// `acc + Σ_t w[4i + t] · a[4i + t]` in lane `i` (`sdot`).
+///
+/// # Safety
+/// The CPU must have dotprod.
+#[inline]
+#[target_feature(enable = "dotprod")]
+unsafe fn sdot_vec(acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int32x4_t {
+    // SAFETY: `sdot` needs dotprod (the caller's contract); registers only.
+    unsafe { super::sdot!(acc, w, a) }
+}
+
+impl SimdRow for NeonDotprod {
+    neon_row!();
+    #[inline(always)]
+    fn dot16(self, acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int32x4_t {
+        // SAFETY: the token proves dotprod.
+        unsafe { sdot_vec(acc, w, a) }
+    }
+}
+
+/// Stamps `#[target_feature]` one-row entries of one level (as
+/// `entries!`), each one call of [`gemv_legacy`].
+macro_rules! gemv_entries {
+    ($feat:literal, $tok:ident, $(($name:ident, $w:ty)),* $(,)?) => {
+        $(
+            /// One-row product (see `kernels/gemv.rs`).
+            ///
+            /// # Safety
+            /// The CPU must have the features this function enables.
+            #[target_feature(enable = $feat)]
+            unsafe fn $name(k: usize, w: &[u8], a: &[u8], out: &mut [f32]) {
+                gemv_legacy::<_, $w>($tok(()), k, w, a, out)
+            }
+        )*
+    };
+}
+
+/// Wraps an entry as a [`GemvFn`].
+macro_rules! gemv_fn {
+    ($f:path) => {{
+        fn wrapper(k: usize, w: &[u8], a: &[u8], out: &mut [f32]) {
+            // SAFETY: as for `gemm_fn!`: only in the table of an ISA whose
+            // features the entry enables, handed out after detection.
+            unsafe { $f(k, w, a, out) }
+        }
+        wrapper as GemvFn
+    }};
+}
+
+gemv_entries!(
+    "neon",
+    Neon,
+    (neon_gemv_q4_0, BlockQ4_0),
+    (neon_gemv_q4_1, BlockQ4_1),
+    (neon_gemv_q5_0, BlockQ5_0),
+    (neon_gemv_q5_1, BlockQ5_1),
+    (neon_gemv_q8_0, BlockQ8_0),
+    (neon_gemv_iq4_nl, BlockIQ4NL),
+);
+
+gemv_entries!(
+    "dotprod",
+    NeonDotprod,
+    (dotprod_gemv_q4_0, BlockQ4_0),
+    (dotprod_gemv_q4_1, BlockQ4_1),
+    (dotprod_gemv_q5_0, BlockQ5_0),
+    (dotprod_gemv_q5_1, BlockQ5_1),
+    (dotprod_gemv_q8_0, BlockQ8_0),
+    (dotprod_gemv_iq4_nl, BlockIQ4NL),
+);
+
 /// Stamps `#[target_feature]` gemm entries of one level: the attribute, the signature, and the level's token (sound to
 /// build here: the entry's contract is that the CPU has its features), then
 /// one call of the generic driver `$drv`. `$dot` is the format's `vec_dot`
@@ -563,6 +721,12 @@ pub(super) const fn set_neon(t: super::Kernels) -> super::Kernels {
         .set_gemm(T::F32, gemm_fn!(neon_f32))
         .set_gemm(T::F16, gemm_fn!(neon_f16))
         .set_gemm(T::BF16, gemm_fn!(neon_bf16))
+        .set_gemv(T::Q4_0, gemv_fn!(neon_gemv_q4_0))
+        .set_gemv(T::Q4_1, gemv_fn!(neon_gemv_q4_1))
+        .set_gemv(T::Q5_0, gemv_fn!(neon_gemv_q5_0))
+        .set_gemv(T::Q5_1, gemv_fn!(neon_gemv_q5_1))
+        .set_gemv(T::Q8_0, gemv_fn!(neon_gemv_q8_0))
+        .set_gemv(T::IQ4NL, gemv_fn!(neon_gemv_iq4_nl))
 }
 
 /// Sets the dotprod gemm entries.
@@ -576,9 +740,16 @@ pub(super) const fn set_dotprod(t: super::Kernels) -> super::Kernels {
         .set_gemm(T::Q4K, gemm_fn!(dotprod_q4_k))
         .set_gemm(T::Q5K, gemm_fn!(dotprod_q5_k))
         .set_gemm(T::Q6K, gemm_fn!(dotprod_q6_k))
+        .set_gemv(T::Q4_0, gemv_fn!(dotprod_gemv_q4_0))
+        .set_gemv(T::Q4_1, gemv_fn!(dotprod_gemv_q4_1))
+        .set_gemv(T::Q5_0, gemv_fn!(dotprod_gemv_q5_0))
+        .set_gemv(T::Q5_1, gemv_fn!(dotprod_gemv_q5_1))
+        .set_gemv(T::Q8_0, gemv_fn!(dotprod_gemv_q8_0))
+        .set_gemv(T::IQ4NL, gemv_fn!(dotprod_gemv_iq4_nl))
 }
 
-/// Sets the i8mm gemm entries (the float ones are inherited).
+/// Sets the i8mm gemm entries (the float ones and the one-row kernels are
+/// inherited: one activation row gives `smmla` no second row to pair).
 pub(super) const fn set_i8mm(t: super::Kernels) -> super::Kernels {
     t.set_gemm(T::Q4_0, gemm_fn!(i8mm_q4_0))
         .set_gemm(T::Q4_1, gemm_fn!(i8mm_q4_1))

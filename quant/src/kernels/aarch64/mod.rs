@@ -79,6 +79,30 @@
 //! rows share the call. Below two activation rows (eight for the float
 //! types) the entries call the level's `vec_dot`.
 //!
+//! # One-row products (decode)
+//!
+//! `gemm.rs` also instantiates the one-row driver of `kernels/gemv.rs`
+//! (`SimdRow` on top of `Simd`, `RowBlock` per format) as the tables'
+//! `gemv`, which [`Kernels::gemm`] takes for one activation row:
+//!
+//! | type                            | `Neon`            | `NeonDotprod`     | `NeonI8mm`        |
+//! |---------------------------------|-------------------|-------------------|-------------------|
+//! | Q4_0 Q8_0 Q4_1 Q5_0 Q5_1 IQ4_NL | `smull`+`sadalp`  | `sdot`            | the dotprod one   |
+//! | Q4_K Q5_K Q6_K, the rest        | `vec_dot` per row | `vec_dot` per row | `vec_dot` per row |
+//!
+//! Each weight block is unpacked once into two vectors of sixteen signed
+//! bytes in element order (nibble mask and shift for Q4_0/Q4_1, `tbl` for
+//! IQ4_NL, a load for Q8_0; for Q5_0/Q5_1 the fifth bits by `tbl` of
+//! `qh`'s bytes, `cmtst` against the bit and a mask of 0x10), multiplied with the activation block as it lies in
+//! memory (no layout step: Q8_0/Q8_1 are in element order), four weight
+//! rows per pass in four accumulators, reduced once per block by pairwise
+//! adds (`addp`) so that lane `r` holds row `r`'s exact block sum. The f32
+//! steps per block are the gemm's (`acc += (Σq·a · d_a) · d_w`, `+ m_w ·
+//! s_a`). A lane depends only on its row, so a split of the rows between
+//! threads does not change any row's bits. The i8mm level keeps the
+//! dotprod kernels: with one activation row `smmla` has no second row to
+//! pair, so half its products would be discarded (as for `vec_dot` above).
+//!
 //! Semantics match [`crate::formats`]: integer sums inside a block are exact;
 //! Q4_K and Q6_K form block values and row sums in f64 (the canonical rule of
 //! [`crate::kernels`], which gives the scalar twin's bits); the other kernels
@@ -98,6 +122,8 @@ pub(crate) mod fwht;
 mod gemm;
 #[cfg(test)]
 mod gemm_tests;
+#[cfg(test)]
+mod gemv_tests;
 // The two-row kernels are crate-internal API for a batched matmul; until one
 // calls them, only the tests do.
 #[cfg_attr(not(test), allow(dead_code))]
