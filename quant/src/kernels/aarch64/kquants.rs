@@ -3,23 +3,18 @@
 //! The bit layouts are unpacked as in ggml's arm `ggml_vec_dot_q2_K_q8_K` /
 //! `_q3_K_` / `_q5_K_` (2-bit fields by shifts of 32 `qs` bytes, high bits
 //! from `hmask` / `qh` one bit plane per 32 elements), but the float side is
-//! the scalar twin's ([`crate::formats::k_quants`]), so every result is
-//! bit-identical to the scalar `vec_dot`:
-//!
-//! - Q2_K's scalar code scales one exact integer sum per super-block, so
-//!   `smull`/`sadalp` or `sdot` sums give the same bits.
-//! - Q3_K and Q5_K follow ggml's generic code, which keeps eight integer
-//!   lanes (element `e` in lane `e % 8`), scales each lane in float and only
-//!   then adds lanes. `smull` of 8 bytes puts element `8k + i` in i16 lane
-//!   `i`: exactly those lanes, so the NEON kernels form the same eight
-//!   products per block and sum them in the same order. For `sdot`, whose
-//!   lanes add four neighbours, Q5_K's 32 elements of one scale are first
-//!   permuted (`tbl`) so that lane `i` holds elements `i, i+8, i+16, i+24`;
-//!   Q3_K's scale changes every 16 elements, so no such grouping exists and
-//!   its dotprod level keeps the NEON kernel.
+//! the scalar twin's ([`crate::formats::k_quants`]), the canonical form of
+//! [`crate::kernels`]: each super-block's exact integer sums (scaled quants ×
+//! activations, mins × activation sums) become one f64 value through
+//! `block_value`, summed over the row in f64 and rounded to f32 once, so
+//! every result is bit-identical to the scalar `vec_dot`. The integer sums
+//! come from `smull`/`sadalp` or `sdot` in any lane order (they are exact);
+//! Q3_K's 6-bit scale changes every 16 elements and its values fit `smull`
+//! pairs, so its dotprod level keeps the NEON kernel.
 
 use super::{f16_to_f32, q4k_scales_mins, sdot};
 use crate::blocks::*;
+use crate::formats::k_quants::common::block_value;
 use crate::types::QK_K;
 use core::arch::aarch64::*;
 
@@ -54,12 +49,10 @@ unsafe fn unpack_2bit(qs: &[u8]) -> [uint8x16_t; 8] {
     }
 }
 
-/// The scalar's per-block float step of Q2_K.
+/// Q2_K's super-block value (the canonical f64 form).
 #[inline(always)]
-fn q2k_block_sum(xb: &BlockQ2K, yb: &BlockQ8K, isum: i32, summs: i32) -> f32 {
-    let dall = yb.d * f16_to_f32(xb.d);
-    let dmin = yb.d * f16_to_f32(xb.dmin);
-    dall * isum as f32 - dmin * summs as f32
+fn q2k_block_value(xb: &BlockQ2K, yb: &BlockQ8K, isum: i32, summs: i32) -> f64 {
+    block_value(f16_to_f32(xb.d), f16_to_f32(xb.dmin), yb.d, isum, summs)
 }
 
 /// `Σ_j bsums[j]·(scales[j] >> 4)` of a Q2_K block.
@@ -88,7 +81,7 @@ unsafe fn q2k_summs(xb: &BlockQ2K, yb: &BlockQ8K) -> i32 {
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn vec_dot_q2_k_q8_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
     assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
-    let mut sumf = 0.0f32;
+    let mut sum = 0.0f64;
     for (xb, yb) in x.iter().zip(y) {
         // SAFETY: NEON is baseline; for h < 2, 32 bytes of `qs` at 32h and
         // 16-byte loads of the 256-byte Q8_K `qs` at 128h + 16k.
@@ -108,16 +101,16 @@ pub(crate) unsafe fn vec_dot_q2_k_q8_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
             }
             (vaddvq_s32(acc), q2k_summs(xb, yb))
         };
-        sumf += q2k_block_sum(xb, yb, isum, summs);
+        sum += q2k_block_value(xb, yb, isum, summs);
     }
-    sumf
+    sum as f32
 }
 
 /// Q2_K × Q8_K with one `sdot` per 16-group.
 #[target_feature(enable = "neon,dotprod")]
 pub(crate) unsafe fn vec_dot_q2_k_q8_k_dotprod(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
     assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
-    let mut sumf = 0.0f32;
+    let mut sum = 0.0f64;
     for (xb, yb) in x.iter().zip(y) {
         // SAFETY: as in `vec_dot_q2_k_q8_k`; `sdot` needs dotprod (enabled).
         let (isum, summs) = unsafe {
@@ -132,13 +125,13 @@ pub(crate) unsafe fn vec_dot_q2_k_q8_k_dotprod(x: &[BlockQ2K], y: &[BlockQ8K]) -
             }
             (vaddvq_s32(acc), q2k_summs(xb, yb))
         };
-        sumf += q2k_block_sum(xb, yb, isum, summs);
+        sum += q2k_block_value(xb, yb, isum, summs);
     }
-    sumf
+    sum as f32
 }
 
 // ---------------------------------------------------------------------------
-// Q3_K and Q5_K: ggml's eight lanes
+// Q3_K and Q5_K
 // ---------------------------------------------------------------------------
 
 /// `acc + scale · Σ_{16 elements} a·b`, element `8k + i` into lane `i` of
@@ -164,43 +157,14 @@ unsafe fn lanes16(
     }
 }
 
-/// `sums[l] += d · lanes[l]` (the scalar's `add_scaled_lanes`: a rounded
-/// product, then a rounded add; no fused multiply-add).
+/// The exact integer total of the eight i32 lanes.
 ///
 /// # Safety
 /// NEON (always present on aarch64).
 #[inline(always)]
-unsafe fn add_scaled_lanes(
-    sums: (float32x4_t, float32x4_t),
-    d: f32,
-    lanes: (int32x4_t, int32x4_t),
-) -> (float32x4_t, float32x4_t) {
+unsafe fn lanes_total(lanes: (int32x4_t, int32x4_t)) -> i32 {
     // SAFETY: register arithmetic only.
-    unsafe {
-        (
-            vaddq_f32(sums.0, vmulq_n_f32(vcvtq_f32_s32(lanes.0), d)),
-            vaddq_f32(sums.1, vmulq_n_f32(vcvtq_f32_s32(lanes.1), d)),
-        )
-    }
-}
-
-/// `sumf + sums[0] + sums[1] + … + sums[7]`, in that order (the scalar's
-/// final loop).
-///
-/// # Safety
-/// NEON (always present on aarch64).
-#[inline(always)]
-unsafe fn add_lanes_in_order(mut sumf: f32, sums: (float32x4_t, float32x4_t)) -> f32 {
-    let mut s = [0.0f32; 8];
-    // SAFETY: two 4-float stores into the 8-float array.
-    unsafe {
-        vst1q_f32(s.as_mut_ptr(), sums.0);
-        vst1q_f32(s.as_mut_ptr().add(4), sums.1);
-    }
-    for v in s {
-        sumf += v;
-    }
-    sumf
+    unsafe { vaddvq_s32(vaddq_s32(lanes.0, lanes.1)) }
 }
 
 /// The sixteen 6-bit Q3_K scales minus 32 (ggml's `scale6`, four at a time
@@ -227,7 +191,7 @@ fn q3k_scales(s: &[u8; 12]) -> [i8; 16] {
 }
 
 /// Q3_K × Q8_K, baseline NEON (every level): the signed values
-/// `q2 − 4·(1 − h)` (−4..=3) times the activations into ggml's eight lanes,
+/// `q2 − 4·(1 − h)` (−4..=3) times the activations into eight i32 lanes,
 /// each 16-group weighted by its 6-bit scale − 32.
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn vec_dot_q3_k_q8_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
@@ -236,7 +200,7 @@ pub(crate) unsafe fn vec_dot_q3_k_q8_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
     // 32-byte `hmask`, and 16-byte loads of the 256-byte Q8_K `qs` at
     // 128h + 16k.
     unsafe {
-        let mut sums = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+        let mut sum = 0.0f64;
         for (xb, yb) in x.iter().zip(y) {
             let sc = q3k_scales(&xb.scales);
             let hm = [
@@ -258,9 +222,9 @@ pub(crate) unsafe fn vec_dot_q3_k_q8_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
                     lanes = lanes16(lanes, vreinterpretq_s8_u8(q), a, sc[8 * h + k] as i16);
                 }
             }
-            sums = add_scaled_lanes(sums, f16_to_f32(xb.d) * yb.d, lanes);
+            sum += block_value(f16_to_f32(xb.d), 0.0, yb.d, lanes_total(lanes), 0);
         }
-        add_lanes_in_order(0.0, sums)
+        sum as f32
     }
 }
 
@@ -292,31 +256,30 @@ unsafe fn q5k_values(qs: &[u8], qh: [uint8x16_t; 2]) -> [int8x16_t; 4] {
     }
 }
 
-/// The scalar's per-block min correction of Q5_K: `dmin·d_y·Σ mins·bsums`.
+/// Q5_K's super-block value from its exact scaled-quant sum `s` (the
+/// canonical f64 form, with the min correction `Σ mins·bsums`).
 ///
 /// # Safety
 /// NEON (always present on aarch64).
 #[inline(always)]
-unsafe fn q5k_mins(xb: &BlockQ5K, yb: &BlockQ8K, mins: &[u8; 8]) -> f32 {
+unsafe fn q5k_block_value(xb: &BlockQ5K, yb: &BlockQ8K, mins: &[u8; 8], s: i32) -> f64 {
     // SAFETY: reads the blocks' own arrays.
-    let mc = unsafe { super::neon::q4k_mins_dot(mins, yb) };
-    f16_to_f32(xb.dmin) * yb.d * mc as f32
+    let m = unsafe { super::neon::q4k_mins_dot(mins, yb) };
+    block_value(f16_to_f32(xb.d), f16_to_f32(xb.dmin), yb.d, s, m)
 }
 
-/// Q5_K × Q8_K, baseline NEON: 5-bit values (0..=31) into ggml's eight
+/// Q5_K × Q8_K, baseline NEON: 5-bit values (0..=31) into eight i32
 /// lanes (four products per i16 lane: ≤ 4·31·128 < 2^15), each 32-group
 /// weighted by its 6-bit scale.
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn vec_dot_q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
     assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
-    let mut sumf = 0.0f32;
+    let mut sum = 0.0f64;
     // SAFETY: NEON is baseline; 32-byte loads of `qh`, of `qs` at 32j and
     // 16-byte loads of the 256-byte Q8_K `qs` at 64j + 16k.
     unsafe {
-        let mut sums = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
         for (xb, yb) in x.iter().zip(y) {
             let (sc, mn) = q4k_scales_mins(&xb.scales);
-            sumf -= q5k_mins(xb, yb, &mn);
             let mut qh = [vld1q_u8(xb.qh.as_ptr()), vld1q_u8(xb.qh.as_ptr().add(16))];
             let mut lanes = (vdupq_n_s32(0), vdupq_n_s32(0));
             for j in 0..QK_K / 64 {
@@ -338,35 +301,22 @@ pub(crate) unsafe fn vec_dot_q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
                 lanes.1 = vmlal_high_n_s16(lanes.1, p, s);
                 qh = [vshrq_n_u8::<2>(qh[0]), vshrq_n_u8::<2>(qh[1])];
             }
-            sums = add_scaled_lanes(sums, f16_to_f32(xb.d) * yb.d, lanes);
+            sum += q5k_block_value(xb, yb, &mn, lanes_total(lanes));
         }
-        add_lanes_in_order(sumf, sums)
+        sum as f32
     }
 }
 
-/// Byte `4i + k` ← element `i + 8k` (lanes 0..4) and `i + 4 + 8k` (lanes
-/// 4..8) of a 32-byte pair: `sdot` lane `i` then sums ggml's lane `i`.
-const LANE_ORDER: [[u8; 16]; 2] = [
-    [0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27],
-    [4, 12, 20, 28, 5, 13, 21, 29, 6, 14, 22, 30, 7, 15, 23, 31],
-];
-
-/// Q5_K × Q8_K with `sdot` on lane-ordered bytes (module docs).
+/// Q5_K × Q8_K with one `sdot` per 16 elements.
 #[target_feature(enable = "neon,dotprod")]
 pub(crate) unsafe fn vec_dot_q5_k_q8_k_dotprod(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
     assert_eq!(x.len(), y.len(), "vec_dot: block count mismatch");
-    let mut sumf = 0.0f32;
-    // SAFETY: as in `vec_dot_q5_k_q8_k`, plus two 16-byte loads of
-    // `LANE_ORDER`; `sdot` needs dotprod, which this function enables.
+    let mut sum = 0.0f64;
+    // SAFETY: as in `vec_dot_q5_k_q8_k`; `sdot` needs dotprod, which this
+    // function enables.
     unsafe {
-        let perm = (
-            vld1q_u8(LANE_ORDER[0].as_ptr()),
-            vld1q_u8(LANE_ORDER[1].as_ptr()),
-        );
-        let mut sums = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
         for (xb, yb) in x.iter().zip(y) {
             let (sc, mn) = q4k_scales_mins(&xb.scales);
-            sumf -= q5k_mins(xb, yb, &mn);
             let mut qh = [vld1q_u8(xb.qh.as_ptr()), vld1q_u8(xb.qh.as_ptr().add(16))];
             let mut lanes = (vdupq_n_s32(0), vdupq_n_s32(0));
             for j in 0..QK_K / 64 {
@@ -376,19 +326,14 @@ pub(crate) unsafe fn vec_dot_q5_k_q8_k_dotprod(x: &[BlockQ5K], y: &[BlockQ8K]) -
                     .into_iter()
                     .enumerate()
                 {
-                    let (w, a) = (int8x16x2_t(w.0, w.1), int8x16x2_t(a.0, a.1));
-                    let w0 = vqtbl2q_s8(w, perm.0);
-                    let w1 = vqtbl2q_s8(w, perm.1);
-                    let a0 = vqtbl2q_s8(a, perm.0);
-                    let a1 = vqtbl2q_s8(a, perm.1);
                     let s = sc[2 * j + g] as i32;
-                    lanes.0 = vmlaq_n_s32(lanes.0, sdot!(vdupq_n_s32(0), w0, a0), s);
-                    lanes.1 = vmlaq_n_s32(lanes.1, sdot!(vdupq_n_s32(0), w1, a1), s);
+                    lanes.0 = vmlaq_n_s32(lanes.0, sdot!(vdupq_n_s32(0), w.0, a.0), s);
+                    lanes.1 = vmlaq_n_s32(lanes.1, sdot!(vdupq_n_s32(0), w.1, a.1), s);
                 }
                 qh = [vshrq_n_u8::<2>(qh[0]), vshrq_n_u8::<2>(qh[1])];
             }
-            sums = add_scaled_lanes(sums, f16_to_f32(xb.d) * yb.d, lanes);
+            sum += q5k_block_value(xb, yb, &mn, lanes_total(lanes));
         }
-        add_lanes_in_order(sumf, sums)
+        sum as f32
     }
 }
