@@ -62,8 +62,8 @@
 //! | scalar Q2_K–Q6_K, F32, F16, BF16          | yes                         |
 //! | scalar grid i-quants and x86 twins        | same f32 code: equal bits   |
 //! | x86 `vec_dot` Q2_K–Q6_K (`mins_loop!`, `sums_loop!`) | yes              |
-//! | NEON `vec_dot` Q4_K, Q6_K                 | yes                         |
-//! | x86 `gemm` Q4_K Q5_K Q6_K                 | no: f32 `d·sc` per group    |
+//! | NEON `vec_dot` Q2_K–Q6_K                  | yes                         |
+//! | x86 and NEON `gemm` Q4_K Q5_K Q6_K        | no: f32 `d·sc` per group    |
 //! | Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL IQ4_XS, every ISA and the scalar twin | no: f32 per block |
 //! | x86 and NEON F32, F16, BF16 (`vec_dot`, `gemm`) | no: f32 FMA lanes     |
 //!
