@@ -27,26 +27,26 @@ const GEMM_TYPES: [GgmlType; 9] = [
     GgmlType::Q6K,
 ];
 
-fn tables() -> Vec<&'static Kernels> {
+pub(super) fn tables() -> Vec<&'static Kernels> {
     LEVELS.into_iter().filter_map(Kernels::for_isa).collect()
 }
 
-fn scalar() -> &'static Kernels {
+pub(super) fn scalar() -> &'static Kernels {
     Kernels::for_isa(Isa::Scalar).unwrap()
 }
 
 /// xorshift: deterministic, no dependencies.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn u64(&mut self) -> u64 {
+    pub(super) fn u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
     /// Uniform in [-1, 1).
-    fn f32(&mut self) -> f32 {
+    pub(super) fn f32(&mut self) -> f32 {
         (self.u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
     }
 }
@@ -69,13 +69,13 @@ fn row(k: usize, seed: usize) -> Vec<f32> {
     }
 }
 
-fn quantize(ty: GgmlType, x: &[f32]) -> Vec<u8> {
+pub(super) fn quantize(ty: GgmlType, x: &[f32]) -> Vec<u8> {
     let mut q = vec![0u8; ty.row_size(x.len()).unwrap()];
     (scalar().of(ty).from_float)(x, &mut q);
     q
 }
 
-fn dequantize(ty: GgmlType, q: &[u8], k: usize) -> Vec<f32> {
+pub(super) fn dequantize(ty: GgmlType, q: &[u8], k: usize) -> Vec<f32> {
     let mut y = vec![0f32; k];
     (scalar().of(ty).to_float)(q, &mut y);
     y
@@ -83,7 +83,7 @@ fn dequantize(ty: GgmlType, q: &[u8], k: usize) -> Vec<f32> {
 
 /// `1e-5 ·` per block `Σ|w·a| + 2 · max|w| · Σ|a|` (the scale and min
 /// terms may cancel), plus a relative and an absolute floor.
-fn tol(ty: GgmlType, wd: &[f32], ad: &[f32], want: f32) -> f32 {
+pub(super) fn tol(ty: GgmlType, wd: &[f32], ad: &[f32], want: f32) -> f32 {
     let bs = ty.block_size();
     let mag: f64 = wd
         .chunks(bs)

@@ -3,14 +3,13 @@
 //! of the four-row passes) and `k` (1, 3 and 17 blocks), quantized rows and
 //! raw blocks with every byte value (−128 included), nothing written past
 //! the `n` outputs, and every row's bits the same whichever rows share the
-//! call. Bound as in `gemm_tests.rs`.
+//! call. Bound and helpers as in `gemm_tests.rs`.
 
-use crate::{GgmlType, Isa, Kernels};
+use super::gemm_tests::{Rng, dequantize, quantize, scalar, tables, tol};
+use crate::GgmlType;
 use alloc::vec;
 use alloc::vec::Vec;
 use half::f16;
-
-const LEVELS: [Isa; 3] = [Isa::Neon, Isa::NeonDotprod, Isa::NeonI8mm];
 
 /// The types with a NEON one-row kernel at every level.
 const GEMV_TYPES: [GgmlType; 6] = [
@@ -24,57 +23,6 @@ const GEMV_TYPES: [GgmlType; 6] = [
 
 const NS: [usize; 6] = [1, 3, 4, 5, 9, 17];
 
-fn scalar() -> &'static Kernels {
-    Kernels::for_isa(Isa::Scalar).unwrap()
-}
-
-/// xorshift: deterministic, no dependencies.
-struct Rng(u64);
-
-impl Rng {
-    fn u64(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// Uniform in [-1, 1).
-    fn f32(&mut self) -> f32 {
-        (self.u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-}
-
-fn quantize(ty: GgmlType, x: &[f32]) -> Vec<u8> {
-    let mut q = vec![0u8; ty.row_size(x.len()).unwrap()];
-    (scalar().of(ty).from_float)(x, &mut q);
-    q
-}
-
-fn dequantize(ty: GgmlType, q: &[u8], k: usize) -> Vec<f32> {
-    let mut y = vec![0f32; k];
-    (scalar().of(ty).to_float)(q, &mut y);
-    y
-}
-
-/// `1e-5 ·` per block `Σ|w·a| + 2 · max|w| · Σ|a|`, plus floors.
-fn tol(wd: &[f32], ad: &[f32], want: f32) -> f32 {
-    let mag: f64 = wd
-        .chunks(32)
-        .zip(ad.chunks(32))
-        .map(|(wb, ab)| {
-            let wmax = wb.iter().fold(0f64, |m, &v| m.max(f64::from(v).abs()));
-            let asum: f64 = ab.iter().map(|&v| f64::from(v).abs()).sum();
-            let direct: f64 = wb
-                .iter()
-                .zip(ab)
-                .map(|(&p, &q)| (f64::from(p) * f64::from(q)).abs())
-                .sum();
-            direct + 2.0 * wmax * asum
-        })
-        .sum();
-    (1e-5 * mag + 1e-6 * f64::from(want.abs()) + f64::from(f32::MIN_POSITIVE)) as f32
-}
-
 /// Every level's one-row kernel on the first `n` rows of `w` (each `n` in
 /// [`NS`]) and on sub-ranges of them, against the scalar `vec_dot`.
 fn check(ty: GgmlType, k: usize, w: &[u8], a: &[u8]) {
@@ -85,7 +33,7 @@ fn check(ty: GgmlType, k: usize, w: &[u8], a: &[u8]) {
     let ad = dequantize(adt, a, k);
     let dot = scalar().of(ty).vec_dot;
     let want: Vec<f32> = w.chunks(wrow).map(|r| dot(r, a)).collect();
-    for kern in LEVELS.into_iter().filter_map(Kernels::for_isa) {
+    for kern in tables() {
         assert!(kern.specialised(ty).gemv, "{} {ty}: no gemv", kern.isa());
         let g = kern.of(ty).gemv.unwrap();
         let mut full = vec![f32::NAN; nn + 3];
@@ -96,7 +44,7 @@ fn check(ty: GgmlType, k: usize, w: &[u8], a: &[u8]) {
             assert!(
                 got == want
                     || (got.is_nan() && want.is_nan())
-                    || (got - want).abs() <= tol(&wd[j], &ad, want),
+                    || (got - want).abs() <= tol(ty, &wd[j], &ad, want),
                 "{} {ty} gemv k={k} row {j}: {got} vs scalar {want}",
                 kern.isa()
             );
